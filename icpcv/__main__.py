@@ -1,0 +1,5 @@
+import sys
+
+from icpcv.cli import main
+
+sys.exit(main())

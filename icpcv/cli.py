@@ -1,0 +1,169 @@
+"""The command line, thin: parse, build a config, call the library.
+
+User mistakes (InputError, RunDirError) are printed as one sentence with exit code 2;
+anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from icpcv import __version__
+from icpcv.errors import InputError, RunDirError
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {text!r} is not like 20x20x48") from None
+    if len(shape) != 3 or min(shape) < 4:
+        raise argparse.ArgumentTypeError(f"shape {text!r}: need three sizes X x Y x Z(depth), each >= 4")
+    return shape
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="cross-validate models leave-one-monkey-out and write a report",
+                       description="Train every model once per fold (each monkey held out in turn), then analyse "
+                                   "the out-of-fold predictions at the monkey level and write an HTML report. "
+                                   "Without --manifest, runs on the built-in synthetic OCT cohort.")
+    d = p.add_argument_group("data")
+    d.add_argument("--manifest", help="scan table (CSV): the seed's format (id, monkey_id, iop, icp, torch_present, "
+                                      "...) or the plain one (scan_id, subject, iop, icp, path)")
+    d.add_argument("--scans", dest="scans_dir", help="seed format: folder holding <id>.pt volumes")
+    d.add_argument("--phantom", default="small", help="synthetic cohort preset: small (CPU, default), tiny, seed")
+    d.add_argument("--signal", type=float, default=1.0,
+                   help="synthetic cohort: how much the scan carries about ICP (0 = negative control)")
+    d.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic cohort")
+    d.add_argument("--shape", type=_shape, help="volume shape X x Y x Z(depth), e.g. 20x20x48")
+    d.add_argument("--skip-bad-scans", action="store_true", help="record unreadable volumes as skips, not errors")
+    m = p.add_argument_group("models and folds")
+    m.add_argument("--models", help="comma-separated: mean, ols_iop, ols_iop2, mixedlm_iop, ridge_scan, cnn "
+                                    "(default: mean,ols_iop,ridge_scan,cnn with volumes; "
+                                    "mean,ols_iop,ols_iop2,mixedlm_iop for a labels-only table)")
+    m.add_argument("--folds", type=int, help="number of folds (default: one per subject; fewer = grouped K-fold)")
+    m.add_argument("--split", choices=["subjects", "scans"], default="subjects",
+                   help="subjects (default, honest) or scans (a leaky scan-level K-fold, for the leakage audit)")
+    m.add_argument("--val-fraction", type=float, default=0.15, help="share of training monkeys for early stopping")
+    m.add_argument("--seed", type=int, default=0, help="seed for folds, initialisation, shuffling, bootstrap")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
+    a = p.add_argument_group("analysis")
+    a.add_argument("--reference", default="ols_iop", help="baseline the others are compared against")
+    a.add_argument("--n-boot", type=int, default=10000)
+    a.add_argument("--ci-level", type=float, default=0.95)
+    o = p.add_argument_group("execution")
+    o.add_argument("--out", help="run directory (default: reports/<run-name>)")
+    o.add_argument("--fresh", action="store_true", help="discard an existing run in --out and start over")
+    o.add_argument("--executor", default="local", choices=["local", "processes", "slurm"])
+    o.add_argument("--workers", type=int, default=1, help="processes executor: number of workers")
+    o.add_argument("--quiet", action="store_true", help="no progress output")
+    o.add_argument("--log-file", help="also append progress lines to this file")
+    s = p.add_argument_group("slurm executor")
+    s.add_argument("--partition")
+    s.add_argument("--time", type=int, default=240, help="minutes per fold task")
+    s.add_argument("--gpus", type=int, default=0, help="GPUs per fold task")
+    s.add_argument("--cpus", type=int, default=2, help="CPUs per fold task")
+    s.add_argument("--mem", type=int, default=8, help="GB of memory per fold task")
+    s.add_argument("--max-parallel", type=int, default=14, help="array tasks running at once")
+    p.set_defaults(func=cmd_run)
+
+
+def build_config(args) -> "RunConfig":
+    from icpcv.config import DEFAULT_MODELS_LABELS, DEFAULT_MODELS_VOLUMES, RunConfig
+    from icpcv.models import check_models
+
+    if args.manifest is not None and not Path(args.manifest).exists():
+        raise InputError(f"{args.manifest}: scan table not found")
+    if args.models:
+        models = tuple(check_models(args.models.split(",")))
+    elif args.manifest is None:
+        models = DEFAULT_MODELS_VOLUMES
+    else:
+        from icpcv.cohort.table import detect_format
+        import pandas as pd
+
+        cols = pd.read_csv(args.manifest, nrows=0).columns
+        fmt = detect_format([c.strip() for c in cols])
+        has_vol = args.scans_dir is not None if fmt == "seed" else "path" in cols and \
+            pd.read_csv(args.manifest, usecols=["path"], dtype=str)["path"].notna().any()
+        models = DEFAULT_MODELS_VOLUMES if has_vol else DEFAULT_MODELS_LABELS
+    return RunConfig(manifest=str(Path(args.manifest).resolve()) if args.manifest else None,
+                     scans_dir=str(Path(args.scans_dir).resolve()) if args.scans_dir else None,
+                     phantom=args.phantom, signal=args.signal, data_seed=args.data_seed, models=models,
+                     folds=args.folds, split=args.split, val_fraction=args.val_fraction, seed=args.seed,
+                     shape=args.shape, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     patience=args.patience, augment=not args.no_augment, reference=args.reference,
+                     n_boot=args.n_boot, ci_level=args.ci_level, skip_bad_scans=args.skip_bad_scans)
+
+
+def cmd_run(args) -> int:
+    from icpcv.run.pipeline import default_run_name, run
+    from icpcv.run.progress import Progress
+
+    cfg = build_config(args)
+    if cfg.synthetic and args.phantom not in ("small", "tiny", "seed"):
+        raise InputError(f"unknown --phantom {args.phantom!r}; use small, tiny or seed")
+    out = Path(args.out) if args.out else Path("reports") / default_run_name(cfg)
+    progress = Progress("quiet" if args.quiet else "auto", log_file=args.log_file)
+    slurm = dict(partition=args.partition, time=args.time, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
+                 max_parallel=args.max_parallel)
+    try:
+        progress.message(f"run directory: {out}")
+        report = run(cfg, out, device=args.device, executor=args.executor, workers=args.workers, fresh=args.fresh,
+                     progress=progress, slurm=slurm)
+    finally:
+        progress.close()
+    print(f"report: {report}")
+    return 0
+
+
+def _optional(sub, module: str) -> None:
+    """Subcommands owned by other modules register themselves through add_parsers(subparsers)."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        return
+    mod.add_parsers(sub)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icpcv", description="Do OCT scans plus IOP really predict ICP? "
+                                     "Leave-one-monkey-out cross-validation with monkey-level statistics.")
+    parser.add_argument("--version", action="version", version=f"icpcv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run(sub)
+    for module in ("icpcv.stats.commands", "icpcv.report.commands", "icpcv.prepare", "icpcv.bench"):
+        _optional(sub, module)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, RunDirError) as exc:
+        print(f"icpcv: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("icpcv: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

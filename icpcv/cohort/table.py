@@ -1,0 +1,211 @@
+"""Reading and validating scan tables.
+
+Two formats are understood:
+
+* **seed**: the original study's label table (``id, monkey_id, iop, icp, torch_present, ...``),
+  volumes at ``<scans>/<id>.pt``. Its eligibility rule is the seed's: a volume present,
+  numeric ICP > 0, IOP present and a monkey id.
+* **plain**: ``scan_id, subject, iop, icp, path`` with ``path`` relative to the table's folder
+  (or absolute). Empty ``path`` everywhere means a labels-only table.
+
+Every row of the input ends up in the data-quality table as ``kept`` or ``dropped`` with a
+reason code, the column it concerns and the offending value: nothing is dropped silently.
+Rows are numbered as data rows, 1-based (row 1 is the line after the header).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from icpcv.errors import InputError
+from icpcv.util import natural_sorted
+
+SEED_COLUMNS = ("id", "monkey_id", "iop", "icp", "torch_present")
+PLAIN_COLUMNS = ("scan_id", "subject", "iop", "icp", "path")
+
+#: reason code -> one-line explanation shown in the report
+REASONS = {
+    "duplicate_scan_id": "the scan id appears on an earlier row",
+    "subject_missing": "no subject (monkey) id",
+    "icp_missing": "ICP cell is empty",
+    "icp_range": "ICP written as a range (e.g. '0-2'), not a single value",
+    "icp_not_numeric": "ICP is not a number",
+    "icp_not_positive": "ICP <= 0 (the seed's rule keeps ICP > 0)",
+    "iop_missing": "IOP cell is empty and a selected model needs IOP",
+    "iop_not_numeric": "IOP is not a number",
+    "no_volume": "the table says no model-ready volume exists (torch_present is FALSE)",
+    "volume_file_missing": "the volume file does not exist",
+}
+
+_RANGE = re.compile(r"^\s*-?\d+(\.\d+)?\s*-\s*\d+(\.\d+)?\s*$")
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f", ""}
+
+
+@dataclass
+class ScanTable:
+    """Validated scans plus the data-quality table accounting for every input row."""
+
+    scans: pd.DataFrame  # scan_id, subject, iop, icp, path, row
+    quality: pd.DataFrame  # row, scan_id, subject, status, reason, column, value, detail
+    source: str
+    fmt: str
+    has_volumes: bool
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def subjects(self) -> list[str]:
+        return natural_sorted(self.scans["subject"].unique())
+
+
+def detect_format(columns: Iterable[str]) -> str:
+    cols = set(columns)
+    if set(PLAIN_COLUMNS[:4]) <= cols:
+        return "plain"
+    if set(SEED_COLUMNS[:4]) <= cols:
+        return "seed"
+    raise InputError(
+        "cannot tell the table's format from its header: expected the seed's columns "
+        f"({', '.join(SEED_COLUMNS)}) or the plain columns ({', '.join(PLAIN_COLUMNS)}); "
+        f"found {', '.join(sorted(cols)) or 'none'}"
+    )
+
+
+def _clean(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def _parse_number(text: str) -> float | None:
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if np.isfinite(x) else None
+
+
+def _parse_subject(text: str) -> str:
+    # '5' and '5.0' are the same monkey (pandas writes ints with missing values as floats)
+    x = _parse_number(text)
+    if x is not None and float(x).is_integer():
+        return str(int(x))
+    return text
+
+
+def read_scan_table(
+    path: str | Path,
+    *,
+    scans_dir: str | Path | None = None,
+    need_iop: bool = True,
+    need_volumes: bool = False,
+    fmt: str | None = None,
+) -> ScanTable:
+    """Read and validate a scan table (seed or plain format) into a :class:`ScanTable`.
+
+    ``need_iop``: rows with missing IOP are dropped (reason ``iop_missing``) only when a selected
+    model needs IOP, or always for the seed format (its eligibility rule requires IOP).
+    ``need_volumes``: a model needs volumes, so a table without any is an error.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: scan table not found")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: cannot read as CSV ({exc})") from None
+    raw.columns = [c.strip() for c in raw.columns]
+    fmt = fmt or detect_format(raw.columns)
+    if fmt == "seed":
+        id_col, subj_col = "id", "monkey_id"
+        if "torch_present" not in raw.columns:
+            raise InputError(f"{path}: seed-format table lacks the column torch_present")
+    else:
+        id_col, subj_col = "scan_id", "subject"
+    scans_dir = Path(scans_dir) if scans_dir is not None else None
+    base = path.parent
+
+    if fmt == "seed":
+        has_volumes = scans_dir is not None
+    else:
+        has_volumes = "path" in raw.columns and any(_clean(v) for v in raw["path"])
+    if need_volumes and not has_volumes:
+        hint = "pass --scans DIR holding <id>.pt" if fmt == "seed" else "fill the path column"
+        raise InputError(f"{path}: a selected model needs volumes, but the table has none ({hint})")
+    require_iop = need_iop or fmt == "seed"
+
+    quality_rows = []
+    kept = []
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(raw.to_dict("records"), start=1):
+        scan_id = _clean(rec.get(id_col))
+        subject = _parse_subject(_clean(rec.get(subj_col)))
+        problems: list[tuple[str, str, str]] = []  # (reason, column, value)
+        if not scan_id:
+            problems.append(("scan_id_missing", id_col, ""))
+        elif scan_id in seen:
+            problems.append(("duplicate_scan_id", id_col, f"{scan_id} (first on row {seen[scan_id]})"))
+        else:
+            seen[scan_id] = i
+        if not subject:
+            problems.append(("subject_missing", subj_col, ""))
+        icp_txt = _clean(rec.get("icp"))
+        icp = _parse_number(icp_txt)
+        if not icp_txt:
+            problems.append(("icp_missing", "icp", ""))
+        elif icp is None:
+            code = "icp_range" if _RANGE.match(icp_txt) else "icp_not_numeric"
+            problems.append((code, "icp", icp_txt))
+        elif fmt == "seed" and icp <= 0:
+            problems.append(("icp_not_positive", "icp", icp_txt))
+        iop_txt = _clean(rec.get("iop"))
+        iop = _parse_number(iop_txt)
+        if iop_txt and iop is None:
+            problems.append(("iop_not_numeric", "iop", iop_txt))
+        elif not iop_txt and require_iop:
+            problems.append(("iop_missing", "iop", ""))
+        vol_path = None
+        if fmt == "seed":
+            present = _clean(rec.get("torch_present")).lower()
+            if present not in _TRUE | _FALSE:
+                problems.append(("torch_present_invalid", "torch_present", present))
+            elif present in _FALSE:
+                problems.append(("no_volume", "torch_present", present or "(empty)"))
+            elif scans_dir is not None and scan_id:
+                vol_path = scans_dir / f"{scan_id}.pt"
+                if not vol_path.exists():
+                    problems.append(("volume_file_missing", "id", str(vol_path)))
+        elif has_volumes:
+            p = _clean(rec.get("path"))
+            if not p:
+                problems.append(("volume_file_missing", "path", "(empty)"))
+            else:
+                vol_path = Path(p) if Path(p).is_absolute() else base / p
+                if not vol_path.exists():
+                    problems.append(("volume_file_missing", "path", str(vol_path)))
+        if problems:
+            reason, column, value = problems[0]
+            detail = "; ".join(
+                f"{REASONS.get(r, r)} (column {c}{', value ' + repr(v) if v else ''})" for r, c, v in problems
+            )
+            quality_rows.append(dict(row=i, scan_id=scan_id, subject=subject, status="dropped",
+                                     reason=reason, column=column, value=value,
+                                     all_reasons=",".join(r for r, _, _ in problems), detail=detail))
+        else:
+            quality_rows.append(dict(row=i, scan_id=scan_id, subject=subject, status="kept", reason="",
+                                     column="", value="", all_reasons="", detail=""))
+            kept.append(dict(scan_id=scan_id, subject=subject, iop=iop if iop is not None else np.nan,
+                             icp=icp, path=str(vol_path) if vol_path is not None else "", row=i))
+    quality = pd.DataFrame(quality_rows, columns=["row", "scan_id", "subject", "status", "reason", "column",
+                                                  "value", "all_reasons", "detail"])
+    scans = pd.DataFrame(kept, columns=["scan_id", "subject", "iop", "icp", "path", "row"])
+    if scans.empty:
+        counts = quality["reason"].value_counts().to_dict()
+        raise InputError(f"{path}: no row is usable; reasons: {counts}")
+    return ScanTable(scans=scans.reset_index(drop=True), quality=quality, source=str(path), fmt=fmt,
+                     has_volumes=has_volumes, meta={"scans_dir": str(scans_dir) if scans_dir else None})
