@@ -132,7 +132,8 @@ def _optional(sub, module: str) -> None:
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name != module:
+        # absent (the module or a package above it not landed yet): no subcommand; anything else is a bug
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
             raise
         return
     mod.add_parsers(sub)
