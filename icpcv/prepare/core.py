@@ -1,0 +1,487 @@
+"""``icpcv prepare``: raw OCT exports -> model-ready ``.npy`` volumes + a plain scan table.
+
+What it writes into ``--out``:
+
+* ``volumes/<scan id>.npy`` -- float32 (default), shape = the target (X, Y, Z=depth), C order;
+* ``table.csv`` -- the plain format ``scan_id, subject, iop, icp, path`` (+ ``raw_path`` and the
+  input's other columns, unchanged) that ``icpcv run --manifest`` reads; rows whose volume failed
+  are left out of it (they are in ``quality.csv``);
+* ``quality.csv`` -- one row per input row: status (converted, unchanged, skipped), reason, raw
+  shape and type, intensity percentiles, saturated and empty fractions, outlier flags;
+* ``prepare_manifest.json`` -- per output: the raw file's fingerprint and sha256, the target
+  (shape, type, code version) and the quality numbers; a rerun converts only what changed.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from icpcv import __version__
+from icpcv.errors import InputError
+from icpcv.prepare.resample import ALGORITHM, RawStats, StreamResampler, saturation_value
+from icpcv.prepare.sources import REASONS, VolumeError, content_hash, fingerprint, open_source, raw_format, safe_name
+from icpcv.util import _fsync_dir, atomic_write_json, atomic_write_text, canonical_hash, read_json
+
+#: written into the manifest; a change reconverts everything
+CODE_VERSION = f"icpcv {__version__}; {ALGORITHM}; prepare-1"
+MANIFEST = "prepare_manifest.json"
+OUTPUT_DTYPES = ("float32", "float16", "uint8")
+SEED_PATH_COLUMNS = ("constructed_filepath", "path", "raw_path", "filepath", "file_path", "file")
+
+#: outlier rules of the quality table
+ROBUST_Z_MAX = 3.5
+SATURATED_MAX = 0.01
+EMPTY_MAX = 0.5
+
+EXIT_SKIPPED = 3
+
+QUALITY_COLUMNS = ["row", "scan_id", "subject", "source", "format", "status", "reason", "detail", "raw_shape",
+                   "raw_dtype", "output", "p1", "p50", "p99", "percentile_basis", "saturation_value",
+                   "frac_saturated", "frac_zero", "median_robust_z", "flag_median_outlier", "flag_saturated",
+                   "flag_empty", "flag_shape_mismatch", "flags", "notes", "sha256"]
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    shape: tuple[int, int, int]  # (X, Y, Z=depth)
+    dtype: str = "float32"
+    saturation: float | None = None  # None: the raw integer type's maximum; floats: not counted
+    workers: int = 1
+    force: bool = False  # reconvert everything
+    verify: bool = False  # re-hash raw files even when size and mtime are unchanged
+
+    def target(self) -> dict:
+        """Everything that decides the bytes of an output (and its quality row)."""
+        return dict(shape=list(self.shape), dtype=self.dtype, saturation=self.saturation, code=CODE_VERSION)
+
+    @property
+    def target_key(self) -> str:
+        return canonical_hash(self.target())
+
+
+@dataclass
+class Row:
+    row: int  # 1-based data row of the input table
+    scan_id: str
+    subject: str
+    raw: str  # as written in the table
+    path: Path | None  # resolved
+    out: str  # output path relative to --out
+    record: dict  # the input row, all columns, as strings
+    scan_shape: str = ""
+
+
+# --- the input table -------------------------------------------------------------------------
+
+def read_table(table: Path, raw_dir: Path, path_column: str | None = None):
+    """Rows of a seed- or plain-format table with their raw paths resolved against ``raw_dir``."""
+    if not table.exists():
+        raise InputError(f"{table}: scan table not found")
+    try:
+        df = pd.read_csv(table, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{table}: cannot read as CSV ({exc})") from None
+    df.columns = [c.strip() for c in df.columns]
+    cols = set(df.columns)
+    if {"scan_id", "subject", "iop", "icp"} <= cols:
+        fmt, id_col, subj_col = "plain", "scan_id", "subject"
+    elif {"id", "monkey_id", "iop", "icp"} <= cols:
+        fmt, id_col, subj_col = "seed", "id", "monkey_id"
+    else:
+        raise InputError(f"{table}: cannot tell the table's format from its header: expected the seed's columns "
+                         "(id, monkey_id, iop, icp, ...) or the plain ones (scan_id, subject, iop, icp, path); "
+                         f"found {', '.join(df.columns) or 'none'}")
+    if path_column:
+        if path_column not in cols:
+            raise InputError(f"{table}: --path-column {path_column!r} is not a column (columns: "
+                             f"{', '.join(df.columns)})")
+        path_col = path_column
+    elif fmt == "plain":
+        if "path" not in cols:
+            raise InputError(f"{table}: plain-format table lacks the column path (raw files relative to --raw)")
+        path_col = "path"
+    else:
+        found = [c for c in SEED_PATH_COLUMNS if c in cols]
+        if not found:
+            raise InputError(f"{table}: no column names the raw files (looked for {', '.join(SEED_PATH_COLUMNS)}); "
+                             "name it with --path-column")
+        path_col = found[0]
+    rows, used = [], {}
+    for i, rec in enumerate(df.to_dict("records"), start=1):
+        scan_id = rec[id_col].strip()
+        raw = rec[path_col].strip()
+        path = None
+        if raw:
+            path = Path(raw) if Path(raw).is_absolute() else raw_dir / raw
+        stem = safe_name(scan_id) or f"row{i}"
+        if stem.lower() in used:  # a duplicate or clashing id: keep both volumes apart
+            stem = f"{stem}__row{i}"
+        used[stem.lower()] = i
+        rows.append(Row(row=i, scan_id=scan_id, subject=rec[subj_col].strip(), raw=raw, path=path,
+                        out=f"volumes/{stem}.npy", record=rec, scan_shape=rec.get("scan_shape", "")))
+    extras = [c for c in df.columns if c not in {id_col, subj_col, "iop", "icp", path_col, "scan_id", "subject",
+                                                 "path", "raw_path"}]
+    return rows, dict(fmt=fmt, id_col=id_col, subject_col=subj_col, path_col=path_col, extras=extras,
+                      n_rows=len(df))
+
+
+# --- one volume --------------------------------------------------------------------------------
+
+def atomic_save_npy(path: Path, arr: np.ndarray) -> int:
+    """np.save to a temporary file in the same folder, fsync, rename; returns the file's size."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path.stat().st_size
+
+
+def _cast(arr: np.ndarray, dtype: str, path: Path) -> np.ndarray:
+    if dtype == "float32":
+        return arr
+    lo, hi = float(arr.min()), float(arr.max())
+    if dtype == "float16":
+        if max(abs(lo), abs(hi)) > float(np.finfo(np.float16).max):
+            raise VolumeError("out_of_range", f"{path}: resampled values span {lo:g}..{hi:g}, beyond float16's "
+                                              "range; use --dtype float32")
+        return arr.astype(np.float16)
+    if lo < -0.5 or hi >= 255.5:
+        raise VolumeError("out_of_range", f"{path}: resampled values span {lo:g}..{hi:g}, outside uint8's 0..255; "
+                                          "use --dtype float32")
+    return np.rint(arr).astype(np.uint8)
+
+
+def peak_rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def convert_volume(raw: str | Path, out: str | Path, options: PrepareOptions) -> dict:
+    """Stream one raw volume into ``out`` (atomically); returns its quality numbers.
+
+    Raises :class:`VolumeError` for a bad file.
+    """
+    raw, out = Path(raw), Path(out)
+    src = open_source(raw)
+    try:
+        sat = saturation_value(src.dtype, options.saturation)
+        stats = RawStats(src.dtype, int(np.prod(src.shape)), sat)
+        resampler = StreamResampler(src.shape, options.shape, src.native_axes, src.stream)
+        for start, slab in src.slabs():
+            stats.update(slab)
+            if stats.nonfinite:
+                raise VolumeError("non_finite", f"{raw}: holds NaN or infinite voxels ({stats.nonfinite} in the "
+                                                f"slab starting at {'XYZ'[src.native_axes[src.stream]]}={start}); "
+                                                "fix or exclude the scan")
+            resampler.add(start, slab)
+        volume = resampler.result()
+    finally:
+        src.close()
+    if stats.n != int(np.prod(src.shape)):
+        raise VolumeError("truncated", f"{raw}: read {stats.n} of {int(np.prod(src.shape))} voxels")
+    stats.finish()
+    volume = _cast(volume, options.dtype, raw)
+    size = atomic_save_npy(out, volume)
+    (p1, p50, p99), basis = stats.percentiles()
+    n = max(stats.n, 1)
+    return dict(format=src.fmt, raw_shape="x".join(str(s) for s in src.shape), raw_dtype=str(src.dtype),
+                p1=p1, p50=p50, p99=p99, percentile_basis=basis, saturation_value=sat,
+                frac_saturated=(stats.saturated / n) if sat is not None else None, frac_zero=stats.zeros / n,
+                notes="; ".join(src.notes), out_size=size)
+
+
+def _task(raw: str, out: str, options: PrepareOptions, previous: dict | None) -> dict:
+    """Worker entry point: never raises for a bad file; returns a result record."""
+    t0 = time.perf_counter()
+    rec = dict(raw=raw, out=out)
+    try:
+        fp = fingerprint(Path(raw))
+        digest = content_hash(Path(raw))
+        rec.update(fingerprint=fp, sha256=digest)
+        if previous and previous.get("sha256") == digest and Path(out).exists() \
+                and Path(out).stat().st_size == previous.get("out_size"):
+            rec.update(status="unchanged", quality=previous["quality"])  # touched, not changed
+        else:
+            quality = convert_volume(raw, out, options)
+            rec.update(status="converted", quality=quality)
+    except VolumeError as exc:
+        rec.update(status="skipped", reason=exc.reason, detail=exc.detail)
+    except FileNotFoundError as exc:
+        rec.update(status="skipped", reason="missing", detail=f"{raw}: raw file not found ({exc})")
+    except MemoryError:
+        rec.update(status="skipped", reason="internal_error", detail=f"{raw}: out of memory while converting")
+    except Exception as exc:  # a bug or an unforeseen file problem: keep going, keep the trace
+        tb = traceback.format_exc()
+        rec.update(status="skipped", reason="internal_error",
+                   detail=f"{raw}: {type(exc).__name__}: {exc}", traceback=tb)
+    rec.update(seconds=time.perf_counter() - t0, peak_rss_mib=peak_rss_mib(), pid=os.getpid())
+    return rec
+
+
+# --- the manifest ------------------------------------------------------------------------------
+
+def load_manifest(out: Path) -> dict:
+    p = out / MANIFEST
+    if p.exists():
+        try:
+            m = read_json(p)
+            if isinstance(m, dict) and isinstance(m.get("entries"), dict):
+                return m
+        except (ValueError, OSError):
+            pass
+        print(f"icpcv prepare: warning: {p} is unreadable; converting everything again", file=sys.stderr)
+    return dict(format="icpcv-prepare-manifest", version=1, entries={})
+
+
+def _clean_temporaries(folder: Path) -> int:
+    """Remove temporary files an interrupted run left (``.<name>.npy.<random>.tmp``)."""
+    n = 0
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp") and ".npy." in p.name:
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+# --- the quality table -----------------------------------------------------------------------
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """Modified z-score 0.6745 (x - median) / MAD (Iglewicz & Hoaglin); with MAD = 0 the mean absolute
+    deviation (times 1.2533) stands in; NaN for fewer than 3 values."""
+    x = np.asarray(values, dtype=float)
+    z = np.full(x.shape, np.nan)
+    ok = np.isfinite(x)
+    if ok.sum() < 3:
+        return z
+    med = np.median(x[ok])
+    mad = np.median(np.abs(x[ok] - med))
+    if mad > 0:
+        z[ok] = 0.6745 * (x[ok] - med) / mad
+    else:
+        mean_ad = np.mean(np.abs(x[ok] - med))
+        z[ok] = (x[ok] - med) / (1.253314 * mean_ad) if mean_ad > 0 else 0.0
+    return z
+
+
+def _shape_mismatch(declared: str, raw_shape: str) -> bool:
+    nums = [int(n) for n in re.findall(r"\d+", declared or "")]
+    if len(nums) != 3 or not raw_shape:
+        return False
+    return sorted(nums) != sorted(int(s) for s in raw_shape.split("x"))
+
+
+def quality_table(rows: list[Row], results: dict[int, dict]) -> pd.DataFrame:
+    recs = []
+    for r in rows:
+        res = results[r.row]
+        q = res.get("quality") or {}
+        recs.append(dict(row=r.row, scan_id=r.scan_id, subject=r.subject, source=str(r.path) if r.path else "",
+                         format=q.get("format", ""), status=res["status"], reason=res.get("reason", ""),
+                         detail=res.get("detail", ""), raw_shape=q.get("raw_shape", ""),
+                         raw_dtype=q.get("raw_dtype", ""),
+                         output=r.out if res["status"] != "skipped" else "",
+                         p1=q.get("p1"), p50=q.get("p50"), p99=q.get("p99"),
+                         percentile_basis=q.get("percentile_basis", ""), saturation_value=q.get("saturation_value"),
+                         frac_saturated=q.get("frac_saturated"), frac_zero=q.get("frac_zero"),
+                         notes=q.get("notes", ""), sha256=res.get("sha256", ""),
+                         flag_shape_mismatch=_shape_mismatch(r.scan_shape, q.get("raw_shape", ""))))
+    df = pd.DataFrame(recs)
+    ok = df["status"] != "skipped"
+    z = np.full(len(df), np.nan)
+    z[ok.to_numpy()] = robust_z(pd.to_numeric(df.loc[ok, "p50"], errors="coerce").to_numpy(dtype=float))
+    df["median_robust_z"] = z
+    df["flag_median_outlier"] = np.abs(z) > ROBUST_Z_MAX
+    sat = pd.to_numeric(df["frac_saturated"], errors="coerce")
+    df["flag_saturated"] = (sat > SATURATED_MAX).fillna(False).astype(bool)
+    df["flag_empty"] = (pd.to_numeric(df["frac_zero"], errors="coerce") > EMPTY_MAX).fillna(False).astype(bool)
+    for c in ("flag_median_outlier", "flag_saturated", "flag_empty", "flag_shape_mismatch"):
+        df[c] = df[c].astype(bool) & ok
+    names = {"flag_median_outlier": "median_outlier", "flag_saturated": "saturated", "flag_empty": "empty",
+             "flag_shape_mismatch": "shape_mismatch"}
+    df["flags"] = [",".join(v for k, v in names.items() if rec[k]) for rec in df.to_dict("records")]
+    return df[QUALITY_COLUMNS]
+
+
+# --- the whole run -----------------------------------------------------------------------------
+
+@dataclass
+class Summary:
+    n_rows: int
+    converted: int
+    unchanged: int
+    skipped: int
+    reasons: dict
+    flagged: int
+    table: Path
+    quality: Path
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.skipped == 0 else EXIT_SKIPPED
+
+    def line(self) -> str:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
+        text = (f"prepared {self.converted + self.unchanged} of {self.n_rows} volumes ({self.converted} converted, "
+                f"{self.unchanged} unchanged, {self.skipped} skipped{': ' + why if why else ''}); "
+                f"{self.flagged} flagged in the quality table; {self.seconds:.1f} s")
+        return text
+
+
+def _iter_results(tasks, options: PrepareOptions):
+    """Run conversion tasks, in this process (one worker) or in joblib's processes, yielding results."""
+    if options.workers <= 1 or len(tasks) <= 1:
+        for row, args in tasks:
+            yield row, _task(*args)
+        return
+    from joblib import Parallel, delayed
+
+    par = Parallel(n_jobs=min(options.workers, len(tasks)), backend="loky", return_as="generator_unordered")
+    rows_of = {}
+    jobs = []
+    for row, args in tasks:
+        rows_of[(args[0], args[1])] = row
+        jobs.append(delayed(_task)(*args))
+    for rec in par(jobs):
+        yield rows_of[(rec["raw"], rec["out"])], rec
+
+
+def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, options: PrepareOptions, *,
+            path_column: str | None = None, progress=None, err=None) -> Summary:
+    """Convert every row's raw volume; write volumes, ``table.csv``, ``quality.csv`` and the manifest."""
+    from icpcv.run.progress import Progress
+    from icpcv.run.rundir import RunLock
+
+    t0 = time.perf_counter()
+    err = err or sys.stderr
+    progress = progress or Progress("quiet")
+    table = Path(table)
+    raw_dir = Path(raw_dir) if raw_dir is not None else table.parent
+    if not raw_dir.is_dir():
+        raise InputError(f"{raw_dir}: --raw folder not found")
+    if options.dtype not in OUTPUT_DTYPES:
+        raise InputError(f"--dtype {options.dtype!r}: use one of {', '.join(OUTPUT_DTYPES)}")
+    if len(options.shape) != 3 or min(options.shape) < 1:
+        raise InputError(f"--shape {options.shape}: need three positive sizes X Y Z(depth)")
+    rows, info = read_table(table, raw_dir, path_column)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        _clean_temporaries(out / "volumes")
+        manifest = load_manifest(out)
+        entries = manifest["entries"]
+        key = options.target_key
+        results: dict[int, dict] = {}
+        tasks = []
+        for r in rows:
+            if r.path is None:
+                results[r.row] = dict(status="skipped", reason="no_path",
+                                      detail=f"{table}: row {r.row}, column {info['path_col']}: empty; no raw file "
+                                             "to convert")
+                continue
+            try:
+                raw_format(r.path)
+                if not r.path.exists():
+                    raise VolumeError("missing", f"{r.path}: raw file not found (row {r.row}, column "
+                                                 f"{info['path_col']})")
+                fp = fingerprint(r.path)
+            except VolumeError as exc:
+                results[r.row] = dict(status="skipped", reason=exc.reason, detail=exc.detail)
+                continue
+            entry = entries.get(r.out)
+            same_target = bool(entry) and entry.get("target_key") == key and entry.get("source") == str(r.path)
+            target_file = out / r.out
+            if same_target and not options.force and not options.verify and entry.get("fingerprint") == fp \
+                    and target_file.exists() and target_file.stat().st_size == entry.get("out_size"):
+                results[r.row] = dict(status="unchanged", quality=entry["quality"], sha256=entry.get("sha256", ""))
+                continue
+            # same target, other fingerprint (or source path: the raw folder moved): the worker re-hashes
+            # and keeps the output if the bytes are the same
+            previous = entry if entry and entry.get("target_key") == key and not options.force else None
+            tasks.append((r.row, (str(r.path), str(target_file), options, previous)))
+        by_row = {r.row: r for r in rows}
+        if tasks:
+            progress.message(f"prepare: {len(tasks)} of {len(rows)} volumes to convert with {options.workers} "
+                             f"worker(s); {sum(1 for v in results.values() if v['status'] == 'unchanged')} "
+                             "unchanged")
+        last_save = time.monotonic()
+        done = 0
+        try:
+            for row, rec in _iter_results(tasks, options):
+                done += 1
+                results[row] = rec
+                r = by_row[row]
+                if rec["status"] != "skipped":
+                    entries[r.out] = dict(scan_id=r.scan_id, source=str(r.path), fingerprint=rec["fingerprint"],
+                                          sha256=rec["sha256"], target_key=key, target=options.target(),
+                                          out_size=rec["quality"]["out_size"], quality=rec["quality"])
+                    progress.message(f"[{done}/{len(tasks)}] {r.scan_id}: {rec['status']} "
+                                     f"{rec['quality']['raw_shape']} {rec['quality']['raw_dtype']} in "
+                                     f"{rec['seconds']:.1f} s")
+                else:
+                    entries.pop(r.out, None)
+                    progress.message(f"[{done}/{len(tasks)}] {r.scan_id}: skipped ({rec['reason']})")
+                    if rec.get("traceback"):
+                        err.write(rec["traceback"])
+                if time.monotonic() - last_save > 5:
+                    atomic_write_json(out / MANIFEST, manifest)
+                    last_save = time.monotonic()
+        finally:
+            atomic_write_json(out / MANIFEST, manifest)
+
+        quality = quality_table(rows, results)
+        ok_rows = [r for r in rows if results[r.row]["status"] != "skipped"]
+        prepared = pd.DataFrame(dict(scan_id=[r.record[info["id_col"]] for r in ok_rows],
+                                     subject=[r.record[info["subject_col"]] for r in ok_rows],
+                                     iop=[r.record["iop"] for r in ok_rows],
+                                     icp=[r.record["icp"] for r in ok_rows],
+                                     path=[r.out for r in ok_rows],
+                                     raw_path=[r.raw for r in ok_rows]))
+        for c in info["extras"]:
+            prepared[c] = [r.record[c] for r in ok_rows]
+        atomic_write_text(out / "table.csv", prepared.to_csv(index=False))
+        atomic_write_text(out / "quality.csv", quality.to_csv(index=False))
+
+    skipped = quality[quality["status"] == "skipped"]
+    for rec in skipped.to_dict("records"):
+        err.write(f"icpcv prepare: skipped row {rec['row']} (scan {rec['scan_id'] or '?'}): "
+                  f"{rec['reason']}: {rec['detail']}\n")
+    counts = quality["status"].value_counts().to_dict()
+    return Summary(n_rows=len(rows), converted=counts.get("converted", 0), unchanged=counts.get("unchanged", 0),
+                   skipped=counts.get("skipped", 0), reasons=skipped["reason"].value_counts().to_dict(),
+                   flagged=int((quality["flags"] != "").sum()), table=out / "table.csv",
+                   quality=out / "quality.csv", seconds=time.perf_counter() - t0)
+
+
+__all__ = ["PrepareOptions", "Summary", "prepare", "convert_volume", "read_table", "quality_table", "robust_z",
+           "REASONS", "EXIT_SKIPPED", "CODE_VERSION"]
