@@ -47,6 +47,8 @@ def write_raw(path: Path, vol: np.ndarray) -> Path:
     name = path.name
     if name.endswith((".tif", ".tiff")):
         tifffile.imwrite(path, np.transpose(vol, (1, 2, 0)))  # pages = B-scans (Z rows, X columns) along Y
+    elif name.endswith("_fortran.npy"):
+        np.save(path, np.asfortranarray(vol))  # slabs along Z
     elif name.endswith(".npy"):
         np.save(path, vol)
     elif name.endswith(".pt"):
@@ -99,7 +101,7 @@ def oct_stub(tmp_path, monkeypatch):
         monkeypatch.delitem(sys.modules, name)
 
 
-FORMATS = ["a.tif", "b_folder", "c.npy", "d.pt", "e.nii", "f.nii.gz", "g.OCT"]
+FORMATS = ["a.tif", "b_folder", "c.npy", "c_fortran.npy", "d.pt", "e.nii", "f.nii.gz", "g.OCT"]
 
 
 def test_every_format_lands_in_the_same_orientation(tmp_path, oct_stub, capsys):
@@ -113,7 +115,7 @@ def test_every_format_lands_in_the_same_orientation(tmp_path, oct_stub, capsys):
     table = plain_table(tmp_path / "scans.csv", rows)
     out = tmp_path / "out"
     assert run_prepare(table, raw, out) == 0
-    assert "prepared 7 of 7 volumes (7 converted, 0 unchanged, 0 skipped)" in capsys.readouterr().out
+    assert "prepared 8 of 8 volumes (8 converted, 0 unchanged, 0 skipped)" in capsys.readouterr().out
     expected = resample(vol, TARGET)  # the project's whole-volume area average
     prepared = pd.read_csv(out / "table.csv", dtype=str)
     assert list(prepared.columns[:6]) == ["scan_id", "subject", "iop", "icp", "path", "raw_path"]
@@ -201,6 +203,29 @@ def test_seed_format_labels_carried_unchanged_and_bad_rows_reported(tmp_path, ca
     st = read_scan_table(out / "table.csv", need_iop=True, need_volumes=True)
     assert list(st.scans["scan_id"]) == ["1"]
     assert set(st.quality["reason"]) == {"", "icp_range", "subject_missing"}
+
+
+def test_an_unexpected_error_is_reported_with_its_traceback_and_the_rest_converts(tmp_path, monkeypatch, capsys):
+    from icpcv.prepare.resample import StreamResampler
+
+    real_add = StreamResampler.add
+
+    def buggy_add(self, start, slab):
+        if self.raw_shape[0] == 33:
+            raise RuntimeError("a bug")
+        return real_add(self, start, slab)
+
+    monkeypatch.setattr(StreamResampler, "add", buggy_add)
+    write_raw(tmp_path / "odd.npy", np.zeros((33, 8, 32), np.uint8))
+    write_raw(tmp_path / "ok.npy", volume())
+    table = plain_table(tmp_path / "t.csv", [("odd", "1", "1", "1", "odd.npy"), ("ok", "1", "1", "1", "ok.npy"),
+                                             ("gone", "1", "1", "1", "gone_folder")])
+    assert run_prepare(table, tmp_path, tmp_path / "out") == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: a bug" in err
+    q = quality(tmp_path / "out").set_index("scan_id")
+    assert q.loc["odd", "reason"] == "internal_error" and q.loc["ok", "status"] == "converted"
+    assert q.loc["gone", "reason"] == "missing"
 
 
 def test_missing_oct_extra_is_a_skip_with_the_install_hint(tmp_path, monkeypatch, capsys):

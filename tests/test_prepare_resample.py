@@ -126,7 +126,7 @@ def test_raw_stats_sample_large_volumes(monkeypatch, dtype, target):
     for s0 in range(0, 20, 3):
         stats.update(np.ascontiguousarray(vol[s0:s0 + 3]))
     (p1, p50, p99), basis = stats.percentiles()
-    assert stats.step == 11 and basis == "sample of 931 voxels (every 11th)"  # a prime: not every 16th column
+    assert stats.step == 11 and basis == "sample of 931 voxels (1 in 11)"  # a prime: not every 16th column
     # the sample is every 11th voxel in file order, across slab boundaries
     np.testing.assert_allclose([p1, p50, p99], np.percentile(vol.reshape(-1)[::11], [1, 50, 99]))
     # the counts stay exact
@@ -147,3 +147,10 @@ def test_robust_z():
     z = robust_z(np.array([5.0, 5, 5, 5, 9]))  # MAD = 0: the mean absolute deviation stands in
     assert np.isfinite(z).all() and z[-1] > 3.5 and (z[:-1] == 0).all()
     assert (robust_z(np.array([3.0, 3, 3])) == 0).all()
+
+
+def test_power_of_two_shrink_of_8bit_data_is_the_exact_block_mean():
+    vol = np.random.default_rng(7).integers(0, 256, (64, 32, 128)).astype(np.uint8)
+    out = _stream(vol, (16, 8, 32), (1, 2, 0), 0, 3)
+    exact = vol.reshape(16, 4, 8, 4, 32, 4).astype(np.float64).mean(axis=(1, 3, 5))
+    assert np.array_equal(out.astype(np.float64), exact)

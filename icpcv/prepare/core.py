@@ -410,10 +410,10 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                                              "to convert")
                 continue
             try:
-                raw_format(r.path)
                 if not r.path.exists():
                     raise VolumeError("missing", f"{r.path}: raw file not found (row {r.row}, column "
                                                  f"{info['path_col']})")
+                raw_format(r.path)
                 fp = fingerprint(r.path)
             except VolumeError as exc:
                 results[r.row] = dict(status="skipped", reason=exc.reason, detail=exc.detail)

@@ -296,7 +296,7 @@ class RawStats:
         """Kept for callers; every count is final after the last update."""
 
     def percentiles(self, qs=(1, 50, 99)) -> tuple[list[float], str]:
-        basis = "exact" if self.step == 1 else f"sample of {self.n_sampled} voxels (every {self.step}th)"
+        basis = "exact" if self.step == 1 else f"sample of {self.n_sampled} voxels (1 in {self.step})"
         if self.n_sampled == 0:
             return [math.nan] * len(qs), "none"
         if self.hist is not None:
