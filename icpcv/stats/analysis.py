@@ -300,6 +300,7 @@ def analyze(predictions, reference="ols_iop", n_boot=10000, seed=0, ci_level=0.9
 
     rng = np.random.default_rng(seed)
     counts = bootstrap.counts_from_indices(bootstrap.resample_indices(G, n_boot, rng), G)
+
     def method_for(key):
         if method != "auto":
             return method

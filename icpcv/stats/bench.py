@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from icpcv.stats import bootstrap
-from icpcv.stats.analysis import (AUTO_METHODS, MODEL_METRICS, _label_sort_key, analyze,
+from icpcv.stats.analysis import (AUTO_METHODS, _label_sort_key, analyze,
                                   build_blocks)
 from icpcv.stats.calibrate import REAL_SCANS_PER_SUBJECT
 from icpcv.stats.synthetic import synthetic_predictions

@@ -1,7 +1,7 @@
 """CLI glue: ``icpcv analyze`` and ``icpcv calibrate``.
 
 The project CLI calls :func:`add_parsers` on its subparsers; for testing,
-``python -m icpcv.stats.commands analyze ...`` works on its own.
+``python -m icpcv.stats analyze ...`` works on its own.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def cmd_calibrate(args) -> int:
         n_sim=args.n_sim,
         n_subjects=getattr(args, "n_subjects", 14),
         seed=getattr(args, "seed", 0),
-        n_boot=getattr(args, "n_boot", 1999),
+        n_boot=getattr(args, "n_boot", 999),
         workers=getattr(args, "workers", 1),
     )
     text = format_markdown(table)
@@ -125,7 +125,7 @@ def add_parsers(subparsers) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icpcv.stats.commands")
+    parser = argparse.ArgumentParser(prog="python -m icpcv.stats")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parsers(sub)
     args = parser.parse_args(argv)
