@@ -269,7 +269,7 @@ def format_report(r: dict) -> str:
              f"{r['steps']} timed steps after {r['warmup']} warm-up",
              f"training FLOPs per sample: {r['train_flops_per_sample'] / 1e9:.2f} GFLOP (forward + backward, "
              "FlopCounterMode)", "",
-             f"{'phase':<58}{'batch':>6}{'samples/s':>12}{'TFLOP/s':>10}{'peak GiB':>10}"]
+             f"{'phase':<64}{'batch':>6}{'samples/s':>12}{'TFLOP/s':>10}{'peak GiB':>10}"]
     names = {"step_only": "step only (on device, no augmentation)",
              "end_to_end": "end to end (data path + augmentation)",
              "seed_style": "seed-style (fp32, DataLoader, CPU augmentation)"}
@@ -280,8 +280,8 @@ def format_report(r: dict) -> str:
             extra += f", {res['data_mode']} {res['storage_dtype']}"
         label = f"{label} [{extra}]" if extra else label
         peak = f"{res['peak_gib']:.2f}" if res["peak_gib"] is not None else "-"
-        lines.append(f"{label:<58}{res['batch_size'] if 'batch_size' in res else r['batch_size']:>6}"
-                     f"{res['samples_per_s']:>12.2f}{res['tflops']:>10.4f}{peak:>10}")
+        lines.append(f"{label:<64}{res['batch_size'] if 'batch_size' in res else r['batch_size']:>6}"
+                     f"{res['samples_per_s']:>12.2f}{res['tflops']:>10.3g}{peak:>10}")
     lines.append("")
     lines.append("ratios: " + ", ".join(f"{k} = {v:.2f}x" for k, v in r["ratios"].items()))
     return "\n".join(lines)

@@ -6,12 +6,14 @@ weight decay, batch 8, MSE loss, fp32, 200 epochs. (The seed built an Exponentia
 scheduler but never stepped it, so its learning rate was constant, as here; it did not
 early-stop, we do, with patience 20.)
 
-``fast`` trades the seed's cost for ~1/50 of the FLOPs: ResNet-18 (MedicalNet layout, so its
-weights can warm-start it) on 64 x 64 x 256 volumes in bf16, batch 16, AdamW. Counted with
+``fast`` trades resolution for speed: ResNet-18 (MedicalNet layout and dilation, so its
+weights warm-start it) on 64 x 64 x 256 volumes in bf16, batch 16, AdamW. Counted with
 ``torch.utils.flop_counter`` (forward + backward, per sample): ResNet-50 at 128x128x512 needs
-4.94 TFLOP, ResNet-18 at 64x64x256 0.455 TFLOP (10.9x fewer), and bf16 tensor cores run about
-2x the TF32 rate, so one epoch should take roughly 1/20 of the seed preset's time (not measured
-here: no GPU in the session that wrote this; see docs/gpu.md).
+4.94 TFLOP, ResNet-18 at 64x64x256 0.455 TFLOP: 10.9x fewer (8x from the voxels, 1.36x from
+ResNet-18 over ResNet-50); bf16 tensor cores run about twice the TF32 rate, so an epoch should take roughly
+1/20 of the seed preset's. Not measured: the session that wrote this had no GPU (docs/gpu.md).
+``resnet18_nodil`` at the same size needs 0.088 TFLOP, another 5x less, at the price of a
+2x2x8 final feature map.
 """
 from __future__ import annotations
 
