@@ -48,7 +48,7 @@ def _add_run(sub) -> None:
     m.add_argument("--folds", type=int, help="number of folds (default: one per subject; fewer = grouped K-fold)")
     m.add_argument("--split", choices=["subjects", "scans"], default="subjects",
                    help="subjects (default, honest) or scans (a leaky scan-level K-fold, for the leakage audit)")
-    m.add_argument("--val-fraction", type=float, default=0.15, help="share of training monkeys for early stopping")
+    m.add_argument("--val-fraction", type=float, default=0.25, help="share of training monkeys for early stopping")
     m.add_argument("--seed", type=int, default=0, help="seed for folds, initialisation, shuffling, bootstrap")
     t = p.add_argument_group("training")
     t.add_argument("--preset", choices=["seed", "fast"],
@@ -109,7 +109,7 @@ def build_config(args) -> "RunConfig":
         import pandas as pd
 
         cols = pd.read_csv(args.manifest, nrows=0).columns
-        fmt = detect_format([c.strip() for c in cols])
+        fmt = detect_format([c.strip() for c in cols], args.manifest)
         has_vol = args.scans_dir is not None if fmt == "seed" else "path" in cols and \
             pd.read_csv(args.manifest, usecols=["path"], dtype=str)["path"].notna().any()
         models = DEFAULT_MODELS_VOLUMES if has_vol else DEFAULT_MODELS_LABELS
@@ -184,6 +184,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from icpcv.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = make_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

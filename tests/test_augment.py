@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from icpcv.train.augment import (AugmentConfig, BLUR, GAMMA, NOISE, SPATIAL, SPECKLE, _blur, affine_theta, apply,
-                                 augment, draw)
+from icpcv.train.augment import (AugmentConfig, BLUR, GAIN, GAMMA, NOISE, OFFSET, SPATIAL, SPECKLE, _blur,
+                                 affine_theta, apply, augment, draw)
 
 ALL_ON = AugmentConfig(p_flip=1.0, p_affine=1.0, p_depth_shift=1.0, p_blur=1.0, p_noise=1.0, p_gamma=1.0,
-                       p_speckle=1.0)
+                       p_speckle=1.0, p_gain=1.0)
 OFF = AugmentConfig.off()
 
 
@@ -33,17 +33,20 @@ def test_identity_when_probabilities_are_zero():
 
 
 def test_off_samples_pass_unchanged_in_a_mixed_batch():
-    v = _vol(n=24)
+    v = _vol(n=40)
     cfg = replace(ALL_ON, p_flip=0.0, p_affine=0.3, p_depth_shift=0.0, p_blur=0.3, p_noise=0.3, p_gamma=0.3,
-                  p_speckle=0.3)
+                  p_speckle=0.3, p_gain=0.3)
     p = draw(v.shape, cfg, torch.Generator().manual_seed(3))
     out = apply(v, p, cfg, (-1.0, 2.0))
     s = p.scalars
     untouched = (s[:, SPATIAL] == 0) & (s[:, BLUR] == 0) & (s[:, NOISE] == 0) & (s[:, GAMMA] == 1) & \
-        (s[:, SPECKLE] == 0)
-    assert 0 < int(untouched.sum()) < 24
-    for i in range(24):
-        assert torch.equal(out[i], v[i]) == bool(untouched[i])
+        (s[:, SPECKLE] == 0) & (s[:, GAIN] == 1) & (s[:, OFFSET] == 0)
+    assert 0 < int(untouched.sum()) < 40
+    changed = [not torch.equal(out[i], v[i]) for i in range(40)]
+    for i in range(40):
+        if untouched[i]:
+            assert not changed[i]
+    assert sum(changed) >= 0.8 * (40 - int(untouched.sum()))  # (a blur SD of 0.05 voxel changes nothing)
 
 
 def test_every_sample_gets_its_own_parameters():
@@ -104,17 +107,17 @@ def test_identity_theta_and_rotation_in_voxel_units():
 
 
 def test_depth_shift_moves_a_layer_along_depth():
-    v = torch.zeros(2, 1, 6, 6, 40)
+    v = torch.zeros(4, 1, 6, 6, 40)
     v[:, :, :, :, 20] = 1.0  # a bright layer at depth 20
     cfg = replace(OFF, p_depth_shift=1.0, depth_shift=0.1, bscan_jitter=0.0)
     p = draw(v.shape, cfg, torch.Generator().manual_seed(4))
     out = apply(v, p, cfg, (0.0, 1.0))
     shift_vox = p.theta[:, 0, 3] * 40 / 2  # normalised units -> voxels along depth
-    for i in range(2):
+    for i in range(4):
         profile = out[i, 0].mean((0, 1))
         centre = float((profile * torch.arange(40)).sum() / profile.sum())
         assert abs(centre - (20 - float(shift_vox[i]))) < 0.05
-        assert abs(float(shift_vox[i])) > 0.1
+    assert float(shift_vox.abs().max()) > 1.0
 
 
 def test_bscan_jitter_shifts_each_bscan_differently():
@@ -165,3 +168,21 @@ def test_voxel_noise_comes_from_the_cpu_generator(cfg):
     b = augment(v, g, cfg, (-1.0, 2.0))  # the next batch: new noise
     assert not torch.equal(a, b)
     assert torch.equal(a, augment(v, torch.Generator().manual_seed(9), cfg, (-1.0, 2.0)))
+
+
+def test_gain_and_offset_per_sample():
+    v = _vol(n=3)
+    cfg = replace(OFF, p_gain=1.0)
+    p = draw(v.shape, cfg, torch.Generator().manual_seed(0))
+    out = apply(v, p, cfg)
+    for i in range(3):
+        gain, offset = float(p.scalars[i, GAIN]), float(p.scalars[i, OFFSET])
+        assert 0.8 <= gain <= 1.2 and -0.2 <= offset <= 0.2
+        assert torch.allclose(out[i], v[i] * gain + offset, atol=1e-6)
+
+
+def test_the_light_networks_policy_is_flips_and_intensity_only():
+    light = AugmentConfig.light()
+    assert light.p_flip == 0.5 and light.p_gain == 1.0
+    assert light.p_affine == light.p_depth_shift == light.p_blur == light.p_noise == light.p_gamma == 0.0
+    assert light.p_speckle == 0.0

@@ -27,12 +27,14 @@ def _train_cnn(name, cfg: RunConfig, fold, frame_of, store, device, ckpt: Path, 
     import torch
 
     from icpcv.models import is_resnet, make_cnn
+    from icpcv.train.augment import AugmentConfig
     from icpcv.train.datapath import load_compact
     from icpcv.train.loop import TrainConfig, fit, predict
 
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                        patience=cfg.patience, augment=cfg.augment, seed=cfg.seed * 1000 + fold.index,
-                       optimizer=cfg.optimizer, precision=cfg.precision)
+                       optimizer=cfg.optimizer, precision=cfg.precision,
+                       aug=AugmentConfig.light() if name == "cnn" else AugmentConfig())
     torch.manual_seed(tcfg.seed)
     model = make_cnn(name, tuple(store.cohort.shape))
     warm = None

@@ -1,8 +1,9 @@
 """Batched OCT augmentation on the device, with per-sample random parameters.
 
 Covers the seed's torchio chain (flip, affine rotation/translation/scale, Gaussian blur, noise,
-gamma) and two OCT-specific ones: multiplicative speckle and A-scan (depth) shifts, a shift of
-the whole volume along depth plus a per-B-scan jitter (axial eye motion between B-scans). It
+gamma), two OCT-specific ones: multiplicative speckle and A-scan (depth) shifts, a shift of
+the whole volume along depth plus a per-B-scan jitter (axial eye motion between B-scans), and
+an intensity gain and offset (so that brightness cannot serve as a monkey's fingerprint). It
 differs from the seed on purpose in one place: the seed's ``RandomFlip(axes=2)`` flipped the
 *depth* axis, turning the eye inside out; here only the lateral axes X and Y are flipped.
 
@@ -48,28 +49,33 @@ class AugmentConfig:
     log_gamma: float = 0.3  # gamma = exp(U(-0.3, 0.3)) (torchio's default)
     p_speckle: float = 0.3
     speckle_sigma: float = 0.3  # largest SD of the log of the multiplicative speckle
+    p_gain: float = 1.0  # intensity gain and offset, so brightness cannot fingerprint a monkey
+    gain: tuple[float, float] = (0.8, 1.2)
+    offset: float = 0.2  # +- training-intensity SDs
 
     @classmethod
     def off(cls) -> "AugmentConfig":
-        return cls(p_flip=0.0, p_affine=0.0, p_depth_shift=0.0, p_blur=0.0, p_noise=0.0, p_gamma=0.0, p_speckle=0.0)
+        return cls(p_flip=0.0, p_affine=0.0, p_depth_shift=0.0, p_blur=0.0, p_noise=0.0, p_gamma=0.0, p_speckle=0.0,
+                   p_gain=0.0)
 
     @classmethod
-    def flips_only(cls) -> "AugmentConfig":
-        return replace(cls.off(), p_flip=0.5)
+    def light(cls) -> "AugmentConfig":
+        """The light CPU network's: lateral flips and an intensity gain and offset, nothing geometric."""
+        return replace(cls.off(), p_flip=0.5, p_gain=1.0)
 
 
 # columns of the per-sample scalar table
-FLIP_X, FLIP_Y, SPATIAL, BLUR, NOISE, GAMMA, SPECKLE = range(7)
-_N_ON = 8  # uniforms for on/off decisions per sample
-_N_VAL = 12  # uniforms for values per sample
+FLIP_X, FLIP_Y, SPATIAL, BLUR, NOISE, GAMMA, SPECKLE, GAIN, OFFSET = range(9)
+_N_ON = 9  # uniforms for on/off decisions per sample
+_N_VAL = 14  # uniforms for values per sample
 
 
 @dataclass
 class AugmentParams:
     """One batch's parameters on the CPU: ``theta`` (n, 3, 4) for ``affine_grid``, ``jitter`` (n, Y)
-    per-B-scan depth offsets (normalised units), ``scalars`` (n, 7) per the columns above (flags
-    0/1 for flips and spatial; blur SD in voxels, noise SD, gamma, speckle SD), ``seed`` for the
-    device generator."""
+    per-B-scan depth offsets (normalised units), ``scalars`` (n, 9) per the columns above (flags
+    0/1 for flips and spatial; blur SD in voxels, noise SD, gamma, speckle SD, gain, offset),
+    ``seed`` for the device generator."""
     theta: torch.Tensor
     jitter: torch.Tensor
     scalars: torch.Tensor
@@ -77,7 +83,7 @@ class AugmentParams:
 
     def any(self, column: int) -> bool:
         v = self.scalars[:, column]
-        return bool((v != 1.0).any()) if column == GAMMA else bool((v != 0.0).any())
+        return bool((v != 1.0).any()) if column in (GAMMA, GAIN) else bool((v != 0.0).any())
 
     def packed(self) -> torch.Tensor:
         n = self.theta.shape[0]
@@ -132,6 +138,7 @@ def draw(shape, cfg: AugmentConfig, g: torch.Generator) -> AugmentParams:
     noise = on[:, 5] < cfg.p_noise
     gamma = on[:, 6] < cfg.p_gamma
     speckle = on[:, 7] < cfg.p_speckle
+    gain = on[:, 8] < cfg.p_gain
     deg = math.pi / 180
     a = affine.double()
     rx, ry, rz = sym(0, cfg.tilt_deg * deg) * a, sym(1, cfg.tilt_deg * deg) * a, sym(2, cfg.rotate_deg * deg) * a
@@ -148,6 +155,8 @@ def draw(shape, cfg: AugmentConfig, g: torch.Generator) -> AugmentParams:
         torch.where(noise, u[:, 9] * cfg.noise_std, zero),
         torch.where(gamma, torch.exp(sym(10, cfg.log_gamma)), one),
         torch.where(speckle, u[:, 11] * cfg.speckle_sigma, zero),
+        torch.where(gain, cfg.gain[0] + u[:, 12] * (cfg.gain[1] - cfg.gain[0]), one),
+        torch.where(gain, sym(13, cfg.offset), zero),
     ], 1)
     return AugmentParams(theta.float(), jitter.float(), scalars.float(), seed)
 
@@ -219,6 +228,9 @@ def apply(v: torch.Tensor, params: AugmentParams, cfg: AugmentConfig,
             x = torch.where(on(GAMMA) != 1.0, x.clamp_min(0).pow(on(GAMMA)), x)
         touched = (on(SPECKLE) > 0) | (on(GAMMA) != 1.0)
         v = torch.where(touched, x * span + lo, v)
+    if params.any(GAIN) or params.any(OFFSET):
+        touched = (on(GAIN) != 1.0) | (on(OFFSET) != 0.0)
+        v = torch.where(touched, v * on(GAIN) + on(OFFSET), v)
     if params.any(NOISE):
         if dg is None:
             dg = torch.Generator(device=v.device)
