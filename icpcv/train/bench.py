@@ -213,7 +213,6 @@ def _phase_seed_style(name, shape, batch, steps, warmup, device, workers, base_w
             loss.item()  # the seed printed every batch's loss
 
         seconds = _timed(run_step, steps, warmup, device)
-        del it, loader
     return dict(samples_per_s=steps * batch / seconds, seconds=seconds, precision="fp32",
                 loader=f"DataLoader, {workers} workers, per-sample CPU augmentation, .pt files", optimizer="adamax")
 

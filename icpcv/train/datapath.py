@@ -198,7 +198,8 @@ class VolumeSource:
             yield order_dev[a:b], self._standardise(raw)
 
     def describe(self) -> str:
-        return f"{self.mode}, {self.n} volumes as {str(self.dtype).replace('torch.', '')} ({self.nbytes / 2**20:.1f} MiB)"
+        dtype = str(self.dtype).replace("torch.", "")
+        return f"{self.mode}, {self.n} volumes as {dtype} ({self.nbytes / 2**20:.1f} MiB)"
 
 
 # ---------------------------------------------------------------- the step
