@@ -125,6 +125,9 @@ def build_config(args) -> "RunConfig":
             raise InputError("--pretrained warm-starts the 3D ResNets (resnet10|18|34|50...), but none is in --models "
                              f"({','.join(models)})")
         pretrained = str(Path(pretrained).resolve())
+        from icpcv.models.pretrained import check_pretrained
+
+        check_pretrained(pretrained, [m for m in models if is_resnet(m)])  # refuse a wrong file before any fold
     return RunConfig(manifest=str(Path(args.manifest).resolve()) if args.manifest else None,
                      scans_dir=str(Path(args.scans_dir).resolve()) if args.scans_dir else None,
                      phantom=args.phantom or preset.get("phantom", "small"), signal=args.signal,

@@ -155,6 +155,11 @@ def test_pretrained_option_is_checked(tmp_path):
     (tmp_path / "w.pth").write_bytes(b"x")
     with pytest.raises(InputError, match="none is in --models"):
         build_config(_args("--pretrained", str(tmp_path / "w.pth"), "--models", "mean,cnn"))
+    # a checkpoint of another network is refused before any fold runs
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ResNet3D(18, base_width=4).state_dict().items()}},
+               tmp_path / "small18.pth")
+    with pytest.raises(InputError, match=r"small18\.pth.*backbone tensors of resnet10"):
+        build_config(_args("--pretrained", str(tmp_path / "small18.pth"), "--models", "mean,resnet10"))
 
 
 def test_end_to_end_fold_with_resnet10_and_a_warm_start(tmp_path):

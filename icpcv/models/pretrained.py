@@ -114,11 +114,12 @@ def _counted(key: str) -> bool:
 
 
 def load_pretrained(model: torch.nn.Module, path, *, head_prefix: str = "fc.",
-                    min_fraction: float = MIN_BACKBONE_FRACTION) -> WarmStart:
+                    min_fraction: float = MIN_BACKBONE_FRACTION, apply: bool = True) -> WarmStart:
     """Copy every tensor of ``path`` that fits ``model`` (same name after prefix stripping, same shape).
 
     The backbone is every tensor outside ``head_prefix``; if less than ``min_fraction`` of it
-    is filled the model is left untouched and InputError is raised naming the file.
+    is filled the model is left untouched and InputError is raised naming the file. With
+    ``apply=False`` only the account is made (the model may live on the meta device).
     """
     path = Path(path)
     source, stripped = strip_prefixes(read_state_dict(path))
@@ -153,7 +154,22 @@ def load_pretrained(model: torch.nn.Module, path, *, head_prefix: str = "fc.",
             f"{path}: only {backbone_matched} of {len(backbone)} backbone tensors of {name} ({fraction:.0%}) match "
             f"this checkpoint, below the {min_fraction:.0%} needed for a warm start{hint}. Is it for another depth "
             "or shortcut type? (MedicalNet: resnet_10/50 use shortcut B, resnet_18/34 shortcut A)")
+    if not apply:
+        return report
     merged = dict(target)
     merged.update({k: v.to(target[k].dtype) for k, v in matched.items()})
     model.load_state_dict(merged, strict=True)
     return report
+
+
+def check_pretrained(path, names) -> dict[str, WarmStart]:
+    """The account of ``path`` for each 3D ResNet in ``names``, built on the meta device (no
+    memory, no weights copied): lets the command line refuse a wrong file before any fold runs."""
+    from icpcv.models.resnet3d import build_resnet
+
+    out = {}
+    for name in names:
+        with torch.device("meta"):
+            model = build_resnet(name)
+        out[name] = load_pretrained(model, path, apply=False)
+    return out
