@@ -95,6 +95,7 @@ def test_refuses_below_ninety_percent(tmp_path):
         load_pretrained(ResNet3D(18, base_width=16), path)  # another width: every shape differs
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_unreadable_files_are_input_errors_naming_the_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_state_dict(tmp_path / "absent.pth")
