@@ -23,7 +23,7 @@ class RunConfig:
     models: tuple[str, ...] = DEFAULT_MODELS_VOLUMES
     folds: int | None = None  # None: one per subject
     split: str = "subjects"
-    val_fraction: float = 0.15
+    val_fraction: float = 0.25
     seed: int = 0
     shape: tuple[int, int, int] | None = None  # (X, Y, Z=depth); None: the phantom's, or (32, 32, 64)
     epochs: int = 30
@@ -36,6 +36,11 @@ class RunConfig:
     n_boot: int = 10000
     ci_level: float = 0.95
     skip_bad_scans: bool = False
+    # CNN training (icpcv.train): see docs/gpu.md
+    optimizer: str = "adamw"  # adamw | adam | adamax (the seed's)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    pretrained: str | None = None  # warm-start checkpoint for the 3D ResNets (MedicalNet or a state dict)
+    preset: str | None = None  # the --preset that filled in the defaults (recorded only)
 
     def to_dict(self) -> dict:
         d = asdict(self)
