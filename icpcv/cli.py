@@ -99,7 +99,7 @@ def build_config(args) -> "RunConfig":
         import pandas as pd
 
         cols = pd.read_csv(args.manifest, nrows=0).columns
-        fmt = detect_format([c.strip() for c in cols])
+        fmt = detect_format([c.strip() for c in cols], args.manifest)
         has_vol = args.scans_dir is not None if fmt == "seed" else "path" in cols and \
             pd.read_csv(args.manifest, usecols=["path"], dtype=str)["path"].notna().any()
         models = DEFAULT_MODELS_VOLUMES if has_vol else DEFAULT_MODELS_LABELS
@@ -158,6 +158,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from icpcv.bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = make_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -51,8 +51,8 @@ PRESETS = {
     "seed": PhantomPreset("seed", (128, 128, 512), 14, (4, 6), (4, 9)),
 }
 
-K_IOP = 0.0035  # lamina displacement per mmHg, as a fraction of the depth axis
-K_ICP = 0.0045
+K_IOP = 0.002  # lamina displacement per mmHg, as a fraction of the depth axis
+K_ICP = 0.0025
 
 
 def design(preset: PhantomPreset, rng: np.random.Generator, n_subjects: int | None = None) -> pd.DataFrame:
@@ -74,7 +74,7 @@ def design(preset: PhantomPreset, rng: np.random.Generator, n_subjects: int | No
 def _monkey_params(rng: np.random.Generator, n: int) -> pd.DataFrame:
     return pd.DataFrame(dict(
         subject=[str(m) for m in range(1, n + 1)],
-        base_depth=rng.normal(0.10, 0.012, n),  # lamina below BMO, fraction of Z
+        base_depth=rng.normal(0.15, 0.010, n),  # lamina below BMO, fraction of Z
         curvature=rng.normal(0.025, 0.008, n),
         compliance=rng.normal(1.0, 0.10, n),
         cup_depth=rng.normal(0.12, 0.03, n),
@@ -137,8 +137,8 @@ def make_cohort(preset: str | PhantomPreset = "small", *, signal: float = 1.0, s
     mp = monkeys.set_index("subject")
     n = len(scans)
     # measured pressures scatter around the set levels
-    scans["iop"] = np.round(scans["iop_set"] + rng.normal(0, 1.0, n), 1)
-    scans["icp"] = np.round(np.clip(scans["icp_set"] + rng.normal(0, 1.0, n), 0.5, None), 1)
+    scans["iop"] = np.round(scans["iop_set"] + np.clip(rng.normal(0, 1.0, n), -2, 2), 1)
+    scans["icp"] = np.round(np.clip(scans["icp_set"] + np.clip(rng.normal(0, 1.0, n), -2, 2), 0.5, None), 1)
     comp = mp.loc[scans["subject"], "compliance"].to_numpy()
     disp = comp * (K_IOP * (scans["iop"] - 20.0) - signal * K_ICP * (scans["icp"] - 15.0))
     scans["lamina_depth"] = mp.loc[scans["subject"], "base_depth"].to_numpy() + disp

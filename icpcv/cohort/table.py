@@ -63,14 +63,14 @@ class ScanTable:
         return natural_sorted(self.scans["subject"].unique())
 
 
-def detect_format(columns: Iterable[str]) -> str:
+def detect_format(columns: Iterable[str], source: str = "table") -> str:
     cols = set(columns)
     if set(PLAIN_COLUMNS[:4]) <= cols:
         return "plain"
     if set(SEED_COLUMNS[:4]) <= cols:
         return "seed"
     raise InputError(
-        "cannot tell the table's format from its header: expected the seed's columns "
+        f"{source}: cannot tell the table's format from its header: expected the seed's columns "
         f"({', '.join(SEED_COLUMNS)}) or the plain columns ({', '.join(PLAIN_COLUMNS)}); "
         f"found {', '.join(sorted(cols)) or 'none'}"
     )
@@ -120,7 +120,7 @@ def read_scan_table(
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise InputError(f"{path}: cannot read as CSV ({exc})") from None
     raw.columns = [c.strip() for c in raw.columns]
-    fmt = fmt or detect_format(raw.columns)
+    fmt = fmt or detect_format(raw.columns, str(path))
     if fmt == "seed":
         id_col, subj_col = "id", "monkey_id"
         if "torch_present" not in raw.columns:
