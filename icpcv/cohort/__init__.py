@@ -55,6 +55,10 @@ def materialise(cfg: RunConfig, run_dir: Path, *, need_iop: bool, need_volumes: 
     """
     root = Path(run_dir) / "cohort"
     shape = volume_shape(cfg)
+    if cfg.synthetic and expect_hash is not None:
+        reused = _reuse_phantom(root, expect_hash)
+        if reused is not None:
+            return reused
     if cfg.synthetic:
         from icpcv.cohort.phantom import make_cohort
 
@@ -105,6 +109,23 @@ def materialise(cfg: RunConfig, run_dir: Path, *, need_iop: bool, need_volumes: 
                                                  shape=list(shape) if has_volumes else None, data_hash=data_hash,
                                                  n_scans=len(table), n_subjects=int(table["subject"].nunique())))
     return Cohort(table, has_volumes, shape if has_volumes else None, root), quality, data_hash
+
+
+def _reuse_phantom(root: Path, data_hash: str):
+    """Re-opening a synthetic run: the phantom is a function of the (unchanged) config, so the
+    cohort already in the run directory is used as it is instead of being rendered again."""
+    try:
+        meta = read_json(root / "cohort.json")
+    except (OSError, ValueError):
+        return None
+    if meta.get("data_hash") != data_hash:
+        return None
+    coh = load(root.parent)
+    if not ((root / "volumes.npy").exists() or all(os.path.exists(p) for p in coh.scans["path"] if p)):
+        return None
+    quality = pd.DataFrame(dict(row=coh.scans["row"], scan_id=coh.scans["scan_id"], subject=coh.scans["subject"],
+                                status="kept", reason="", column="", value="", all_reasons="", detail=""))
+    return coh, quality, data_hash
 
 
 def _file_sig(path) -> str:

@@ -9,6 +9,7 @@ other machines) can show what each fold is doing by reading the run directory.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -46,13 +47,10 @@ class Progress:
         with self._lock:
             bar = "" if self.folds_total is None else self.bar(self.folds_done or 0, self.folds_total) + " folds | "
             line = f"[{self._elapsed()}] {bar}{text}"
-            width = 200
             try:
-                import shutil
-
-                width = max(40, shutil.get_terminal_size((200, 20)).columns - 1)
-            except (OSError, ValueError):
-                pass
+                width = max(40, os.get_terminal_size(self.stream.fileno()).columns - 1)
+            except (AttributeError, OSError, ValueError):  # not a terminal
+                width = 240
             line = line[:width]
             pad = max(0, self._last_len - len(line))
             self.stream.write("\r" + line + " " * pad)

@@ -165,7 +165,8 @@ def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, devi
                 h["epoch"] = int(h["epoch"])
             start = int(ck["epoch"]) + 1
         except Exception as exc:
-            raise RunDirError(f"{checkpoint}: corrupt epoch checkpoint ({type(exc).__name__}: {exc}); delete it to "
+            raise RunDirError(f"{checkpoint}: corrupt epoch checkpoint ({type(exc).__name__}: "
+                              f"{(str(exc).strip().splitlines() or [''])[0][:200]}); delete it to "
                               "restart this fold from epoch 0, or rerun with --fresh") from None
     n = len(tv)
     for epoch in range(start, cfg.epochs + 1):
