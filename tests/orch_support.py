@@ -7,7 +7,6 @@ The reference predictions of an uninterrupted local run are computed once per te
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import subprocess
 import sys
@@ -38,33 +37,9 @@ def cli_args(cfg: RunConfig) -> list[str]:
             "--models", ",".join(cfg.models), "--folds", str(cfg.folds), "--n-boot", str(cfg.n_boot)]
 
 
-def stats_available() -> bool:
-    try:
-        return importlib.util.find_spec("icpcv.stats") is not None and \
-            importlib.util.find_spec("icpcv.stats.analyze") is not None
-    except ModuleNotFoundError:
-        return False
-
-
-#: Runs the real CLI in a subprocess; until the stats engine exists, its final analysis step
-#: is replaced by gathering the predictions (everything before it is the real code path).
-_DRIVER = """
-import sys
-import icpcv.run.pipeline as p
-try:
-    import icpcv.stats.analyze  # noqa: F401
-except ModuleNotFoundError:
-    def _finish(run_dir, progress=None):
-        p.gather(run_dir)
-        return p.Path(run_dir) / "predictions.csv"
-    p.finish = _finish
-from icpcv.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-c", _DRIVER, "run", *args]
+    """``icpcv run ARGS`` in a fresh interpreter (the real command line, analysis and report included)."""
+    return [sys.executable, "-m", "icpcv", "run", *args]
 
 
 def subprocess_env() -> dict:

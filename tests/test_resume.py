@@ -47,6 +47,7 @@ def test_sigkill_in_the_middle_of_a_fold_then_the_same_command_resumes(tmp_path)
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=REPO)
     assert again.returncode == 0, again.stderr
+    assert f"report: {out / 'index.html'}" in again.stdout and (out / "stats.json").exists()
     # the finished fold was not retrained
     assert (rec0.read_bytes(), rec0.stat().st_mtime_ns, (fold_dir(out, 0) / "predictions.csv").read_bytes()) == before
     text = log.read_text()

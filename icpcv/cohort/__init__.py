@@ -189,6 +189,10 @@ def _check_volumes(cfg: RunConfig, root: Path, table: pd.DataFrame, quality: pd.
     if not (meta and meta.get("data_hash") == data_hash and meta.get("shape") == list(shape)
             and meta.get("scan_ids") == ids and arr_path.exists() and arr_path.stat().st_size >= expected_bytes):
         bad: dict[str, str] = {}
+        if progress:
+            progress.message(f"cohort: checking {len(ids)} volumes once (readable, finite, 3-D) and caching them "
+                             f"resampled to {'x'.join(map(str, shape))} in {arr_path} "
+                             f"({expected_bytes / 2**20:.0f} MiB)")
         tmp = root / f".volumes.npy.{os.getpid()}.tmp"
         t0 = time.monotonic()
         try:

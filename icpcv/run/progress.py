@@ -48,9 +48,10 @@ class Progress:
             bar = "" if self.folds_total is None else self.bar(self.folds_done or 0, self.folds_total) + " folds | "
             line = f"[{self._elapsed()}] {bar}{text}"
             try:
-                width = max(40, os.get_terminal_size(self.stream.fileno()).columns - 1)
+                width = os.get_terminal_size(self.stream.fileno()).columns - 1
             except (AttributeError, OSError, ValueError):  # not a terminal
-                width = 240
+                width = 0
+            width = width if width >= 40 else 240  # unknown size (0 x 0 pseudo-terminals)
             line = line[:width]
             pad = max(0, self._last_len - len(line))
             self.stream.write("\r" + line + " " * pad)
