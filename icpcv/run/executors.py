@@ -21,7 +21,6 @@ import os
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from icpcv.errors import FoldsFailed, InputError

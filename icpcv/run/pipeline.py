@@ -8,10 +8,10 @@ import pandas as pd
 
 from icpcv import cohort as cohort_mod
 from icpcv.config import RunConfig
-from icpcv.errors import InputError, RunDirError
-from icpcv.folds import FoldPlan, audit, make_plan
+from icpcv.errors import RunDirError
+from icpcv.folds import audit, make_plan
 from icpcv.models import NEEDS_IOP, NEEDS_VOLUMES, check_models
-from icpcv.run.fold import PRED_COLUMNS, run_fold
+from icpcv.run.fold import PRED_COLUMNS
 from icpcv.run.progress import Progress
 from icpcv.run.rundir import (RunLock, checkpoint_epoch, environment, fold_checkpoints, fold_complete, fold_dir,
                               read_run_record, run_key, write_run_record)
