@@ -6,7 +6,9 @@ The reference predictions of an uninterrupted local run are computed once per te
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import os
 import subprocess
 import sys
@@ -65,6 +67,7 @@ def _reference(kind: str) -> pd.DataFrame:
     from icpcv.run.pipeline import prepare
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"icpcv-reference-{kind}-"))
+    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
     rec = prepare(config(kind), run_dir)
     execute(run_dir, list(range(rec["n_folds"])), executor="local", device="cpu", threads=1)
     return predictions(run_dir)
