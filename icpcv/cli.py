@@ -1,7 +1,8 @@
 """The command line, thin: parse, build a config, call the library.
 
-User mistakes (InputError, RunDirError) are printed as one sentence with exit code 2;
-anything else is a bug and keeps its traceback.
+User mistakes (InputError, RunDirError) are printed as one sentence with exit code 2; failed
+folds (FoldsFailed: the others finished and are kept) with exit code 3; anything else is a bug
+and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 from pathlib import Path
 
 from icpcv import __version__
-from icpcv.errors import InputError, RunDirError
+from icpcv.errors import FoldsFailed, InputError, RunDirError
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -74,7 +75,11 @@ def _add_run(sub) -> None:
     o.add_argument("--out", help="run directory (default: reports/<run-name>)")
     o.add_argument("--fresh", action="store_true", help="discard an existing run in --out and start over")
     o.add_argument("--executor", default="local", choices=["local", "processes", "slurm"])
-    o.add_argument("--workers", type=int, default=1, help="processes executor: number of workers")
+    o.add_argument("--workers", type=int, default=1,
+                   help="processes executor: folds side by side (one GPU each where there are GPUs)")
+    o.add_argument("--threads", type=int,
+                   help="torch CPU threads per fold (default: all cores for local, cores/workers for processes, "
+                        "--cpus for slurm); predictions are bit-identical across executors at the same count")
     o.add_argument("--quiet", action="store_true", help="no progress output")
     o.add_argument("--log-file", help="also append progress lines to this file")
     s = p.add_argument_group("slurm executor")
@@ -84,6 +89,9 @@ def _add_run(sub) -> None:
     s.add_argument("--cpus", type=int, default=2, help="CPUs per fold task")
     s.add_argument("--mem", type=int, default=8, help="GB of memory per fold task")
     s.add_argument("--max-parallel", type=int, default=14, help="array tasks running at once")
+    s.add_argument("--deadline", type=float,
+                   help="minutes to wait for the tasks before cancelling them (default: every array wave using "
+                        "its --time and 3 time-out requeues, plus an hour); a rerun resumes")
     p.set_defaults(func=cmd_run)
 
 
@@ -151,11 +159,11 @@ def cmd_run(args) -> int:
     out = Path(args.out) if args.out else Path("reports") / default_run_name(cfg)
     progress = Progress("quiet" if args.quiet else "auto", log_file=args.log_file)
     slurm = dict(partition=args.partition, time=args.time, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
-                 max_parallel=args.max_parallel)
+                 max_parallel=args.max_parallel, deadline=args.deadline)
     try:
         progress.message(f"run directory: {out}")
         report = run(cfg, out, device=args.device, executor=args.executor, workers=args.workers, fresh=args.fresh,
-                     progress=progress, slurm=slurm)
+                     progress=progress, slurm=slurm, threads=args.threads)
     finally:
         progress.close()
     print(f"report: {report}")
@@ -199,6 +207,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except FoldsFailed as exc:
+        print(f"icpcv: error: {exc}", file=sys.stderr)
+        return 3
     except (InputError, RunDirError) as exc:
         print(f"icpcv: error: {exc}", file=sys.stderr)
         return 2

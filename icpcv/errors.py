@@ -7,3 +7,15 @@ class InputError(ValueError):
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (locked, changed config, inconsistent)."""
+
+
+class DiskFullError(RunDirError):
+    """A write failed because the disk (or quota) is full; nothing was left half-written."""
+
+
+class FoldsFailed(RunDirError):
+    """Some folds failed; ``failures`` lists them (fold, reason, log path). Complete folds are kept."""
+
+    def __init__(self, message: str, failures: list[dict]):
+        super().__init__(message)
+        self.failures = failures

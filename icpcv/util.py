@@ -1,6 +1,7 @@
 """Small shared helpers: atomic writes, hashing, natural sort."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -28,21 +29,42 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary name in the same folder, fsync, rename: a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            raise_if_disk_full(exc, path)
         raise
     _fsync_dir(path.parent)
+
+
+def raise_if_disk_full(exc: OSError, path) -> None:
+    """Turn ENOSPC/EDQUOT into a DiskFullError naming the file and what to do."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return
+    from icpcv.errors import DiskFullError
+
+    import shutil
+
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+    raise DiskFullError(f"{path}: {what} while writing it ({free}); the file was not replaced and nothing "
+                        "half-written was left; free some space and rerun the same command to resume") from exc
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

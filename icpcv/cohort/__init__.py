@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,27 +42,35 @@ def volume_shape(cfg: RunConfig) -> tuple[int, int, int]:
     return DEFAULT_FILE_SHAPE
 
 
-def materialise(cfg: RunConfig, run_dir: Path, *, need_iop: bool, need_volumes: bool):
-    """Build the cohort into ``run_dir/cohort``; returns ``(Cohort, quality_table, data_hash)``."""
+def materialise(cfg: RunConfig, run_dir: Path, *, need_iop: bool, need_volumes: bool,
+                expect_hash: str | None = None, progress=None):
+    """Build the cohort into ``run_dir/cohort``; returns ``(Cohort, quality_table, data_hash)``.
+
+    With ``expect_hash`` (re-opening a run), a different data hash raises a RunDirError saying
+    what changed *before* anything in the run directory is rewritten. For a scan table with
+    volumes that a model needs, every volume is read once here (readable, finite, 3-D),
+    resampled to the run's shape and cached in ``cohort/volumes.npy``, so fold jobs never meet a
+    bad scan: bad ones are an InputError listing them, or with ``cfg.skip_bad_scans`` rows
+    dropped with reason ``bad_volume`` in the quality table.
+    """
     root = Path(run_dir) / "cohort"
-    root.mkdir(parents=True, exist_ok=True)
     shape = volume_shape(cfg)
+    if cfg.synthetic and expect_hash is not None:
+        reused = _reuse_phantom(root, expect_hash)
+        if reused is not None:
+            return reused
     if cfg.synthetic:
         from icpcv.cohort.phantom import make_cohort
 
         big = np.prod(shape) * 1600 > 2**31  # seed scale: one file per scan
         vol_dir = root / "volumes"
         if big:
-            vol_dir.mkdir(exist_ok=True)
+            vol_dir.mkdir(parents=True, exist_ok=True)
         scans, volumes, truth = make_cohort(cfg.phantom, signal=cfg.signal, seed=cfg.data_seed, shape=shape,
                                             out=vol_dir if big else None)
-        atomic_write_json(root / "truth.json", truth | {"scans": scans.to_dict("list")})
         if big:
             scans["path"] = [str(vol_dir / f"{x}.npy") for x in scans["scan_id"]]
         else:
-            buf = io.BytesIO()
-            np.save(buf, volumes)
-            atomic_write_bytes(root / "volumes.npy", buf.getvalue())
             scans["path"] = ""
         scans["row"] = np.arange(1, len(scans) + 1)
         quality = pd.DataFrame(dict(row=scans["row"], scan_id=scans["scan_id"], subject=scans["subject"],
@@ -71,6 +80,13 @@ def materialise(cfg: RunConfig, run_dir: Path, *, need_iop: bool, need_volumes: 
         data_hash = hashlib.sha256(pd.util.hash_pandas_object(table[["scan_id", "subject", "iop", "icp"]])
                                    .to_numpy().tobytes() + (volumes.tobytes() if volumes is not None else b"")
                                    ).hexdigest()[:16]
+        _check_unchanged(root, expect_hash, data_hash, table, quality)
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(root / "truth.json", truth | {"scans": scans.to_dict("list")})
+        if not big:
+            buf = io.BytesIO()
+            np.save(buf, volumes)
+            atomic_write_bytes(root / "volumes.npy", buf.getvalue())
     else:
         from icpcv.cohort.table import read_scan_table
 
@@ -78,16 +94,157 @@ def materialise(cfg: RunConfig, run_dir: Path, *, need_iop: bool, need_volumes: 
         table, quality, source, has_volumes = st.scans, st.quality, st.source, st.has_volumes
         h = hashlib.sha256(pd.util.hash_pandas_object(table[["scan_id", "subject", "iop", "icp", "path"]],
                                                       index=False).to_numpy().tobytes())
+        sigs = {}
         if has_volumes:
-            for p in table["path"]:
-                stt = os.stat(p)
-                h.update(f"{p}:{stt.st_size}:{stt.st_mtime_ns}".encode())
+            for x, p in zip(table["scan_id"], table["path"]):
+                sigs[x] = _file_sig(p)
+                h.update(f"{p}:{sigs[x]}".encode())
         data_hash = h.hexdigest()[:16]
+        _check_unchanged(root, expect_hash, data_hash, table, quality, sigs)
+        root.mkdir(parents=True, exist_ok=True)
+        if has_volumes and need_volumes:
+            table, quality = _check_volumes(cfg, root, table, quality, sigs, shape, data_hash, progress)
     atomic_write_text(root / "scans.csv", table.to_csv(index=False))
     atomic_write_json(root / "cohort.json", dict(source=source, has_volumes=has_volumes,
                                                  shape=list(shape) if has_volumes else None, data_hash=data_hash,
                                                  n_scans=len(table), n_subjects=int(table["subject"].nunique())))
     return Cohort(table, has_volumes, shape if has_volumes else None, root), quality, data_hash
+
+
+def _reuse_phantom(root: Path, data_hash: str):
+    """Re-opening a synthetic run: the phantom is a function of the (unchanged) config, so the
+    cohort already in the run directory is used as it is instead of being rendered again."""
+    try:
+        meta = read_json(root / "cohort.json")
+    except (OSError, ValueError):
+        return None
+    if meta.get("data_hash") != data_hash:
+        return None
+    coh = load(root.parent)
+    if not ((root / "volumes.npy").exists() or all(os.path.exists(p) for p in coh.scans["path"] if p)):
+        return None
+    quality = pd.DataFrame(dict(row=coh.scans["row"], scan_id=coh.scans["scan_id"], subject=coh.scans["subject"],
+                                status="kept", reason="", column="", value="", all_reasons="", detail=""))
+    return coh, quality, data_hash
+
+
+def _file_sig(path) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _check_unchanged(root: Path, expect_hash, data_hash, table, quality, sigs=None) -> None:
+    """Refuse changed data when re-opening a run, naming what changed (before anything is rewritten)."""
+    if expect_hash is None or expect_hash == data_hash:
+        return
+    from icpcv.errors import RunDirError
+
+    changes = []
+    try:
+        old = pd.read_csv(root / "scans.csv", dtype={"scan_id": str, "subject": str, "path": str},
+                          keep_default_na=False, na_values={"iop": [""], "icp": [""]}).set_index("scan_id")
+    except (OSError, ValueError):
+        old = None
+    if old is not None:
+        new = table.set_index("scan_id")
+        why = {str(r.scan_id): f"{r.reason}: {r.value}" if r.value else r.reason
+               for r in quality.itertuples() if r.status == "dropped"}
+        gone = [x for x in old.index if x not in new.index]
+        changes += [f"scan {x} is no longer usable ({why.get(x, 'not in the table')})" for x in gone]
+        changes += [f"scan {x} is new" for x in new.index if x not in old.index]
+        for x in new.index.intersection(old.index):
+            for col in ("subject", "iop", "icp", "path"):
+                a, b = old.at[x, col], new.at[x, col]
+                if not (a == b or (pd.isna(a) and pd.isna(b)) or str(a) == str(b)):
+                    changes.append(f"scan {x}: {col} {a} -> {b}")
+        try:
+            old_sigs = read_json(root / "volumes.json").get("files", {}) if sigs else {}
+        except (OSError, ValueError):
+            old_sigs = {}
+        for x, sig in (sigs or {}).items():
+            if x in old_sigs and old_sigs[x] != sig:
+                changes.append(f"volume file {new.at[x, 'path']} (scan {x}) was modified")
+    detail = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+    raise RunDirError(f"{root.parent}: the data changed since this run started (hash {expect_hash} -> {data_hash})"
+                      + (f": {detail}" if detail else "")
+                      + "; restore the data, or rerun with --fresh (or another --out) to start over")
+
+
+def _check_volumes(cfg: RunConfig, root: Path, table: pd.DataFrame, quality: pd.DataFrame, sigs: dict,
+                   shape, data_hash: str, progress):
+    """Read every volume once: validate, resample, cache; bad volumes are an error or recorded skips."""
+    from icpcv.cohort.volumes import load_volume
+    from icpcv.util import raise_if_disk_full
+
+    meta_path, arr_path = root / "volumes.json", root / "volumes.npy"
+    ids = [str(x) for x in table["scan_id"]]
+    try:
+        meta = read_json(meta_path)
+    except (OSError, ValueError):
+        meta = None
+    expected_bytes = len(ids) * int(np.prod(shape)) * 4
+    if not (meta and meta.get("data_hash") == data_hash and meta.get("shape") == list(shape)
+            and meta.get("scan_ids") == ids and arr_path.exists() and arr_path.stat().st_size >= expected_bytes):
+        bad: dict[str, str] = {}
+        if progress:
+            progress.message(f"cohort: checking {len(ids)} volumes once (readable, finite, 3-D) and caching them "
+                             f"resampled to {'x'.join(map(str, shape))} in {arr_path} "
+                             f"({expected_bytes / 2**20:.0f} MiB)")
+        tmp = root / f".volumes.npy.{os.getpid()}.tmp"
+        t0 = time.monotonic()
+        try:
+            with open(tmp, "wb") as fh:
+                np.lib.format.write_array_header_1_0(fh, dict(descr=np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                                                              fortran_order=False, shape=(len(ids),) + tuple(shape)))
+                zeros = np.zeros(shape, "<f4").tobytes()
+                for i, (x, p) in enumerate(zip(ids, table["path"])):
+                    try:
+                        vol = load_volume(p, shape)
+                        if min(vol.shape) < 1 or not np.isfinite(vol).all():
+                            raise InputError(f"{p}: volume has non-finite values after resampling to {shape}")
+                        fh.write(np.ascontiguousarray(vol, dtype="<f4").tobytes())
+                    except InputError as exc:
+                        bad[x] = str(exc)
+                        fh.write(zeros)
+                    except (RuntimeError, ValueError) as exc:  # resampling a degenerate array
+                        bad[x] = f"{p}: cannot resample to {'x'.join(map(str, shape))} ({exc})"
+                        fh.write(zeros)
+                    if progress and time.monotonic() - t0 > 2:
+                        progress.update(f"checking volumes {i + 1}/{len(ids)}")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, arr_path)
+        except OSError as exc:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            raise_if_disk_full(exc, arr_path)
+            raise
+        meta = dict(data_hash=data_hash, shape=list(shape), scan_ids=ids, bad=bad, files=sigs)
+        atomic_write_json(meta_path, meta)
+    bad = meta["bad"]
+    if not bad:
+        return table, quality
+    rows = dict(zip(table["scan_id"].astype(str), table["row"]))
+    if not cfg.skip_bad_scans:
+        listed = "; ".join(f"{msg} (table row {rows[x]}, scan {x})" for x, msg in list(bad.items())[:5])
+        more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise InputError(f"{len(bad)} unusable volume(s): {listed}{more}. Fix or remove these files, or rerun with "
+                         "--skip-bad-scans to record them as dropped scans (reason bad_volume) and go on")
+    quality = quality.copy()
+    for x, msg in bad.items():
+        i = quality.index[(quality["scan_id"].astype(str) == x) & (quality["status"] == "kept")]
+        quality.loc[i, ["status", "reason", "column", "value", "all_reasons", "detail"]] = \
+            ["dropped", "bad_volume", "path", str(table.loc[table["scan_id"].astype(str) == x, "path"].iloc[0]),
+             "bad_volume", msg]
+    table = table[~table["scan_id"].astype(str).isin(bad)].reset_index(drop=True)
+    if table.empty:
+        raise InputError(f"no usable volume is left after skipping {len(bad)} bad ones; first: {next(iter(bad.values()))}")
+    return table, quality
 
 
 def load(run_dir: Path) -> Cohort:
@@ -102,13 +259,19 @@ def load(run_dir: Path) -> Cohort:
 class VolumeStore:
     """Volumes of a cohort by scan id, as float32 arrays of the configured shape.
 
-    The phantom's volumes are one memory-mapped array; file volumes are read and resampled on
-    first use and cached in this process.
+    ``cohort/volumes.npy`` (the phantom's volumes, or the validated, resampled volumes of a scan
+    table, indexed by ``cohort/volumes.json``) is memory-mapped; otherwise (the seed-scale
+    phantom's per-scan files) volumes are read and resampled on first use and cached in this
+    process.
     """
 
     def __init__(self, cohort: Cohort):
         self.cohort = cohort
-        self.index = {x: i for i, x in enumerate(cohort.scans["scan_id"])}
+        ids = list(cohort.scans["scan_id"])
+        meta = cohort.root / "volumes.json"
+        if meta.exists():
+            ids = read_json(meta)["scan_ids"]
+        self.index = {x: i for i, x in enumerate(ids)}
         arr = cohort.root / "volumes.npy"
         self.array = np.load(arr, mmap_mode="r", allow_pickle=False) if arr.exists() else None
         self.cache: dict[str, np.ndarray] = {}
@@ -121,9 +284,9 @@ class VolumeStore:
         from icpcv.cohort.volumes import load_volume
 
         out = np.empty((len(scan_ids),) + tuple(self.cohort.shape), dtype=np.float32)
-        paths = self.cohort.scans["path"].to_numpy()
+        paths = dict(zip(self.cohort.scans["scan_id"], self.cohort.scans["path"]))
         for j, x in enumerate(scan_ids):
             if x not in self.cache:
-                self.cache[x] = load_volume(paths[self.index[x]], self.cohort.shape)
+                self.cache[x] = load_volume(paths[x], self.cohort.shape)
             out[j] = self.cache[x]
         return out

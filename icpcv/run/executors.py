@@ -1,18 +1,233 @@
-"""Executors: where the fold jobs run. Each job reads and writes only the run directory."""
+"""Executors: where the fold jobs run. Each job reads and writes only the run directory.
+
+* ``local``: one fold after another in this process (the first failure stops the run).
+* ``processes``: ``workers`` folds side by side in joblib's loky worker processes. With GPUs,
+  one GPU per worker, pinned through ``CUDA_VISIBLE_DEVICES`` before CUDA starts in the worker;
+  without, ``workers`` CPU processes with ``cpus // workers`` torch threads each.
+* ``slurm``: one fold per job-array task through submitit (:mod:`icpcv.run.slurm`).
+
+Whatever runs a fold, it is complete only when its ``record.json`` says so; the head collects
+results from the run directory, never from the workers. A failed fold leaves ``error.json``
+(the exception and traceback) and its ``fold.log`` in its folder; the other folds go on, and
+:class:`~icpcv.errors.FoldsFailed` lists the failures at the end.
+
+Predictions are bit-identical across executors when each fold runs with the same number of
+torch threads (``threads``; CPU convolutions sum in a thread-dependent order).
+"""
 from __future__ import annotations
 
+import fcntl
+import os
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
-from icpcv.errors import InputError
-from icpcv.run.fold import run_fold
+from icpcv.errors import FoldsFailed, InputError
+from icpcv.run.fold import fold_label, fold_summary, run_fold
+from icpcv.run.progress import FoldReporter, Progress
+from icpcv.run.rundir import (fold_complete, fold_dir, read_fold_error, read_fold_record, read_run_record,
+                              read_status, write_fold_error)
+
+EXECUTORS = ("local", "processes", "slurm")
 
 
 def execute(run_dir: Path, folds: list[int], *, executor: str = "local", workers: int = 1, device: str = "auto",
-            progress=None, slurm: dict | None = None) -> None:
+            progress=None, slurm: dict | None = None, threads: int | None = None) -> None:
+    """Run the folds ``folds`` of the run in ``run_dir``; raises FoldsFailed if any failed."""
+    if executor not in EXECUTORS:
+        raise InputError(f"unknown --executor {executor!r}; use {', '.join(EXECUTORS)}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1 (got {threads})")
     if not folds:
         return
+    run_dir = Path(run_dir).resolve()
+    progress = progress or Progress("quiet")
     if executor == "local":
-        for k in folds:
-            run_fold(run_dir, k, device=device, progress=progress)
+        _local(run_dir, folds, device, threads, progress)
         return
-    raise InputError(f"unknown --executor {executor!r}; use local")
+    if executor == "processes":
+        if workers < 1:
+            raise InputError(f"--workers must be at least 1 (got {workers})")
+        failures = _processes(run_dir, folds, workers, device, threads, progress)
+    else:
+        from icpcv.run.slurm import run_slurm
+
+        failures = run_slurm(run_dir, folds, device=device, threads=threads, options=slurm or {}, progress=progress)
+    if failures:
+        raise folds_failed(run_dir, failures)
+
+
+def folds_failed(run_dir: Path, failures: list[dict]) -> FoldsFailed:
+    rec = read_run_record(run_dir)
+    n = rec["n_folds"]
+    complete = sum(fold_complete(run_dir, k, rec["key"]) for k in range(n))
+    lines = []
+    for f in sorted(failures, key=lambda f: f["fold"]):
+        held = (read_fold_record(run_dir, f["fold"]) or {}).get("held_out") or _held_out(run_dir, f["fold"])
+        lines.append(f"  {fold_label(f['fold'], n, held)}: {f['reason']}\n    log: {f['log']}")
+    msg = (f"{len(failures)} of {n} folds failed ({complete} complete folds are kept and will not be rerun):\n"
+           + "\n".join(lines) + "\nfix the cause and rerun the same command to run the unfinished folds")
+    return FoldsFailed(msg, failures)
+
+
+def _held_out(run_dir: Path, k: int) -> list[str]:
+    from icpcv.util import read_json
+
+    try:
+        return read_json(Path(run_dir) / "fold_plan.json")["folds"][k]["held_out"]
+    except (OSError, ValueError, KeyError, IndexError):
+        return []
+
+
+# ---- one fold as a job ------------------------------------------------------------------------
+
+def run_job(run_dir, k: int, *, device: str = "auto", threads: int | None = None, echo: bool = False) -> dict:
+    """Run fold ``k`` as a job in this process (a worker or a Slurm task); returns its record.
+
+    Sets the torch thread count, reports to the fold's ``fold.log`` / ``status.json`` (and to
+    stderr with ``echo``), and records an exception in ``error.json`` before re-raising it.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    parent = Progress("lines", stream=sys.stderr) if echo else None
+    try:
+        return run_fold(run_dir, k, device=device, progress=parent)  # run_fold adds fold.log and status.json
+    except Exception as exc:  # SystemExit (submitit's requeue) and KeyboardInterrupt are not failures
+        write_fold_error(run_dir, k, exc, log=str(fold_dir(run_dir, k) / "fold.log"))
+        FoldReporter(run_dir, k, parent).message(f"fold {k + 1} failed: {type(exc).__name__}: {exc}")
+        raise
+
+
+# ---- local ------------------------------------------------------------------------------------
+
+def _local(run_dir: Path, folds: list[int], device: str, threads: int | None, progress: Progress) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    n = read_run_record(run_dir)["n_folds"]
+    done0 = n - len(folds)
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        for i, k in enumerate(folds):
+            progress.set_folds(done0 + i, n)
+            try:
+                run_fold(run_dir, k, device=device, progress=progress)
+            except Exception as exc:
+                write_fold_error(run_dir, k, exc, log=str(fold_dir(run_dir, k) / "fold.log"))
+                raise
+        progress.set_folds(n, n)
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---- processes (joblib / loky) ----------------------------------------------------------------
+
+_PINNED: tuple[str, object] | None = None  # (GPU id, the slot's lock file) of this worker process
+
+
+def _pin_gpu(gpus: list[str], slot_dir: str) -> str:
+    """Claim a free GPU slot for this worker process for its lifetime; set CUDA_VISIBLE_DEVICES."""
+    global _PINNED
+    if _PINNED is not None:
+        return _PINNED[0]
+    Path(slot_dir).mkdir(parents=True, exist_ok=True)
+    for i, gpu in enumerate(gpus):
+        fh = open(Path(slot_dir) / f"slot{i}.lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        _PINNED = (gpu, fh)
+        return gpu
+    raise RuntimeError(f"no free GPU among {gpus} for this worker (slots in {slot_dir})")
+
+
+def process_task(run_dir: str, k: int, device: str, threads: int, gpus: list[str] | None,
+                 slot_dir: str | None) -> dict:
+    """The processes executor's job (runs in a loky worker): never raises for a failed fold."""
+    gpu = None
+    try:
+        if gpus:
+            gpu = _pin_gpu(gpus, slot_dir)
+            if device.startswith("cuda"):
+                device = "cuda"  # the one visible GPU
+        rec = run_job(run_dir, k, device=device, threads=threads)
+        return dict(fold=k, ok=True, record=rec, gpu=gpu, pid=os.getpid())
+    except Exception as exc:
+        return dict(fold=k, ok=False, reason=f"{type(exc).__name__}: {exc}", gpu=gpu, pid=os.getpid(),
+                    log=str(fold_dir(run_dir, k) / "fold.log"))
+
+
+def _processes(run_dir: Path, folds: list[int], workers: int, device: str, threads: int | None,
+               progress: Progress) -> list[dict]:
+    from joblib import Parallel, delayed
+
+    gpus = None
+    if device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            gpus = ([g.strip() for g in visible.split(",") if g.strip()] if visible
+                    else [str(i) for i in range(torch.cuda.device_count())])
+            if workers > len(gpus):
+                progress.message(f"processes: {workers} workers asked for, {len(gpus)} GPU(s) here; "
+                                 f"using {len(gpus)} workers, one GPU each")
+                workers = len(gpus)
+        elif device.startswith("cuda"):
+            from icpcv.errors import RunDirError
+
+            raise RunDirError(f"--device {device} asked for, but CUDA is not available here")
+    workers = max(1, min(workers, len(folds)))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = threads or max(1, cpus // workers)
+    # one slot folder per head process: reused loky workers keep the slot they hold
+    slot_dir = str(Path(tempfile.gettempdir()) / f"icpcv-gpu-slots-{os.getpid()}") if gpus else None
+    progress.message(f"processes: {len(folds)} fold(s) on {workers} worker(s), "
+                     + (f"one GPU each (of {', '.join(gpus)}), " if gpus else "")
+                     + f"{threads} torch thread(s) each")
+    rec = read_run_record(run_dir)
+    n = rec["n_folds"]
+    done0 = n - len(folds)
+    results: dict[int, dict] = {}
+    failures: list[dict] = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.wait(0.5):
+            running = [k for k in folds if k not in results]
+            st = [s for s in (read_status(run_dir, k) for k in running) if s]
+            latest = max(st, key=lambda s: s["time"])["text"] if st else "starting workers"
+            progress.set_folds(done0 + sum(r["ok"] for r in results.values()), n)
+            progress.update(f"{len(running)} to go on {workers} worker(s) | {latest}")
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        tasks = (delayed(process_task)(str(run_dir), k, device, threads, gpus, slot_dir) for k in folds)
+        for res in Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")(tasks):
+            k = res["fold"]
+            results[k] = res
+            if res["ok"]:
+                progress.set_folds(done0 + sum(r["ok"] for r in results.values()), n)
+                progress.message(fold_summary(res["record"], n) + (f" [GPU {res['gpu']}]" if res["gpu"] else ""))
+            else:
+                failures.append(dict(fold=k, reason=res["reason"], log=res["log"]))
+                progress.message(f"fold {k + 1}/{n} FAILED: {res['reason']} (log: {res['log']})")
+    except Exception as exc:  # a worker died (killed, out of memory): loky stops the whole pool
+        for k in folds:
+            if k not in results and not fold_complete(run_dir, k, rec["key"]):
+                err = read_fold_error(run_dir, k)
+                reason = (f"{err['type']}: {err['message']}" if err else
+                          f"the worker process died ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
+                failures.append(dict(fold=k, reason=reason, log=str(fold_dir(run_dir, k) / "fold.log")))
+    finally:
+        stop.set()
+        watcher.join()
+    return failures

@@ -7,7 +7,10 @@ touched once, for prediction, after fitting.
 """
 from __future__ import annotations
 
+import os
+import socket
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,9 @@ from icpcv import cohort as cohort_mod
 from icpcv.config import RunConfig
 from icpcv.folds import FoldPlan
 from icpcv.models import is_cnn, make_baseline, NEEDS_VOLUMES
-from icpcv.run.rundir import fold_complete, fold_dir, read_run_record
+from icpcv.run.progress import FoldReporter
+from icpcv.run.rundir import (FoldLock, checkpoint_epoch, clean_stale_temps, clear_fold_error, file_sha256,
+                              fold_complete, fold_dir, read_run_record)
 from icpcv.util import atomic_write_json, atomic_write_text, read_json
 
 PRED_COLUMNS = ["fold", "subject", "scan_id", "model", "y_true", "y_pred", "iop"]
@@ -77,16 +82,46 @@ def fold_dir_tmp(ckpt: Path, name: str) -> Path:
     return ckpt.parent / f"{name}_weights.pt"
 
 
-def run_fold(run_dir, k: int, *, device: str = "auto", progress=None) -> dict:
-    """Run fold ``k`` of the run in ``run_dir`` unless it is already complete; returns its record."""
-    from icpcv.train.loop import pick_device
+def fold_label(k: int, n_folds: int, held_out) -> str:
+    held_out = list(held_out)
+    return f"fold {k + 1}/{n_folds} (held out {', '.join(held_out[:3])}{'...' if len(held_out) > 3 else ''})"
 
+
+def fold_summary(record: dict, n_folds: int) -> str:
+    """One line on a complete fold, from its record."""
+    maes = ", ".join(f"{m} MAE {v['mae']:.2f}" for m, v in record.get("metrics", {}).items())
+    return f"{fold_label(record['fold'], n_folds, record['held_out'])} done in {record['seconds']:.1f} s: {maes}"
+
+
+def run_fold(run_dir, k: int, *, device: str = "auto", progress=None) -> dict:
+    """Run fold ``k`` of the run in ``run_dir`` unless it is already complete; returns its record.
+
+    Holds the fold's lock while it runs. A CNN with an epoch checkpoint in the fold's folder
+    resumes from it. The fold's files are written atomically, ``record.json`` last: until it is
+    written (with the predictions' hash) the fold is not complete, whatever else is on disk.
+    """
     run_dir = Path(run_dir)
     rec = read_run_record(run_dir)
     key = rec["key"]
     fdir = fold_dir(run_dir, k)
     if fold_complete(run_dir, k, key):
         return read_json(fdir / "record.json")
+    fdir.mkdir(parents=True, exist_ok=True)
+    with FoldLock(run_dir, k):
+        if fold_complete(run_dir, k, key):  # finished by another process while we waited
+            return read_json(fdir / "record.json")
+        clean_stale_temps(fdir)
+        clear_fold_error(run_dir, k)
+        return _run_fold(run_dir, k, rec, device, FoldReporter(run_dir, k, progress))
+
+
+def _run_fold(run_dir: Path, k: int, rec: dict, device: str, progress: FoldReporter) -> dict:
+    import torch
+
+    from icpcv.train.loop import pick_device
+
+    key = rec["key"]
+    fdir = fold_dir(run_dir, k)
     cfg = RunConfig.from_dict(rec["config"])
     plan = FoldPlan.from_dict(read_json(run_dir / "fold_plan.json"))
     fold = plan.folds[k]
@@ -97,18 +132,24 @@ def run_fold(run_dir, k: int, *, device: str = "auto", progress=None) -> dict:
         return scans.loc[list(ids)]
 
     store = cohort_mod.VolumeStore(coh) if coh.has_volumes else None
-    fdir.mkdir(parents=True, exist_ok=True)
-    label = f"fold {k + 1}/{plan.n_folds} (held out {', '.join(fold.held_out[:3])}{'...' if len(fold.held_out) > 3 else ''})"
+    label = fold_label(k, plan.n_folds, fold.held_out)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t_fold = time.perf_counter()
     test = frame_of(fold.test_scans)
     fit_ids = fold.train_scans + fold.val_scans
     preds, infos, curves = [], {}, []
     dev = pick_device(device)
+    progress.message(f"{label}: starting on {socket.gethostname()} (pid {os.getpid()}, device {dev}, "
+                     f"{torch.get_num_threads()} torch threads)")
     for name in cfg.models:
         t0 = time.perf_counter()
         if is_cnn(name):
-            y_pred, info, curve = _train_cnn(name, cfg, fold, frame_of, store, dev, fdir / f"{name}_checkpoint.pt",
-                                             progress, label)
+            ckpt = fdir / f"{name}_checkpoint.pt"
+            if ckpt.exists():
+                epoch = checkpoint_epoch(ckpt)
+                progress.message(f"{label} {name}: resuming from the epoch checkpoint {ckpt}"
+                                 + (f" (epoch {epoch} of {cfg.epochs})" if epoch is not None else " (unreadable)"))
+            y_pred, info, curve = _train_cnn(name, cfg, fold, frame_of, store, dev, ckpt, progress, label)
             curves.append(curve)
         else:
             model = make_baseline(name)
@@ -128,15 +169,20 @@ def run_fold(run_dir, k: int, *, device: str = "auto", progress=None) -> dict:
     atomic_write_text(fdir / "predictions.csv", predictions.to_csv(index=False))
     if curves:
         atomic_write_text(fdir / "learning_curve.csv", pd.concat(curves, ignore_index=True).to_csv(index=False))
+    err = predictions["y_pred"] - predictions["y_true"]
+    metrics = {m: dict(mae=float(np.mean(np.abs(e))), rmse=float(np.sqrt(np.mean(e ** 2))), n=int(len(e)))
+               for m, e in err.groupby(predictions["model"], sort=False)}
     record = dict(fold=k, key=key, status="complete", held_out=list(fold.held_out), inner_val=list(fold.inner_val),
                   n_train=len(fold.train_scans), n_val=len(fold.val_scans), n_test=len(fold.test_scans),
-                  models=infos, seconds=time.perf_counter() - t_fold)
+                  models=infos, metrics=metrics, predictions_sha256=file_sha256(fdir / "predictions.csv"),
+                  host=socket.gethostname(), pid=os.getpid(), device=str(dev), torch_threads=torch.get_num_threads(),
+                  slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=started,
+                  finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  seconds=time.perf_counter() - t_fold)
     atomic_write_json(fdir / "record.json", record)  # written last: the fold is complete only now
     for name in cfg.models:
         ck = fdir / f"{name}_checkpoint.pt"
         if ck.exists():
             ck.unlink()
-    if progress:
-        progress.message(f"{label} done in {record['seconds']:.1f} s: " + ", ".join(
-            f"{m} MAE {np.mean(np.abs(g.y_pred - g.y_true)):.2f}" for m, g in predictions.groupby("model", sort=False)))
+    progress.message(fold_summary(record, plan.n_folds))
     return record

@@ -8,13 +8,13 @@ import pandas as pd
 
 from icpcv import cohort as cohort_mod
 from icpcv.config import RunConfig
-from icpcv.errors import InputError, RunDirError
-from icpcv.folds import FoldPlan, audit, make_plan
+from icpcv.errors import RunDirError
+from icpcv.folds import audit, make_plan
 from icpcv.models import NEEDS_IOP, NEEDS_VOLUMES, check_models
-from icpcv.run.fold import PRED_COLUMNS, run_fold
+from icpcv.run.fold import PRED_COLUMNS
 from icpcv.run.progress import Progress
-from icpcv.run.rundir import (RunLock, environment, fold_complete, fold_dir, read_run_record, run_key,
-                              write_run_record)
+from icpcv.run.rundir import (RunLock, checkpoint_epoch, environment, fold_checkpoints, fold_complete, fold_dir,
+                              read_run_record, run_key, write_run_record)
 from icpcv.util import atomic_write_json, atomic_write_text, read_json
 
 
@@ -32,16 +32,23 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
     """Create or re-open a run directory: config, environment, cohort, quality table, fold plan, audit.
 
     An existing run directory with a different config is refused (with what changed) unless
-    ``fresh``; a changed data set or fold plan is refused likewise.
+    ``fresh``; a changed data set or fold plan is refused likewise, before anything in it is
+    rewritten. ``fresh`` cancels Slurm tasks an earlier run left behind, then empties the folder.
     """
     run_dir = Path(run_dir)
     check_models(cfg.models)
     old = None
-    if (run_dir / "run.json").exists():
+    if (run_dir / "run.json").exists() or (run_dir / "folds").exists():
         if fresh:
+            from icpcv.run.slurm import cancel_recorded
+
+            cancel_recorded(run_dir, progress)
             for child in run_dir.iterdir():
                 if child.name != ".lock":
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
+        elif not (run_dir / "run.json").exists():
+            raise RunDirError(f"{run_dir}: holds fold results but no run.json, so they cannot be checked against "
+                              "this run; use --fresh to discard them, or another --out")
         else:
             old = read_run_record(run_dir)
             changed = cfg.diff(RunConfig.from_dict(old["config"]))
@@ -50,33 +57,43 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
                                   "use another --out, or --fresh to discard it")
     need_iop = any(NEEDS_IOP[m] for m in cfg.models)
     need_volumes = any(NEEDS_VOLUMES[m] for m in cfg.models)
-    coh, quality, data_hash = cohort_mod.materialise(cfg, run_dir, need_iop=need_iop, need_volumes=need_volumes)
+    coh, quality, data_hash = cohort_mod.materialise(cfg, run_dir, need_iop=need_iop, need_volumes=need_volumes,
+                                                     expect_hash=old["data_hash"] if old else None,
+                                                     progress=progress)
     if cfg.reference not in cfg.models and progress:
         progress.message(f"note: reference model {cfg.reference} is not among --models; no paired comparisons")
-    atomic_write_text(run_dir / "data_quality.csv", quality.to_csv(index=False))
     plan = make_plan(coh.scans, n_folds=cfg.folds, split=cfg.split, val_fraction=cfg.val_fraction, seed=cfg.seed)
     plan_dict = plan.to_dict()
-    if old is not None:
-        if old["data_hash"] != data_hash:
-            raise RunDirError(f"{run_dir}: the data changed since this run started (hash {old['data_hash']} -> "
-                              f"{data_hash}); use --fresh or another --out")
-        if old["plan_hash"] != plan.hash:
-            raise RunDirError(f"{run_dir}: the fold plan changed (hash {old['plan_hash']} -> {plan.hash})")
+    if old is not None and old["plan_hash"] != plan.hash:
+        raise RunDirError(f"{run_dir}: the fold plan changed (hash {old['plan_hash']} -> {plan.hash}); "
+                          "use --fresh or another --out")
     leak = audit(plan, coh.scans)
+    atomic_write_text(run_dir / "data_quality.csv", quality.to_csv(index=False))
     atomic_write_json(run_dir / "fold_plan.json", plan_dict)
     atomic_write_json(run_dir / "leakage_audit.json", leak)
     if cfg.split == "subjects" and not leak["passed"]:
         raise RunDirError(f"{run_dir}: leakage audit failed: {leak['summary']}; refusing to train")
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
-    atomic_write_json(run_dir / "environment.json", environment())
+    env = environment()
+    atomic_write_json(run_dir / "environment.json", env)
+    session = {k: env.get(k) for k in ("time", "host", "git", "git_dirty", "torch", "gpu", "slurm_job_id")}
     record = dict(config=cfg.to_dict(), config_hash=cfg.hash, plan_hash=plan.hash, data_hash=data_hash,
                   key=run_key(cfg.hash, plan.hash, data_hash), n_folds=plan.n_folds,
-                  created=(old or {}).get("created") or environment()["time"])
+                  created=(old or {}).get("created") or env["time"],
+                  sessions=((old or {}).get("sessions") or [])[-49:] + [session])
     write_run_record(run_dir, record)
     if progress:
         kept = int((quality["status"] == "kept").sum())
         progress.message(f"cohort: {kept} of {len(quality)} rows kept, {coh.scans['subject'].nunique()} subjects; "
                          f"fold plan {plan.kind} x{plan.n_folds} (hash {plan.hash}); audit: {leak['summary']}")
+        for reason, what in (("volume_file_missing", "volume file(s) missing"),
+                             ("bad_volume", "unusable volume(s) skipped (--skip-bad-scans)")):
+            rows = quality[quality["reason"] == reason]
+            if len(rows):
+                eg = "; ".join(f"row {r.row}: {r.detail if reason == 'bad_volume' else r.value}"
+                               for r in rows.head(3).itertuples())
+                progress.message(f"cohort: {len(rows)} {what}, recorded as dropped in data_quality.csv ({eg}"
+                                 f"{'; ...' if len(rows) > 3 else ''}); fix them and rerun with --fresh to use them")
     return record
 
 
@@ -112,16 +129,31 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
 
 
 def run(cfg: RunConfig, run_dir: Path, *, device: str = "auto", executor: str = "local", workers: int = 1,
-        fresh: bool = False, progress: Progress | None = None, slurm: dict | None = None) -> Path:
-    """Run everything; returns the path of the HTML report."""
+        fresh: bool = False, progress: Progress | None = None, slurm: dict | None = None,
+        threads: int | None = None) -> Path:
+    """Run everything; returns the path of the HTML report.
+
+    Rerunning the same call after an interruption skips complete folds and resumes an
+    incomplete one from its last epoch checkpoint. Failed folds raise :class:`FoldsFailed`
+    (listing each with its log) after the other folds have finished.
+    """
     from icpcv.run.executors import execute
 
     run_dir = Path(run_dir)
     progress = progress or Progress("quiet")
     with RunLock(run_dir):
         rec = prepare(cfg, run_dir, fresh=fresh, progress=progress)
-        todo = [k for k in range(rec["n_folds"]) if not fold_complete(run_dir, k, rec["key"])]
-        if len(todo) < rec["n_folds"]:
-            progress.message(f"resuming: {rec['n_folds'] - len(todo)} of {rec['n_folds']} folds already complete")
-        execute(run_dir, todo, executor=executor, workers=workers, device=device, progress=progress, slurm=slurm)
+        n = rec["n_folds"]
+        todo = [k for k in range(n) if not fold_complete(run_dir, k, rec["key"])]
+        if len(todo) < n:
+            progress.message(f"resuming: {n - len(todo)} of {n} folds already complete "
+                             f"({', '.join(str(k + 1) for k in range(n) if k not in todo)}); they are not rerun")
+        for k in todo:
+            for ck in fold_checkpoints(run_dir, k):
+                epoch = checkpoint_epoch(ck)
+                progress.message(f"fold {k + 1}/{n}: will resume {ck.name.replace('_checkpoint.pt', '')} from its "
+                                 + (f"epoch {epoch} checkpoint" if epoch is not None else "checkpoint (unreadable)"))
+        progress.set_folds(n - len(todo), n)
+        execute(run_dir, todo, executor=executor, workers=workers, device=device, progress=progress, slurm=slurm,
+                threads=threads)
         return finish(run_dir, progress)

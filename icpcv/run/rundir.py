@@ -9,7 +9,10 @@ Layout::
     data_quality.csv    every input row: kept or dropped, and why
     fold_plan.json      frozen before training, with its hash
     leakage_audit.json
-    folds/fold_NN/      record.json (complete when it says so), predictions.csv, learning_curve.csv
+    folds/fold_NN/      record.json (complete when it says so), predictions.csv, learning_curve.csv,
+                        <cnn>_checkpoint.pt (last epoch; deleted once complete), fold.log, status.json,
+                        error.json (why the last attempt failed), .lock (held while the fold runs)
+    slurm/              jobs.json (the fold -> Slurm task map), one submitit folder per submission
     predictions.csv     out-of-fold predictions, long format
     stats.json          the analysis
     figures/*.png, index.html
@@ -17,10 +20,15 @@ Layout::
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import platform
+import socket
 import subprocess
 import sys
+import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,29 +44,135 @@ def run_key(config_hash: str, plan_hash: str, data_hash: str) -> str:
     return canonical_hash([config_hash, plan_hash, data_hash])
 
 
-def fold_complete(run_dir: Path, k: int, key: str) -> bool:
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_fold_record(run_dir: Path, k: int) -> dict | None:
     rec = fold_dir(run_dir, k) / "record.json"
-    if not rec.exists():
-        return False
     try:
-        r = read_json(rec)
+        return read_json(rec)
     except (OSError, ValueError):
+        return None
+
+
+def fold_complete(run_dir: Path, k: int, key: str) -> bool:
+    """Complete = record.json says so for this run key, and the predictions it names are on disk unchanged."""
+    r = read_fold_record(run_dir, k)
+    if not r or r.get("status") != "complete" or r.get("key") != key:
         return False
-    return r.get("status") == "complete" and r.get("key") == key and (fold_dir(run_dir, k) / "predictions.csv").exists()
+    pred = fold_dir(run_dir, k) / "predictions.csv"
+    if not pred.exists():
+        return False
+    want = r.get("predictions_sha256")
+    if want is not None:
+        try:
+            return file_sha256(pred) == want
+        except OSError:
+            return False
+    return True
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch an epoch checkpoint was written after, or None if it is unreadable."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # corrupt: fit() reports it with what to do
+        return None
+
+
+def fold_checkpoints(run_dir: Path, k: int) -> list[Path]:
+    return sorted(fold_dir(run_dir, k).glob("*_checkpoint.pt"))
+
+
+def clean_stale_temps(folder: Path) -> None:
+    """Remove temporary files of atomic writes that a killed process left behind (never a final name)."""
+    for p in Path(folder).glob(".*.tmp"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def write_fold_error(run_dir: Path, k: int, exc: BaseException, log: str | None = None) -> dict:
+    """Record why fold ``k`` failed (error.json); never raises (the disk may be full)."""
+    err = dict(fold=k, type=type(exc).__name__, message=str(exc), host=socket.gethostname(), pid=os.getpid(),
+               time=datetime.now(timezone.utc).isoformat(timespec="seconds"), log=log,
+               traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    try:
+        atomic_write_json(fold_dir(run_dir, k) / "error.json", err)
+    except Exception:
+        pass
+    return err
+
+
+def read_fold_error(run_dir: Path, k: int) -> dict | None:
+    try:
+        return read_json(fold_dir(run_dir, k) / "error.json")
+    except (OSError, ValueError):
+        return None
+
+
+def clear_fold_error(run_dir: Path, k: int) -> None:
+    try:
+        (fold_dir(run_dir, k) / "error.json").unlink()
+    except FileNotFoundError:
+        pass
+
+
+def write_status(run_dir: Path, k: int, text: str) -> None:
+    """The fold's latest progress line (status.json), for executors that watch from another process.
+
+    Replaced atomically but not fsynced: it is a display, not a result.
+    """
+    d = fold_dir(run_dir, k)
+    tmp = d / f".status.json.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(dict(text=text, time=time.time(), host=socket.gethostname(), pid=os.getpid())))
+        os.replace(tmp, d / "status.json")
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def read_status(run_dir: Path, k: int) -> dict | None:
+    try:
+        return json.loads((fold_dir(run_dir, k) / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def environment() -> dict:
-    import numpy
-    import pandas
-    import sklearn
-    import statsmodels
     import torch
 
-    env = dict(python=sys.version.split()[0], platform=platform.platform(), machine=platform.machine(),
-               cpu_count=os.cpu_count(), torch=torch.__version__, numpy=numpy.__version__, pandas=pandas.__version__,
-               sklearn=sklearn.__version__, statsmodels=statsmodels.__version__,
+    env = dict(python=sys.version.split()[0], executable=sys.executable, platform=platform.platform(),
+               machine=platform.machine(), host=socket.gethostname(), cpu_count=os.cpu_count(),
+               torch=torch.__version__, numpy=_version("numpy"), pandas=_version("pandas"),
+               sklearn=_version("scikit-learn"), statsmodels=_version("statsmodels"), scipy=_version("scipy"),
+               joblib=_version("joblib"), submitit=_version("submitit"), torch_threads=torch.get_num_threads(),
                cuda=torch.version.cuda if torch.cuda.is_available() else None,
                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+               gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+               if torch.cuda.is_available() else [],
+               cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+               slurm_job_id=os.environ.get("SLURM_JOB_ID"),
                time=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     from icpcv import __version__
 
@@ -105,6 +219,43 @@ class RunLock:
             self.fh.close()
 
 
+class FoldLock:
+    """One process per fold: an exclusive flock on ``folds/fold_NN/.lock`` while the fold runs.
+
+    Guards against two executors (say a Slurm task left from an earlier submission and a local
+    rerun) writing the same fold's checkpoints at once.
+    """
+
+    def __init__(self, run_dir: Path, k: int):
+        self.path = fold_dir(run_dir, k) / ".lock"
+        self.k = k
+        self.fh = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            who = self.fh.read().strip() or "another process"
+            self.fh.close()
+            self.fh = None
+            raise RunDirError(f"{self.path.parent}: fold {self.k} is being run by {who}; wait for it to end "
+                              "(or cancel it, e.g. scancel its Slurm task) and rerun") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()} on {platform.node()}")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self.fh:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None
+
+
 def write_run_record(run_dir: Path, record: dict) -> None:
     atomic_write_json(Path(run_dir) / "run.json", record)
 
@@ -113,4 +264,8 @@ def read_run_record(run_dir: Path) -> dict:
     p = Path(run_dir) / "run.json"
     if not p.exists():
         raise RunDirError(f"{run_dir}: not a run directory (no run.json)")
-    return read_json(p)
+    try:
+        return read_json(p)
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{p}: cannot read the run record ({exc}); rerun with --fresh to start this run "
+                          "directory over, or use another --out") from None

@@ -19,6 +19,7 @@ device: the loss is summed on the device and read once per epoch.
 from __future__ import annotations
 
 import io
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -154,6 +155,28 @@ def _state_bytes(obj) -> bytes:
     return buf.getvalue()
 
 
+def _rng_states() -> dict:
+    """Every global RNG a training step could touch (torch CPU and CUDA, numpy, random), as tensors."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return dict(torch=torch.get_rng_state(),
+                cuda=list(torch.cuda.get_rng_state_all()) if torch.cuda.is_initialized() else [],
+                numpy=torch.from_numpy(np_state[1].astype(np.int64)),
+                numpy_pos=torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
+                numpy_gauss=torch.tensor([np_state[4]], dtype=torch.float64),
+                python=torch.tensor(py_state[1], dtype=torch.int64), python_version=py_state[0])
+
+
+def _set_rng_states(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    if st["cuda"] and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(st["cuda"])
+    pos, has_gauss = (int(x) for x in st["numpy_pos"])
+    np.random.set_state(("MT19937", st["numpy"].numpy().astype(np.uint32), pos, has_gauss,
+                         float(st["numpy_gauss"][0])))
+    random.setstate((int(st["python_version"]), tuple(int(x) for x in st["python"]), None))
+
+
 def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, device: torch.device, *,
         checkpoint: Path | None = None, on_epoch: Callable[[dict], None] | None = None,
         log: Callable[[str], None] | None = None, details: dict | None = None):
@@ -175,6 +198,8 @@ def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, devi
     g = torch.Generator().manual_seed(cfg.seed)
     dp.prepare_model(model, device, settings)
     opt = dp.make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, device)
+    # everything with a state_dict that the epoch checkpoint carries (add a grad scaler / scheduler here)
+    stateful = dict(model=model, optimizer=opt)
     fused = bool(opt.defaults.get("fused") or opt.defaults.get("foreach"))
     info = dict(device=str(device), data_mode=mode, data_mode_reason=why,
                 storage_dtype=str(tr.source.dtype).replace("torch.", ""), volume_mib=round(nbytes / 2**20, 1),
@@ -194,9 +219,11 @@ def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, devi
         if checkpoint is not None and Path(checkpoint).exists():
             try:
                 ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-                model.load_state_dict(ck["model"])
-                opt.load_state_dict(ck["optimizer"])
+                for name, obj in stateful.items():
+                    obj.load_state_dict(ck[name])
                 g.set_state(ck["generator"])
+                if "rng" in ck:
+                    _set_rng_states(ck["rng"])
                 best = dict(epoch=int(ck["best_epoch"]), val_loss=float(ck["best_val_loss"]),
                             state={k: x.to(device) for k, x in ck["best_state"].items()})
                 history = [dict(zip(("epoch", "train_loss", "val_loss", "seconds"), row))
@@ -205,7 +232,8 @@ def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, devi
                     h["epoch"] = int(h["epoch"])
                 start = int(ck["epoch"]) + 1
             except Exception as exc:
-                raise RunDirError(f"{checkpoint}: corrupt epoch checkpoint ({type(exc).__name__}: {exc}); delete it "
+                raise RunDirError(f"{checkpoint}: corrupt epoch checkpoint ({type(exc).__name__}: "
+                                  f"{(str(exc).strip().splitlines() or [''])[0][:200]}); delete it "
                                   "to restart this fold from epoch 0, or rerun with --fresh") from None
         n = tr.source.n
         irange = std.intensity_range()
@@ -222,7 +250,8 @@ def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, devi
                             state={k: x.detach().clone() for k, x in model.state_dict().items()})
             if checkpoint is not None:
                 atomic_write_bytes(checkpoint, _state_bytes(dict(
-                    model=model.state_dict(), optimizer=opt.state_dict(), generator=g.get_state(), epoch=epoch,
+                    **{name: obj.state_dict() for name, obj in stateful.items()}, generator=g.get_state(),
+                    rng=_rng_states(), epoch=epoch,
                     best_epoch=best["epoch"], best_val_loss=best["val_loss"],
                     best_state={k: x.cpu() for k, x in best["state"].items()},
                     history=torch.tensor([[h["epoch"], h["train_loss"], h["val_loss"], h["seconds"]]
