@@ -46,7 +46,7 @@ def _add_run(sub) -> None:
     m.add_argument("--folds", type=int, help="number of folds (default: one per subject; fewer = grouped K-fold)")
     m.add_argument("--split", choices=["subjects", "scans"], default="subjects",
                    help="subjects (default, honest) or scans (a leaky scan-level K-fold, for the leakage audit)")
-    m.add_argument("--val-fraction", type=float, default=0.15, help="share of training monkeys for early stopping")
+    m.add_argument("--val-fraction", type=float, default=0.25, help="share of training monkeys for early stopping")
     m.add_argument("--seed", type=int, default=0, help="seed for folds, initialisation, shuffling, bootstrap")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=30)

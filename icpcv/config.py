@@ -23,7 +23,7 @@ class RunConfig:
     models: tuple[str, ...] = DEFAULT_MODELS_VOLUMES
     folds: int | None = None  # None: one per subject
     split: str = "subjects"
-    val_fraction: float = 0.15
+    val_fraction: float = 0.25
     seed: int = 0
     shape: tuple[int, int, int] | None = None  # (X, Y, Z=depth); None: the phantom's, or (32, 32, 64)
     epochs: int = 30

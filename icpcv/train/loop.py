@@ -71,13 +71,17 @@ def _to_tensors(volumes, iop, y, std: Standardiser, device):
 
 
 def _augment(v: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random lateral flips in X and Y per sample (depth is never flipped)."""
+    """Per sample: random lateral flips in X and Y (depth is never flipped) and a random gain and
+    offset of intensity, so that brightness cannot serve as a monkey's fingerprint."""
     n = v.shape[0]
-    flips = torch.rand((n, 2), generator=g).to(v.device) < 0.5
-    fx = flips[:, 0].view(-1, 1, 1, 1, 1)
-    fy = flips[:, 1].view(-1, 1, 1, 1, 1)
+    r = torch.rand((n, 4), generator=g).to(v.device)
+    fx = (r[:, 0] < 0.5).view(-1, 1, 1, 1, 1)
+    fy = (r[:, 1] < 0.5).view(-1, 1, 1, 1, 1)
     v = torch.where(fx, v.flip(2), v)
-    return torch.where(fy, v.flip(3), v)
+    v = torch.where(fy, v.flip(3), v)
+    gain = (0.8 + 0.4 * r[:, 2]).view(-1, 1, 1, 1, 1)
+    offset = (0.4 * r[:, 3] - 0.2).view(-1, 1, 1, 1, 1)
+    return v * gain + offset
 
 
 @torch.no_grad()

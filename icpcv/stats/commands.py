@@ -1,0 +1,136 @@
+"""CLI glue: ``icpcv analyze`` and ``icpcv calibrate``.
+
+The project CLI calls :func:`add_parsers` on its subparsers; for testing,
+``python -m icpcv.stats analyze ...`` works on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from icpcv.stats.bootstrap import CI_METHODS
+from icpcv.stats.errors import InputError
+
+
+def cmd_analyze(args) -> int:
+    """Read predictions, write ``<out>/stats.json``, then the report if available.
+
+    ``args``: ``predictions`` (path), ``out`` (dir), ``reference``, ``n_boot``,
+    ``seed``, ``ci_level``, ``ci_method`` (None = calibrated default) and,
+    optionally, ``audit_failed``. Returns 0 on success, 2 on bad input,
+    1 if the report could not be written (stats.json is kept).
+    """
+    from icpcv.stats.analysis import analyze
+    from icpcv.stats.io import read_predictions, write_stats
+
+    try:
+        preds = read_predictions(args.predictions)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = analyze(
+            preds,
+            reference=getattr(args, "reference", "ols_iop"),
+            n_boot=getattr(args, "n_boot", 10000),
+            seed=getattr(args, "seed", 0),
+            ci_level=getattr(args, "ci_level", 0.95),
+            ci_method=getattr(args, "ci_method", None),
+            audit_failed=bool(getattr(args, "audit_failed", False)),
+        )
+    except (InputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_stats(result, out / "stats.json")
+    print(result.verdict)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {path}")
+
+    try:
+        from icpcv.report import write_report
+    except ImportError:
+        write_report = None
+    if write_report is not None:
+        try:
+            write_report(out)
+        except Exception as exc:  # the report is someone else's; keep stats.json
+            print(f"error: report failed: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    """Run the calibration study and print (and optionally save) its table.
+
+    ``args``: ``n_sim``, ``n_subjects`` (default 14), ``seed``, ``out``
+    (optional: ``.csv`` -> CSV, anything else -> Markdown), ``n_boot``, ``workers``.
+    """
+    from icpcv.stats.calibrate import format_markdown, run_calibration
+
+    table = run_calibration(
+        n_sim=args.n_sim,
+        n_subjects=getattr(args, "n_subjects", 14),
+        seed=getattr(args, "seed", 0),
+        n_boot=getattr(args, "n_boot", 999),
+        workers=getattr(args, "workers", 1),
+    )
+    text = format_markdown(table)
+    print(text)
+    out = getattr(args, "out", None)
+    if out:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".csv":
+            table.to_csv(out, index=False)
+        else:
+            out.write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+    return 0
+
+
+def add_parsers(subparsers) -> None:
+    """Add the ``analyze`` and ``calibrate`` subcommands to an argparse subparsers object."""
+    a = subparsers.add_parser(
+        "analyze", help="monkey-level statistics of out-of-fold predictions -> stats.json")
+    a.add_argument("predictions", help="predictions table (.csv or .parquet)")
+    a.add_argument("--out", required=True, help="output directory (stats.json goes here)")
+    a.add_argument("--reference", default="ols_iop", help="reference model (default ols_iop)")
+    a.add_argument("--n-boot", dest="n_boot", type=int, default=10000,
+                   help="subject-level bootstrap resamples (default 10000)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--ci-level", dest="ci_level", type=float, default=0.95)
+    a.add_argument("--ci-method", dest="ci_method", choices=CI_METHODS + ("auto",), default=None,
+                   help="interval method (default: 'auto', the per-quantity choice of the "
+                        "calibration study, see docs/calibration.md)")
+    a.add_argument("--audit-failed", dest="audit_failed", action="store_true",
+                   help="record that the leakage audit failed (adds a warning)")
+    a.set_defaults(func=cmd_analyze)
+
+    c = subparsers.add_parser(
+        "calibrate", help="simulation study of interval coverage and sign-flip test size/power")
+    c.add_argument("--n-sim", dest="n_sim", type=int, default=1500,
+                   help="simulated cohorts per scenario (default 1500: about 2 min on 2 cores)")
+    c.add_argument("--n-subjects", dest="n_subjects", type=int, default=14)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default=None, help="write the table here (.md or .csv)")
+    c.add_argument("--n-boot", dest="n_boot", type=int, default=999,
+                   help="bootstrap resamples per simulated cohort (default 999)")
+    c.add_argument("--workers", type=int, default=2, help="parallel processes (joblib)")
+    c.set_defaults(func=cmd_calibrate)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m icpcv.stats")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parsers(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""Reading predictions and writing ``stats.json``.
+
+Predictions are a long table, one row per (model, scan)::
+
+    fold, subject, scan_id, model, y_true, y_pred [, iop]
+
+Row numbers in error messages are **1-based data rows**: the header is not
+counted, so "row 1" is the first line after the header (line 2 of a CSV file,
+row 2 in a spreadsheet that shows the header as row 1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from icpcv.stats.errors import InputError
+
+REQUIRED_COLUMNS = ("fold", "subject", "scan_id", "model", "y_true", "y_pred")
+OPTIONAL_NUMERIC = ("iop",)
+LABEL_COLUMNS = ("fold", "subject", "scan_id", "model")
+NUMERIC_COLUMNS = ("y_true", "y_pred")
+
+
+def _load_raw(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise InputError(f"{path.name}: file not found ({path})")
+    try:
+        if suffix == ".csv":
+            # Everything as text, so that a bad cell can be quoted back verbatim.
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path.name}: the file is empty (no header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise InputError(f"{path.name}: cannot be read as {suffix[1:]}: {exc}") from None
+    raise InputError(f"{path.name}: unsupported file type {suffix!r} (use .csv or .parquet)")
+
+
+def _as_number(value):
+    """Float value of one cell, or None when it is not a finite number."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, str):
+        s = value.strip()
+        if not s:
+            return None
+        try:
+            v = float(s)
+        except ValueError:
+            return None
+        return v if math.isfinite(v) else None
+    return None
+
+
+def _is_blank(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _label(value) -> str:
+    """Canonical string form of a label cell (ints stay '7', not '7.0')."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, str):
+        return value.strip()
+    return str(value)
+
+
+def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.DataFrame:
+    """Check a predictions frame and return a clean copy.
+
+    Labels (fold, subject, scan_id, model) become ``str``; y_true, y_pred
+    (and iop when present) become ``float64``. Raises :class:`InputError` on a
+    missing column, an empty label, a value that is not a finite number, a
+    duplicate (model, scan_id), or a scan whose subject / y_true differs
+    between models. ``source`` is the file name used in messages.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(
+            f"{source}: missing required column(s) {', '.join(missing)} "
+            f"(found: {', '.join(map(str, df.columns)) or 'none'})"
+        )
+    if len(df) == 0:
+        raise InputError(f"{source}: no data rows")
+
+    out = pd.DataFrame(index=range(len(df)))
+    for col in LABEL_COLUMNS:
+        values = df[col].tolist()
+        for i, v in enumerate(values):
+            if _is_blank(v):
+                raise InputError(f"{source} row {i + 1}, column {col}: empty value")
+        out[col] = [_label(v) for v in values]
+
+    numeric = list(NUMERIC_COLUMNS) + [c for c in OPTIONAL_NUMERIC if c in df.columns]
+    for col in numeric:
+        values = df[col].tolist()
+        parsed = np.empty(len(values), dtype=float)
+        for i, v in enumerate(values):
+            x = _as_number(v)
+            if x is None:
+                if col in OPTIONAL_NUMERIC and _is_blank(v):
+                    parsed[i] = np.nan  # optional covariate may be missing
+                    continue
+                shown = "empty" if _is_blank(v) else repr(v)
+                raise InputError(f"{source} row {i + 1}, column {col}: {shown} is not a number")
+            parsed[i] = x
+        out[col] = parsed
+
+    key = out["model"] + "\x00" + out["scan_id"]
+    dup = key.duplicated(keep=False)
+    if dup.any():
+        rows = np.flatnonzero(dup.to_numpy())
+        first = rows[0]
+        same = rows[key.iloc[rows].to_numpy() == key.iloc[first]]
+        raise InputError(
+            f"{source} rows {', '.join(str(r + 1) for r in same)}, columns model/scan_id: "
+            f"duplicate (model={out['model'].iloc[first]!r}, scan_id={out['scan_id'].iloc[first]!r})"
+        )
+
+    # A scan is one eye image of one monkey at one ICP: its subject and y_true
+    # must agree across models, otherwise paired comparisons are meaningless.
+    for col in ("subject", "y_true"):
+        per_scan = out.groupby("scan_id", sort=False)[col]
+        bad = per_scan.transform("nunique") > 1
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            scan = out["scan_id"].iloc[i]
+            rows = np.flatnonzero((out["scan_id"] == scan).to_numpy())
+            j = next(r for r in rows if out[col].iloc[r] != out[col].iloc[rows[0]])
+            raise InputError(
+                f"{source} row {j + 1}, column {col}: scan_id {scan!r} has {col} "
+                f"{out[col].iloc[j]!r} here but {out[col].iloc[rows[0]]!r} in row {rows[0] + 1}"
+            )
+
+    extra = [c for c in df.columns if c not in out.columns]
+    for c in extra:  # keep anything else the caller stored (not validated)
+        out[c] = df[c].to_numpy()
+    return out
+
+
+def read_predictions(path) -> pd.DataFrame:
+    """Read and validate a predictions table (CSV or Parquet).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.csv`` or ``.parquet`` / ``.pq`` file with columns ``fold, subject,
+        scan_id, model, y_true, y_pred`` and optionally ``iop``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Labels as ``str``, numbers as ``float64``.
+
+    Raises
+    ------
+    InputError
+        With a message naming the file, the 1-based data row (header not
+        counted: row 1 is the first line after the header) and the column,
+        e.g. ``predictions.csv row 17, column y_pred: 'abc' is not a number``.
+    """
+    path = Path(path)
+    raw = _load_raw(path)
+    return validate_predictions(raw, source=path.name)
+
+
+def to_jsonable(obj):
+    """Plain-Python copy of ``obj``: numpy scalars to float/int, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [to_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def write_stats(result, path) -> Path:
+    """Atomically write ``stats.json``.
+
+    ``result`` is an :class:`~icpcv.stats.analysis.AnalysisResult` (anything
+    with ``to_dict()``) or a plain dict. The JSON is written to a temporary
+    file in the same directory, flushed and fsync'ed, then moved over
+    ``path`` with :func:`os.replace`, so readers see either the old or the new
+    file, never a partial one.
+    """
+    path = Path(path)
+    data = result.to_dict() if hasattr(result, "to_dict") else to_jsonable(result)
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable where the platform allows it
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
