@@ -29,7 +29,7 @@ class RunInput:
     environment: dict
 
 
-def _read(path: Path, name: str) -> RunInput:
+def read_run_input(path: Path, name: str) -> RunInput:
     path = Path(path)
     if not path.is_dir():
         raise RunDirError(f"{path}: no such run directory")
@@ -146,7 +146,7 @@ def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str
     if (out / "run.json").exists():
         raise InputError(f"--out {out} holds a run; choose a new folder for the comparison")
     names = run_names(paths, names)
-    runs = [_read(p, n) for p, n in zip(paths, names)]
+    runs = [read_run_input(p, n) for p, n in zip(paths, names)]
     plan_hash = check_same_plan(runs)
     check_same_truth(runs)
     models = pick_models(runs, models)

@@ -36,16 +36,22 @@ class Figure:
 
 @contextmanager
 def style():
-    """The report's look, without touching the caller's matplotlib settings."""
+    """The report's look, without touching the caller's matplotlib settings (or backend: the
+    figures are built without pyplot, so a report renders the same in a notebook or a batch job)."""
     import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
-    with plt.rc_context():
+    with matplotlib.rc_context():
         sns.set_theme(**STYLE)
-        yield plt, sns
+        yield
+
+
+def subplots(nrows=1, ncols=1, **kw):
+    """Like pyplot.subplots, but the figure belongs to no pyplot state and needs no backend."""
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=kw.pop("figsize", None))
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def palette(n: int) -> list:
@@ -83,8 +89,6 @@ def data_uri(png: bytes) -> str:
 def render(figures: list[Figure], out_dir: Path) -> list[Figure]:
     """PNG bytes and data URIs for every figure; the PNGs also go to ``out_dir/figures/``
     (stale PNGs of an earlier report are removed)."""
-    import matplotlib.pyplot as plt
-
     fig_dir = Path(out_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     from icpcv.util import atomic_write_bytes
@@ -93,7 +97,7 @@ def render(figures: list[Figure], out_dir: Path) -> list[Figure]:
     for f in figures:
         f.png = to_png(f.fig)
         f.uri = data_uri(f.png)
-        plt.close(f.fig)
+        f.fig = None  # free it
         atomic_write_bytes(fig_dir / f"{f.name}.png", f.png)
         names.add(f"{f.name}.png")
     for old in fig_dir.glob("*.png"):
@@ -150,8 +154,6 @@ def _scatter_by_subject(ax, x, y, subj, styles, s=16, alpha=0.65):
 
 def cohort_figure(quality: pd.DataFrame, scans: pd.DataFrame, subjects: list[str]):
     """Scans per monkey (kept and dropped) and the IOP x ICP design of the kept scans."""
-    import matplotlib.pyplot as plt
-
     q = quality.copy()
     q["subject"] = q["subject"].replace("", "(none)")
     order = [s for s in subjects if s in set(q["subject"])] + \
@@ -161,7 +163,7 @@ def cohort_figure(quality: pd.DataFrame, scans: pd.DataFrame, subjects: list[str
         if col not in counts:
             counts[col] = 0
     has_iop = scans["iop"].notna().any()
-    fig, axes = plt.subplots(1, 2 if has_iop else 1, figsize=(11, 4.2) if has_iop else (6.5, 4.2),
+    fig, axes = subplots(1, 2 if has_iop else 1, figsize=(11, 4.2) if has_iop else (6.5, 4.2),
                              gridspec_kw={"width_ratios": [1, 1.25]} if has_iop else None, squeeze=False)
     ax = axes[0, 0]
     y = np.arange(len(counts))
@@ -190,8 +192,6 @@ def cohort_figure(quality: pd.DataFrame, scans: pd.DataFrame, subjects: list[str
 
 def forest_figure(comparisons: list[dict], ci_level: float):
     """Paired differences (model − reference) with their monkey-level intervals, one panel per metric."""
-    import matplotlib.pyplot as plt
-
     rows = [c for c in comparisons if c.get("delta") is not None]
     if not rows:
         return None
@@ -200,7 +200,7 @@ def forest_figure(comparisons: list[dict], ci_level: float):
     labels = {m: [(c["model"], c["reference"]) for c in rows if c["metric"] == m] for m in metrics}
     same = all(v == labels[metrics[0]] for v in labels.values())
     width = 4.3 * len(metrics) + (2.2 if same else 2.2 * len(metrics))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(width, 0.5 * n + 1.7), squeeze=False)
+    fig, axes = subplots(1, len(metrics), figsize=(width, 0.5 * n + 1.7), squeeze=False)
     level = f"{round(ci_level * 100):g}%"
     for ax, metric in zip(axes[0], metrics):
         sub = [c for c in rows if c["metric"] == metric]
@@ -231,8 +231,6 @@ def forest_figure(comparisons: list[dict], ci_level: float):
 
 def per_subject_figure(stats: dict, subjects: list[str]):
     """Each monkey's MAE per model (from stats.json per_subject)."""
-    import matplotlib.pyplot as plt
-
     rows = [dict(model=m, subject=str(s), mae=v.get("mae"), n=v.get("n"))
             for m, ms in stats.get("models", {}).items() for s, v in (ms.get("per_subject") or {}).items()]
     if not rows:
@@ -241,7 +239,7 @@ def per_subject_figure(stats: dict, subjects: list[str]):
     order = [s for s in subjects if s in set(d["subject"])] + sorted(set(d["subject"]) - set(subjects))
     models = list(dict.fromkeys(d["model"]))
     colors = model_colors(models)
-    fig, ax = plt.subplots(figsize=(8.5, 0.32 * len(order) + 1.6))
+    fig, ax = subplots(figsize=(8.5, 0.32 * len(order) + 1.6))
     offsets = np.linspace(-0.25, 0.25, len(models)) if len(models) > 1 else [0.0]
     pos = {s: i for i, s in enumerate(order)}
     for off, m in zip(offsets, models):
@@ -263,15 +261,13 @@ def per_subject_figure(stats: dict, subjects: list[str]):
 
 def bland_altman_figure(model: str, preds: pd.DataFrame, mstats: dict, subjects: list[str], ci_level: float):
     """Predicted − measured against their mean, coloured by monkey, with stats.json's lines."""
-    import matplotlib.pyplot as plt
-
     d = preds[preds["model"] == model]
     if d.empty:
         return None
     styles = subject_styles(subjects)
     mean = ((d["y_pred"] + d["y_true"]) / 2).to_numpy(float)
     diff = (d["y_pred"] - d["y_true"]).to_numpy(float)
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    fig, ax = subplots(figsize=(9, 4.8))
     _scatter_by_subject(ax, mean, diff, d["subject"].to_numpy(), styles)
     ba = mstats.get("bland_altman") or {}
     level = f"{round(ci_level * 100):g}%"
@@ -326,13 +322,11 @@ def bland_altman_figure(model: str, preds: pd.DataFrame, mstats: dict, subjects:
 
 def pred_vs_measured_figure(preds: pd.DataFrame, subjects: list[str], models: list[str]):
     """Small multiples: one panel per held-out monkey, predicted against measured ICP, one colour per model."""
-    import matplotlib.pyplot as plt
-
     present = [s for s in subjects if s in set(preds["subject"])]
     if not present:
         return None
     nrow, ncol = _grid(len(present))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.35 * ncol + 1.6, 2.3 * nrow + 0.4), squeeze=False,
+    fig, axes = subplots(nrow, ncol, figsize=(2.35 * ncol + 1.6, 2.3 * nrow + 0.4), squeeze=False,
                              sharex=True, sharey=True)
     colors = model_colors(models)
     lo = float(np.nanmin([preds["y_true"].min(), preds["y_pred"].min()]))
@@ -363,14 +357,12 @@ def pred_vs_measured_figure(preds: pd.DataFrame, subjects: list[str], models: li
 
 def learning_curves_figure(curves: pd.DataFrame, held_out: dict | None = None):
     """Training and inner-validation loss per epoch, one panel per fold; the restored epoch is ringed."""
-    import matplotlib.pyplot as plt
-
     if curves is None or curves.empty:
         return None
     folds = sorted(curves["fold"].unique())
     models = list(dict.fromkeys(curves["model"]))
     nrow, ncol = _grid(len(folds))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.5 * ncol + 1.8, 2.2 * nrow + 0.4), squeeze=False,
+    fig, axes = subplots(nrow, ncol, figsize=(2.5 * ncol + 1.8, 2.2 * nrow + 0.4), squeeze=False,
                              sharex=True, sharey=True)
     colors = model_colors(models)
     for ax, k in zip(axes.flat, folds):
