@@ -251,6 +251,6 @@ def test_hostile_labels_stay_text_in_the_browser(browser, tmp_path_factory):
     """A report whose labels hold markup: nothing runs, nothing is fetched, every image still loads."""
     from test_report_support import hostile_run
 
-    run = hostile_run(tmp_path_factory.mktemp("hostile"))
+    run = hostile_run(tmp_path_factory.getbasetemp() / "runs")
     res = check_in_browser(browser, run / "index.html", "screenshot_hostile.png")
     assert_renders(res, min_images=4)

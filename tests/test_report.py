@@ -118,8 +118,8 @@ def test_report_of_the_real_table_folds_many_dropped_rows(runs):
     assert "training" not in page.ids  # no CNN, no learning curves
 
 
-def test_user_strings_are_escaped(tmp_path):
-    run = hostile_run(tmp_path)
+def test_user_strings_are_escaped(tmp_path_factory):
+    run = hostile_run(tmp_path_factory.getbasetemp() / "runs")
     html = (run / "index.html").read_text()
     assert "<script" not in html.lower() and "<img src=x" not in html and "<img src=y" not in html
     assert "<b>3</b>" not in html and "<b>x" not in html

@@ -70,6 +70,13 @@ HOSTILE = "<script>alert(1)</script>"
 
 
 def hostile_run(base: Path) -> Path:
+    """``make_hostile_run`` once per test session."""
+    if "hostile" not in _made:
+        _made["hostile"] = make_hostile_run(Path(base) / "hostile")
+    return _made["hostile"]
+
+
+def make_hostile_run(base: Path) -> Path:
     """A labels-only run whose monkey labels, scan ids, dropped values, folder and a model name hold
     markup (and a '$' that matplotlib would read as maths): the report must show them as text."""
     import pandas as pd

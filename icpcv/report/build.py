@@ -329,9 +329,27 @@ def common_figures(add, stats, preds, subjects, models, ci_level):
 # --------------------------------------------------------------------------- the report
 
 
+METHOD_NAMES = {"t": "t interval with the jackknife SE over monkeys", "studentized": "studentized bootstrap (bootstrap-t)",
+                "percentile": "percentile bootstrap", "bca": "BCa bootstrap"}
+QUANTITY_NAMES = {"delta": "paired differences", "mae": "MAE", "rmse": "RMSE", "mae_subject_mean": "mean of monkeys' MAE",
+                  "bias": "bias", "r2": "R²", "pearson_r": "Pearson r", "ba_slope": "proportional-bias slope"}
+
+
+def ci_method_text(stats: dict) -> str:
+    """Which interval method stats.json used, per quantity when the engine chose per quantity."""
+    per = stats.get("ci_methods")
+    if isinstance(per, dict) and per:
+        groups: dict[str, list[str]] = {}
+        for quantity, method in per.items():
+            groups.setdefault(method, []).append(QUANTITY_NAMES.get(quantity, quantity))
+        return "; ".join(f"{METHOD_NAMES.get(m, m)} for {', '.join(q)}" for m, q in groups.items())
+    m = stats.get("ci_method")
+    return METHOD_NAMES.get(m, str(m) if m else "method not recorded")
+
+
 def _base_context(stats: dict, subjects: list[str]) -> dict:
     comps = stats.get("comparisons") or []
-    return dict(stats=stats, verdict=stats.get("verdict") or "stats.json holds no verdict.",
+    return dict(stats=stats, ci_text=ci_method_text(stats), verdict=stats.get("verdict") or "stats.json holds no verdict.",
                 ci_pct=f"{round(stats.get('ci_level', 0.95) * 100):g}%", models=model_rows(stats),
                 metric_names=[label for _, label in MODEL_METRICS], comparisons=comps,
                 agreement=agreement_rows(stats), decomposition=decomposition_table(stats),
