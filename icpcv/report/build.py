@@ -280,21 +280,27 @@ def env_items(env: dict) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- figures
 
 
+def _collector():
+    """A dict of figures by report section, and the function that adds one (None: nothing to draw)."""
+    out: dict[str, list[F.Figure]] = {}
+
+    def add(section, name, title, caption, fig):
+        if fig is not None:
+            out.setdefault(section, []).append(F.Figure(name, title, caption, fig))
+
+    return out, add
+
+
 def run_figures(run: RunData, stats: dict) -> dict[str, list[F.Figure]]:
     """Figures by report section; also written as PNGs under run_dir/figures/."""
     subjects = run.subjects
-    models = run.models
     ci_level = stats.get("ci_level", 0.95)
-    out: dict[str, list[F.Figure]] = {}
+    out, add = _collector()
     with F.style():
-        def add(section, name, title, caption, fig):
-            if fig is not None:
-                out.setdefault(section, []).append(F.Figure(name, title, caption, fig))
-
         add("cohort", "cohort", "Scans per monkey and the IOP × ICP design",
             "Left: input rows per monkey, kept (blue) and dropped (grey). Right: every kept scan at its set IOP "
             "and ICP, one colour and marker per monkey.", F.cohort_figure(run.quality, run.scans, subjects))
-        common_figures(add, stats, run.predictions, subjects, models, ci_level)
+        common_figures(add, stats, run.predictions, subjects, run.models, ci_level)
         add("training", "learning_curves", "Learning curves per fold",
             "Loss on the training monkeys (solid) and on the fold's inner-validation monkeys (dashed), per epoch; "
             "the ring marks the epoch whose weights were restored for prediction. Epoch 0 is the untrained network.",
@@ -373,12 +379,8 @@ def render_run(run: RunData) -> str:
 def render_compare(cmp: CompareData) -> str:
     stats = cmp.stats
     ctx = _base_context(stats, cmp.subjects)
-    figs: dict[str, list[F.Figure]] = {}
+    figs, add = _collector()
     with F.style():
-        def add(section, name, title, caption, fig):
-            if fig is not None:
-                figs.setdefault(section, []).append(F.Figure(name, title, caption, fig))
-
         common_figures(add, stats, cmp.predictions, cmp.subjects, cmp.models, stats.get("ci_level", 0.95))
     F.render([f for fs in figs.values() for f in fs], cmp.path)
     runs = cmp.meta.get("runs", [])

@@ -95,6 +95,10 @@ def render(figures: list[Figure], out_dir: Path) -> list[Figure]:
 
     names = set()
     for f in figures:
+        stem, i = f.name, 1
+        while f"{f.name}.png" in names:  # two names that differ only in unsafe characters
+            i += 1
+            f.name = f"{stem}_{i}"
         f.png = to_png(f.fig)
         f.uri = data_uri(f.png)
         f.fig = None  # free it
@@ -192,6 +196,8 @@ def cohort_figure(quality: pd.DataFrame, scans: pd.DataFrame, subjects: list[str
 
 def forest_figure(comparisons: list[dict], ci_level: float):
     """Paired differences (model − reference) with their monkey-level intervals, one panel per metric."""
+    from matplotlib.ticker import MaxNLocator
+
     rows = [c for c in comparisons if c.get("delta") is not None]
     if not rows:
         return None
@@ -219,6 +225,7 @@ def forest_figure(comparisons: list[dict], ci_level: float):
                         (1.0, yi), xycoords=("axes fraction", "data"), xytext=(6, 0), textcoords="offset points",
                         va="center", fontsize="small")
         ax.axvline(0, color="0.2", lw=1)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.set_yticks(y, [f"{c['model']} − {c['reference']}" for c in sub] if not same or ax is axes[0, 0] else [])
         ax.set_ylim(-0.7, len(sub) - 0.3)
         ax.set(xlabel=f"difference in {metric.upper()} (mmHg), {level} CI", title=f"{metric.upper()}: model − reference")
