@@ -90,7 +90,8 @@ def make_hostile_run(base: Path) -> Path:
         for j in range(6):
             rows.append(dict(scan_id=f"<img src=x onerror=alert({i}{j})>" if j == 0 else f"s{i}_{j}", subject=s,
                              iop=10 + 5 * j, icp=5 + 3 * i + j, path=""))
-    rows.append(dict(scan_id="<img src=y onerror=alert(9)>", subject=subjects[1], iop=12, icp="<script>x</script>", path=""))
+    rows.append(dict(scan_id="<img src=y onerror=alert(9)>", subject=subjects[1], iop=12, icp="<script>x</script>",
+                     path=""))
     rows.append(dict(scan_id="bad2", subject="", iop=12, icp=9, path=""))
     table = base / "hostile.csv"
     pd.DataFrame(rows).to_csv(table, index=False)

@@ -116,7 +116,8 @@ def agreement_rows(stats: dict) -> list[dict]:
 #: decomposition keys shown, with their label and format; other numbers in stats.json are shown raw
 DECOMPOSITION = (("mse", "MSE (mmHg²)", "num"), ("between_subject", "between monkeys (mmHg²)", "num"),
                  ("within_subject", "within monkeys (mmHg²)", "num"), ("between_fraction", "between share", "pct"),
-                 ("within_fraction", "within share", "pct"), ("global_bias_sq", "of between: overall bias² (mmHg²)", "num"),
+                 ("within_fraction", "within share", "pct"),
+                 ("global_bias_sq", "of between: overall bias² (mmHg²)", "num"),
                  ("offset_spread", "of between: spread of monkey offsets (mmHg²)", "num"),
                  ("within_subject_correlation", "within-monkey r", "num"))
 
@@ -335,10 +336,12 @@ def common_figures(add, stats, preds, subjects, models, ci_level):
 # --------------------------------------------------------------------------- the report
 
 
-METHOD_NAMES = {"t": "t interval with the jackknife SE over monkeys", "studentized": "studentized bootstrap (bootstrap-t)",
-                "percentile": "percentile bootstrap", "bca": "BCa bootstrap"}
-QUANTITY_NAMES = {"delta": "paired differences", "mae": "MAE", "rmse": "RMSE", "mae_subject_mean": "mean of monkeys' MAE",
-                  "bias": "bias", "r2": "R²", "pearson_r": "Pearson r", "ba_slope": "proportional-bias slope"}
+METHOD_NAMES = {"t": "t interval with the jackknife SE over monkeys",
+                "studentized": "studentized bootstrap (bootstrap-t)", "percentile": "percentile bootstrap",
+                "bca": "BCa bootstrap"}
+QUANTITY_NAMES = {"delta": "paired differences", "mae": "MAE", "rmse": "RMSE",
+                  "mae_subject_mean": "mean of monkeys' MAE", "bias": "bias", "r2": "R²", "pearson_r": "Pearson r",
+                  "ba_slope": "proportional-bias slope"}
 
 
 def ci_method_text(stats: dict) -> str:
@@ -355,7 +358,8 @@ def ci_method_text(stats: dict) -> str:
 
 def _base_context(stats: dict, subjects: list[str]) -> dict:
     comps = stats.get("comparisons") or []
-    return dict(stats=stats, ci_text=ci_method_text(stats), verdict=stats.get("verdict") or "stats.json holds no verdict.",
+    return dict(stats=stats, ci_text=ci_method_text(stats),
+                verdict=stats.get("verdict") or "stats.json holds no verdict.",
                 ci_pct=f"{round(stats.get('ci_level', 0.95) * 100):g}%", models=model_rows(stats),
                 metric_names=[label for _, label in MODEL_METRICS], comparisons=comps,
                 agreement=agreement_rows(stats), decomposition=decomposition_table(stats),
@@ -369,7 +373,8 @@ def render_run(run: RunData) -> str:
     figs = run_figures(run, stats)
     ctx.update(kind="run", title=f"icpcv report: {run.name}", run_name=run.name, run_path=str(run.path.resolve()),
                figures=figs, cohort=cohort_context(run), plan=plan_context(run), warm_start=warm_start_rows(run),
-               warm_start_keys=[k.replace("_", " ") for k in WARM_START_KEYS], calibration=table_context(run.calibration),
+               warm_start_keys=[k.replace("_", " ") for k in WARM_START_KEYS],
+               calibration=table_context(run.calibration),
                config=[(k, fmt_value(v)) for k, v in run.config.items()], env=env_items(run.environment),
                record=run.record, timing=timing_table(run),
                warnings=list(stats.get("warnings") or []), notes=run.notes)

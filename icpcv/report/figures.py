@@ -168,7 +168,7 @@ def cohort_figure(quality: pd.DataFrame, scans: pd.DataFrame, subjects: list[str
             counts[col] = 0
     has_iop = scans["iop"].notna().any()
     fig, axes = subplots(1, 2 if has_iop else 1, figsize=(11, 4.2) if has_iop else (6.5, 4.2),
-                             gridspec_kw={"width_ratios": [1, 1.25]} if has_iop else None, squeeze=False)
+                         gridspec_kw={"width_ratios": [1, 1.25]} if has_iop else None, squeeze=False)
     ax = axes[0, 0]
     y = np.arange(len(counts))
     kept_c, drop_c = palette(10)[0], palette(10)[7]
@@ -221,14 +221,16 @@ def forest_figure(comparisons: list[dict], ci_level: float):
             ax.plot([lo, hi], [yi, yi], color=color, lw=2.2, solid_capstyle="butt")
             ax.plot([c["delta"]], [yi], "o", color=color, ms=7)
             p = c.get("p_adjusted")
-            ax.annotate(f"Holm p {'< 0.001' if p is not None and p < 0.001 else f'{p:.3f}' if p is not None else '–'}",
+            shown = "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+            ax.annotate(f"Holm p {shown}",
                         (1.0, yi), xycoords=("axes fraction", "data"), xytext=(6, 0), textcoords="offset points",
                         va="center", fontsize="small")
         ax.axvline(0, color="0.2", lw=1)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.set_yticks(y, [f"{c['model']} − {c['reference']}" for c in sub] if not same or ax is axes[0, 0] else [])
         ax.set_ylim(-0.7, len(sub) - 0.3)
-        ax.set(xlabel=f"difference in {metric.upper()} (mmHg), {level} CI", title=f"{metric.upper()}: model − reference")
+        ax.set(xlabel=f"difference in {metric.upper()} (mmHg), {level} CI",
+               title=f"{metric.upper()}: model − reference")
         ax.grid(axis="y", visible=False)
     fig.text(0.01, -0.02, "left of 0: the model has the smaller error; green: interval excludes 0 in its favour, "
              "red: against it", fontsize="small", color="0.3")
@@ -334,20 +336,21 @@ def pred_vs_measured_figure(preds: pd.DataFrame, subjects: list[str], models: li
         return None
     nrow, ncol = _grid(len(present))
     fig, axes = subplots(nrow, ncol, figsize=(2.35 * ncol + 1.6, 2.3 * nrow + 0.4), squeeze=False,
-                             sharex=True, sharey=True)
+                         sharex=True, sharey=True)
     colors = model_colors(models)
-    lo = float(np.nanmin([preds["y_true"].min(), preds["y_pred"].min()]))
-    hi = float(np.nanmax([preds["y_true"].max(), preds["y_pred"].max()]))
-    pad = 0.05 * (hi - lo or 1)
+    # x spans the measured ICP; y also takes in predictions outside it, so a wild one stays visible
+    x0, x1 = float(preds["y_true"].min()), float(preds["y_true"].max())
+    y0, y1 = min(x0, float(preds["y_pred"].min())), max(x1, float(preds["y_pred"].max()))
+    padx, pady = 0.05 * (x1 - x0 or 1), 0.05 * (y1 - y0 or 1)
     for ax, s in zip(axes.flat, present):
         d = preds[preds["subject"] == s]
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.4", lw=0.8)
+        ax.plot([y0, y1], [y0, y1], color="0.4", lw=0.8)
         for i, m in enumerate(models):
             g = d[d["model"] == m]
-            ax.scatter(g["y_true"], g["y_pred"], s=9, alpha=0.6, color=colors[m], marker=MARKERS[i % 7], linewidths=0)
+            ax.scatter(g["y_true"], g["y_pred"], s=12, alpha=0.6, color=colors[m], marker=MARKERS[i % 7], linewidths=0)
         ax.set_title(f"monkey {s}", fontsize="small")
-    axes[0, 0].set_xlim(lo - pad, hi + pad)
-    axes[0, 0].set_ylim(lo - pad, hi + pad)
+    axes[0, 0].set_xlim(x0 - padx, x1 + padx)
+    axes[0, 0].set_ylim(y0 - pady, y1 + pady)
     _label_panels(axes, len(present), "measured ICP (mmHg)", "predicted ICP (mmHg)")
     from matplotlib.lines import Line2D
 
@@ -370,7 +373,7 @@ def learning_curves_figure(curves: pd.DataFrame, held_out: dict | None = None):
     models = list(dict.fromkeys(curves["model"]))
     nrow, ncol = _grid(len(folds))
     fig, axes = subplots(nrow, ncol, figsize=(2.5 * ncol + 1.8, 2.2 * nrow + 0.4), squeeze=False,
-                             sharex=True, sharey=True)
+                         sharex=True, sharey=True)
     colors = model_colors(models)
     for ax, k in zip(axes.flat, folds):
         d = curves[curves["fold"] == k]
