@@ -33,14 +33,16 @@ def _add_run(sub) -> None:
     d.add_argument("--manifest", help="scan table (CSV): the seed's format (id, monkey_id, iop, icp, torch_present, "
                                       "...) or the plain one (scan_id, subject, iop, icp, path)")
     d.add_argument("--scans", dest="scans_dir", help="seed format: folder holding <id>.pt volumes")
-    d.add_argument("--phantom", default="small", help="synthetic cohort preset: small (CPU, default), tiny, seed")
+    d.add_argument("--phantom", help="synthetic cohort preset: small (CPU, default), tiny, seed (the default of "
+                                     "--preset seed/fast)")
     d.add_argument("--signal", type=float, default=1.0,
                    help="synthetic cohort: how much the scan carries about ICP (0 = negative control)")
     d.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic cohort")
     d.add_argument("--shape", type=_shape, help="volume shape X x Y x Z(depth), e.g. 20x20x48")
     d.add_argument("--skip-bad-scans", action="store_true", help="record unreadable volumes as skips, not errors")
     m = p.add_argument_group("models and folds")
-    m.add_argument("--models", help="comma-separated: mean, ols_iop, ols_iop2, mixedlm_iop, ridge_scan, cnn "
+    m.add_argument("--models", help="comma-separated: mean, ols_iop, ols_iop2, mixedlm_iop, ridge_scan, cnn, "
+                                    "resnet10|18|34|50 (+ _nodil, _scanonly: e.g. resnet50_nodil) "
                                     "(default: mean,ols_iop,ridge_scan,cnn with volumes; "
                                     "mean,ols_iop,ols_iop2,mixedlm_iop for a labels-only table)")
     m.add_argument("--folds", type=int, help="number of folds (default: one per subject; fewer = grouped K-fold)")
@@ -49,10 +51,19 @@ def _add_run(sub) -> None:
     m.add_argument("--val-fraction", type=float, default=0.25, help="share of training monkeys for early stopping")
     m.add_argument("--seed", type=int, default=0, help="seed for folds, initialisation, shuffling, bootstrap")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
+    t.add_argument("--preset", choices=["seed", "fast"],
+                   help="GPU defaults: seed = the seed study's ResNet-50 at 128x128x512, Adamax 3e-4, batch 8, fp32; "
+                        "fast = ResNet-18 at 64x64x256, bf16, batch 16 (explicit options win; see docs/gpu.md)")
+    t.add_argument("--epochs", type=int, help="default 30")
+    t.add_argument("--batch-size", type=int, help="default 32")
+    t.add_argument("--lr", type=float, help="default 3e-3")
+    t.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 10)")
+    t.add_argument("--optimizer", choices=["adamw", "adam", "adamax"], help="default adamw (fused on CUDA)")
+    t.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                   help="auto (default): bf16 autocast on CUDA, fp32 on CPU")
+    t.add_argument("--pretrained", metavar="PATH",
+                   help="warm-start the 3D ResNets from a MedicalNet checkpoint or a state dict; refused when less "
+                        "than 90%% of the backbone's tensors load")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
     a = p.add_argument_group("analysis")
@@ -79,9 +90,16 @@ def _add_run(sub) -> None:
 def build_config(args) -> "RunConfig":
     from icpcv.config import DEFAULT_MODELS_LABELS, DEFAULT_MODELS_VOLUMES, RunConfig
     from icpcv.models import check_models
+    from icpcv.train.presets import BASE, PRESETS
 
     if args.manifest is not None and not Path(args.manifest).exists():
         raise InputError(f"{args.manifest}: scan table not found")
+    preset = PRESETS[args.preset] if getattr(args, "preset", None) else {}
+
+    def pick(name):  # an explicit option, else the preset's value, else the base default
+        value = getattr(args, name, None)
+        return value if value is not None else preset.get(name, BASE[name])
+
     if args.models:
         models = tuple(check_models(args.models.split(",")))
     elif args.manifest is None:
@@ -95,13 +113,32 @@ def build_config(args) -> "RunConfig":
         has_vol = args.scans_dir is not None if fmt == "seed" else "path" in cols and \
             pd.read_csv(args.manifest, usecols=["path"], dtype=str)["path"].notna().any()
         models = DEFAULT_MODELS_VOLUMES if has_vol else DEFAULT_MODELS_LABELS
+    if preset and not args.models and "cnn" in models:  # the preset's network takes the light CNN's place
+        models = tuple(preset["model"] if m == "cnn" else m for m in models)
+    pretrained = getattr(args, "pretrained", None)
+    if pretrained:
+        from icpcv.models import is_resnet
+
+        if not Path(pretrained).is_file():
+            raise InputError(f"{pretrained}: pretrained checkpoint not found")
+        if not any(is_resnet(m) for m in models):
+            raise InputError("--pretrained warm-starts the 3D ResNets (resnet10|18|34|50...), but none is in --models "
+                             f"({','.join(models)})")
+        pretrained = str(Path(pretrained).resolve())
+        from icpcv.models.pretrained import check_pretrained
+
+        check_pretrained(pretrained, [m for m in models if is_resnet(m)])  # refuse a wrong file before any fold
     return RunConfig(manifest=str(Path(args.manifest).resolve()) if args.manifest else None,
                      scans_dir=str(Path(args.scans_dir).resolve()) if args.scans_dir else None,
-                     phantom=args.phantom, signal=args.signal, data_seed=args.data_seed, models=models,
+                     phantom=args.phantom or preset.get("phantom", "small"), signal=args.signal,
+                     data_seed=args.data_seed, models=models,
                      folds=args.folds, split=args.split, val_fraction=args.val_fraction, seed=args.seed,
-                     shape=args.shape, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     patience=args.patience, augment=not args.no_augment, reference=args.reference,
-                     n_boot=args.n_boot, ci_level=args.ci_level, skip_bad_scans=args.skip_bad_scans)
+                     shape=args.shape or preset.get("shape"), epochs=pick("epochs"), batch_size=pick("batch_size"),
+                     lr=pick("lr"), weight_decay=pick("weight_decay"), patience=pick("patience"),
+                     augment=not args.no_augment, reference=args.reference,
+                     n_boot=args.n_boot, ci_level=args.ci_level, skip_bad_scans=args.skip_bad_scans,
+                     optimizer=pick("optimizer"), precision=pick("precision"), pretrained=pretrained,
+                     preset=getattr(args, "preset", None))
 
 
 def cmd_run(args) -> int:
@@ -109,8 +146,8 @@ def cmd_run(args) -> int:
     from icpcv.run.progress import Progress
 
     cfg = build_config(args)
-    if cfg.synthetic and args.phantom not in ("small", "tiny", "seed"):
-        raise InputError(f"unknown --phantom {args.phantom!r}; use small, tiny or seed")
+    if cfg.synthetic and cfg.phantom not in ("small", "tiny", "seed"):
+        raise InputError(f"unknown --phantom {cfg.phantom!r}; use small, tiny or seed")
     out = Path(args.out) if args.out else Path("reports") / default_run_name(cfg)
     progress = Progress("quiet" if args.quiet else "auto", log_file=args.log_file)
     slurm = dict(partition=args.partition, time=args.time, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
@@ -132,8 +169,8 @@ def _optional(sub, module: str) -> None:
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+            raise  # a missing package *inside* the subcommand's module is a real error
         return
     mod.add_parsers(sub)
 

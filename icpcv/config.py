@@ -36,6 +36,11 @@ class RunConfig:
     n_boot: int = 10000
     ci_level: float = 0.95
     skip_bad_scans: bool = False
+    # CNN training (icpcv.train): see docs/gpu.md
+    optimizer: str = "adamw"  # adamw | adam | adamax (the seed's)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    pretrained: str | None = None  # warm-start checkpoint for the 3D ResNets (MedicalNet or a state dict)
+    preset: str | None = None  # the --preset that filled in the defaults (recorded only)
 
     def to_dict(self) -> dict:
         d = asdict(self)

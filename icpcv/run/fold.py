@@ -26,30 +26,49 @@ PRED_COLUMNS = ["fold", "subject", "scan_id", "model", "y_true", "y_pred", "iop"
 def _train_cnn(name, cfg: RunConfig, fold, frame_of, store, device, ckpt: Path, progress, label):
     import torch
 
-    from icpcv.models.cnn import LightCNN3D
+    from icpcv.models import is_resnet, make_cnn
+    from icpcv.train.augment import AugmentConfig
+    from icpcv.train.datapath import load_compact
     from icpcv.train.loop import TrainConfig, fit, predict
 
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                       patience=cfg.patience, augment=cfg.augment, seed=cfg.seed * 1000 + fold.index)
+                       patience=cfg.patience, augment=cfg.augment, seed=cfg.seed * 1000 + fold.index,
+                       optimizer=cfg.optimizer, precision=cfg.precision,
+                       aug=AugmentConfig.light() if name == "cnn" else AugmentConfig())
     torch.manual_seed(tcfg.seed)
-    model = LightCNN3D(tuple(store.cohort.shape))
+    model = make_cnn(name, tuple(store.cohort.shape))
+    warm = None
+    if cfg.pretrained and is_resnet(name):
+        from icpcv.models.pretrained import load_pretrained
+
+        warm = load_pretrained(model, cfg.pretrained)  # InputError (naming the file) below 90% of the backbone
+        if progress:
+            progress.message(f"{label} {name}: {warm.summary()}")
 
     def part(ids):
         f = frame_of(ids)
-        return store.get(list(ids)), f["iop"].to_numpy(float), f["icp"].to_numpy(float)
+        return load_compact(store.get, list(ids)), f["iop"].to_numpy(float), f["icp"].to_numpy(float)
 
     def on_epoch(row):
         if progress:
             progress.update(f"{label} {name} epoch {row['epoch']}/{cfg.epochs} train {row['train_loss']:.3f} "
                             f"val {row['val_loss']:.3f} (best {row['best_epoch']})")
 
+    def log(line):
+        if progress:
+            progress.message(f"{label} {name}: {line}")
+
+    data_path: dict = {}
     model, std, history = fit(model, part(fold.train_scans), part(fold.val_scans), tcfg, device,
-                              checkpoint=ckpt, on_epoch=on_epoch)
+                              checkpoint=ckpt, on_epoch=on_epoch, log=log, details=data_path)
     test = frame_of(fold.test_scans)
-    y_pred = predict(model, store.get(list(fold.test_scans)), test["iop"].to_numpy(float), std, device)
+    y_pred = predict(model, load_compact(store.get, list(fold.test_scans)), test["iop"].to_numpy(float), std, device,
+                     precision=cfg.precision)
     best = next(h["epoch"] for h in history if h["best"])
     info = dict(name=name, best_epoch=best, epochs_run=history[-1]["epoch"], device=str(device),
-                parameters=int(sum(p.numel() for p in model.parameters())))
+                parameters=int(sum(p.numel() for p in model.parameters())), data_path=data_path)
+    if warm is not None:
+        info["warm_start"] = warm.to_dict()
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, fold_dir_tmp(ckpt, name))
     return y_pred, info, pd.DataFrame(history).assign(model=name)
 

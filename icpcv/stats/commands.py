@@ -46,6 +46,12 @@ def cmd_analyze(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = write_stats(result, out / "stats.json")
+    # the report is a view of its folder: give it the predictions it shows, as analysed
+    src = Path(args.predictions).resolve()
+    if src != (out / "predictions.csv").resolve():
+        from icpcv.util import atomic_write_text
+
+        atomic_write_text(out / "predictions.csv", preds.to_csv(index=False))
     print(result.verdict)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -9,12 +9,18 @@ by the caller.
 All randomness (initialisation, shuffling, augmentation) flows from one seed through one
 ``torch.Generator`` whose state is checkpointed each epoch, so a resumed fold ends with the same
 weights as an uninterrupted one on the same hardware.
+
+The data path (:mod:`icpcv.train.datapath`): volumes stay in their compact dtype (uint8 for
+OCT) on the device, or stream from pinned host memory when they do not fit; each batch is
+standardised and augmented on the device (:mod:`icpcv.train.augment`); the step runs under
+bf16 autocast with channels-last memory and a fused optimiser on CUDA, and never waits for the
+device: the loss is summed on the device and read once per epoch.
 """
 from __future__ import annotations
 
 import io
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from icpcv.errors import RunDirError
+from icpcv.train import datapath as dp
+from icpcv.train.augment import AugmentConfig, augment as augment_batch
 from icpcv.util import atomic_write_bytes
 
 
@@ -35,6 +43,10 @@ class TrainConfig:
     patience: int = 10
     augment: bool = True
     seed: int = 0
+    optimizer: str = "adamw"  # adamw | adam | adamax (the seed's)
+    precision: str = "auto"  # auto (bf16 on CUDA), bf16, fp32
+    data_mode: str = "auto"  # auto | resident | stream (does not change the numbers)
+    aug: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -45,12 +57,26 @@ class Standardiser:
     iop_std: float
     y_mean: float
     y_std: float
+    vol_min: float = 0.0
+    vol_max: float = 1.0
 
     @classmethod
-    def fit(cls, volumes: np.ndarray, iop: np.ndarray, y: np.ndarray) -> "Standardiser":
-        v = volumes.astype(np.float64)
-        return cls(float(v.mean()), float(v.std() or 1.0), float(np.mean(iop)), float(np.std(iop) or 1.0),
-                   float(np.mean(y)), float(np.std(y) or 1.0))
+    def fit(cls, volumes: np.ndarray, iop: np.ndarray, y: np.ndarray, chunk: int = 16) -> "Standardiser":
+        # two passes over chunks of scans in float64: exact enough, and never a float64 copy of the fold
+        n = max(volumes.size, 1)
+        total = sum(float(volumes[s:s + chunk].sum(dtype=np.float64)) for s in range(0, len(volumes), chunk))
+        mean = total / n
+        ss = sum(float(np.square(volumes[s:s + chunk].astype(np.float64) - mean).sum())
+                 for s in range(0, len(volumes), chunk))
+        std = float(np.sqrt(ss / n)) or 1.0
+        lo = float(volumes.min()) if volumes.size else 0.0
+        hi = float(volumes.max()) if volumes.size else 1.0
+        return cls(float(mean), std, float(np.mean(iop)), float(np.std(iop) or 1.0),
+                   float(np.mean(y)), float(np.std(y) or 1.0), lo, hi)
+
+    def intensity_range(self) -> tuple[float, float]:
+        """The standardised values of the training minimum and maximum voxel."""
+        return (self.vol_min - self.vol_mean) / self.vol_std, (self.vol_max - self.vol_mean) / self.vol_std
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -61,46 +87,65 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def _to_tensors(volumes, iop, y, std: Standardiser, device):
-    v = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))
-    v = ((v - std.vol_mean) / std.vol_std).unsqueeze(1).to(device)
-    i = torch.from_numpy(((np.asarray(iop, np.float32) - std.iop_mean) / std.iop_std).astype(np.float32)).to(device)
+def _compact(volumes: np.ndarray) -> np.ndarray:
+    if volumes.dtype in (np.uint8, np.float16, np.float32):
+        return volumes
+    return volumes.astype(dp.compact_dtype(volumes))
+
+
+@dataclass
+class _Part:
+    """One part of a fold (training, validation or test scans) on the device."""
+    source: dp.VolumeSource
+    iop: torch.Tensor
+    y: torch.Tensor | None
+
+
+def _part(volumes, iop, y, std: Standardiser, device, mode: str) -> _Part:
+    i = torch.from_numpy(((np.asarray(iop, np.float32) - std.iop_mean) / std.iop_std).astype(np.float32))
     t = None if y is None else torch.from_numpy(((np.asarray(y, np.float32) - std.y_mean) / std.y_std)
-                                                 .astype(np.float32)).to(device)
-    return v, i, t
-
-
-def _augment(v: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Per sample: random lateral flips in X and Y (depth is never flipped) and a random gain and
-    offset of intensity, so that brightness cannot serve as a monkey's fingerprint."""
-    n = v.shape[0]
-    r = torch.rand((n, 4), generator=g).to(v.device)
-    fx = (r[:, 0] < 0.5).view(-1, 1, 1, 1, 1)
-    fy = (r[:, 1] < 0.5).view(-1, 1, 1, 1, 1)
-    v = torch.where(fx, v.flip(2), v)
-    v = torch.where(fy, v.flip(3), v)
-    gain = (0.8 + 0.4 * r[:, 2]).view(-1, 1, 1, 1, 1)
-    offset = (0.4 * r[:, 3] - 0.2).view(-1, 1, 1, 1, 1)
-    return v * gain + offset
+                                                .astype(np.float32))
+    src = dp.VolumeSource(_compact(np.asarray(volumes)), std.vol_mean, std.vol_std, device, mode)
+    return _Part(src, i.to(device), None if t is None else t.to(device))
 
 
 @torch.no_grad()
-def _evaluate(model, v, i, t, batch_size):
+def _evaluate(model, part: _Part, batch_size: int, device, settings: dp.StepSettings) -> float:
     model.eval()
-    total, n = 0.0, 0
-    for s in range(0, len(v), batch_size):
-        p = model(v[s:s + batch_size], i[s:s + batch_size])
-        total += float(F.mse_loss(p.float(), t[s:s + batch_size], reduction="sum"))
-        n += len(p)
-    return total / max(n, 1)
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    for idx, xb in part.source.batches(torch.arange(part.source.n), batch_size):
+        p = dp.forward(model, xb, part.iop[idx], device, settings)
+        total += F.mse_loss(p, part.y[idx], reduction="sum").double()
+    return float(total) / max(part.source.n, 1)  # the one host sync of an evaluation
 
 
 @torch.no_grad()
-def predict(model, volumes, iop, std: Standardiser, device, batch_size: int = 64) -> np.ndarray:
-    v, i, _ = _to_tensors(volumes, iop, None, std, device)
+def predict(model, volumes, iop, std: Standardiser, device, batch_size: int = 64, *, precision: str = "auto",
+            data_mode: str = "auto") -> np.ndarray:
+    """Predictions in mmHg for ``volumes``, through the same data path and precision as training."""
+    volumes = _compact(np.asarray(volumes))
+    mode, _ = dp.choose_mode(volumes.nbytes, device, data_mode)
+    part = _part(volumes, iop, None, std, device, mode)
+    settings = dp.step_settings(device, precision)
     model.eval()
-    out = [model(v[s:s + batch_size], i[s:s + batch_size]).float().cpu() for s in range(0, len(v), batch_size)]
-    return torch.cat(out).numpy().astype(np.float64) * std.y_std + std.y_mean
+    out = [dp.forward(model, xb, part.iop[idx], device, settings)
+           for idx, xb in part.source.batches(torch.arange(part.source.n), batch_size)]
+    if not out:
+        return np.empty(0)
+    return torch.cat(out).cpu().numpy().astype(np.float64) * std.y_std + std.y_mean
+
+
+def train_epoch(model, opt, part: _Part, cfg: TrainConfig, g: torch.Generator, device,
+                settings: dp.StepSettings, intensity_range=(0.0, 1.0)) -> torch.Tensor:
+    """One pass over ``part`` in an order drawn from ``g``; returns the summed loss on the device."""
+    model.train()
+    order = torch.randperm(part.source.n, generator=g)
+    total = torch.zeros((), device=device)
+    for idx, xb in part.source.batches(order, cfg.batch_size, min_size=2):  # BatchNorm needs two samples
+        if cfg.augment:
+            xb = augment_batch(xb, g, cfg.aug, intensity_range)
+        total += dp.train_step(model, opt, xb, part.iop[idx], part.y[idx], device, settings) * len(idx)
+    return total
 
 
 def _state_bytes(obj) -> bytes:
@@ -110,76 +155,81 @@ def _state_bytes(obj) -> bytes:
 
 
 def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, device: torch.device, *,
-        checkpoint: Path | None = None, on_epoch: Callable[[dict], None] | None = None):
+        checkpoint: Path | None = None, on_epoch: Callable[[dict], None] | None = None,
+        log: Callable[[str], None] | None = None, details: dict | None = None):
     """Train ``model`` on ``train = (volumes, iop, y)``, early-stop on ``val``.
 
     Returns ``(model, standardiser, history)``; history is a list of per-epoch dicts with
     ``epoch, train_loss, val_loss, seconds`` (losses are MSE on the standardised target).
     With ``checkpoint`` set, the state after every epoch is saved there atomically and an
-    existing checkpoint is resumed from.
+    existing checkpoint is resumed from. ``log`` receives a line saying which data path ran;
+    ``details``, if given, is filled with the same as a dict (for the fold record).
     """
+    device = torch.device(device)
     std = Standardiser.fit(*train)
-    tv, ti, tt = _to_tensors(*train, std, device)
-    vv, vi, vt = _to_tensors(*val, std, device)
+    nbytes = sum(_compact(np.asarray(p[0])).nbytes for p in (train, val))
+    mode, why = dp.choose_mode(nbytes, device, cfg.data_mode)
+    settings = dp.step_settings(device, cfg.precision)
+    tr = _part(*train, std, device, mode)
+    va = _part(*val, std, device, mode)
     g = torch.Generator().manual_seed(cfg.seed)
-    model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history: list[dict] = []
-    start = 1
-    best = dict(epoch=0, val_loss=_evaluate(model, vv, vi, vt, cfg.batch_size),
-                state={k: x.detach().clone() for k, x in model.state_dict().items()})
-    history.append(dict(epoch=0, train_loss=float("nan"), val_loss=best["val_loss"], seconds=0.0))
-    if checkpoint is not None and Path(checkpoint).exists():
-        try:
-            ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            g.set_state(ck["generator"])
-            best = dict(epoch=int(ck["best_epoch"]), val_loss=float(ck["best_val_loss"]),
-                        state={k: x.to(device) for k, x in ck["best_state"].items()})
-            history = [dict(zip(("epoch", "train_loss", "val_loss", "seconds"), row)) for row in ck["history"].tolist()]
-            for h in history:
-                h["epoch"] = int(h["epoch"])
-            start = int(ck["epoch"]) + 1
-        except Exception as exc:
-            raise RunDirError(f"{checkpoint}: corrupt epoch checkpoint ({type(exc).__name__}: {exc}); delete it to "
-                              "restart this fold from epoch 0, or rerun with --fresh") from None
-    n = len(tv)
-    for epoch in range(start, cfg.epochs + 1):
-        if epoch - best["epoch"] > cfg.patience:
-            break
-        t0 = time.perf_counter()
-        model.train()
-        order = torch.randperm(n, generator=g)
-        total = torch.zeros((), device=device)
-        for s in range(0, n, cfg.batch_size):
-            idx = order[s:s + cfg.batch_size].to(device)
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            xb = tv[idx]
-            if cfg.augment:
-                xb = _augment(xb, g)
-            loss = F.mse_loss(model(xb, ti[idx]).float(), tt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(idx)
-        val_loss = _evaluate(model, vv, vi, vt, cfg.batch_size)
-        row = dict(epoch=epoch, train_loss=float(total) / n, val_loss=val_loss, seconds=time.perf_counter() - t0)
-        history.append(row)
-        if val_loss < best["val_loss"]:
-            best = dict(epoch=epoch, val_loss=val_loss,
-                        state={k: x.detach().clone() for k, x in model.state_dict().items()})
-        if checkpoint is not None:
-            atomic_write_bytes(checkpoint, _state_bytes(dict(
-                model=model.state_dict(), optimizer=opt.state_dict(), generator=g.get_state(), epoch=epoch,
-                best_epoch=best["epoch"], best_val_loss=best["val_loss"],
-                best_state={k: x.cpu() for k, x in best["state"].items()},
-                history=torch.tensor([[h["epoch"], h["train_loss"], h["val_loss"], h["seconds"]] for h in history],
-                                     dtype=torch.float64))))
-        if on_epoch is not None:
-            on_epoch(row | {"best_epoch": best["epoch"]})
-    model.load_state_dict(best["state"])
+    dp.prepare_model(model, device, settings)
+    opt = dp.make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, device)
+    fused = bool(opt.defaults.get("fused") or opt.defaults.get("foreach"))
+    info = dict(device=str(device), data_mode=mode, data_mode_reason=why,
+                storage_dtype=str(tr.source.dtype).replace("torch.", ""), volume_mib=round(nbytes / 2**20, 1),
+                precision=settings.describe(), optimizer=cfg.optimizer + (" (fused)" if opt.defaults.get("fused")
+                                                                          else " (foreach)" if fused else ""))
+    if details is not None:
+        details.update(info)
+    if log is not None:
+        log(f"data path: volumes {info['data_mode']} on {device} ({why}) as {info['storage_dtype']}; "
+            f"{info['precision']}; {info['optimizer']}")
+    with dp.deterministic_cudnn(device):
+        history: list[dict] = []
+        start = 1
+        best = dict(epoch=0, val_loss=_evaluate(model, va, cfg.batch_size, device, settings),
+                    state={k: x.detach().clone() for k, x in model.state_dict().items()})
+        history.append(dict(epoch=0, train_loss=float("nan"), val_loss=best["val_loss"], seconds=0.0))
+        if checkpoint is not None and Path(checkpoint).exists():
+            try:
+                ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+                model.load_state_dict(ck["model"])
+                opt.load_state_dict(ck["optimizer"])
+                g.set_state(ck["generator"])
+                best = dict(epoch=int(ck["best_epoch"]), val_loss=float(ck["best_val_loss"]),
+                            state={k: x.to(device) for k, x in ck["best_state"].items()})
+                history = [dict(zip(("epoch", "train_loss", "val_loss", "seconds"), row))
+                           for row in ck["history"].tolist()]
+                for h in history:
+                    h["epoch"] = int(h["epoch"])
+                start = int(ck["epoch"]) + 1
+            except Exception as exc:
+                raise RunDirError(f"{checkpoint}: corrupt epoch checkpoint ({type(exc).__name__}: {exc}); delete it "
+                                  "to restart this fold from epoch 0, or rerun with --fresh") from None
+        n = tr.source.n
+        irange = std.intensity_range()
+        for epoch in range(start, cfg.epochs + 1):
+            if epoch - best["epoch"] > cfg.patience:
+                break
+            t0 = time.perf_counter()
+            total = train_epoch(model, opt, tr, cfg, g, device, settings, irange)
+            val_loss = _evaluate(model, va, cfg.batch_size, device, settings)
+            row = dict(epoch=epoch, train_loss=float(total) / n, val_loss=val_loss, seconds=time.perf_counter() - t0)
+            history.append(row)
+            if val_loss < best["val_loss"]:
+                best = dict(epoch=epoch, val_loss=val_loss,
+                            state={k: x.detach().clone() for k, x in model.state_dict().items()})
+            if checkpoint is not None:
+                atomic_write_bytes(checkpoint, _state_bytes(dict(
+                    model=model.state_dict(), optimizer=opt.state_dict(), generator=g.get_state(), epoch=epoch,
+                    best_epoch=best["epoch"], best_val_loss=best["val_loss"],
+                    best_state={k: x.cpu() for k, x in best["state"].items()},
+                    history=torch.tensor([[h["epoch"], h["train_loss"], h["val_loss"], h["seconds"]]
+                                          for h in history], dtype=torch.float64))))
+            if on_epoch is not None:
+                on_epoch(row | {"best_epoch": best["epoch"]})
+        model.load_state_dict(best["state"])
     for h in history:
         h["best"] = h["epoch"] == best["epoch"]
     return model, std, history
