@@ -134,11 +134,16 @@ def test_user_strings_are_escaped(tmp_path_factory):
 
 
 def test_report_command_regenerates_with_warm_start_and_calibration(runs, tmp_path, capsys):
+    from icpcv.models.pretrained import WarmStart
+
     run = copy_run(runs("tiny"), tmp_path / "run")
+    warm = WarmStart(path="/models/resnet_10<x>.pth", sha256="ab" * 32, matched=40, missing=2, unexpected=3,
+                     shape_mismatched=1, backbone_total=42, backbone_matched=40, fraction=40 / 42,
+                     missing_keys=["head.weight", "head.bias"], unexpected_keys=["fc.weight", "fc.bias", "x"],
+                     shape_mismatched_keys=["conv1.weight"])
     for rec_path in sorted((run / "folds").glob("fold_*/record.json")):
         rec = read_json(rec_path)
-        rec["models"]["cnn"]["warm_start"] = {"matched": 12, "missing": ["head.weight", "head.bias"],
-                                              "unexpected": 0, "shape_mismatched": ["conv1.weight"]}
+        rec["models"]["cnn"]["warm_start"] = warm.to_dict()
         rec_path.write_text(json.dumps(rec))
     (run / "calibration.json").write_text(json.dumps([
         {"scenario": "null", "method": "t", "coverage": 0.947, "n_sim": 1000},
@@ -147,7 +152,9 @@ def test_report_command_regenerates_with_warm_start_and_calibration(runs, tmp_pa
     assert capsys.readouterr().out.strip() == f"report: {run / 'index.html'}"
     assert len(list((run / "figures").glob("*.png"))) >= 8
     page = Page((run / "index.html").read_text())
-    assert "Warm start: pretrained tensors loaded" in page.plain and "head.weight, head.bias" in page.plain
+    assert "Warm start: pretrained tensors loaded" in page.plain and "missing: head.weight, head.bias" in page.plain
+    assert "resnet_10<x>.pth" in page.plain and "40/42 (95%)" in page.plain and "shape mismatched: conv1.weight" \
+        in page.plain
     assert "calibration" in page.ids and "0.912" in page.plain and "percentile" in page.plain
 
 

@@ -224,19 +224,28 @@ def _count(v):
 
 
 def warm_start_rows(run: RunData) -> list[dict]:
+    """Per fold and model, what the pretrained checkpoint gave (``models.<name>.warm_start`` of the
+    fold records: counts, or lists whose length is the count; key names under ``<count>_keys``)."""
     rows = []
     for r in sorted(run.fold_records, key=lambda r: r.get("fold", 0)):
         for name, info in (r.get("models") or {}).items():
             ws = (info or {}).get("warm_start")
             if not isinstance(ws, dict):
                 continue
-            row = dict(fold=r.get("fold"), model=name, source=ws.get("source") or ws.get("checkpoint") or "",
-                       counts=[_count(ws.get(k)) for k in WARM_START_KEYS], names={})
-            for k in WARM_START_KEYS:
-                v = ws.get(k)
-                if isinstance(v, (list, tuple)) and v and k != "matched":
-                    row["names"][k] = [str(x) for x in v[:8]] + ([f"… {len(v) - 8} more"] if len(v) > 8 else [])
-            rows.append(row)
+            names = {}
+            for k in WARM_START_KEYS[1:]:
+                v = ws.get(f"{k}_keys", ws.get(k))
+                if isinstance(v, (list, tuple)) and v:
+                    names[k.replace("_", " ")] = [str(x) for x in v[:8]] + ([f"… {len(v) - 8} more"] if len(v) > 8
+                                                                           else [])
+            total, got = ws.get("backbone_total"), ws.get("backbone_matched")
+            backbone = f"{got}/{total}" if got is not None and total else None
+            if backbone and _finite(ws.get("fraction")):
+                backbone += f" ({ws['fraction']:.0%})"
+            path = ws.get("path") or ws.get("checkpoint") or ""
+            rows.append(dict(fold=r.get("fold"), model=name, checkpoint=Path(path).name if path else "",
+                             sha=(ws.get("sha256") or "")[:12], backbone=backbone,
+                             counts=[_count(ws.get(k)) for k in WARM_START_KEYS], names=names))
     return rows
 
 
