@@ -31,14 +31,15 @@ def _finite(x) -> bool:
 
 def fmt_num(x, digits=2) -> str:
     if _finite(x):
-        return f"{x:.{digits}f}"
+        text = f"{x:.{digits}f}"
+        return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.00"
     return "–" if x is None or isinstance(x, float) else str(x)
 
 
 def fmt_ci(ci, digits=2) -> str:
     if not ci or len(ci) != 2 or not all(_finite(v) for v in ci):
         return "–"
-    return f"{ci[0]:.{digits}f} to {ci[1]:.{digits}f}"
+    return f"{fmt_num(ci[0], digits)} to {fmt_num(ci[1], digits)}"
 
 
 def fmt_p(p) -> str:
@@ -51,7 +52,7 @@ def fmt_seconds(s) -> str:
     if not _finite(s):
         return "–"
     if s < 0.1:
-        return "< 0.1 s"
+        return "< 0.1\u00a0s"
     if s < 60:
         return f"{s:.1f} s"
     if s < 3600:
