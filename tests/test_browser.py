@@ -221,7 +221,7 @@ def assert_renders(result: dict, min_images: int):
 
 
 def test_synthetic_run_report_renders(browser, tmp_path_factory):
-    run = shared_run("tiny", tmp_path_factory.getbasetemp() / "runs")
+    run = shared_run("tiny", tmp_path_factory.getbasetemp() / "report_runs")
     res = check_in_browser(browser, run / "index.html", "screenshot_synthetic.png")
     assert_renders(res, min_images=8)
     assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "training",
@@ -233,7 +233,7 @@ def test_labels_only_real_table_report_renders(browser, tmp_path_factory):
 
     if not MONKEY_TABLE.exists():
         pytest.skip(f"real label table not found at {MONKEY_TABLE}")
-    run = shared_run("labels", tmp_path_factory.getbasetemp() / "runs")
+    run = shared_run("labels", tmp_path_factory.getbasetemp() / "report_runs")
     res = check_in_browser(browser, run / "index.html", "screenshot_labels_only.png")
     assert_renders(res, min_images=5)
     assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement",
@@ -241,7 +241,7 @@ def test_labels_only_real_table_report_renders(browser, tmp_path_factory):
 
 
 def test_comparison_report_renders(browser, tmp_path_factory):
-    out = shared_compare(tmp_path_factory.getbasetemp() / "runs")
+    out = shared_compare(tmp_path_factory.getbasetemp() / "report_runs")
     res = check_in_browser(browser, out / "index.html", "screenshot_compare.png")
     assert_renders(res, min_images=3)
     assert res["sections"] == ["verdict", "runs", "models", "agreement", "provenance", "warnings"]
@@ -251,6 +251,6 @@ def test_hostile_labels_stay_text_in_the_browser(browser, tmp_path_factory):
     """A report whose labels hold markup: nothing runs, nothing is fetched, every image still loads."""
     from test_report_support import hostile_run
 
-    run = hostile_run(tmp_path_factory.getbasetemp() / "runs")
+    run = hostile_run(tmp_path_factory.getbasetemp() / "report_runs")
     res = check_in_browser(browser, run / "index.html", "screenshot_hostile.png")
     assert_renders(res, min_images=4)

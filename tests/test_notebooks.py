@@ -44,7 +44,7 @@ def outputs_text(nb) -> str:
 
 
 def test_one_run_notebook(tmp_path_factory, monkeypatch):
-    run = shared_run("tiny", tmp_path_factory.getbasetemp() / "runs")
+    run = shared_run("tiny", tmp_path_factory.getbasetemp() / "report_runs")
     nb = execute(REPO / "analysis" / "01_one_run.ipynb", {"ICPCV_RUN": run, "ICPCV_NBOOT": 200}, monkeypatch)
     text = outputs_text(nb)
     from icpcv.util import read_json
@@ -56,7 +56,7 @@ def test_one_run_notebook(tmp_path_factory, monkeypatch):
 
 
 def test_compare_runs_notebook(tmp_path_factory, tmp_path, monkeypatch):
-    base = tmp_path_factory.getbasetemp() / "runs"
+    base = tmp_path_factory.getbasetemp() / "report_runs"
     runs = f"{shared_run('tiny', base)},{shared_run('tiny_b', base)}"
     nb = execute(REPO / "analysis" / "02_compare_runs.ipynb",
                  {"ICPCV_RUNS": runs, "ICPCV_NBOOT": 200, "ICPCV_COMPARE_OUT": tmp_path / "cmp"}, monkeypatch)

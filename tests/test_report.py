@@ -20,7 +20,7 @@ from test_report_support import HOSTILE, MONKEY_TABLE, copy_run, hostile_run, sh
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp() / "runs"
+    base = tmp_path_factory.getbasetemp() / "report_runs"
     return lambda name: shared_run(name, base)
 
 
@@ -119,7 +119,7 @@ def test_report_of_the_real_table_folds_many_dropped_rows(runs):
 
 
 def test_user_strings_are_escaped(tmp_path_factory):
-    run = hostile_run(tmp_path_factory.getbasetemp() / "runs")
+    run = hostile_run(tmp_path_factory.getbasetemp() / "report_runs")
     html = (run / "index.html").read_text()
     assert "<script" not in html.lower() and "<img src=x" not in html and "<img src=y" not in html
     assert "<b>3</b>" not in html and "<b>x" not in html
@@ -172,7 +172,7 @@ def test_report_command_names_missing_files(runs, tmp_path, capsys):
 
 def test_compare_pairs_runs_on_the_same_plan(runs, tmp_path, tmp_path_factory):
     a, b = runs("tiny"), runs("tiny_b")
-    out = shared_compare(tmp_path_factory.getbasetemp() / "runs")  # `icpcv compare A B --names ... --out ...`
+    out = shared_compare(tmp_path_factory.getbasetemp() / "report_runs")  # `icpcv compare A B --names ... --out ...`
     stats, meta = read_json(out / "stats.json"), read_json(out / "compare.json")
     # by default only the model whose predictions differ between the runs (the CNN) is compared
     assert set(stats["models"]) == {"epochs2:cnn", "epochs1:cnn"} and stats["reference"] == "epochs2:cnn"
