@@ -1,0 +1,413 @@
+"""From a run directory to the template's context, and from the context to one HTML file.
+
+Every string that came from a user (subject labels, scan ids, paths, model and run names,
+reasons, values) reaches the HTML through Jinja2 autoescaping; nothing is marked safe.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from icpcv.report import figures as F
+from icpcv.report.rundata import CompareData, RunData
+from icpcv.util import atomic_write_text, natural_sorted
+
+#: more dropped rows than this: a reason summary, the full table folded into <details>
+FOLD_DROPPED_AT = 500
+MODEL_METRICS = (("mae", "MAE (mmHg)"), ("rmse", "RMSE (mmHg)"), ("bias", "bias (mmHg)"), ("r2", "R²"),
+                 ("pearson_r", "Pearson r"))
+WARM_START_KEYS = ("matched", "missing", "unexpected", "shape_mismatched")
+
+
+# --------------------------------------------------------------------------- formatting filters
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt_num(x, digits=2) -> str:
+    if _finite(x):
+        text = f"{x:.{digits}f}"
+        return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.00"
+    return "–" if x is None or isinstance(x, float) else str(x)
+
+
+def fmt_ci(ci, digits=2) -> str:
+    if not ci or len(ci) != 2 or not all(_finite(v) for v in ci):
+        return "–"
+    return f"{fmt_num(ci[0], digits)} to {fmt_num(ci[1], digits)}"
+
+
+def fmt_p(p) -> str:
+    if not _finite(p):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_seconds(s) -> str:
+    if not _finite(s):
+        return "–"
+    if s < 0.1:
+        return "< 0.1\u00a0s"
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def fmt_value(v) -> str:
+    """A config or environment value as text."""
+    if isinstance(v, (list, tuple)):
+        return ", ".join(fmt_value(x) for x in v)
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if v is None:
+        return "–"
+    return str(v)
+
+
+def environment():
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=PackageLoader("icpcv", "report/templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=fmt_num, ci=fmt_ci, pval=fmt_p, seconds=fmt_seconds, value=fmt_value)
+    return env
+
+
+# --------------------------------------------------------------------------- tables from stats.json
+
+
+def model_rows(stats: dict) -> list[dict]:
+    rows = []
+    for name, m in stats.get("models", {}).items():
+        row = dict(model=name, n_scans=m.get("n_scans"), n_subjects=m.get("n_subjects"), cells=[])
+        for key, _ in MODEL_METRICS:
+            v = m.get(key) or {}
+            row["cells"].append(dict(estimate=v.get("estimate"), ci=v.get("ci")))
+        rc = m.get("rmcorr") or {}
+        row["rmcorr"] = dict(r=rc.get("r"), ci=rc.get("ci"), p=rc.get("p"), dof=rc.get("dof"))
+        rows.append(row)
+    return rows
+
+
+def agreement_rows(stats: dict) -> list[dict]:
+    rows = []
+    for name, m in stats.get("models", {}).items():
+        ba, rep = m.get("bland_altman") or {}, m.get("bland_altman_repeated") or {}
+        if not ba and not rep:
+            continue
+        pb = ba.get("proportional_bias") or {}
+        loa_ci = ba.get("loa_ci") or [None, None]
+        rows.append(dict(model=name, bias=ba.get("bias"), sd=ba.get("sd"), loa=ba.get("loa"),
+                         loa_lo_ci=loa_ci[0] if loa_ci else None, loa_hi_ci=loa_ci[1] if len(loa_ci) > 1 else None,
+                         rep_bias=rep.get("bias"), rep_sd=rep.get("sd"), rep_loa=rep.get("loa"),
+                         slope=pb.get("slope"), slope_ci=pb.get("ci_cluster") or pb.get("ci"), slope_p=pb.get("p")))
+    return rows
+
+
+#: decomposition keys shown, with their label and format; other numbers in stats.json are shown raw
+DECOMPOSITION = (("mse", "MSE (mmHg²)", "num"), ("between_subject", "between monkeys (mmHg²)", "num"),
+                 ("within_subject", "within monkeys (mmHg²)", "num"), ("between_fraction", "between share", "pct"),
+                 ("within_fraction", "within share", "pct"),
+                 ("global_bias_sq", "of between: overall bias² (mmHg²)", "num"),
+                 ("offset_spread", "of between: spread of monkey offsets (mmHg²)", "num"),
+                 ("within_subject_correlation", "within-monkey r", "num"))
+
+
+def decomposition_table(stats: dict) -> dict | None:
+    """Rows per model of the between/within error split."""
+    decs = {m: v.get("decomposition") for m, v in stats.get("models", {}).items() if v.get("decomposition")}
+    if not decs:
+        return None
+    present = {k for d in decs.values() for k in d}
+    cols = [c for c in DECOMPOSITION if c[0] in present]
+    known = {c[0] for c in DECOMPOSITION}
+    extra = {k: v for d in decs.values() for k, v in d.items() if k not in known}
+    cols += [(k, k.replace("_", " "), "num") for k, v in extra.items() if v is None or isinstance(v, (int, float))]
+
+    def cell(v, how):
+        return (f"{100 * v:.1f}%" if _finite(v) else "–") if how == "pct" else fmt_num(v)
+
+    return dict(columns=[label for _, label, _ in cols],
+                rows=[dict(model=m, cells=[cell(d.get(k), how) for k, _, how in cols]) for m, d in decs.items()])
+
+
+def per_subject_table(stats: dict, subjects: list[str]) -> dict | None:
+    per = {m: v.get("per_subject") or {} for m, v in stats.get("models", {}).items()}
+    seen = {str(s) for p in per.values() for s in p}
+    if not seen:
+        return None
+    order = [s for s in subjects if s in seen] + natural_sorted(seen - set(subjects))
+    models = list(per)
+    rows = []
+    for s in order:
+        cells = [(per[m].get(s) or {}) for m in models]
+        n = next((c.get("n") for c in cells if c.get("n") is not None), None)
+        rows.append(dict(subject=s, n=n, cells=[dict(mae=c.get("mae"), bias=c.get("bias")) for c in cells]))
+    return dict(models=models, rows=rows)
+
+
+# --------------------------------------------------------------------------- tables from the run directory
+
+
+def cohort_context(run: RunData) -> dict:
+    from icpcv.cohort.table import REASONS
+
+    q = run.quality
+    dropped = q[q["status"] == "dropped"]
+    kept = q[q["status"] == "kept"]
+    subjects = run.subjects
+    per_subject = []
+    scans = run.scans
+    for s in subjects + (["(none)"] if (dropped["subject"] == "").any() else []):
+        label = "" if s == "(none)" else s
+        sc = scans[scans["subject"] == s]
+        per_subject.append(dict(subject=s, kept=int((kept["subject"] == label).sum()),
+                                dropped=int((dropped["subject"] == label).sum()),
+                                iop=(sc["iop"].min(), sc["iop"].max()) if sc["iop"].notna().any() else None,
+                                icp=(sc["icp"].min(), sc["icp"].max()) if sc["icp"].notna().any() else None))
+    reasons = []
+    if len(dropped):
+        first = dropped["reason"].value_counts()
+        any_reason = pd.Series([r for rs in dropped["all_reasons"] for r in str(rs).split(",") if r]).value_counts()
+        for code in natural_sorted(set(first.index) | set(any_reason.index)):
+            reasons.append(dict(code=code, meaning=REASONS.get(code, ""), first=int(first.get(code, 0)),
+                                any=int(any_reason.get(code, 0))))
+        reasons.sort(key=lambda r: (-r["first"], -r["any"], r["code"]))
+    rows = dropped.sort_values("row", key=lambda c: pd.to_numeric(c, errors="coerce")).to_dict("records")
+    return dict(source=run.cohort.get("source") or run.config.get("manifest") or "–",
+                has_volumes=run.cohort.get("has_volumes"), shape=run.cohort.get("shape"),
+                n_rows=len(q), n_kept=len(kept), n_dropped=len(dropped), n_subjects=len(set(scans["subject"])),
+                per_subject=per_subject, reasons=reasons, dropped=rows, fold_dropped=len(dropped) > FOLD_DROPPED_AT,
+                fold_at=FOLD_DROPPED_AT)
+
+
+def plan_context(run: RunData) -> dict:
+    plan, audit = run.plan, run.audit
+    timing = {r.get("fold"): r for r in run.fold_records}
+    findings = {f.get("fold"): f for f in audit.get("folds", [])}
+    folds = []
+    for f in plan.get("folds", []):
+        k = f.get("index")
+        a = findings.get(k, {})
+        problems = []
+        if a.get("subjects_in_train_and_test"):
+            problems.append("subjects on both sides: " + ", ".join(map(str, a["subjects_in_train_and_test"])))
+        if a.get("scans_in_two_sets"):
+            problems.append(f"{a['scans_in_two_sets']} scans in two sets")
+        if a.get("n_unknown"):
+            problems.append(f"{a['n_unknown']} unknown scans")
+        if a.get("inner_val_held_out"):
+            problems.append("inner validation holds held-out subjects: " + ", ".join(map(str, a["inner_val_held_out"])))
+        folds.append(dict(index=k, held_out=f.get("held_out", []), inner_val=f.get("inner_val", []),
+                          n_train_subjects=len(f.get("train", [])), n_train=len(f.get("train_scans", [])),
+                          n_val=len(f.get("val_scans", [])), n_test=len(f.get("test_scans", [])),
+                          ok=a.get("ok"), problems=problems, seconds=(timing.get(k) or {}).get("seconds")))
+    return dict(kind=plan.get("kind"), hash=plan.get("hash"), seed=plan.get("seed"), n_folds=plan.get("n_folds"),
+                n_subjects=len(plan.get("subjects", [])), folds=folds, audit_passed=audit.get("passed"),
+                audit_summary=audit.get("summary", ""), never=audit.get("scans_never_tested", 0),
+                twice=audit.get("scans_tested_twice", 0), audit_hash=audit.get("plan_hash"))
+
+
+def _count(v):
+    if isinstance(v, (list, tuple, set, dict)):
+        return len(v)
+    return v
+
+
+def warm_start_rows(run: RunData) -> list[dict]:
+    """Per fold and model, what the pretrained checkpoint gave (``models.<name>.warm_start`` of the
+    fold records: counts, or lists whose length is the count; key names under ``<count>_keys``)."""
+    rows = []
+    for r in sorted(run.fold_records, key=lambda r: r.get("fold", 0)):
+        for name, info in (r.get("models") or {}).items():
+            ws = (info or {}).get("warm_start")
+            if not isinstance(ws, dict):
+                continue
+            names = {}
+            for k in WARM_START_KEYS[1:]:
+                v = ws.get(f"{k}_keys", ws.get(k))
+                if isinstance(v, (list, tuple)) and v:
+                    names[k.replace("_", " ")] = [str(x) for x in v[:8]] + ([f"… {len(v) - 8} more"] if len(v) > 8
+                                                                           else [])
+            total, got = ws.get("backbone_total"), ws.get("backbone_matched")
+            backbone = f"{got}/{total}" if got is not None and total else None
+            if backbone and _finite(ws.get("fraction")):
+                backbone += f" ({ws['fraction']:.0%})"
+            path = ws.get("path") or ws.get("checkpoint") or ""
+            rows.append(dict(fold=r.get("fold"), model=name, checkpoint=Path(path).name if path else "",
+                             sha=(ws.get("sha256") or "")[:12], backbone=backbone,
+                             counts=[_count(ws.get(k)) for k in WARM_START_KEYS], names=names))
+    return rows
+
+
+def timing_table(run: RunData) -> dict | None:
+    if not run.fold_records:
+        return None
+    models = list(dict.fromkeys(m for r in run.fold_records for m in (r.get("models") or {})))
+    rows = []
+    for r in sorted(run.fold_records, key=lambda r: r.get("fold", 0)):
+        ms = r.get("models") or {}
+        rows.append(dict(fold=r.get("fold"), held_out=r.get("held_out", []),
+                         cells=[(ms.get(m) or {}).get("seconds") for m in models],
+                         best=[(ms.get(m) or {}).get("best_epoch") for m in models],
+                         total=r.get("seconds"), device=next((v.get("device") for v in ms.values()
+                                                              if isinstance(v, dict) and v.get("device")), None)))
+    total = sum(r["total"] for r in rows if _finite(r["total"]))
+    has_best = any(b is not None for r in rows for b in r["best"])
+    return dict(models=models, rows=rows, total=total, has_best=has_best)
+
+
+def table_context(df: pd.DataFrame | None) -> dict | None:
+    if df is None or df.empty:
+        return None
+    cols = [str(c) for c in df.columns]
+    rows = [[fmt_num(v, 3) if isinstance(v, float) else fmt_value(v) for v in rec] for rec in
+            df.itertuples(index=False, name=None)]
+    return dict(columns=cols, rows=rows)
+
+
+ENV_KEYS = (("icpcv", "icpcv"), ("git", "git commit"), ("git_dirty", "uncommitted changes"), ("python", "Python"),
+            ("torch", "PyTorch"), ("numpy", "NumPy"), ("pandas", "pandas"), ("sklearn", "scikit-learn"),
+            ("statsmodels", "statsmodels"), ("platform", "platform"), ("machine", "machine"),
+            ("cpu_count", "CPU cores"), ("cuda", "CUDA"), ("gpu", "GPU"), ("time", "started (UTC)"))
+
+
+def env_items(env: dict) -> list[tuple[str, str]]:
+    items = [(label, fmt_value(env.get(k))) for k, label in ENV_KEYS if k in env]
+    known = {k for k, _ in ENV_KEYS}
+    return items + [(k, fmt_value(v)) for k, v in env.items() if k not in known]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _collector():
+    """A dict of figures by report section, and the function that adds one (None: nothing to draw)."""
+    out: dict[str, list[F.Figure]] = {}
+
+    def add(section, name, title, caption, fig):
+        if fig is not None:
+            out.setdefault(section, []).append(F.Figure(name, title, caption, fig))
+
+    return out, add
+
+
+def run_figures(run: RunData, stats: dict) -> dict[str, list[F.Figure]]:
+    """Figures by report section; also written as PNGs under run_dir/figures/."""
+    subjects = run.subjects
+    ci_level = stats.get("ci_level", 0.95)
+    out, add = _collector()
+    with F.style():
+        add("cohort", "cohort", "Scans per monkey and the IOP × ICP design",
+            "Left: input rows per monkey, kept (blue) and dropped (grey). Right: every kept scan at its set IOP "
+            "and ICP, one colour and marker per monkey.", F.cohort_figure(run.quality, run.scans, subjects))
+        common_figures(add, stats, run.predictions, subjects, run.models, ci_level)
+        add("training", "learning_curves", "Learning curves per fold",
+            "Loss on the training monkeys (solid) and on the fold's inner-validation monkeys (dashed), per epoch; "
+            "the ring marks the epoch whose weights were restored for prediction. Epoch 0 is the untrained network.",
+            F.learning_curves_figure(run.curves, {r.get("fold"): r.get("held_out", []) for r in run.fold_records}))
+    F.render([f for figs in out.values() for f in figs], run.path)
+    return out
+
+
+def common_figures(add, stats, preds, subjects, models, ci_level):
+    level = f"{round(ci_level * 100):g}%"
+    add("comparison", "forest", "Paired differences against the reference",
+        f"Each model's error minus the reference's on the same scans, with the {level} monkey-level interval "
+        "from stats.json and the Holm-adjusted sign-flip p-value.",
+        F.forest_figure(stats.get("comparisons") or [], ci_level))
+    add("comparison", "per_monkey_error", "Error per monkey",
+        "Mean absolute error of each held-out monkey's scans, per model (stats.json per_subject); n is the number "
+        "of scans.", F.per_subject_figure(stats, subjects))
+    for m in models:
+        ms = (stats.get("models") or {}).get(m)
+        if ms is None:
+            continue
+        add("agreement", f"bland_altman_{F.file_stem(m)}", f"Bland-Altman: {m}",
+            "Each point is one out-of-fold scan, coloured by monkey. Solid: mean difference (bias); dashed: classic "
+            f"limits of agreement (grey bands: their {level} CI); dotted: limits that account for repeated scans per "
+            "monkey; dash-dot: the proportional-bias regression of difference on mean.",
+            F.bland_altman_figure(m, preds, ms, subjects, ci_level))
+    add("agreement", "predicted_vs_measured", "Predicted versus measured ICP per monkey",
+        "One panel per held-out monkey (out-of-fold predictions), one colour and marker per model; the grey "
+        "line is identity.", F.pred_vs_measured_figure(preds, subjects, models))
+
+
+# --------------------------------------------------------------------------- the report
+
+
+METHOD_NAMES = {"t": "t interval with the jackknife SE over monkeys",
+                "studentized": "studentized bootstrap (bootstrap-t)", "percentile": "percentile bootstrap",
+                "bca": "BCa bootstrap"}
+QUANTITY_NAMES = {"delta": "paired differences", "mae": "MAE", "rmse": "RMSE",
+                  "mae_subject_mean": "mean of monkeys' MAE", "bias": "bias", "r2": "R²", "pearson_r": "Pearson r",
+                  "ba_slope": "proportional-bias slope"}
+
+
+def ci_method_text(stats: dict) -> str:
+    """Which interval method stats.json used, per quantity when the engine chose per quantity."""
+    per = stats.get("ci_methods")
+    if isinstance(per, dict) and per:
+        groups: dict[str, list[str]] = {}
+        for quantity, method in per.items():
+            groups.setdefault(method, []).append(QUANTITY_NAMES.get(quantity, quantity))
+        return "; ".join(f"{METHOD_NAMES.get(m, m)} for {', '.join(q)}" for m, q in groups.items())
+    m = stats.get("ci_method")
+    return METHOD_NAMES.get(m, str(m) if m else "method not recorded")
+
+
+def _base_context(stats: dict, subjects: list[str]) -> dict:
+    comps = stats.get("comparisons") or []
+    return dict(stats=stats, ci_text=ci_method_text(stats),
+                verdict=stats.get("verdict") or "stats.json holds no verdict.",
+                ci_pct=f"{round(stats.get('ci_level', 0.95) * 100):g}%", models=model_rows(stats),
+                metric_names=[label for _, label in MODEL_METRICS], comparisons=comps,
+                agreement=agreement_rows(stats), decomposition=decomposition_table(stats),
+                per_subject=per_subject_table(stats, subjects),
+                generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def render_run(run: RunData) -> str:
+    stats = run.stats
+    ctx = _base_context(stats, run.subjects)
+    figs = run_figures(run, stats)
+    ctx.update(kind="run", title=f"icpcv report: {run.name}", run_name=run.name, run_path=str(run.path.resolve()),
+               figures=figs, cohort=cohort_context(run), plan=plan_context(run), warm_start=warm_start_rows(run),
+               warm_start_keys=[k.replace("_", " ") for k in WARM_START_KEYS],
+               calibration=table_context(run.calibration),
+               config=[(k, fmt_value(v)) for k, v in run.config.items()], env=env_items(run.environment),
+               record=run.record, timing=timing_table(run),
+               warnings=list(stats.get("warnings") or []), notes=run.notes)
+    return environment().get_template("report.html.j2").render(**ctx)
+
+
+def render_compare(cmp: CompareData) -> str:
+    stats = cmp.stats
+    ctx = _base_context(stats, cmp.subjects)
+    figs, add = _collector()
+    with F.style():
+        common_figures(add, stats, cmp.predictions, cmp.subjects, cmp.models, stats.get("ci_level", 0.95))
+    F.render([f for fs in figs.values() for f in fs], cmp.path)
+    runs = cmp.meta.get("runs", [])
+    ctx.update(kind="compare", title=f"icpcv comparison: {cmp.name}", run_name=cmp.name,
+               run_path=str(cmp.path.resolve()), figures=figs, runs=runs, meta=cmp.meta,
+               config_diff=cmp.meta.get("config_differences", []),
+               envs=[(r.get("name"), env_items(r.get("environment") or {})) for r in runs],
+               warnings=list(stats.get("warnings") or []), notes=cmp.notes)
+    return environment().get_template("report.html.j2").render(**ctx)
+
+
+def write_html(out_dir: Path, html: str) -> Path:
+    out = Path(out_dir) / "index.html"
+    atomic_write_text(out, html)
+    return out

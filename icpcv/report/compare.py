@@ -1,0 +1,185 @@
+"""Comparing runs made on the same fold plan (warm vs cold start, two CNN depths, ...).
+
+The runs' out-of-fold predictions are stacked with each model renamed ``<run>:<model>`` and handed
+to :func:`icpcv.stats.analyze`, so the paired monkey-level intervals and sign-flip tests are the
+statistics engine's own. Runs on different fold plans are refused: their held-out monkeys were
+predicted by models trained on different monkeys, so scans would not pair.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from icpcv.errors import InputError, RunDirError
+from icpcv.report.rundata import read_json_file, read_predictions
+from icpcv.util import atomic_write_json, atomic_write_text
+
+SEP = ":"
+
+
+@dataclass
+class RunInput:
+    path: Path
+    name: str
+    record: dict
+    plan_hash: str
+    predictions: pd.DataFrame
+    environment: dict
+
+
+def read_run_input(path: Path, name: str) -> RunInput:
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{path}: no such run directory")
+    for f in ("run.json", "fold_plan.json", "predictions.csv"):
+        if not (path / f).exists():
+            hint = ("its folds are not all gathered; rerun `icpcv run` with the same --out"
+                    if f == "predictions.csv" else "not a run directory written by `icpcv run`")
+            raise RunDirError(f"{path}: cannot compare: {f} is missing ({hint})")
+    plan = read_json_file(path / "fold_plan.json")
+    if "hash" not in plan:
+        raise RunDirError(f"{path / 'fold_plan.json'}: has no hash; was it written by `icpcv run`?")
+    env = read_json_file(path / "environment.json") if (path / "environment.json").exists() else {}
+    return RunInput(path=path, name=name, record=read_json_file(path / "run.json"), plan_hash=plan["hash"],
+                    predictions=read_predictions(path / "predictions.csv"), environment=env)
+
+
+def run_names(paths: list[Path], names: list[str] | None) -> list[str]:
+    if names is not None:
+        if len(names) != len(paths):
+            raise InputError(f"--names gives {len(names)} names for {len(paths)} runs")
+    else:
+        names = [Path(p).resolve().name for p in paths]
+        if len(set(names)) < len(names):  # same folder name in different places: number them
+            names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    bad = [n for n in names if not n or SEP in n]
+    if bad:
+        raise InputError(f"run name {bad[0]!r} is empty or contains {SEP!r}; choose names with --names")
+    if len(set(names)) < len(names):
+        raise InputError(f"--names repeats a name: {', '.join(names)}")
+    return names
+
+
+def check_same_plan(runs: list[RunInput]) -> str:
+    first = runs[0]
+    for r in runs[1:]:
+        if r.plan_hash != first.plan_hash:
+            raise RunDirError(
+                f"cannot compare {first.path} and {r.path}: their fold plans differ (fold_plan.json hash "
+                f"{first.plan_hash} vs {r.plan_hash}); paired comparisons need every monkey held out in the same "
+                "fold with the same training monkeys, so rerun one with the other's cohort, --folds, --split, "
+                "--val-fraction and --seed")
+    return first.plan_hash
+
+
+def check_same_truth(runs: list[RunInput]) -> None:
+    """Same plan, same scans: the measured ICP of each scan must agree too."""
+    first = runs[0].predictions.drop_duplicates("scan_id").set_index("scan_id")["y_true"]
+    for r in runs[1:]:
+        other = r.predictions.drop_duplicates("scan_id").set_index("scan_id")["y_true"]
+        both = first.index.intersection(other.index)
+        differ = both[(first[both] - other[both]).abs() > 1e-9]
+        if len(differ):
+            raise RunDirError(f"cannot compare {runs[0].path} and {r.path}: same fold plan but the measured ICP "
+                              f"differs on {len(differ)} scans (first: {differ[0]}); the data changed between runs")
+
+
+def config_differences(runs: list[RunInput]) -> list[dict]:
+    cfgs = [r.record.get("config", {}) for r in runs]
+    keys = list(dict.fromkeys(k for c in cfgs for k in c))
+    return [dict(key=k, values=[c.get(k) for c in cfgs]) for k in keys
+            if len({repr(c.get(k)) for c in cfgs}) > 1]
+
+
+def pick_models(runs: list[RunInput], models: list[str] | None) -> list[str]:
+    """The models taken from every run: as asked, or by default those present in every run whose
+    predictions differ between runs (identical copies of a baseline add nothing but tests)."""
+    per_run = [list(dict.fromkeys(r.predictions["model"])) for r in runs]
+    common = [m for m in per_run[0] if all(m in p for p in per_run[1:])]
+    if models:
+        for r, p in zip(runs, per_run):
+            gone = [m for m in models if m not in p]
+            if gone:
+                raise InputError(f"{r.path}: has no predictions for model(s) {', '.join(gone)} "
+                                 f"(it has {', '.join(p)})")
+        return list(models)
+    if not common:
+        raise InputError("the runs share no model; name the models to compare with --models")
+
+    def key(r, m):
+        d = r.predictions[r.predictions["model"] == m]
+        return d.sort_values("scan_id")[["scan_id", "y_pred"]].to_numpy().tolist()
+
+    differing = [m for m in common if any(key(r, m) != key(runs[0], m) for r in runs[1:])]
+    return differing or common
+
+
+def stacked_predictions(runs: list[RunInput], models: list[str]) -> pd.DataFrame:
+    parts = []
+    for r in runs:
+        d = r.predictions[r.predictions["model"].isin(models)].copy()
+        d["model"] = r.name + SEP + d["model"]
+        parts.append(d)
+    return pd.concat(parts, ignore_index=True)
+
+
+def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str] | None = None,
+                 reference: str | None = None, n_boot: int | None = None, seed: int | None = None,
+                 ci_level: float | None = None, ci_method: str | None = None) -> Path:
+    """Write a comparison directory (compare.json, predictions.csv, stats.json, figures/, index.html)
+    for runs on the same fold plan; returns the path of its index.html.
+
+    ``reference``: ``RUN:MODEL`` (or ``MODEL``, taken from the first run); by default the first
+    run's copy of the first compared model, so each other run's copy is paired against it.
+    """
+    from icpcv.stats import analyze, write_stats
+    from icpcv.report import write_report
+
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise InputError("compare needs at least two run directories")
+    out = Path(out)
+    if any(out.resolve() == p.resolve() for p in paths):
+        raise InputError(f"--out {out} is one of the runs; choose a new folder for the comparison")
+    if (out / "run.json").exists():
+        raise InputError(f"--out {out} holds a run; choose a new folder for the comparison")
+    names = run_names(paths, names)
+    runs = [read_run_input(p, n) for p, n in zip(paths, names)]
+    plan_hash = check_same_plan(runs)
+    check_same_truth(runs)
+    models = pick_models(runs, models)
+    preds = stacked_predictions(runs, models)
+    if reference is None:
+        reference = names[0] + SEP + models[0]
+    elif SEP not in reference:
+        reference = names[0] + SEP + reference
+    if reference not in set(preds["model"]):
+        raise InputError(f"--reference {reference} is not among the compared models "
+                         f"({', '.join(dict.fromkeys(preds['model']))})")
+    cfg0 = runs[0].record.get("config", {})
+    n_boot = int(n_boot if n_boot is not None else cfg0.get("n_boot", 10000))
+    seed = int(seed if seed is not None else cfg0.get("seed", 0))
+    ci_level = float(ci_level if ci_level is not None else cfg0.get("ci_level", 0.95))
+    leaky = [r.name for r in runs if (r.path / "leakage_audit.json").exists()
+             and not read_json_file(r.path / "leakage_audit.json").get("passed", True)]
+    kwargs = dict(reference=reference, n_boot=n_boot, seed=seed, ci_level=ci_level, audit_failed=bool(leaky))
+    if ci_method is not None:
+        kwargs["ci_method"] = ci_method
+    try:
+        result = analyze(preds, **kwargs)
+    except ValueError as exc:  # the engine's word on bad options or predictions
+        raise InputError(f"cannot analyse the stacked predictions: {exc}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "predictions.csv", preds.to_csv(index=False))
+    write_stats(result, out / "stats.json")
+    meta = dict(plan_hash=plan_hash, reference=reference, models=models, n_boot=n_boot, seed=seed,
+                ci_level=ci_level, ci_method=ci_method, leaky_runs=leaky,
+                runs=[dict(name=r.name, path=str(r.path.resolve()), models=models, plan_hash=r.plan_hash,
+                           data_hash=r.record.get("data_hash"), config_hash=r.record.get("config_hash"),
+                           key=r.record.get("key"), config=r.record.get("config", {}), environment=r.environment)
+                      for r in runs],
+                config_differences=config_differences(runs))
+    atomic_write_json(out / "compare.json", meta)
+    return write_report(out)

@@ -1,0 +1,65 @@
+"""The analysis notebooks run top to bottom against small real runs, so they cannot rot."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from test_report_support import REPO, shared_run
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NOTEBOOKS = sorted((REPO / "analysis").glob("*.ipynb"))
+
+
+def test_notebooks_are_stored_without_outputs():
+    assert [p.name for p in NOTEBOOKS] == ["01_one_run.ipynb", "02_compare_runs.ipynb"]
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{path.name}: stored with outputs"
+
+
+def execute(path: Path, env: dict, monkeypatch) -> "nbformat.NotebookNode":
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(v))
+    # the kernel inherits this environment: icpcv from this checkout
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    return nb
+
+
+def outputs_text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", "") + str(out.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
+
+
+def test_one_run_notebook(tmp_path_factory, monkeypatch):
+    run = shared_run("tiny", tmp_path_factory.getbasetemp() / "report_runs")
+    nb = execute(REPO / "analysis" / "01_one_run.ipynb", {"ICPCV_RUN": run, "ICPCV_NBOOT": 200}, monkeypatch)
+    text = outputs_text(nb)
+    from icpcv.util import read_json
+
+    assert read_json(run / "stats.json")["verdict"] in text
+    assert "scans as independent (wrong)" in text and "percentile CI" in text
+    assert "between_subject" in text and "monkeys where the model beats the reference" in text
+    assert sum(1 for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})) >= 4
+
+
+def test_compare_runs_notebook(tmp_path_factory, tmp_path, monkeypatch):
+    base = tmp_path_factory.getbasetemp() / "report_runs"
+    runs = f"{shared_run('tiny', base)},{shared_run('tiny_b', base)}"
+    nb = execute(REPO / "analysis" / "02_compare_runs.ipynb",
+                 {"ICPCV_RUNS": runs, "ICPCV_NBOOT": 200, "ICPCV_COMPARE_OUT": tmp_path / "cmp"}, monkeypatch)
+    text = outputs_text(nb)
+    assert "shared fold plan:" in text and "compared: tiny:cnn, tiny_b:cnn | reference: tiny:cnn" in text
+    assert (tmp_path / "cmp" / "index.html").exists() and (tmp_path / "cmp" / "stats.json").exists()

@@ -1,0 +1,113 @@
+"""Shared by the report, browser and notebook tests: small real runs, made once per test session.
+
+Not a test module (it holds no tests); its name only keeps it among the report's files. Runs are
+real: the pipeline's prepare -> fold jobs -> gather, then ``icpcv.stats.analyze`` -> stats.json.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from icpcv.config import RunConfig
+from icpcv.run.executors import execute
+from icpcv.run.pipeline import finish, gather, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+MONKEY_TABLE = REPO.parent / "shared" / "data" / "monkey_data.csv"
+
+#: the tiny synthetic run the tests share: every default model, CNN learning curves, 6 monkeys
+TINY = RunConfig(phantom="tiny", epochs=2, n_boot=300)
+#: a second run on the same fold plan (same cohort, folds and seed), another CNN schedule; no report
+TINY_B = RunConfig(phantom="tiny", epochs=1, n_boot=300, models=("ols_iop", "cnn"))
+LABELS = RunConfig(manifest=str(MONKEY_TABLE), models=("mean", "ols_iop"), n_boot=300)
+
+_made: dict[str, Path] = {}
+
+
+def make_run(cfg: RunConfig, run_dir: Path, report: bool = True) -> Path:
+    """A complete run directory as ``icpcv run`` leaves it: folds, predictions, stats.json and, with
+    ``report``, index.html (the pipeline's own last step)."""
+    rec = prepare(cfg, run_dir)
+    execute(run_dir, list(range(rec["n_folds"])), executor="local", workers=1, device="cpu", progress=None)
+    if report:
+        finish(run_dir)
+    else:
+        from icpcv.stats import analyze, write_stats
+
+        result = analyze(gather(run_dir), reference=cfg.reference, n_boot=cfg.n_boot, seed=cfg.seed,
+                         ci_level=cfg.ci_level)
+        write_stats(result, run_dir / "stats.json")
+    return run_dir
+
+
+def shared_run(name: str, base: Path) -> Path:
+    """One run per name and test session (the tests only read it, or copy it first)."""
+    if name not in _made:
+        cfg = {"tiny": TINY, "tiny_b": TINY_B, "labels": LABELS}[name]
+        _made[name] = make_run(cfg, Path(base) / name, report=name != "tiny_b")
+    return _made[name]
+
+
+def shared_compare(base: Path) -> Path:
+    """``icpcv compare`` of the two tiny runs (same fold plan, 2 vs 1 CNN epochs), once per session."""
+    if "compare" not in _made:
+        from icpcv.cli import main
+
+        out = Path(base) / "compare"
+        rc = main(["compare", str(shared_run("tiny", base)), str(shared_run("tiny_b", base)),
+                   "--names", "epochs2,epochs1", "--out", str(out), "--n-boot", "200"])
+        assert rc == 0
+        _made["compare"] = out
+    return _made["compare"]
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock", "*.pt", "index.html", "figures"))
+    return dst
+
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def hostile_run(base: Path) -> Path:
+    """``make_hostile_run`` once per test session."""
+    if "hostile" not in _made:
+        _made["hostile"] = make_hostile_run(Path(base) / "hostile")
+    return _made["hostile"]
+
+
+def make_hostile_run(base: Path) -> Path:
+    """A labels-only run whose monkey labels, scan ids, dropped values, folder and a model name hold
+    markup (and a '$' that matplotlib would read as maths): the report must show them as text."""
+    import pandas as pd
+
+    from icpcv.util import atomic_write_json, read_json
+
+    base.mkdir(parents=True, exist_ok=True)
+    subjects = [HOSTILE, "m$2$", "<b>3</b>", "4 & 5"]
+    rows = []
+    for i, s in enumerate(subjects):
+        for j in range(6):
+            rows.append(dict(scan_id=f"<img src=x onerror=alert({i}{j})>" if j == 0 else f"s{i}_{j}", subject=s,
+                             iop=10 + 5 * j, icp=5 + 3 * i + j, path=""))
+    rows.append(dict(scan_id="<img src=y onerror=alert(9)>", subject=subjects[1], iop=12, icp="<script>x</script>",
+                     path=""))
+    rows.append(dict(scan_id="bad2", subject="", iop=12, icp=9, path=""))
+    table = base / "hostile.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    run_dir = base / "run<b>x"
+    make_run(RunConfig(manifest=str(table), models=("mean", "ols_iop"), n_boot=100), run_dir)
+    # a model name with markup: rename it in the files the report reads
+    preds = pd.read_csv(run_dir / "predictions.csv", dtype={"subject": str, "scan_id": str})
+    preds["model"] = preds["model"].replace("mean", HOSTILE)
+    preds.to_csv(run_dir / "predictions.csv", index=False)
+    stats = read_json(run_dir / "stats.json")
+    stats["models"] = {(HOSTILE if k == "mean" else k): v for k, v in stats["models"].items()}
+    for c in stats["comparisons"]:
+        c["model"] = HOSTILE if c["model"] == "mean" else c["model"]
+    stats["warnings"].append(f"a warning about {HOSTILE}")
+    atomic_write_json(run_dir / "stats.json", stats)
+    from icpcv.report import write_report
+
+    write_report(run_dir)
+    return run_dir
