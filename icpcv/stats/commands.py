@@ -61,6 +61,11 @@ def cmd_analyze(args) -> int:
         from icpcv.report import write_report
     except ImportError:
         write_report = None
+    if write_report is not None and not (out / "run.json").exists():
+        # the HTML report is a view of a run directory (cohort, fold plan, audit); a bare
+        # predictions table has none of those
+        print(f"note: no HTML report: {out} is not a run directory (stats.json only)", file=sys.stderr)
+        write_report = None
     if write_report is not None:
         try:
             write_report(out)
