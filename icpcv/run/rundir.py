@@ -189,12 +189,13 @@ def environment() -> dict:
     return env
 
 
-class RunLock:
-    """One run at a time per directory: an exclusive flock on ``run_dir/.lock``."""
+class _ExclusiveLock:
+    """An exclusive, non-blocking flock on a file that records who holds it."""
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
-        self.fh = None
+    path: Path
+
+    def _busy(self, who: str) -> str:
+        raise NotImplementedError
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,8 +206,8 @@ class RunLock:
             self.fh.seek(0)
             who = self.fh.read().strip() or "another process"
             self.fh.close()
-            raise RunDirError(f"{self.path.parent}: another icpcv run ({who}) is using this run directory; "
-                              "wait for it to finish or choose another --out") from None
+            self.fh = None
+            raise RunDirError(self._busy(who)) from None
         self.fh.seek(0)
         self.fh.truncate()
         self.fh.write(f"pid {os.getpid()} on {platform.node()}")
@@ -217,9 +218,22 @@ class RunLock:
         if self.fh:
             fcntl.flock(self.fh, fcntl.LOCK_UN)
             self.fh.close()
+            self.fh = None
 
 
-class FoldLock:
+class RunLock(_ExclusiveLock):
+    """One run at a time per directory: an exclusive flock on ``run_dir/.lock``."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.fh = None
+
+    def _busy(self, who: str) -> str:
+        return (f"{self.path.parent}: another icpcv run ({who}) is using this run directory; "
+                "wait for it to finish or choose another --out")
+
+
+class FoldLock(_ExclusiveLock):
     """One process per fold: an exclusive flock on ``folds/fold_NN/.lock`` while the fold runs.
 
     Guards against two executors (say a Slurm task left from an earlier submission and a local
@@ -231,29 +245,9 @@ class FoldLock:
         self.k = k
         self.fh = None
 
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.seek(0)
-            who = self.fh.read().strip() or "another process"
-            self.fh.close()
-            self.fh = None
-            raise RunDirError(f"{self.path.parent}: fold {self.k} is being run by {who}; wait for it to end "
-                              "(or cancel it, e.g. scancel its Slurm task) and rerun") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"pid {os.getpid()} on {platform.node()}")
-        self.fh.flush()
-        return self
-
-    def __exit__(self, *exc):
-        if self.fh:
-            fcntl.flock(self.fh, fcntl.LOCK_UN)
-            self.fh.close()
-            self.fh = None
+    def _busy(self, who: str) -> str:
+        return (f"{self.path.parent}: fold {self.k} is being run by {who}; wait for it to end "
+                "(or cancel it, e.g. scancel its Slurm task) and rerun")
 
 
 def write_run_record(run_dir: Path, record: dict) -> None:
