@@ -37,7 +37,12 @@ def _load_raw(path: Path) -> pd.DataFrame:
             # Everything as text, so that a bad cell can be quoted back verbatim.
             return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
         if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
+            try:
+                return pd.read_parquet(path)
+            except ImportError:
+                raise InputError(
+                    f"{path.name}: reading Parquet needs pyarrow; install it with "
+                    "`pip install 'icpcv[parquet]'` or save the table as .csv") from None
     except pd.errors.EmptyDataError:
         raise InputError(f"{path.name}: the file is empty (no header)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
