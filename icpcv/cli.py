@@ -48,7 +48,9 @@ def _add_run(sub) -> None:
                                     "mean,ols_iop,ols_iop2,mixedlm_iop for a labels-only table)")
     m.add_argument("--folds", type=int, help="number of folds (default: one per subject; fewer = grouped K-fold)")
     m.add_argument("--split", choices=["subjects", "scans"], default="subjects",
-                   help="subjects (default, honest) or scans (a leaky scan-level K-fold, for the leakage audit)")
+                   help="subjects (default): leave-one-monkey-out; scans: the same, plus the leakage audit: the "
+                        "same models on a scan-level random K-fold (K = the number of folds; leaky on purpose) in "
+                        "OUT/scan_split, set beside it in stats.json and the report with the optimism it shows")
     m.add_argument("--val-fraction", type=float, default=0.25, help="share of training monkeys for early stopping")
     m.add_argument("--seed", type=int, default=0, help="seed for folds, initialisation, shuffling, bootstrap")
     t = p.add_argument_group("training")
@@ -140,7 +142,7 @@ def build_config(args) -> "RunConfig":
                      scans_dir=str(Path(args.scans_dir).resolve()) if args.scans_dir else None,
                      phantom=args.phantom or preset.get("phantom", "small"), signal=args.signal,
                      data_seed=args.data_seed, models=models,
-                     folds=args.folds, split=args.split, val_fraction=args.val_fraction, seed=args.seed,
+                     folds=args.folds, split="subjects", val_fraction=args.val_fraction, seed=args.seed,
                      shape=args.shape or preset.get("shape"), epochs=pick("epochs"), batch_size=pick("batch_size"),
                      lr=pick("lr"), weight_decay=pick("weight_decay"), patience=pick("patience"),
                      augment=not args.no_augment, reference=args.reference,
@@ -163,7 +165,8 @@ def cmd_run(args) -> int:
     try:
         progress.message(f"run directory: {out}")
         report = run(cfg, out, device=args.device, executor=args.executor, workers=args.workers, fresh=args.fresh,
-                     progress=progress, slurm=slurm, threads=args.threads)
+                     progress=progress, slurm=slurm, threads=args.threads,
+                     leakage_audit=args.split == "scans")
     finally:
         progress.close()
     print(f"report: {report}")

@@ -84,6 +84,9 @@ def test_bad_volumes_are_an_error_naming_each_file_or_recorded_skips(tmp_path, m
         assert what in quality.at[x, "detail"] and quality.at[x, "value"].endswith(x + (".pt" if x == "s00009" else ".npy"))
     assert quality.at["s00011", "reason"] == "volume_file_missing"
     assert quality.at["s00007", "status"] == quality.at["s00008", "status"] == "kept"
+    from icpcv.cohort.table import REASONS  # every code written has a meaning the report can show
+
+    assert set(quality["reason"]) - {""} <= set(REASONS)
     scans = pd.read_csv(out / "cohort" / "scans.csv", dtype=str)
     assert not set(bad) & set(scans["scan_id"]) and {"s00007", "s00008"} <= set(scans["scan_id"])
     text = log.read_text()

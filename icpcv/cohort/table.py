@@ -40,6 +40,8 @@ REASONS = {
     "iop_not_numeric": "IOP is not a number",
     "no_volume": "the table says no model-ready volume exists (torch_present is FALSE)",
     "volume_file_missing": "the volume file does not exist",
+    "bad_volume": "the volume could not be used (unreadable, truncated, non-finite voxels or wrong shape; "
+                  "skipped with --skip-bad-scans, detail says which)",
 }
 
 _RANGE = re.compile(r"^\s*-?\d+(\.\d+)?\s*-\s*\d+(\.\d+)?\s*$")

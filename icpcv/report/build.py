@@ -218,6 +218,16 @@ def plan_context(run: RunData) -> dict:
                 twice=audit.get("scans_tested_twice", 0), audit_hash=audit.get("plan_hash"))
 
 
+def scan_audit_context(run: RunData) -> dict | None:
+    """The scan-split twin beside leave-one-monkey-out, as leakage.json states it (nothing recomputed)."""
+    a = run.scan_audit
+    if not a:
+        return None
+    return dict(statement=a.get("statement", ""), n_folds=a.get("n_folds"), dir=a.get("scan_split_dir"),
+                plan_hash=a.get("scan_split_plan_hash"), rows=a.get("models") or [],
+                ci_pct=f"{round(a.get('ci_level', 0.95) * 100):g}%")
+
+
 def _count(v):
     if isinstance(v, (list, tuple, set, dict)):
         return len(v)
@@ -383,6 +393,7 @@ def render_run(run: RunData) -> str:
     figs = run_figures(run, stats)
     ctx.update(kind="run", title=f"icpcv report: {run.name}", run_name=run.name, run_path=str(run.path.resolve()),
                figures=figs, cohort=cohort_context(run), plan=plan_context(run), warm_start=warm_start_rows(run),
+               scan_audit=scan_audit_context(run),
                warm_start_keys=[k.replace("_", " ") for k in WARM_START_KEYS],
                calibration=table_context(run.calibration),
                config=[(k, fmt_value(v)) for k, v in run.config.items()], env=env_items(run.environment),

@@ -104,6 +104,7 @@ class RunData:
     fold_records: list[dict] = field(default_factory=list)
     curves: pd.DataFrame | None = None  # fold, model, epoch, train_loss, val_loss, seconds, best
     calibration: pd.DataFrame | None = None
+    scan_audit: dict | None = None  # leakage.json of `run --split scans`, when it belongs to this run
     notes: list[str] = field(default_factory=list)  # what the report could not show, and why
 
     @property
@@ -143,13 +144,25 @@ def load_run(run_dir) -> RunData:
             notes.append(f"fold {k} has no record.json; its timing is not shown")
         if (fdir / "learning_curve.csv").exists():
             curves.append(read_csv_file(fdir / "learning_curve.csv", dtype={"model": str}).assign(fold=k))
+    scan_audit = None
+    if (run_dir / "leakage.json").exists():
+        from icpcv.run.leakage import read_scan_split_audit
+
+        try:
+            scan_audit = read_scan_split_audit(run_dir, record)
+        except (OSError, ValueError) as exc:
+            notes.append(f"leakage.json cannot be read ({exc}); the scan-split audit is not shown")
+        else:
+            if scan_audit is None:
+                notes.append("leakage.json belongs to an earlier version of this run or of its scan_split twin; "
+                             "the scan-split audit is not shown (rerun with --split scans to refresh it)")
     return RunData(path=run_dir, record=record, config=config, environment=env,
                    stats=read_json_file(run_dir / "stats.json"),
                    predictions=read_predictions(run_dir / "predictions.csv"), quality=quality, scans=scans,
                    cohort=cohort, plan=read_json_file(run_dir / "fold_plan.json"),
                    audit=read_json_file(run_dir / "leakage_audit.json"), fold_records=folds,
                    curves=pd.concat(curves, ignore_index=True) if curves else None,
-                   calibration=read_calibration(run_dir), notes=notes)
+                   calibration=read_calibration(run_dir), scan_audit=scan_audit, notes=notes)
 
 
 @dataclass

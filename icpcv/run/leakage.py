@@ -6,13 +6,23 @@ monkey-level interval and sign-flip p from the same statistics engine as everyth
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
+from icpcv.util import read_json
+
 SUFFIX = " [scan split]"
+#: where ``run --split scans`` puts the scan-level twin of a run
+SCAN_SPLIT_DIR = "scan_split"
 
 
 def leakage_summary(honest: pd.DataFrame, leaky: pd.DataFrame, *, n_boot: int = 2000, seed: int = 0,
                     ci_level: float = 0.95) -> dict:
+    """Per model present in both tables: MAE under each split and the optimism (subject-split MAE
+    minus scan-split MAE, mmHg; positive = the scan split flatters the model), its interval from
+    resampling monkeys (the same monkeys for both splits) and the exact sign-flip p over monkeys'
+    per-monkey MAE differences. ``honest`` and ``leaky`` are long predictions tables."""
     from icpcv.stats import analyze
 
     rows = []
@@ -26,15 +36,41 @@ def leakage_summary(honest: pd.DataFrame, leaky: pd.DataFrame, *, n_boot: int = 
         rows.append(dict(
             model=model, mae_subject_split=res["models"][model]["mae"]["estimate"],
             mae_scan_split=res["models"][model + SUFFIX]["mae"]["estimate"],
-            optimism=-comp["delta"], optimism_ci=[None if hi is None else -hi, None if lo is None else -lo],
+            optimism=-comp["delta"],
+            optimism_percent=100 * -comp["delta"] / res["models"][model]["mae"]["estimate"],
+            optimism_ci=[None if hi is None else -hi, None if lo is None else -lo],
             p_signflip=comp["p_signflip"]))
-    worst = max(rows, key=lambda r: r["optimism"]) if rows else None
-    if worst is None:
-        statement = "No model was run under both splits."
-    elif worst["optimism"] > 0:
-        statement = (f"A scan-level split would have reported {worst['model']}'s MAE as "
-                     f"{worst['mae_scan_split']:.1f} mmHg instead of {worst['mae_subject_split']:.1f} mmHg "
-                     f"leave-one-monkey-out: {worst['optimism']:.1f} mmHg too optimistic.")
-    else:
-        statement = "The scan-level split was not more optimistic than leave-one-monkey-out for any model."
-    return dict(ci_level=ci_level, n_boot=n_boot, models=rows, statement=statement)
+    return dict(ci_level=ci_level, n_boot=n_boot, models=rows, statement=_statement(rows, ci_level))
+
+
+def _statement(rows: list[dict], ci_level: float) -> str:
+    """One sentence on the optimism: the largest one, with its interval, and how many are clear of zero."""
+    if not rows:
+        return "No model was run under both splits."
+    pct = f"{round(ci_level * 100):g}%"
+    clear = [r["model"] for r in rows if r["optimism_ci"][0] is not None and r["optimism_ci"][0] > 0]
+    worst = max((r for r in rows if r["model"] in clear or not clear), key=lambda r: r["optimism"])
+    lo, hi = worst["optimism_ci"]
+    ci = f"{pct} CI {lo:.1f} to {hi:.1f}" if lo is not None else "no interval"
+    if clear:
+        others = f"; {len(clear)} of {len(rows)} models are clearly optimistic under it" if len(rows) > 1 else ""
+        return (f"A scan-level split would have reported {worst['model']}'s MAE as {worst['mae_scan_split']:.1f} "
+                f"mmHg instead of {worst['mae_subject_split']:.1f} mmHg leave-one-monkey-out: "
+                f"{worst['optimism']:.1f} mmHg too optimistic ({ci}; sign-flip p = {worst['p_signflip']:.3g})"
+                f"{others}.")
+    return (f"No model's MAE is clearly lower under a scan-level split than leave-one-monkey-out (largest "
+            f"difference: {worst['model']}, {worst['optimism']:.1f} mmHg, {ci}).")
+
+
+def read_scan_split_audit(run_dir: Path, record: dict | None = None) -> dict | None:
+    """``leakage.json`` when it belongs to this run (same run key, twin still as audited), else None."""
+    path = Path(run_dir) / "leakage.json"
+    if not path.exists():
+        return None
+    data = read_json(path)
+    record = record or read_json(Path(run_dir) / "run.json")
+    twin = Path(run_dir) / data.get("scan_split_dir", SCAN_SPLIT_DIR) / "run.json"
+    if data.get("run_key") != record.get("key") or not twin.exists() or \
+            read_json(twin).get("key") != data.get("scan_split_run_key"):
+        return None
+    return data
