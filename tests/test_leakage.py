@@ -65,6 +65,7 @@ def test_summary_states_clear_optimism_with_monkey_level_interval():
     assert row["optimism"] == pytest.approx(ref["mae_subject_split"] - ref["mae_scan_split"])
     assert row["optimism_percent"] == pytest.approx(100 * row["optimism"] / ref["mae_subject_split"])
     assert row["p_signflip"] == pytest.approx(ref["p"]) and ref["p"] == pytest.approx(2 / 2 ** 8)
+    assert row["p_adjusted"] == row["p_signflip"]  # one model: nothing to adjust
     lo, hi = row["optimism_ci"]
     assert 0 < lo < row["optimism"] < hi
     assert out["statement"].startswith("A scan-level split would have reported cnn's MAE as")
@@ -77,7 +78,8 @@ def test_summary_says_no_clear_optimism_when_the_splits_agree():
     out = leakage_summary(honest, leaky, n_boot=2000, seed=0)
     (row,) = out["models"]
     assert row["optimism_ci"][0] < 0 < row["optimism_ci"][1]
-    assert out["statement"].startswith("No model's MAE is clearly lower under a scan-level split")
+    assert out["statement"].startswith("No model's MAE is lower under a scan-level split than leave-one-monkey-out "
+                                      "with an interval clear of zero")
     assert row["p_signflip"] == pytest.approx(_independent(honest, leaky, "cnn")["p"])
 
 
@@ -115,14 +117,24 @@ def test_split_scans_adds_a_scan_level_twin_beside_the_honest_run(tmp_path):
     assert audit["run_key"] == read_json(out / "run.json")["key"]
     assert audit["scan_split_run_key"] == read_json(out / "scan_split" / "run.json")["key"]
     assert [r["model"] for r in audit["models"]] == ["mean", "ols_iop", "ridge_scan"]
+    ps = []
     for row in audit["models"]:
         ref = _independent(honest, leaky, row["model"])
         assert row["mae_subject_split"] == pytest.approx(ref["mae_subject_split"])
         assert row["mae_scan_split"] == pytest.approx(ref["mae_scan_split"])
         assert row["optimism"] == pytest.approx(ref["mae_subject_split"] - ref["mae_scan_split"])
         assert row["p_signflip"] == pytest.approx(ref["p"])
+        ps.append(ref["p"])
         lo, hi = row["optimism_ci"]
         assert lo < row["optimism"] < hi
+
+    # Holm across the three models, computed here by hand: sort, multiply by m - rank, running max, cap at 1
+    order = np.argsort(ps)
+    adj, run = np.empty(3), 0.0
+    for rank, i in enumerate(order):
+        run = max(run, min(1.0, (3 - rank) * ps[i]))
+        adj[i] = run
+    assert [r["p_adjusted"] for r in audit["models"]] == pytest.approx(list(adj))
 
     stats = read_json(out / "stats.json")
     assert stats["scan_split_audit"]["statement"] == audit["statement"]

@@ -111,6 +111,21 @@ def test_verdict_when_no_model_beats_the_reference():
     assert (lo, hi) == pytest.approx(tuple(c["ci"]), abs=0.051)
 
 
+def test_verdict_when_every_model_is_worse_than_the_reference():
+    preds = synthetic_predictions(
+        n_subjects=12, scans=(10, 30), seed=7,
+        models={"ols_iop": (0.0, 1.0), "cnn": (0.0, 1.6), "weak": (0.0, 1.3)})
+    res = analyze(preds, n_boot=500)
+    mae = {c["model"]: c for c in res.comparisons if c["metric"] == "mae"}
+    assert mae["cnn"]["delta"] > mae["weak"]["delta"] > 0
+    v = res.verdict
+    assert v.startswith("There is no evidence that any model beats ols_iop on MAE: every model's MAE is at or "
+                        "above ols_iop's; the closest, weak, changes MAE by +")
+    delta, lo, hi = _numbers(v)[:3]
+    assert delta == pytest.approx(mae["weak"]["delta"], abs=0.051)
+    assert (lo, hi) == pytest.approx(tuple(mae["weak"]["ci"]), abs=0.051)
+
+
 def test_only_reference_and_missing_reference():
     preds = synthetic_predictions(n_subjects=10, scans=(5, 9), seed=6,
                                   models={"ols_iop": (0, 1)})

@@ -22,7 +22,9 @@ def leakage_summary(honest: pd.DataFrame, leaky: pd.DataFrame, *, n_boot: int = 
     """Per model present in both tables: MAE under each split and the optimism (subject-split MAE
     minus scan-split MAE, mmHg; positive = the scan split flatters the model), its interval from
     resampling monkeys (the same monkeys for both splits) and the exact sign-flip p over monkeys'
-    per-monkey MAE differences. ``honest`` and ``leaky`` are long predictions tables."""
+    per-monkey MAE differences, Holm-adjusted across the models (``p_adjusted``). A model is called
+    clearly optimistic under the scan split when its interval lies above zero. ``honest`` and
+    ``leaky`` are long predictions tables."""
     from icpcv.stats import analyze
 
     rows = []
@@ -40,6 +42,10 @@ def leakage_summary(honest: pd.DataFrame, leaky: pd.DataFrame, *, n_boot: int = 
             optimism_percent=100 * -comp["delta"] / res["models"][model]["mae"]["estimate"],
             optimism_ci=[None if hi is None else -hi, None if lo is None else -lo],
             p_signflip=comp["p_signflip"]))
+    from icpcv.stats.inference import holm
+
+    for row, p in zip(rows, holm([r["p_signflip"] for r in rows]) if rows else []):
+        row["p_adjusted"] = float(p)
     return dict(ci_level=ci_level, n_boot=n_boot, models=rows, statement=_statement(rows, ci_level))
 
 
@@ -56,10 +62,11 @@ def _statement(rows: list[dict], ci_level: float) -> str:
         others = f"; {len(clear)} of {len(rows)} models are clearly optimistic under it" if len(rows) > 1 else ""
         return (f"A scan-level split would have reported {worst['model']}'s MAE as {worst['mae_scan_split']:.1f} "
                 f"mmHg instead of {worst['mae_subject_split']:.1f} mmHg leave-one-monkey-out: "
-                f"{worst['optimism']:.1f} mmHg too optimistic ({ci}; sign-flip p = {worst['p_signflip']:.3g})"
+                f"{worst['optimism']:.1f} mmHg too optimistic ({ci}; sign-flip p = {worst['p_signflip']:.3g}, "
+                f"Holm-adjusted p = {worst['p_adjusted']:.3g})"
                 f"{others}.")
-    return (f"No model's MAE is clearly lower under a scan-level split than leave-one-monkey-out (largest "
-            f"difference: {worst['model']}, {worst['optimism']:.1f} mmHg, {ci}).")
+    return (f"No model's MAE is lower under a scan-level split than leave-one-monkey-out with an interval clear "
+            f"of zero (largest difference: {worst['model']}, {worst['optimism']:.1f} mmHg, {ci}).")
 
 
 def read_scan_split_audit(run_dir: Path, record: dict | None = None) -> dict | None:

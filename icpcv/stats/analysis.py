@@ -165,6 +165,11 @@ def _verdict(comparisons, model_stats, reference, ref_present, n_subjects, ci_le
         return (f"The {best['model']} lowers MAE by {_fmt(reduction, digits)} {unit} against "
                 f"{reference} ({level} CI {_fmt(red_lo, digits)} to {_fmt(red_hi, digits)} {unit}; "
                 f"{tail}).")
+    if np.isfinite(best["delta"]) and best["delta"] >= 0:  # no model is even nominally better
+        who = "the other model's" if len(mae_cmp) == 1 else "every model's"
+        return (f"There is no evidence that any model beats {reference} on MAE: {who} MAE is at or above "
+                f"{reference}'s; the closest, {best['model']}, changes MAE by +{_fmt(best['delta'], digits)} "
+                f"{unit} ({level} CI {_fmt(lo, digits)} to {_fmt(hi, digits)} {unit}; {tail}).")
     return (f"There is no evidence that any model beats {reference} on MAE: the best, "
             f"{best['model']}, changes MAE by {_fmt(best['delta'], digits)} {unit} "
             f"({level} CI {_fmt(lo, digits)} to {_fmt(hi, digits)} {unit}; {tail}).")
