@@ -12,17 +12,11 @@ from pathlib import Path
 
 from icpcv import __version__
 from icpcv.errors import FoldsFailed, InputError, RunDirError
+from icpcv.util import parse_shape
 
 
 def _shape(text: str) -> tuple[int, int, int]:
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape {text!r} is not like 20x20x48") from None
-    if len(shape) != 3 or min(shape) < 4:
-        raise argparse.ArgumentTypeError(f"shape {text!r}: need three sizes X x Y x Z(depth), each >= 4")
-    return shape
+    return parse_shape(text, min_size=4, example="20x20x48")
 
 
 def _add_run(sub) -> None:

@@ -1,6 +1,7 @@
-"""Small shared helpers: atomic writes, hashing, natural sort."""
+"""Small shared helpers: atomic writes, hashing, natural sort, the volume-shape option."""
 from __future__ import annotations
 
+import argparse
 import errno
 import hashlib
 import json
@@ -120,3 +121,23 @@ def natural_key(label: str):
 
 def natural_sorted(labels: Iterable[str]) -> list[str]:
     return sorted((str(x) for x in labels), key=natural_key)
+
+
+def parse_shape(tokens, *, min_size: int = 1, example: str = "128x128x512") -> tuple[int, int, int]:
+    """A volume shape option -> (X, Y, Z=depth).
+
+    Accepts ``"20x20x48"``, ``"20,20,48"``, ``"20×20×48"`` or the tokens ``["20", "20", "48"]``.
+    Raises ``argparse.ArgumentTypeError`` (argparse turns it into a usage error naming the option).
+    """
+    tokens = [tokens] if isinstance(tokens, str) else list(tokens)
+    given = " ".join(map(str, tokens))
+    parts = [p for t in tokens for p in str(t).lower().replace(",", "x").replace("\u00d7", "x").split("x") if p.strip()]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {given!r} is not like {example}") from None
+    if len(shape) != 3 or min(shape) < min_size:
+        need = "three positive sizes X Y Z(depth)" if min_size <= 1 else \
+            f"three sizes X x Y x Z(depth), each >= {min_size}"
+        raise argparse.ArgumentTypeError(f"shape {given!r}: need {need}")
+    return shape

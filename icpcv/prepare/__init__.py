@@ -11,24 +11,7 @@ import argparse
 from icpcv.prepare.core import (CODE_VERSION, EXIT_SKIPPED, OUTPUT_DTYPES, PrepareOptions, Summary, convert_volume,
                                 prepare, quality_table, read_table, robust_z)
 from icpcv.prepare.sources import REASONS, VolumeError, open_source
-
-
-def parse_shape(tokens) -> tuple[int, int, int]:
-    """``['128', '128', '512']`` or ``['128x128x512']`` -> (128, 128, 512) = (X, Y, Z=depth)."""
-    if isinstance(tokens, str):
-        tokens = [tokens]
-    parts = []
-    for t in tokens:
-        parts += [p for p in str(t).lower().replace(",", "x").replace("×", "x").split("x") if p.strip()]
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shape {' '.join(map(str, tokens))!r}: not like 128 128 512 or "
-                                         "128x128x512") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"--shape {' '.join(map(str, tokens))!r}: need three positive sizes "
-                                         "X Y Z(depth)")
-    return shape
+from icpcv.util import parse_shape
 
 
 def add_parsers(sub) -> None:

@@ -40,14 +40,9 @@ CUDA_DEFAULTS = dict(shape=(128, 128, 512), batch_size=8, steps=20, warmup=3)
 
 
 def _shape(text: str) -> tuple[int, int, int]:
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape {text!r} is not like 128x128x512") from None
-    if len(shape) != 3 or min(shape) < 4:
-        raise argparse.ArgumentTypeError(f"shape {text!r}: need X x Y x Z(depth), each >= 4")
-    return shape
+    from icpcv.util import parse_shape
+
+    return parse_shape(text, min_size=4)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
