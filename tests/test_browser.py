@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from test_report_support import shared_compare, shared_run
+from test_report_support import shared_analysis, shared_compare, shared_run
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -245,6 +245,14 @@ def test_comparison_report_renders(browser, tmp_path_factory):
     res = check_in_browser(browser, out / "index.html", "screenshot_compare.png")
     assert_renders(res, min_images=3)
     assert res["sections"] == ["verdict", "runs", "models", "agreement", "provenance", "warnings"]
+
+
+def test_predictions_only_report_renders(browser, tmp_path_factory):
+    """`icpcv analyze TABLE --out DIR` outside any run (one monkey label holds markup)."""
+    out = shared_analysis(tmp_path_factory.getbasetemp() / "report_runs")["out"]
+    res = check_in_browser(browser, out / "index.html", "screenshot_predictions.png")
+    assert_renders(res, min_images=5)
+    assert res["sections"] == ["verdict", "input", "models", "agreement", "provenance", "warnings"]
 
 
 def test_hostile_labels_stay_text_in_the_browser(browser, tmp_path_factory):

@@ -21,7 +21,7 @@ TINY = RunConfig(phantom="tiny", epochs=2, n_boot=300)
 TINY_B = RunConfig(phantom="tiny", epochs=1, n_boot=300, models=("ols_iop", "cnn"))
 LABELS = RunConfig(manifest=str(MONKEY_TABLE), models=("mean", "ols_iop"), n_boot=300)
 
-_made: dict[str, Path] = {}
+_made: dict[str, Path | dict] = {}
 
 
 def make_run(cfg: RunConfig, run_dir: Path, report: bool = True) -> Path:
@@ -59,6 +59,45 @@ def shared_compare(base: Path) -> Path:
         assert rc == 0
         _made["compare"] = out
     return _made["compare"]
+
+
+def predictions_table(path: Path) -> Path:
+    """A predictions table as another project's cross-validation would leave it: 8 monkeys x 6 scans,
+    one fold per monkey, one monkey labelled with markup; ``ols_iop`` is off by a per-monkey offset plus
+    noise (SD 4 mmHg), ``cnn`` within 0.5 mmHg (SD), so the cnn clearly wins."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for k, s in enumerate([f"m{i}" for i in range(1, 8)] + [HOSTILE]):
+        offset = rng.normal(0, 1.5)
+        for j in range(6):
+            y, iop = 5 + 4 * j + rng.normal(0, 1), 10 + 3 * j
+            for model, err in (("ols_iop", offset + rng.normal(0, 4)), ("cnn", rng.normal(0, 0.5))):
+                rows.append(dict(fold=k, subject=s, scan_id=f"s{k}_{j}", model=model, y_true=round(y, 2),
+                                 y_pred=round(y + err, 2), iop=iop))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def shared_analysis(base: Path) -> dict:
+    """``icpcv analyze TABLE --out DIR`` of :func:`predictions_table`, outside any run, once per session:
+    ``src`` (the table), ``out`` (the analysis directory), ``rc`` and ``stdout`` of the command."""
+    if "analysis" not in _made:
+        import contextlib
+        import io
+
+        from icpcv.cli import main
+
+        src = predictions_table(Path(base) / "external" / "predictions_from_elsewhere.csv")
+        out = Path(base) / "analysis"
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            rc = main(["analyze", str(src), "--out", str(out), "--n-boot", "500"])
+        _made["analysis"] = dict(src=src, out=out, rc=rc, stdout=text.getvalue())
+    return _made["analysis"]
 
 
 def copy_run(src: Path, dst: Path) -> Path:

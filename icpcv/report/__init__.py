@@ -2,25 +2,28 @@
 
 ``write_report(run_dir)`` writes ``run_dir/index.html`` (one self-contained file, figures embedded
 as data URIs) and every figure as a PNG under ``run_dir/figures/``. A comparison directory made
-by ``icpcv compare`` is rendered the same way.
+by ``icpcv compare``, and an analysis directory made by ``icpcv analyze PREDICTIONS --out DIR``
+outside any run, are rendered the same way.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from icpcv.report.rundata import is_compare_dir, load_compare, load_run
+from icpcv.report.rundata import is_compare_dir, is_predictions_dir, load_compare, load_predictions_dir, load_run
 
 
 def write_report(run_dir) -> Path:
-    """Render ``run_dir/index.html`` from the run (or comparison) directory; returns its path.
+    """Render ``run_dir/index.html`` from the run (or comparison, or analysis) directory; returns its path.
 
     Raises RunDirError naming the missing file when ``run_dir`` is not a complete run.
     """
-    from icpcv.report.build import render_compare, render_run, write_html
+    from icpcv.report.build import render_compare, render_predictions, render_run, write_html
 
     run_dir = Path(run_dir)
     if is_compare_dir(run_dir):
         return write_html(run_dir, render_compare(load_compare(run_dir)))
+    if is_predictions_dir(run_dir):
+        return write_html(run_dir, render_predictions(load_predictions_dir(run_dir)))
     return write_html(run_dir, render_run(load_run(run_dir)))
 
 

@@ -1,4 +1,4 @@
-"""From a run directory to the template's context, and from the context to one HTML file.
+"""From a run (comparison, analysis) directory to the template's context, and from it to one HTML file.
 
 Every string that came from a user (subject labels, scan ids, paths, model and run names,
 reasons, values) reaches the HTML through Jinja2 autoescaping; nothing is marked safe.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from icpcv.report import figures as F
-from icpcv.report.rundata import CompareData, RunData
+from icpcv.report.rundata import CompareData, PredictionsData, RunData
 from icpcv.util import atomic_write_text, natural_sorted
 
 #: more dropped rows than this: a reason summary, the full table folded into <details>
@@ -402,19 +402,82 @@ def render_run(run: RunData) -> str:
     return environment().get_template("report.html.j2").render(**ctx)
 
 
+def predictions_figures(data: CompareData | PredictionsData) -> dict[str, list[F.Figure]]:
+    """The figures a directory without a cohort or folds can draw: those of stats.json and the
+    predictions (comparison and agreement); also written as PNGs under its figures/."""
+    stats = data.stats
+    figs, add = _collector()
+    with F.style():
+        common_figures(add, stats, data.predictions, data.subjects, data.models, stats.get("ci_level", 0.95))
+    F.render([f for fs in figs.values() for f in fs], data.path)
+    return figs
+
+
 def render_compare(cmp: CompareData) -> str:
     stats = cmp.stats
     ctx = _base_context(stats, cmp.subjects)
-    figs, add = _collector()
-    with F.style():
-        common_figures(add, stats, cmp.predictions, cmp.subjects, cmp.models, stats.get("ci_level", 0.95))
-    F.render([f for fs in figs.values() for f in fs], cmp.path)
+    figs = predictions_figures(cmp)
     runs = cmp.meta.get("runs", [])
     ctx.update(kind="compare", title=f"icpcv comparison: {cmp.name}", run_name=cmp.name,
                run_path=str(cmp.path.resolve()), figures=figs, runs=runs, meta=cmp.meta,
                config_diff=cmp.meta.get("config_differences", []),
                envs=[(r.get("name"), env_items(r.get("environment") or {})) for r in runs],
                warnings=list(stats.get("warnings") or []), notes=cmp.notes)
+    return environment().get_template("report.html.j2").render(**ctx)
+
+
+#: analysis.json's settings, with their label in the report
+ANALYSIS_SETTINGS = (("reference", "reference model"), ("n_boot", "bootstrap resamples"), ("seed", "seed"),
+                     ("ci_level", "confidence level"), ("ci_method", "interval method asked for"),
+                     ("audit_failed", "leakage audit marked failed (--audit-failed)"))
+ANALYSIS_ENV_KEYS = (("icpcv", "icpcv"), ("python", "Python"), ("numpy", "NumPy"), ("pandas", "pandas"),
+                     ("scipy", "SciPy"), ("time", "analysed (UTC)"))
+
+
+def input_context(pred: PredictionsData) -> dict:
+    """The Input section: the analysed table as analysis.json recorded it, and which monkeys each fold
+    of the table tested (its own fold column: icpcv made none of these folds and saw no training set)."""
+    source = pred.meta.get("source") or {}
+    preds = pred.predictions
+    folds, spread = [], []
+    if "fold" in preds.columns:
+        tested = preds.drop_duplicates(["fold", "scan_id"]).assign(fold=lambda d: d["fold"].astype(str))
+        for k in natural_sorted(set(tested["fold"])):
+            f = tested[tested["fold"] == k]
+            folds.append(dict(fold=k, subjects=natural_sorted(set(f["subject"])), n_scans=len(f)))
+        per_subject = tested.groupby("subject")["fold"].nunique()
+        spread = natural_sorted(per_subject[per_subject > 1].index)
+    given, resolved = source.get("path"), source.get("resolved")
+    return dict(path=given or resolved or "–", resolved=resolved if resolved and resolved != given else None,
+                sha256=source.get("sha256") or "–", n_rows=source.get("n_rows", len(preds)),
+                n_models=len(pred.models), n_subjects=len(pred.subjects), folds=folds, spread=spread)
+
+
+def analysis_settings(meta: dict, stats: dict) -> list[tuple[str, str]]:
+    settings = meta.get("settings") or {}
+    items = []
+    for key, label in ANALYSIS_SETTINGS:
+        v = settings.get(key, stats.get(key))
+        if key == "ci_method" and v is None:
+            v = f"default ({stats.get('ci_method', 'auto')})"
+        items.append((label, fmt_value(v)))
+    return items
+
+
+def analysis_env(meta: dict) -> list[tuple[str, str]]:
+    env = dict(meta.get("environment") or {}, icpcv=meta.get("icpcv"), time=meta.get("time"))
+    return [(label, fmt_value(env.get(k))) for k, label in ANALYSIS_ENV_KEYS if env.get(k) is not None]
+
+
+def render_predictions(pred: PredictionsData) -> str:
+    """The report of a predictions table analysed outside any run: statistics and figures only."""
+    stats = pred.stats
+    ctx = _base_context(stats, pred.subjects)
+    figs = predictions_figures(pred)
+    ctx.update(kind="predictions", title=f"icpcv analysis: {pred.name}", run_name=pred.name,
+               run_path=str(pred.path.resolve()), figures=figs, meta=pred.meta, source=input_context(pred),
+               settings=analysis_settings(pred.meta, stats), env=analysis_env(pred.meta),
+               warnings=list(stats.get("warnings") or []), notes=pred.notes)
     return environment().get_template("report.html.j2").render(**ctx)
 
 

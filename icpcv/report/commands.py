@@ -29,10 +29,11 @@ def cmd_compare(args) -> int:
 
 
 def add_parsers(subparsers) -> None:
-    r = subparsers.add_parser("report", help="regenerate the HTML report of a run directory",
+    r = subparsers.add_parser("report", help="regenerate the HTML report of a run, comparison or analysis directory",
                               description="Write RUN_DIR/index.html (one self-contained file) and "
                                           "RUN_DIR/figures/*.png from a finished run directory (or a comparison "
-                                          "directory made by `icpcv compare`). Reads stats.json; recomputes "
+                                          "directory made by `icpcv compare`, or an analysis directory made by "
+                                          "`icpcv analyze PREDICTIONS --out DIR`). Reads stats.json; recomputes "
                                           "nothing.")
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.set_defaults(func=cmd_report)

@@ -1,4 +1,4 @@
-"""Reading a run directory (or a comparison directory) for the report, as it is on disk.
+"""Reading a run directory (or a comparison or analysis directory) for the report, as it is on disk.
 
 Nothing here computes a statistic: the numbers come from ``stats.json``; the tables read here
 (predictions, data quality, learning curves, fold records) are only drawn or listed.
@@ -11,11 +11,12 @@ from pathlib import Path
 import pandas as pd
 
 from icpcv.errors import RunDirError
-from icpcv.util import natural_sorted, read_json
+from icpcv.util import file_sha256, natural_sorted, read_json
 
 #: files a finished run must have, with what to do when one is missing
 REQUIRED = {
-    "run.json": "not a run directory; point at a folder written by `icpcv run`",
+    "run.json": "not a run directory; point at a folder written by `icpcv run` (or by `icpcv compare` or "
+                "`icpcv analyze`)",
     "fold_plan.json": "the run stopped before its fold plan was written; rerun `icpcv run` with the same --out",
     "leakage_audit.json": "the run stopped before its leakage audit was written; rerun `icpcv run` with the same --out",
     "data_quality.csv": "the run stopped before its cohort was written; rerun `icpcv run` with the same --out",
@@ -29,18 +30,24 @@ REQUIRED_COMPARE = {
     "predictions.csv": "the comparison is incomplete; rerun `icpcv compare`",
     "stats.json": "the comparison is incomplete; rerun `icpcv compare`",
 }
+#: files an analysis directory (written by `icpcv analyze PREDICTIONS --out DIR`) must have
+REQUIRED_PREDICTIONS = {
+    "analysis.json": "not an analysis directory",
+    "predictions.csv": "the analysis is incomplete; rerun `icpcv analyze` with the same --out",
+    "stats.json": "the analysis is incomplete; rerun `icpcv analyze` with the same --out",
+}
 CALIBRATION_FILES = ("calibration.json", "calibration.csv")
 
 
-def _missing(run_dir: Path, required: dict) -> None:
+def _missing(run_dir: Path, required: dict, what: str = "run") -> None:
     if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir}: no such run directory")
+        raise RunDirError(f"{run_dir}: no such {what} directory")
     gone = [name for name in required if not (run_dir / name).exists()]
     first = next(iter(required))
     if first in gone:
         raise RunDirError(f"{run_dir}: {required[first]} (no {first})")
     if gone:
-        raise RunDirError(f"{run_dir}: not a complete run: {', '.join(gone)} missing ({required[gone[0]]})")
+        raise RunDirError(f"{run_dir}: not a complete {what}: {', '.join(gone)} missing ({required[gone[0]]})")
 
 
 def read_json_file(path: Path):
@@ -201,3 +208,65 @@ def is_compare_dir(path) -> bool:
     return (Path(path) / "compare.json").exists()
 
 
+@dataclass
+class PredictionsData:
+    """An analysis directory written by ``icpcv analyze PREDICTIONS --out DIR`` outside any run.
+
+    Only the predictions table is known: no cohort, fold plan or leakage audit, so the report
+    shows the statistics and the figures drawn from the predictions, and says what it cannot check.
+    """
+
+    path: Path
+    meta: dict  # analysis.json: kind, source (path, resolved, sha256, n_rows), settings, icpcv version, time
+    stats: dict
+    predictions: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def subjects(self) -> list[str]:
+        return natural_sorted(set(self.predictions["subject"]))
+
+    @property
+    def models(self) -> list[str]:
+        names = list(self.stats.get("models", {}))
+        return names + [m for m in dict.fromkeys(self.predictions["model"]) if m not in names]
+
+
+def _source_notes(meta: dict) -> list[str]:
+    """Whether the analysed file is still what was analysed: the report is regenerated from the copy
+    in the directory, so a source that changed since is worth a line, not an error."""
+    source = meta.get("source") or {}
+    where, digest = source.get("resolved"), source.get("sha256")
+    if not where or not digest or not Path(where).is_file():
+        return []
+    try:
+        now = file_sha256(Path(where))
+    except OSError:
+        return []
+    if now != digest:
+        return [f"{where} has changed since it was analysed (sha256 {now[:12]}… now, {digest[:12]}… then); "
+                "this report shows the analysed copy, predictions.csv; rerun `icpcv analyze` to analyse the new one"]
+    return []
+
+
+def load_predictions_dir(out_dir) -> PredictionsData:
+    """Read an analysis directory; a missing or unreadable file raises RunDirError naming it."""
+    out_dir = Path(out_dir)
+    _missing(out_dir, REQUIRED_PREDICTIONS, what="analysis")
+    meta = read_json_file(out_dir / "analysis.json")
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{out_dir / 'analysis.json'}: not a JSON object; rerun `icpcv analyze` with the same "
+                          "--out")
+    return PredictionsData(path=out_dir, meta=meta, stats=read_json_file(out_dir / "stats.json"),
+                           predictions=read_predictions(out_dir / "predictions.csv"), notes=_source_notes(meta))
+
+
+def is_predictions_dir(path) -> bool:
+    """An analysis directory: ``analysis.json`` and no ``run.json`` (analysing into a run directory
+    keeps it a run, whose report shows the cohort, fold plan and audit too)."""
+    path = Path(path)
+    return (path / "analysis.json").exists() and not (path / "run.json").exists()

@@ -15,12 +15,18 @@ from icpcv.stats.errors import InputError
 
 
 def cmd_analyze(args) -> int:
-    """Read predictions, write ``<out>/stats.json``, then the report if available.
+    """Read predictions, write ``<out>/stats.json``, then the HTML report.
 
     ``args``: ``predictions`` (path), ``out`` (dir), ``reference``, ``n_boot``,
     ``seed``, ``ci_level``, ``ci_method`` (None = calibrated default) and,
     optionally, ``audit_failed``. Returns 0 on success, 2 on bad input,
     1 if the report could not be written (stats.json is kept).
+
+    When ``out`` is a run directory (it has run.json) the report is the run's,
+    with its cohort, fold plan and audit. Otherwise ``out`` becomes an analysis
+    directory: ``analysis.json`` records the source table (path, sha256, rows)
+    and the settings, and the report shows what a bare predictions table
+    allows (statistics and figures), saying that its folds were not audited.
     """
     from icpcv.stats.analysis import analyze
     from icpcv.stats.io import read_predictions, write_stats
@@ -30,16 +36,16 @@ def cmd_analyze(args) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    settings = dict(
+        reference=getattr(args, "reference", "ols_iop"),
+        n_boot=getattr(args, "n_boot", 10000),
+        seed=getattr(args, "seed", 0),
+        ci_level=getattr(args, "ci_level", 0.95),
+        ci_method=getattr(args, "ci_method", None),
+        audit_failed=bool(getattr(args, "audit_failed", False)),
+    )
     try:
-        result = analyze(
-            preds,
-            reference=getattr(args, "reference", "ols_iop"),
-            n_boot=getattr(args, "n_boot", 10000),
-            seed=getattr(args, "seed", 0),
-            ci_level=getattr(args, "ci_level", 0.95),
-            ci_method=getattr(args, "ci_method", None),
-            audit_failed=bool(getattr(args, "audit_failed", False)),
-        )
+        result = analyze(preds, **settings)
     except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -52,6 +58,11 @@ def cmd_analyze(args) -> int:
         from icpcv.util import atomic_write_text
 
         atomic_write_text(out / "predictions.csv", preds.to_csv(index=False))
+    if not (out / "run.json").exists():
+        # no cohort, fold plan or audit to show: record what was analysed, for the report and for later
+        from icpcv.util import atomic_write_json
+
+        atomic_write_json(out / "analysis.json", analysis_record(args.predictions, len(preds), settings))
     print(result.verdict)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -60,19 +71,40 @@ def cmd_analyze(args) -> int:
     try:
         from icpcv.report import write_report
     except ImportError:
-        write_report = None
-    if write_report is not None and not (out / "run.json").exists():
-        # the HTML report is a view of a run directory (cohort, fold plan, audit); a bare
-        # predictions table has none of those
-        print(f"note: no HTML report: {out} is not a run directory (stats.json only)", file=sys.stderr)
-        write_report = None
-    if write_report is not None:
-        try:
-            write_report(out)
-        except Exception as exc:  # the report is someone else's; keep stats.json
-            print(f"error: report failed: {exc}", file=sys.stderr)
-            return 1
+        return 0
+    try:
+        report = write_report(out)
+    except Exception as exc:  # the report is someone else's; keep stats.json
+        print(f"error: report failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"report: {report}")
     return 0
+
+
+def analysis_record(predictions, n_rows: int, settings: dict) -> dict:
+    """``analysis.json`` of an analysis directory: the source table (as given and resolved, its
+    sha256 so that a coauthor can tell which file was analysed, its rows) and the settings."""
+    import platform
+    from datetime import datetime, timezone
+    from importlib.metadata import PackageNotFoundError, version
+
+    from icpcv import __version__
+    from icpcv.util import file_sha256
+
+    def _version(dist):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    src = Path(predictions)
+    return dict(kind="predictions",
+                source=dict(path=str(predictions), resolved=str(src.resolve()), sha256=file_sha256(src),
+                            n_rows=int(n_rows)),
+                settings=dict(settings), icpcv=__version__,
+                time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                environment=dict(python=platform.python_version(), numpy=_version("numpy"),
+                                 pandas=_version("pandas"), scipy=_version("scipy")))
 
 
 def cmd_calibrate(args) -> int:
@@ -107,9 +139,14 @@ def cmd_calibrate(args) -> int:
 def add_parsers(subparsers) -> None:
     """Add the ``analyze`` and ``calibrate`` subcommands to an argparse subparsers object."""
     a = subparsers.add_parser(
-        "analyze", help="monkey-level statistics of out-of-fold predictions -> stats.json")
+        "analyze", help="monkey-level statistics of out-of-fold predictions -> stats.json, index.html",
+        description="Analyse a long table of out-of-fold predictions (fold, subject, scan_id, model, y_true, "
+                    "y_pred[, iop]) from any model at the monkey level. Writes OUT/stats.json, a copy of the "
+                    "table as OUT/predictions.csv, OUT/analysis.json (the source file's sha256 and the "
+                    "settings) and the HTML report OUT/index.html with OUT/figures/*.png. In a run directory "
+                    "the report is the run's.")
     a.add_argument("predictions", help="predictions table (.csv or .parquet)")
-    a.add_argument("--out", required=True, help="output directory (stats.json goes here)")
+    a.add_argument("--out", required=True, help="output directory (stats.json, index.html go here)")
     a.add_argument("--reference", default="ols_iop", help="reference model (default ols_iop)")
     a.add_argument("--n-boot", dest="n_boot", type=int, default=10000,
                    help="subject-level bootstrap resamples (default 10000)")
