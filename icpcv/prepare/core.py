@@ -13,14 +13,13 @@ What it writes into ``--out``:
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -189,8 +189,6 @@ class _TiffCapture:
 
 def _tiff_pages(path: Path, tif, size: int, *, single: bool):
     """Validate a TIFF's pages; return the list of 2-D pages."""
-    import tifffile
-
     pages = list(tif.pages)
     if not pages:
         raise VolumeError("unreadable", f"{path}: TIFF has no pages")

@@ -20,7 +20,6 @@ Layout::
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -33,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from icpcv.errors import RunDirError
-from icpcv.util import atomic_write_json, canonical_hash, read_json
+from icpcv.util import atomic_write_json, canonical_hash, file_sha256, read_json  # noqa: F401 (re-exported)
 
 
 def fold_dir(run_dir: Path, k: int) -> Path:
@@ -42,14 +41,6 @@ def fold_dir(run_dir: Path, k: int) -> Path:
 
 def run_key(config_hash: str, plan_hash: str, data_hash: str) -> str:
     return canonical_hash([config_hash, plan_hash, data_hash])
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_fold_record(run_dir: Path, k: int) -> dict | None:
