@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import markupsafe
 import numpy as np
 import pandas as pd
 import pytest
@@ -68,8 +69,11 @@ def test_summary_states_clear_optimism_with_monkey_level_interval():
     assert row["p_adjusted"] == row["p_signflip"]  # one model: nothing to adjust
     lo, hi = row["optimism_ci"]
     assert 0 < lo < row["optimism"] < hi
-    assert out["statement"].startswith("A scan-level split would have reported cnn's MAE as")
-    assert "too optimistic" in out["statement"] and "sign-flip p = 0.0078" in out["statement"]
+    assert out["statement"].startswith(f"A scan-level split would have reported cnn's MAE as "
+                                       f"{ref['mae_scan_split']:.1f} mmHg instead of {ref['mae_subject_split']:.1f}")
+    assert "sign-flip p = 0.008" in out["statement"]
+    assert out["statement"].endswith("1 of 1 models is clearly optimistic under it (interval above zero and "
+                                     "Holm-adjusted p < 0.05): cnn.")
 
 
 def test_summary_says_no_clear_optimism_when_the_splits_agree():
@@ -78,8 +82,11 @@ def test_summary_says_no_clear_optimism_when_the_splits_agree():
     out = leakage_summary(honest, leaky, n_boot=2000, seed=0)
     (row,) = out["models"]
     assert row["optimism_ci"][0] < 0 < row["optimism_ci"][1]
-    assert out["statement"].startswith("No model's MAE is lower under a scan-level split than leave-one-monkey-out "
-                                      "with an interval clear of zero")
+    if row["optimism"] > 0:
+        assert out["statement"].endswith("0 of 1 models are clearly optimistic under it (interval above zero and "
+                                         "Holm-adjusted p < 0.05).")
+    else:
+        assert out["statement"].startswith("The scan-level split was not more optimistic")
     assert row["p_signflip"] == pytest.approx(_independent(honest, leaky, "cnn")["p"])
 
 
@@ -141,7 +148,7 @@ def test_split_scans_adds_a_scan_level_twin_beside_the_honest_run(tmp_path):
     assert stats["scan_split_audit"]["models"] == audit["models"]
     html = (out / "index.html").read_text()
     assert "What a scan-level split would have claimed" in html and "No scan-level twin" not in html
-    assert audit["statement"].replace("'", "&#39;") in html
+    assert str(markupsafe.escape(audit["statement"])) in html  # as Jinja's autoescape writes it
     assert 'href="scan_split/index.html"' in html and (out / "scan_split" / "index.html").exists()
 
 

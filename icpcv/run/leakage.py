@@ -23,8 +23,9 @@ def leakage_summary(honest: pd.DataFrame, leaky: pd.DataFrame, *, n_boot: int = 
     minus scan-split MAE, mmHg; positive = the scan split flatters the model), its interval from
     resampling monkeys (the same monkeys for both splits) and the exact sign-flip p over monkeys'
     per-monkey MAE differences, Holm-adjusted across the models (``p_adjusted``). A model is called
-    clearly optimistic under the scan split when its interval lies above zero. ``honest`` and
-    ``leaky`` are long predictions tables."""
+    clearly optimistic under the scan split when its interval lies above zero and its adjusted p
+    is below 1 - ci_level (the verdict's rule). ``honest`` and ``leaky`` are long predictions
+    tables."""
     from icpcv.stats import analyze
 
     rows = []
@@ -50,23 +51,35 @@ def leakage_summary(honest: pd.DataFrame, leaky: pd.DataFrame, *, n_boot: int = 
 
 
 def _statement(rows: list[dict], ci_level: float) -> str:
-    """One sentence on the optimism: the largest one, with its interval, and how many are clear of zero."""
+    """The largest optimism with its interval and p; then which models are clearly optimistic by the
+    verdict's own rule (interval above zero and Holm-adjusted p below 1 - ci_level)."""
     if not rows:
         return "No model was run under both splits."
-    pct = f"{round(ci_level * 100):g}%"
-    clear = [r["model"] for r in rows if r["optimism_ci"][0] is not None and r["optimism_ci"][0] > 0]
-    worst = max((r for r in rows if r["model"] in clear or not clear), key=lambda r: r["optimism"])
+    pct, alpha = f"{round(ci_level * 100):g}%", 1 - ci_level
+    worst = max(rows, key=lambda r: r["optimism"])
     lo, hi = worst["optimism_ci"]
-    ci = f"{pct} CI {lo:.1f} to {hi:.1f}" if lo is not None else "no interval"
-    if clear:
-        others = f"; {len(clear)} of {len(rows)} models are clearly optimistic under it" if len(rows) > 1 else ""
-        return (f"A scan-level split would have reported {worst['model']}'s MAE as {worst['mae_scan_split']:.1f} "
-                f"mmHg instead of {worst['mae_subject_split']:.1f} mmHg leave-one-monkey-out: "
-                f"{worst['optimism']:.1f} mmHg too optimistic ({ci}; sign-flip p = {worst['p_signflip']:.3g}, "
-                f"Holm-adjusted p = {worst['p_adjusted']:.3g})"
-                f"{others}.")
-    return (f"No model's MAE is lower under a scan-level split than leave-one-monkey-out with an interval clear "
-            f"of zero (largest difference: {worst['model']}, {worst['optimism']:.1f} mmHg, {ci}).")
+    ci = f"{pct} CI {_f(lo)} to {_f(hi)}" if lo is not None else "no interval"
+    if not worst["optimism"] > 0:
+        return (f"The scan-level split was not more optimistic than leave-one-monkey-out for any model (largest "
+                f"difference: {worst['model']}, {_f(worst['optimism'])} mmHg, {ci}).")
+    clear = [r["model"] for r in rows if r["optimism_ci"][0] is not None and r["optimism_ci"][0] > 0
+             and r["p_adjusted"] < alpha]
+    verb = "is" if len(clear) == 1 else "are"
+    return (f"A scan-level split would have reported {worst['model']}'s MAE as {_f(worst['mae_scan_split'])} mmHg "
+            f"instead of {_f(worst['mae_subject_split'])} mmHg leave-one-monkey-out: {_f(worst['optimism'])} mmHg "
+            f"({worst['optimism_percent']:.0f}%) too optimistic ({ci}; sign-flip p {_p(worst['p_signflip'])}, "
+            f"Holm-adjusted p {_p(worst['p_adjusted'])}). {len(clear)} of {len(rows)} models {verb} clearly "
+            f"optimistic under it (interval above zero and Holm-adjusted p < {alpha:.2g})"
+            + (f": {', '.join(clear)}." if clear else "."))
+
+
+def _f(x: float) -> str:
+    text = f"{x:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def read_scan_split_audit(run_dir: Path, record: dict | None = None) -> dict | None:
