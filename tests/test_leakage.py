@@ -150,6 +150,10 @@ def test_split_scans_adds_a_scan_level_twin_beside_the_honest_run(tmp_path):
     assert "What a scan-level split would have claimed" in html and "No scan-level twin" not in html
     assert str(markupsafe.escape(audit["statement"])) in html  # as Jinja's autoescape writes it
     assert 'href="scan_split/index.html"' in html and (out / "scan_split" / "index.html").exists()
+    # re-analysing the twin's own predictions keeps the warning of its failed fold-plan audit
+    twin = out / "scan_split"
+    assert main(["analyze", str(twin / "predictions.csv"), "--out", str(twin), "--n-boot", "200"]) == 0
+    assert any("leakage audit FAILED" in w for w in read_json(twin / "stats.json")["warnings"])
 
 
 def test_stale_leakage_json_is_not_shown(tmp_path):

@@ -102,10 +102,18 @@ def test_analyze_keeps_stats_json_when_the_report_fails(analysis, tmp_path, monk
     assert "report failed: no matplotlib today" in capsys.readouterr().err
 
 
-def test_analyze_into_a_run_directory_keeps_the_run_report(tmp_path_factory, tmp_path):
+def test_analyze_into_a_run_directory_keeps_the_run_report(tmp_path_factory, tmp_path, capsys):
     run = copy_run(shared_run("tiny", tmp_path_factory.getbasetemp() / "report_runs"), tmp_path / "run")
     assert main(["analyze", str(run / "predictions.csv"), "--out", str(run), "--n-boot", "200"]) == 0
     assert not (run / "analysis.json").exists()
     page = Page((run / "index.html").read_text())
     assert {"cohort", "data-quality", "folds", "training"} <= set(page.ids) and "input" not in page.ids
     assert "Run directory" in page.plain and read_json(run / "stats.json")["n_boot"] == 200
+    # another table into a run directory is refused before anything is written
+    other = tmp_path / "other.csv"
+    read_predictions_csv = (run / "predictions.csv").read_text()
+    other.write_text(read_predictions_csv)
+    before = {p.name: p.read_bytes() for p in (run / "stats.json", run / "predictions.csv", run / "index.html")}
+    assert main(["analyze", str(other), "--out", str(run)]) == 2
+    assert "is a run directory; analysing another table into it" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (run / "stats.json", run / "predictions.csv", run / "index.html")} == before

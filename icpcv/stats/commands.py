@@ -23,7 +23,10 @@ def cmd_analyze(args) -> int:
     1 if the report could not be written (stats.json is kept).
 
     When ``out`` is a run directory (it has run.json) the report is the run's,
-    with its cohort, fold plan and audit. Otherwise ``out`` becomes an analysis
+    with its cohort, fold plan and audit; only the run's own predictions.csv
+    may be re-analysed into it (say with another reference), and a failed
+    fold-plan audit of the run keeps its warning. A comparison directory
+    likewise takes only its own predictions. Otherwise ``out`` becomes an analysis
     directory: ``analysis.json`` records the source table (path, sha256, rows)
     and the settings, and the report shows what a bare predictions table
     allows (statistics and figures), saying that its folds were not audited.
@@ -31,6 +34,19 @@ def cmd_analyze(args) -> int:
     from icpcv.stats.analysis import analyze
     from icpcv.stats.io import read_predictions, write_stats
 
+    out = Path(args.out)
+    kind = "run" if (out / "run.json").exists() else "comparison" if (out / "compare.json").exists() else None
+    if kind and Path(args.predictions).resolve() != (out / "predictions.csv").resolve():
+        # its report would show these statistics beside the cohort, folds and audit of other predictions
+        print(f"error: {out} is a {kind} directory; analysing another table into it would mix its results with "
+              f"foreign predictions. Use another --out, or re-analyse {out / 'predictions.csv'} itself",
+              file=sys.stderr)
+        return 2
+    audit_failed = bool(getattr(args, "audit_failed", False))
+    if kind == "run" and (out / "leakage_audit.json").exists():  # a run's own audit travels with its numbers
+        import json
+
+        audit_failed = audit_failed or not json.loads((out / "leakage_audit.json").read_text()).get("passed", True)
     try:
         preds = read_predictions(args.predictions)
     except InputError as exc:
@@ -42,14 +58,13 @@ def cmd_analyze(args) -> int:
         seed=getattr(args, "seed", 0),
         ci_level=getattr(args, "ci_level", 0.95),
         ci_method=getattr(args, "ci_method", None),
-        audit_failed=bool(getattr(args, "audit_failed", False)),
+        audit_failed=audit_failed,
     )
     try:
         result = analyze(preds, **settings)
     except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = write_stats(result, out / "stats.json")
     # the report is a view of its folder: give it the predictions it shows, as analysed
