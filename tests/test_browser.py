@@ -182,6 +182,13 @@ IMAGES_JS = """JSON.stringify(Array.from(document.images).map(i => ({
   shown: i.getBoundingClientRect().width})))"""
 SECTIONS_JS = "JSON.stringify(Array.from(document.querySelectorAll('section[id]')).map(s => s.id))"
 RESOURCES_JS = "JSON.stringify(performance.getEntriesByType('resource').map(r => r.name))"
+#: the leakage audit's table (header + one row per model) under #scan-split, and its rendered height
+SCAN_SPLIT_JS = """(() => { const h = document.getElementById('scan-split');
+  if (!h) return 'null';
+  let t = h.nextElementSibling; while (t && !t.querySelector('table')) t = t.nextElementSibling;
+  const table = t && t.querySelector('table');
+  return JSON.stringify({rows: table ? table.rows.length : 0,
+                         height: table ? table.getBoundingClientRect().height : 0}); })()"""
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +204,7 @@ def check_in_browser(browser: Browser, html: Path, shot_name: str) -> dict:
     images = json.loads(browser.evaluate(session, IMAGES_JS))
     sections = json.loads(browser.evaluate(session, SECTIONS_JS))
     resources = json.loads(browser.evaluate(session, RESOURCES_JS))
+    scan_split = json.loads(browser.evaluate(session, SCAN_SPLIT_JS))
     shot = browser.screenshot(session, html.parent / shot_name)
     errors = browser.errors()
     if os.environ.get("ICPCV_SCREENSHOTS"):
@@ -205,7 +213,8 @@ def check_in_browser(browser: Browser, html: Path, shot_name: str) -> dict:
         shutil.copy(shot, dest / shot_name)
     browser.call("Target.closeTarget", {"targetId": browser.call("Target.getTargetInfo", session=session)
                                         ["targetInfo"]["targetId"]})
-    return dict(images=images, sections=sections, resources=resources, errors=errors, screenshot=shot)
+    return dict(images=images, sections=sections, resources=resources, errors=errors, screenshot=shot,
+                scan_split=scan_split)
 
 
 def assert_renders(result: dict, min_images: int):
@@ -238,6 +247,10 @@ def test_labels_only_real_table_report_renders(browser, tmp_path_factory):
     assert_renders(res, min_images=5)
     assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement",
                                "provenance", "warnings"]
+    # the leakage audit (`--split scans`) sits in the fold-plan section, and the twin's own report renders
+    assert res["scan_split"]["rows"] == 3 and res["scan_split"]["height"] > 0
+    twin = check_in_browser(browser, run / "scan_split" / "index.html", "screenshot_labels_scan_split.png")
+    assert_renders(twin, min_images=5)
 
 
 def test_comparison_report_renders(browser, tmp_path_factory):

@@ -19,6 +19,7 @@ MONKEY_TABLE = REPO.parent / "shared" / "data" / "monkey_data.csv"
 TINY = RunConfig(phantom="tiny", epochs=2, n_boot=300)
 #: a second run on the same fold plan (same cohort, folds and seed), another CNN schedule; no report
 TINY_B = RunConfig(phantom="tiny", epochs=1, n_boot=300, models=("ols_iop", "cnn"))
+#: the real label table, labels only; made with `--split scans` (a scan-level twin in scan_split/)
 LABELS = RunConfig(manifest=str(MONKEY_TABLE), models=("mean", "ols_iop"), n_boot=300)
 
 _made: dict[str, Path | dict] = {}
@@ -43,8 +44,14 @@ def make_run(cfg: RunConfig, run_dir: Path, report: bool = True) -> Path:
 def shared_run(name: str, base: Path) -> Path:
     """One run per name and test session (the tests only read it, or copy it first)."""
     if name not in _made:
-        cfg = {"tiny": TINY, "tiny_b": TINY_B, "labels": LABELS}[name]
-        _made[name] = make_run(cfg, Path(base) / name, report=name != "tiny_b")
+        if name == "labels":  # through the pipeline's own entry, with the leakage audit's scan-split twin
+            from icpcv.run.pipeline import run
+
+            run(LABELS, Path(base) / name, device="cpu", leakage_audit=True)
+            _made[name] = Path(base) / name
+        else:
+            cfg = {"tiny": TINY, "tiny_b": TINY_B}[name]
+            _made[name] = make_run(cfg, Path(base) / name, report=name != "tiny_b")
     return _made[name]
 
 
