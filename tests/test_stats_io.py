@@ -112,7 +112,7 @@ def test_write_stats_is_atomic_and_plain_json(tmp_path):
 
 
 def test_write_stats_failure_during_replace_keeps_old_file(tmp_path, monkeypatch):
-    import icpcv.stats.io as io_mod
+    import icpcv.util as util_mod  # write_stats writes through icpcv.util.atomic_write
 
     path = tmp_path / "stats.json"
     write_stats({"v": 1}, path)
@@ -120,7 +120,7 @@ def test_write_stats_failure_during_replace_keeps_old_file(tmp_path, monkeypatch
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io_mod.os, "replace", boom)
+    monkeypatch.setattr(util_mod.os, "replace", boom)
     with pytest.raises(OSError):
         write_stats({"v": 2}, path)
     assert json.loads(path.read_text()) == {"v": 1}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from icpcv import __version__
 from icpcv.errors import InputError
 from icpcv.prepare.resample import ALGORITHM, RawStats, StreamResampler, saturation_value
 from icpcv.prepare.sources import REASONS, VolumeError, content_hash, fingerprint, open_source, raw_format, safe_name
-from icpcv.util import _fsync_dir, atomic_write_json, atomic_write_text, canonical_hash, read_json
+from icpcv.util import atomic_write, atomic_write_json, atomic_write_text, canonical_hash, read_json
 
 #: written into the manifest; a change reconverts everything
 CODE_VERSION = f"icpcv {__version__}; {ALGORITHM}; prepare-1"
@@ -137,22 +136,8 @@ def read_table(table: Path, raw_dir: Path, path_column: str | None = None):
 # --- one volume --------------------------------------------------------------------------------
 
 def atomic_save_npy(path: Path, arr: np.ndarray) -> int:
-    """np.save to a temporary file in the same folder, fsync, rename; returns the file's size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    """np.save through :func:`icpcv.util.atomic_write` (temporary file, fsync, rename); returns the size."""
+    atomic_write(path, lambda fh: np.save(fh, arr, allow_pickle=False))
     return path.stat().st_size
 
 

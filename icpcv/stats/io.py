@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from icpcv.stats.errors import InputError
+from icpcv.util import atomic_write_text
 
 REQUIRED_COLUMNS = ("fold", "subject", "scan_id", "model", "y_true", "y_pred")
 OPTIONAL_NUMERIC = ("iop",)
@@ -209,34 +208,12 @@ def write_stats(result, path) -> Path:
     """Atomically write ``stats.json``.
 
     ``result`` is an :class:`~icpcv.stats.analysis.AnalysisResult` (anything
-    with ``to_dict()``) or a plain dict. The JSON is written to a temporary
-    file in the same directory, flushed and fsync'ed, then moved over
-    ``path`` with :func:`os.replace`, so readers see either the old or the new
-    file, never a partial one.
+    with ``to_dict()``) or a plain dict (NaN becomes null). Written
+    through :func:`icpcv.util.atomic_write_text` (temporary file, fsync,
+    rename), so readers see either the old or the new file, never a partial
+    one, with the umask's permissions.
     """
     path = Path(path)
     data = result.to_dict() if hasattr(result, "to_dict") else to_jsonable(result)
-    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable where the platform allows it
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
     return path
