@@ -78,6 +78,18 @@ def detect_format(columns: Iterable[str], source: str = "table") -> str:
     )
 
 
+def read_scan_csv(path: Path) -> pd.DataFrame:
+    """A scan table as text cells (nothing coerced, so a bad cell can be quoted back), header stripped."""
+    if not path.exists():
+        raise InputError(f"{path}: scan table not found")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: cannot read as CSV ({exc})") from None
+    raw.columns = [c.strip() for c in raw.columns]
+    return raw
+
+
 def _clean(value) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
@@ -115,13 +127,7 @@ def read_scan_table(
     ``need_volumes``: a model needs volumes, so a table without any is an error.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: scan table not found")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: cannot read as CSV ({exc})") from None
-    raw.columns = [c.strip() for c in raw.columns]
+    raw = read_scan_csv(path)
     fmt = fmt or detect_format(raw.columns, str(path))
     if fmt == "seed":
         id_col, subj_col = "id", "monkey_id"

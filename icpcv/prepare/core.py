@@ -83,22 +83,12 @@ class Row:
 
 def read_table(table: Path, raw_dir: Path, path_column: str | None = None):
     """Rows of a seed- or plain-format table with their raw paths resolved against ``raw_dir``."""
-    if not table.exists():
-        raise InputError(f"{table}: scan table not found")
-    try:
-        df = pd.read_csv(table, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{table}: cannot read as CSV ({exc})") from None
-    df.columns = [c.strip() for c in df.columns]
+    from icpcv.cohort.table import detect_format, read_scan_csv
+
+    df = read_scan_csv(table)
     cols = set(df.columns)
-    if {"scan_id", "subject", "iop", "icp"} <= cols:
-        fmt, id_col, subj_col = "plain", "scan_id", "subject"
-    elif {"id", "monkey_id", "iop", "icp"} <= cols:
-        fmt, id_col, subj_col = "seed", "id", "monkey_id"
-    else:
-        raise InputError(f"{table}: cannot tell the table's format from its header: expected the seed's columns "
-                         "(id, monkey_id, iop, icp, ...) or the plain ones (scan_id, subject, iop, icp, path); "
-                         f"found {', '.join(df.columns) or 'none'}")
+    fmt = detect_format(df.columns, str(table))
+    id_col, subj_col = ("scan_id", "subject") if fmt == "plain" else ("id", "monkey_id")
     if path_column:
         if path_column not in cols:
             raise InputError(f"{table}: --path-column {path_column!r} is not a column (columns: "
