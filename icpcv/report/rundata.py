@@ -125,8 +125,13 @@ class RunData:
 
     @property
     def models(self) -> list[str]:
-        names = list(self.stats.get("models", {}))
-        return names + [m for m in dict.fromkeys(self.predictions["model"]) if m not in names]
+        return models_of(self.stats, self.predictions)
+
+
+def models_of(stats: dict, predictions: pd.DataFrame) -> list[str]:
+    """The models stats.json analysed, in its order, then any others the predictions hold."""
+    names = list(stats.get("models", {}))
+    return names + [m for m in dict.fromkeys(predictions["model"]) if m not in names]
 
 
 def load_run(run_dir) -> RunData:
@@ -173,11 +178,11 @@ def load_run(run_dir) -> RunData:
 
 
 @dataclass
-class CompareData:
-    """A comparison directory written by ``icpcv compare``."""
+class _AnalysedTable:
+    """A directory holding a predictions table and its stats.json, beside a meta record."""
 
     path: Path
-    meta: dict  # compare.json: runs (name, path, plan_hash, data_hash, config, environment), models, reference
+    meta: dict
     stats: dict
     predictions: pd.DataFrame
     notes: list[str] = field(default_factory=list)
@@ -192,8 +197,12 @@ class CompareData:
 
     @property
     def models(self) -> list[str]:
-        names = list(self.stats.get("models", {}))
-        return names + [m for m in dict.fromkeys(self.predictions["model"]) if m not in names]
+        return models_of(self.stats, self.predictions)
+
+
+class CompareData(_AnalysedTable):
+    """A comparison directory written by ``icpcv compare``; ``meta`` is compare.json: runs (name, path,
+    plan_hash, data_hash, config, environment), models, reference."""
 
 
 def load_compare(out_dir) -> CompareData:
@@ -208,32 +217,14 @@ def is_compare_dir(path) -> bool:
     return (Path(path) / "compare.json").exists()
 
 
-@dataclass
-class PredictionsData:
+class PredictionsData(_AnalysedTable):
     """An analysis directory written by ``icpcv analyze PREDICTIONS --out DIR`` outside any run.
 
     Only the predictions table is known: no cohort, fold plan or leakage audit, so the report
     shows the statistics and the figures drawn from the predictions, and says what it cannot check.
+    ``meta`` is analysis.json: kind, source (path, resolved, sha256, n_rows), settings, icpcv
+    version, time.
     """
-
-    path: Path
-    meta: dict  # analysis.json: kind, source (path, resolved, sha256, n_rows), settings, icpcv version, time
-    stats: dict
-    predictions: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.path.resolve().name
-
-    @property
-    def subjects(self) -> list[str]:
-        return natural_sorted(set(self.predictions["subject"]))
-
-    @property
-    def models(self) -> list[str]:
-        names = list(self.stats.get("models", {}))
-        return names + [m for m in dict.fromkeys(self.predictions["model"]) if m not in names]
 
 
 def _source_notes(meta: dict) -> list[str]:
