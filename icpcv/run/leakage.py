@@ -53,33 +53,27 @@ def leakage_summary(honest: pd.DataFrame, leaky: pd.DataFrame, *, n_boot: int = 
 def _statement(rows: list[dict], ci_level: float) -> str:
     """The largest optimism with its interval and p; then which models are clearly optimistic by the
     verdict's own rule (interval above zero and Holm-adjusted p below 1 - ci_level)."""
+    from icpcv.stats.analysis import _fmt, _fmt_p  # the verdict's own number formats
+
     if not rows:
         return "No model was run under both splits."
     pct, alpha = f"{round(ci_level * 100):g}%", 1 - ci_level
     worst = max(rows, key=lambda r: r["optimism"])
     lo, hi = worst["optimism_ci"]
-    ci = f"{pct} CI {_f(lo)} to {_f(hi)}" if lo is not None else "no interval"
+    ci = f"{pct} CI {_fmt(lo)} to {_fmt(hi)}" if lo is not None else "no interval"
     if not worst["optimism"] > 0:
         return (f"The scan-level split was not more optimistic than leave-one-monkey-out for any model (largest "
-                f"difference: {worst['model']}, {_f(worst['optimism'])} mmHg, {ci}).")
+                f"difference: {worst['model']}, {_fmt(worst['optimism'])} mmHg, {ci}).")
     clear = [r["model"] for r in rows if r["optimism_ci"][0] is not None and r["optimism_ci"][0] > 0
              and r["p_adjusted"] < alpha]
     verb = "is" if len(clear) == 1 else "are"
-    return (f"A scan-level split would have reported {worst['model']}'s MAE as {_f(worst['mae_scan_split'])} mmHg "
-            f"instead of {_f(worst['mae_subject_split'])} mmHg leave-one-monkey-out: {_f(worst['optimism'])} mmHg "
-            f"({worst['optimism_percent']:.0f}%) too optimistic ({ci}; sign-flip p {_p(worst['p_signflip'])}, "
-            f"Holm-adjusted p {_p(worst['p_adjusted'])}). {len(clear)} of {len(rows)} models {verb} clearly "
+    w = worst
+    return (f"A scan-level split would have reported {w['model']}'s MAE as {_fmt(w['mae_scan_split'])} mmHg "
+            f"instead of {_fmt(w['mae_subject_split'])} mmHg leave-one-monkey-out: {_fmt(w['optimism'])} mmHg "
+            f"({w['optimism_percent']:.0f}%) too optimistic ({ci}; sign-flip p {_fmt_p(w['p_signflip'])}, "
+            f"Holm-adjusted p {_fmt_p(w['p_adjusted'])}). {len(clear)} of {len(rows)} models {verb} clearly "
             f"optimistic under it (interval above zero and Holm-adjusted p < {alpha:.2g})"
             + (f": {', '.join(clear)}." if clear else "."))
-
-
-def _f(x: float) -> str:
-    text = f"{x:.1f}"
-    return "0.0" if text == "-0.0" else text
-
-
-def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def read_scan_split_audit(run_dir: Path, record: dict | None = None) -> dict | None:

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from icpcv.errors import RunDirError
-from icpcv.util import atomic_write_json, canonical_hash, file_sha256, read_json  # noqa: F401 (re-exported)
+from icpcv.util import atomic_write_json, canonical_hash, file_sha256, package_version, read_json  # noqa: F401 (re-exported)
 
 
 def fold_dir(run_dir: Path, k: int) -> Path:
@@ -141,23 +141,15 @@ def read_status(run_dir: Path, k: int) -> dict | None:
         return None
 
 
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
 def environment() -> dict:
     import torch
 
     env = dict(python=sys.version.split()[0], executable=sys.executable, platform=platform.platform(),
                machine=platform.machine(), host=socket.gethostname(), cpu_count=os.cpu_count(),
-               torch=torch.__version__, numpy=_version("numpy"), pandas=_version("pandas"),
-               sklearn=_version("scikit-learn"), statsmodels=_version("statsmodels"), scipy=_version("scipy"),
-               joblib=_version("joblib"), submitit=_version("submitit"), torch_threads=torch.get_num_threads(),
+               torch=torch.__version__, **{k: package_version(d) for k, d in (
+                   ("numpy", "numpy"), ("pandas", "pandas"), ("sklearn", "scikit-learn"), ("statsmodels", "statsmodels"),
+                   ("scipy", "scipy"), ("joblib", "joblib"), ("submitit", "submitit"))},
+               torch_threads=torch.get_num_threads(),
                cuda=torch.version.cuda if torch.cuda.is_available() else None,
                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

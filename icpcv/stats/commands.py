@@ -44,9 +44,9 @@ def cmd_analyze(args) -> int:
         return 2
     audit_failed = bool(getattr(args, "audit_failed", False))
     if kind == "run" and (out / "leakage_audit.json").exists():  # a run's own audit travels with its numbers
-        import json
+        from icpcv.util import read_json
 
-        audit_failed = audit_failed or not json.loads((out / "leakage_audit.json").read_text()).get("passed", True)
+        audit_failed = audit_failed or not read_json(out / "leakage_audit.json").get("passed", True)
     try:
         preds = read_predictions(args.predictions)
     except InputError as exc:
@@ -101,16 +101,9 @@ def analysis_record(predictions, n_rows: int, settings: dict) -> dict:
     sha256 so that a coauthor can tell which file was analysed, its rows) and the settings."""
     import platform
     from datetime import datetime, timezone
-    from importlib.metadata import PackageNotFoundError, version
 
     from icpcv import __version__
-    from icpcv.util import file_sha256
-
-    def _version(dist):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return None
+    from icpcv.util import file_sha256, package_version
 
     src = Path(predictions)
     return dict(kind="predictions",
@@ -118,8 +111,8 @@ def analysis_record(predictions, n_rows: int, settings: dict) -> dict:
                             n_rows=int(n_rows)),
                 settings=dict(settings), icpcv=__version__,
                 time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                environment=dict(python=platform.python_version(), numpy=_version("numpy"),
-                                 pandas=_version("pandas"), scipy=_version("scipy")))
+                environment=dict(python=platform.python_version(), numpy=package_version("numpy"),
+                                 pandas=package_version("pandas"), scipy=package_version("scipy")))
 
 
 def cmd_calibrate(args) -> int:
