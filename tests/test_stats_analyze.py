@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import mean_absolute_error
 
-from icpcv.stats import analyze, cmd_analyze, cmd_calibrate, write_stats
+from icpcv.stats import analyze, cmd_analyze, cmd_calibrate, read_predictions, write_stats
 from icpcv.stats.commands import main as cli_main
 from icpcv.stats.synthetic import synthetic_predictions
 
@@ -172,6 +172,14 @@ def test_cmd_analyze_and_cli(tmp_path, preds):
     assert d["ci_level"] == 0.9 and d["ci_method"] == "percentile" and d["n_boot"] == 200
     assert cli_main(["analyze", str(path), "--out", str(tmp_path / "cli"), "--n-boot", "100"]) == 0
     assert (tmp_path / "cli" / "stats.json").exists()
+    # every analysis option of the CLI reaches stats.json, and the result equals the API's
+    assert cli_main(["analyze", str(path), "--out", str(tmp_path / "opts"), "--reference", "cnn", "--n-boot", "150",
+                     "--seed", "4", "--ci-level", "0.8"]) == 0
+    d = json.loads((tmp_path / "opts" / "stats.json").read_text())
+    assert (d["reference"], d["n_boot"], d["seed"], d["ci_level"]) == ("cnn", 150, 4, 0.8)
+    assert {c["reference"] for c in d["comparisons"]} == {"cnn"}
+    api = analyze(read_predictions(path), reference="cnn", n_boot=150, seed=4, ci_level=0.8).to_dict()
+    assert d == json.loads(json.dumps(api))
     bad = tmp_path / "bad.csv"
     preds.drop(columns="y_true").to_csv(bad, index=False)
     assert cli_main(["analyze", str(bad), "--out", str(tmp_path / "bad")]) == 2
