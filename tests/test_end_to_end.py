@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -92,6 +93,35 @@ def test_labels_only_run_on_real_table(tmp_path, monkey_table):
     assert (quality.loc[quality["status"] == "dropped", "reason"] != "").all()
     stats = json.loads((out / "stats.json").read_text())
     assert stats["n_subjects"] == 13 and stats["n_scans"] == 1243
+
+
+def test_real_table_issue_command_verdict_says_what_the_numbers_say(tmp_path, monkey_table):
+    """The issue's own command on the real label table; the verdict is checked against the numbers,
+    recomputed here from predictions.csv (pooled MAE per model) and read from the comparisons."""
+    out = tmp_path / "real4"
+    rc = _run("--manifest", str(monkey_table), "--models", "mean,ols_iop,ols_iop2,mixedlm_iop", "--n-boot", "1000",
+              "--out", str(out))
+    assert rc == 0 and (out / "index.html").exists()
+    stats = read_json(out / "stats.json")
+    preds = pd.read_csv(out / "predictions.csv", dtype={"subject": str, "scan_id": str})
+    mae = {m: float(np.mean(np.abs(g.y_pred - g.y_true))) for m, g in preds.groupby("model")}
+    assert set(mae) == {"mean", "ols_iop", "ols_iop2", "mixedlm_iop"}
+    others = sorted((m for m in mae if m != "ols_iop"), key=mae.get)
+    best = others[0]
+    cmp = next(c for c in stats["comparisons"] if c["model"] == best and c["metric"] == "mae")
+    assert cmp["delta"] == pytest.approx(mae[best] - mae["ols_iop"])
+    evidence = cmp["ci"][1] < 0 and cmp["p_adjusted"] < 0.05
+    verdict = stats["verdict"]
+    if evidence:
+        assert verdict.startswith(f"The {best} lowers MAE by")
+    else:
+        assert verdict.startswith("There is no evidence that any model beats ols_iop on MAE")
+        worse = mae[best] >= mae["ols_iop"]
+        assert ("every model's MAE is at or above ols_iop's" in verdict) == worse
+        named = re.search(r"the (best|closest), (\w+), changes MAE by ([-+]?\d+\.\d+)", verdict)
+        assert named and named.group(1) == ("closest" if worse else "best") and named.group(2) == best
+        assert float(named.group(3)) == pytest.approx(cmp["delta"], abs=0.051)
+    assert "13 monkeys" in verdict and f"{stats['ci_level']:.0%} CI" in verdict
 
 
 def test_grouped_kfold_run_and_bad_manifest(tmp_path, monkey_table, capsys):
