@@ -20,19 +20,19 @@ import pytest
 import torch
 
 from orch_support import assert_same_predictions, cli_args, config, file_cohort, predictions, reference
-from icpcv.cli import main
+from icpcv.commands import main
 from icpcv.config import RunConfig
 from icpcv.errors import DiskFullError, FoldsFailed, InputError, RunDirError
 from icpcv.run.executors import execute
 from icpcv.run.fold import run_fold
 from icpcv.run.pipeline import prepare
-from icpcv.run.progress import Progress
-from icpcv.run.rundir import fold_complete, fold_dir, read_run_record
+from icpcv.progress import Progress
+from rundir_support import make_config, fold_complete, fold_dir, read_run_record
 from icpcv.util import read_json
 
 
 def _file_config(table: Path, **over) -> RunConfig:
-    return RunConfig(manifest=str(table), models=("mean", "ols_iop", "cnn"), folds=3, epochs=2, n_boot=200,
+    return make_config(manifest=str(table), models=("mean", "ols_iop", "cnn"), folds=3, epochs=2, n_boot=200,
                      shape=(12, 12, 32), **over)
 
 
@@ -94,7 +94,7 @@ def test_bad_volumes_are_an_error_naming_each_file_or_recorded_skips(tmp_path, m
     assert "1 volume file(s) missing" in text and "s00011.npy" in text
     # folds never meet a bad scan: they read the validated, resampled cache
     run_fold(out, 0, device="cpu")
-    assert fold_complete(out, 0, rec["key"])
+    assert fold_complete(out, 0, rec.key)
     # re-opening the run reuses the validation: no volume is read again
     import icpcv.cohort.volumes
 
@@ -102,7 +102,7 @@ def test_bad_volumes_are_an_error_naming_each_file_or_recorded_skips(tmp_path, m
         raise AssertionError("a volume was read again")
 
     monkeypatch.setattr(icpcv.cohort.volumes, "load_volume", no_reading)
-    assert prepare(_file_config(table, skip_bad_scans=True), out)["key"] == rec["key"]
+    assert prepare(_file_config(table, skip_bad_scans=True), out).key == rec.key
 
 
 def test_data_changed_under_a_run_is_refused_naming_the_file_and_nothing_is_rewritten(tmp_path):
@@ -122,7 +122,7 @@ def test_data_changed_under_a_run_is_refused_naming_the_file_and_nothing_is_rewr
     assert f"volume file {vol / 's00012.npy'} (scan s00012) was modified" in msg
     assert "restore the data, or rerun with --fresh" in msg
     assert {p: p.read_bytes() for p in before} == before
-    assert read_run_record(out)["key"] == rec["key"]
+    assert read_run_record(out).key == rec.key
 
 
 def _fill(folder: Path, leave: int) -> Path:
@@ -168,7 +168,7 @@ def test_a_full_disk_names_the_file_and_a_rerun_after_freeing_space_finishes(sma
     # the first large write after the disk filled up: the first epoch's checkpoint
     assert f"icpcv: error: {out}/folds/fold_00/cnn_checkpoint.pt: no space left on device while writing it" in err
     assert "free some space and rerun the same command to resume" in err
-    key = read_run_record(out)["key"]
+    key = read_run_record(out).key
     assert not any(fold_complete(out, k, key) for k in range(3))
     _consistent(out)
     filler.unlink()
@@ -179,7 +179,7 @@ def test_a_full_disk_names_the_file_and_a_rerun_after_freeing_space_finishes(sma
 
 def test_a_simulated_enospc_leaves_no_half_written_file_and_the_fold_resumes(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    key = prepare(config(), out)["key"]
+    key = prepare(config(), out).key
     fd = fold_dir(out, 0)
     fd.mkdir(parents=True)
     (fd / ".predictions.csv.stale.tmp").write_text("left by a killed process")
@@ -236,7 +236,7 @@ def test_a_corrupt_run_record_and_stray_fold_results_are_refused(tmp_path):
     (out / "folds").mkdir(exist_ok=True)
     with pytest.raises(RunDirError, match="holds fold results but no run.json"):
         prepare(config(models=("mean",)), out)
-    assert prepare(config(models=("mean",)), out, fresh=True)["n_folds"] == 3
+    assert prepare(config(models=("mean",)), out, fresh=True).n_folds == 3
 
 
 def test_failed_folds_exit_with_code_3_and_the_list(monkeypatch, capsys):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from icpcv.errors import InputError
-from icpcv.models import CNNS, NEEDS_IOP, check_models, make_cnn
+from icpcv.models import CNNS, check_models, make_cnn, make_model
 from icpcv.models.resnet3d import ResNet3D, ZeroPadShortcut, build_resnet, parse_name
 
 
@@ -141,7 +141,7 @@ def test_names_registry():
                  "resnet34_nodil_scanonly"):
         assert name in CNNS
     assert check_models(["mean", "resnet50_nodil"]) == ["mean", "resnet50_nodil"]
-    assert NEEDS_IOP["resnet18_scanonly"] is False and NEEDS_IOP["resnet18"] is True
+    assert make_model("resnet18_scanonly").needs_iop is False and make_model("resnet18").needs_iop is True
     spec = parse_name("resnet34_nodil_scanonly")
     assert (spec.depth, spec.dilated, spec.use_iop) == (34, False, False)
     for bad in ("resnet101", "resnet18_scanonly_nodil", "resnet"):

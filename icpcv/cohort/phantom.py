@@ -24,10 +24,13 @@ parameters are returned (and saved with the cohort) as ``truth``.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+
+from icpcv.util import atomic_write_bytes
 
 IOP_LEVELS = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0)
 ICP_LEVELS = (2.0, 5.0, 8.0, 12.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0)
@@ -155,8 +158,6 @@ def make_cohort(preset: str | PhantomPreset = "small", *, signal: float = 1.0, s
         if out is None:
             volumes[i] = vol
         else:
-            from icpcv.util import atomic_write_bytes
-            import io
             buf = io.BytesIO()
             np.save(buf, vol)
             atomic_write_bytes(f"{out}/{rec['scan_id']}.npy", buf.getvalue())

@@ -25,7 +25,7 @@ def volume_format(path: str | Path) -> str:
 
 
 def _read_pt(path: Path) -> np.ndarray:
-    import torch
+    import torch  # lazy: torch is heavy; only .pt files and resampling need it
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -49,7 +49,7 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_nifti(path: Path) -> np.ndarray:
-    import nibabel as nib
+    import nibabel as nib  # lazy: only the reader of the file's format is loaded
 
     try:
         return np.asarray(nib.load(str(path)).dataobj)
@@ -62,7 +62,7 @@ def _read_tiff(path: Path) -> np.ndarray:
 
     Returned as (X, Y, Z).
     """
-    import tifffile
+    import tifffile  # lazy: only the reader of the file's format is loaded
 
     try:
         stack = tifffile.imread(str(path))
@@ -104,8 +104,8 @@ def resample(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     Uses torch's trilinear interpolation with ``antialias`` where available, else adaptive
     average pooling for integer shrink factors and trilinear otherwise.
     """
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: torch is heavy; only .pt files and resampling need it
+    import torch.nn.functional as F  # lazy: torch is heavy; only .pt files and resampling need it
 
     shape = tuple(int(s) for s in shape)
     if tuple(volume.shape) == shape:

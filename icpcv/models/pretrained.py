@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from icpcv.errors import InputError
+from icpcv.models.resnet3d import build_resnet
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 MIN_BACKBONE_FRACTION = 0.9
@@ -165,8 +166,6 @@ def load_pretrained(model: torch.nn.Module, path, *, head_prefix: str = "fc.",
 def check_pretrained(path, names) -> dict[str, WarmStart]:
     """The account of ``path`` for each 3D ResNet in ``names``, built on the meta device (no
     memory, no weights copied): lets the command line refuse a wrong file before any fold runs."""
-    from icpcv.models.resnet3d import build_resnet
-
     out = {}
     for name in names:
         with torch.device("meta"):

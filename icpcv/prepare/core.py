@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import sys
 import time
 import traceback
@@ -23,11 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 
 from icpcv import __version__
+from icpcv.cohort.table import detect_format, read_scan_csv
 from icpcv.errors import InputError
 from icpcv.prepare.resample import ALGORITHM, RawStats, StreamResampler, saturation_value
 from icpcv.prepare.sources import REASONS, VolumeError, content_hash, fingerprint, open_source, raw_format, safe_name
+from icpcv.progress import Progress
+from icpcv.rundir import RunLock
 from icpcv.util import atomic_write, atomic_write_json, atomic_write_text, canonical_hash, read_json
 
 #: written into the manifest; a change reconverts everything
@@ -83,8 +88,6 @@ class Row:
 
 def read_table(table: Path, raw_dir: Path, path_column: str | None = None):
     """Rows of a seed- or plain-format table with their raw paths resolved against ``raw_dir``."""
-    from icpcv.cohort.table import detect_format, read_scan_csv
-
     df = read_scan_csv(table)
     cols = set(df.columns)
     fmt = detect_format(df.columns, str(table))
@@ -154,8 +157,6 @@ def peak_rss_mib() -> float:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -338,7 +339,6 @@ def _iter_results(tasks, options: PrepareOptions):
         for row, args in tasks:
             yield row, _task(*args)
         return
-    from joblib import Parallel, delayed
 
     par = Parallel(n_jobs=min(options.workers, len(tasks)), backend="loky", return_as="generator_unordered")
     rows_of = {}
@@ -353,9 +353,6 @@ def _iter_results(tasks, options: PrepareOptions):
 def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, options: PrepareOptions, *,
             path_column: str | None = None, progress=None, err=None) -> Summary:
     """Convert every row's raw volume; write volumes, ``table.csv``, ``quality.csv`` and the manifest."""
-    from icpcv.run.progress import Progress
-    from icpcv.run.rundir import RunLock
-
     t0 = time.perf_counter()
     err = err or sys.stderr
     progress = progress or Progress("quiet")

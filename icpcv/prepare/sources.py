@@ -224,7 +224,7 @@ class TiffSource(Source):
 
     @classmethod
     def open(cls, path: Path) -> "TiffSource":
-        import tifffile
+        import tifffile  # lazy: only the reader of the file's format is loaded (memory per worker)
 
         size = path.stat().st_size
         with _TiffCapture() as log:
@@ -281,7 +281,7 @@ class TiffFolderSource(Source):
 
     @classmethod
     def open(cls, path: Path) -> "TiffFolderSource":
-        import tifffile
+        import tifffile  # lazy: only the reader of the file's format is loaded (memory per worker)
 
         files = file_list(path)
         if not files:
@@ -310,7 +310,7 @@ class TiffFolderSource(Source):
                    native_axes=(1, 2, 0), stream=0, files=files)
 
     def slabs(self):
-        import tifffile
+        import tifffile  # lazy: only the reader of the file's format is loaded (memory per worker)
 
         rows, cols = self.shape[2], self.shape[0]
         per = max(1, SLAB_BYTES // max(1, rows * cols * self.dtype.itemsize))
@@ -387,7 +387,7 @@ class PtSource(Source):
 
     @classmethod
     def open(cls, path: Path) -> "PtSource":
-        import torch
+        import torch  # lazy: only the reader of the file's format is loaded (memory per worker)
 
         obj = None
         try:
@@ -418,7 +418,7 @@ class PtSource(Source):
         return src
 
     def slabs(self):
-        import torch
+        import torch  # lazy: only the reader of the file's format is loaded (memory per worker)
 
         X, Y, Z = self.shape
         per = max(1, SLAB_BYTES // (Y * Z * self.dtype.itemsize))
@@ -441,7 +441,7 @@ class NiftiSource(Source):
 
     @classmethod
     def open(cls, path: Path) -> "NiftiSource":
-        import nibabel as nib
+        import nibabel as nib  # lazy: only the reader of the file's format is loaded (memory per worker)
 
         try:
             img = nib.load(str(path), mmap=False, keep_file_open=True)
@@ -506,7 +506,7 @@ class OctSource(Source):
     @classmethod
     def open(cls, path: Path) -> "OctSource":
         try:
-            from oct_converter.readers import BOCT
+            from oct_converter.readers import BOCT  # lazy: an optional dependency (pip install 'icpcv[oct]')
         except ImportError:
             raise VolumeError("oct_extra_missing", f"{path}: vendor .OCT files need the optional package "
                                                    "oct-converter: install icpcv[oct] "

@@ -41,10 +41,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from scipy import integrate, optimize
 from scipy import stats as sps
 
 from icpcv.stats import bootstrap
+from icpcv.stats.analysis import AUTO_METHODS
 from icpcv.stats.bootstrap import CI_METHODS, Estimand, K
 from icpcv.stats.inference import signflip_test
 
@@ -444,8 +446,6 @@ def run_calibration(n_sim=1000, n_subjects=14, seed=0, n_boot=999, workers=1, sc
     split = [list(a) for a in np.array_split(np.arange(n_sim), chunks) if len(a)]
     jobs = [(k, sc, ids) for k, sc in enumerate(scenarios) for ids in split]
     if workers and int(workers) > 1:
-        from joblib import Parallel, delayed
-
         parts = Parallel(n_jobs=int(workers))(
             delayed(_run_chunk)(seed, k, sc, ids, n_subjects, n_boot) for k, sc, ids in jobs)
     else:
@@ -516,8 +516,6 @@ def auto_method(target: str) -> str:
     >>> auto_method("MAE difference") in CI_METHODS
     True
     """
-    from icpcv.stats.analysis import AUTO_METHODS
-
     for name, metric, diff in TARGETS:
         if name == target:
             return AUTO_METHODS["delta" if diff else metric]
@@ -644,34 +642,3 @@ def format_markdown(table: pd.DataFrame) -> str:
     for _, r in table[table["method"] == "sign-flip"].iterrows():
         lines.append(f"| {r.scenario} | {r.truth:.3f} | {_pct(r.rate, r.mc_se)} |")
     return "\n".join(lines)
-
-
-def main(argv=None):
-    """``python -m icpcv.stats.calibrate [options]``: the options of ``icpcv calibrate``.
-
-    Parameters
-    ----------
-    argv : list of str or None
-        Options (``--n-sim``, ``--n-subjects``, ``--seed``, ``--n-boot``,
-        ``--workers``, ``--out``); None reads ``sys.argv``.
-
-    Returns
-    -------
-    int
-        Exit status of the command.
-    """
-    import argparse
-
-    from icpcv.stats.commands import add_parsers
-
-    parser = argparse.ArgumentParser(prog="python -m icpcv.stats.calibrate")
-    sub = parser.add_subparsers(dest="command")
-    add_parsers(sub)
-    args = parser.parse_args(["calibrate"] + list(argv if argv is not None else []))
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    import sys
-
-    raise SystemExit(main(sys.argv[1:]))

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from icpcv.stats.errors import InputError
-from icpcv.util import atomic_write_text
+from icpcv.errors import InputError
+from icpcv.util import atomic_write_text, to_jsonable
 
 REQUIRED_COLUMNS = ("fold", "subject", "scan_id", "model", "y_true", "y_pred")
 OPTIONAL_NUMERIC = ("iop",)
@@ -238,37 +238,6 @@ def read_predictions(path) -> pd.DataFrame:
     path = Path(path)
     raw = _load_raw(path)
     return validate_predictions(raw, source=path.name)
-
-
-def to_jsonable(obj):
-    """Plain-Python copy of ``obj``: numpy scalars to float/int, NaN/inf to None.
-
-    Dict keys become ``str``; tuples and arrays become lists. Anything else
-    (other than None, str, bool, int, float) raises ``TypeError``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from icpcv.stats.io import to_jsonable
-    >>> to_jsonable({"mae": np.float64(1.5), "ci": np.array([np.nan, 2.0]), 3: np.int64(4)})
-    {'mae': 1.5, 'ci': [None, 2.0], '3': 4}
-    """
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [to_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 def write_stats(result, path) -> Path:

@@ -1,4 +1,4 @@
-"""The GPU data path of a fold: compact volumes resident on the device (or streamed), one training step.
+"""The GPU data path of a fold: compact volumes resident on the device (or streamed), and the step's precision.
 
 * Storage: a fold's volumes are kept as uint8 when every voxel is an integer in 0-255 (OCT
   exports and the phantom are), else as float16 when that is exact, else float32
@@ -8,10 +8,10 @@
   device memory (``torch.cuda.mem_get_info``), else ``stream``: batches are gathered on the
   host into pinned buffers and copied with ``non_blocking=True`` on a side stream one batch
   ahead, so the copy of batch k+1 overlaps the step of batch k. On a CPU both are plain tensors.
-* The step (:class:`Stepper`): bf16 autocast on CUDA (where supported), channels-last 3D
-  memory format on CUDA, a fused AdamW (or foreach Adam/Adamax) on CUDA, and no host
-  synchronisation: indices and augmentation parameters travel in pinned, non-blocking copies,
-  the loss is accumulated on the device and read once per epoch.
+* The step's settings (:class:`StepSettings`): bf16 autocast on CUDA (where supported) and the
+  channels-last 3D memory format on CUDA; indices and augmentation parameters travel in pinned,
+  non-blocking copies. The step itself (forward, backward, the fused optimiser) is in
+  :mod:`icpcv.train.loop`.
 """
 from __future__ import annotations
 
@@ -21,12 +21,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from icpcv.config import DATA_MODES, PRECISIONS
 
 RESIDENT_FRACTION = 0.5  # of the free device memory the volumes may take; the rest is for activations
-OPTIMIZERS = ("adamw", "adam", "adamax")
-PRECISIONS = ("auto", "bf16", "fp32")
-DATA_MODES = ("auto", "resident", "stream")
 
 
 # ---------------------------------------------------------------- storage
@@ -114,18 +112,6 @@ def choose_mode(nbytes: int, device: torch.device, requested: str = "auto") -> t
     if nbytes <= budget:
         return "resident", f"{nbytes / 2**30:.2f} GiB fit in half of the {free / 2**30:.1f} GiB free"
     return "stream", f"{nbytes / 2**30:.2f} GiB exceed half of the {free / 2**30:.1f} GiB free"
-
-
-def make_optimizer(params, name: str, lr: float, weight_decay: float, device: torch.device):
-    """AdamW fused on CUDA; Adam fused on CUDA; Adamax (the seed's) with foreach on CUDA."""
-    cuda = device.type == "cuda"
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=cuda or None)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=cuda or None)
-    if name == "adamax":
-        return torch.optim.Adamax(params, lr=lr, weight_decay=weight_decay, foreach=cuda or None)
-    raise ValueError(f"optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
 
 
 def _pinned_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -223,22 +209,6 @@ def prepare_model(model: torch.nn.Module, device: torch.device, settings: StepSe
     if settings.channels_last:
         model.to(memory_format=torch.channels_last_3d)
     return model
-
-
-def forward(model, xb, ib, device, settings: StepSettings) -> torch.Tensor:
-    if settings.channels_last:
-        xb = xb.contiguous(memory_format=torch.channels_last_3d)
-    with autocast(device, settings.amp_dtype):
-        return model(xb, ib).float()
-
-
-def train_step(model, opt, xb, ib, tb, device, settings: StepSettings) -> torch.Tensor:
-    """One optimiser step; returns the batch's mean loss as a device tensor (no host sync)."""
-    loss = F.mse_loss(forward(model, xb, ib, device, settings), tb)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.detach()
 
 
 @contextlib.contextmanager
