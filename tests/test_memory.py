@@ -14,7 +14,6 @@ import gc
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from icpcv.models.resnet3d import MaxPool3dS2, ResNet3D, build_resnet
@@ -291,3 +290,36 @@ def test_plan_within_ten_percent_of_max_memory_allocated(preset):
     print(r)
     assert 0.9 <= r["train_ratio"] <= 1.1, r
     assert 0.9 <= r["eval_ratio"] <= 1.1, r
+
+
+class _HeapMeter:
+    """The CPU heap as the GPU check's meter: peak sampled after every aten op."""
+
+    def __init__(self, in_use):
+        self.mode = _HeapAfterEachOp(in_use)
+        self.in_use = in_use
+
+    def allocated(self):
+        return self.in_use()
+
+    def reset_peak(self):
+        self.mode.peak = self.in_use()
+
+    def peak(self):
+        return self.mode.peak
+
+
+def test_the_gpu_check_measures_what_is_counted_when_run_on_the_cpu(one_thread):
+    # the GPU check's own run, on the CPU with the heap as its meter (the light CNN: the only CNN fast here)
+    in_use = _heap_in_use()
+    shape, batch, eval_batch = (24, 24, 48), 4, 6
+    meter = _HeapMeter(in_use)
+    with _without_onednn(), meter.mode:
+        run = dict(precision="fp32", optimizer="adamw", lr=1e-3, weight_decay=1e-4, device=torch.device("cpu"),
+                   meter=meter)
+        mm.run_step_and_prediction("cnn", shape, batch, eval_batch, **run)  # one-time caches of the process
+        train, prediction = mm.run_step_and_prediction("cnn", shape, batch, eval_batch, **run)
+    counted_train = mm.count_training_step("cnn", shape, batch, optimizer="adamw", block=CPU_ALIGN).peak
+    counted_eval = mm.count_forward("cnn", shape, eval_batch, block=CPU_ALIGN).transient
+    assert 0 <= train - counted_train <= HOST_BOOKKEEPING, (train, counted_train)
+    assert abs(prediction - counted_eval) <= HEAP_JITTER, (prediction, counted_eval)

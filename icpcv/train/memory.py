@@ -229,7 +229,7 @@ class TrainingStepMemory:
     best_state: int  # the fold's device copy of the best epoch's state
     gradients: int
     optimizer_state: int
-    saved: int  # alive at the end of the forward beyond what was alive before the step (activations kept for the backward)
+    saved: int  # alive after the forward beyond what was alive before it: what the backward needs
     augmentation_peak: int  # the step's peak while the batch is augmented, before the forward
     peak: int  # the step's peak, everything included
 
@@ -484,63 +484,92 @@ def plan_memory(preset: str | None = "seed", *, gpu_mem_gib: float = 80.0, n_sca
 # ---------------------------------------------------------------- the check on a GPU
 
 
+class CudaMeter:
+    """``torch.cuda`` allocator statistics of one device, read after the device has finished its work."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def allocated(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.memory_allocated(self.device)
+
+    def reset_peak(self) -> None:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+def run_step_and_prediction(name: str, shape: tuple, batch_size: int, eval_batch: int, *, precision: str,
+                            optimizer: str, lr: float, weight_decay: float, device: torch.device, meter,
+                            seed: int = 0) -> tuple[int, int]:
+    """Measure, with ``meter``, what :func:`count_training_step` and :func:`count_forward` count, for real.
+
+    Two training steps as ``fit`` takes them (the model, its best-state copy, the optimiser,
+    the augmentation with every transform on), the second measured from the memory allocated
+    before the model existed; then one prediction forward at ``eval_batch``, measured beyond
+    what was allocated before it. Returns ``(training peak, prediction transient)`` in bytes.
+    """
+    shape = tuple(shape)
+    settings = dp.step_settings(device, precision)
+    cfg = AugmentConfig.light() if name == "cnn" else AugmentConfig()
+    torch.manual_seed(seed)
+
+    def batch(n):
+        raw = torch.randint(0, 256, (n,) + shape, dtype=torch.uint8, device=device)
+        return ((raw.to(torch.float32) - 100.0) / 50.0).unsqueeze(1)
+
+    gc.collect()
+    base = meter.allocated()
+    with dp.deterministic_cudnn(device):
+        model = dp.prepare_model(make_cnn(name, shape), device, settings)
+        best = {k: x.detach().clone() for k, x in model.state_dict().items()}  # noqa: F841 (held, as in fit)
+        opt = dp.make_optimizer(model.parameters(), optimizer, lr, weight_decay, device)
+        model.train()
+        for step in range(2):
+            if step == 1:
+                meter.reset_peak()
+            xb = apply(batch(batch_size), _worst_case_augmentation((batch_size, 1) + shape, cfg), cfg, (-2.0, 3.0))
+            ib, tb = torch.randn(batch_size, device=device), torch.randn(batch_size, device=device)
+            dp.train_step(model, opt, xb, ib, tb, device, settings)
+            del xb, ib, tb
+        train = meter.peak() - base
+        model.eval()
+        before = meter.allocated()
+        meter.reset_peak()
+        with torch.no_grad():
+            dp.forward(model, batch(eval_batch), torch.randn(eval_batch, device=device), device, settings)
+        prediction = meter.peak() - before
+    return train, prediction
+
+
 def verify_plan_on_cuda(preset: str = "seed", *, device: str = "cuda", eval_batch: int | None = None,
                         seed: int = 0) -> dict:
     """Run the preset's training step and a prediction at the planned batch on CUDA; compare with the plan.
 
-    Returns planned and measured (``torch.cuda.max_memory_allocated``) bytes and their ratio for
-    the steady-state training step (two steps, the second measured) and for the prediction
-    forward (beyond what was allocated before it). Without CUDA: ``{"skipped": reason}``.
+    Returns planned and measured (``torch.cuda.max_memory_allocated``) bytes and their ratio
+    (measured / planned) for the steady-state training step and for the prediction forward
+    (:func:`run_step_and_prediction`). Without CUDA: ``{"skipped": reason}``.
     """
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
     dev = torch.device(device)
     p = PRESETS[preset]
     name, shape, b = p["model"], tuple(p["shape"]), p["batch_size"]
-    total = torch.cuda.get_device_properties(dev).total_memory
-    plan = plan_memory(preset, gpu_mem_gib=total / GiB)
+    plan = plan_memory(preset, gpu_mem_gib=torch.cuda.get_device_properties(dev).total_memory / GiB)
     eval_batch = eval_batch or plan.eval_batch
     planned_eval = count_forward(name, shape, eval_batch, precision=p["precision"])
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.synchronize(dev)
-    base = torch.cuda.memory_allocated(dev)
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    settings = dp.step_settings(dev, p["precision"])
-    cfg = AugmentConfig()
-
-    def batch(n):
-        raw = torch.randint(0, 256, (n,) + shape, dtype=torch.uint8, device=dev)
-        return ((raw.to(torch.float32) - 100.0) / 50.0).unsqueeze(1)
-
-    with dp.deterministic_cudnn(dev):
-        model = dp.prepare_model(make_cnn(name, shape), dev, settings)
-        best = {k: x.detach().clone() for k, x in model.state_dict().items()}  # noqa: F841 (as fit holds it)
-        opt = dp.make_optimizer(model.parameters(), p["optimizer"], p["lr"], p["weight_decay"], dev)
-        model.train()
-        for step in range(2):
-            if step == 1:
-                torch.cuda.synchronize(dev)
-                torch.cuda.reset_peak_memory_stats(dev)
-            xb = apply(batch(b), _worst_case_augmentation((b, 1) + shape, cfg), cfg, (-2.0, 3.0))
-            ib, tb = torch.randn(b, device=dev), torch.randn(b, device=dev)
-            dp.train_step(model, opt, xb, ib, tb, dev, settings)
-            del xb, ib, tb
-        torch.cuda.synchronize(dev)
-        train_measured = torch.cuda.max_memory_allocated(dev) - base
-        model.eval()
-        before = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        with torch.no_grad():
-            dp.forward(model, batch(eval_batch), torch.randn(eval_batch, device=dev), dev, settings)
-        torch.cuda.synchronize(dev)
-        eval_measured = torch.cuda.max_memory_allocated(dev) - before
+    train, prediction = run_step_and_prediction(name, shape, b, eval_batch, precision=p["precision"],
+                                                optimizer=p["optimizer"], lr=p["lr"],
+                                                weight_decay=p["weight_decay"], device=dev, meter=CudaMeter(dev),
+                                                seed=seed)
     return dict(preset=preset, model=name, shape=list(shape), device=torch.cuda.get_device_name(dev),
-                torch=torch.__version__, train_batch=b, train_planned=plan.train.peak, train_measured=train_measured,
-                train_ratio=train_measured / plan.train.peak, eval_batch=eval_batch,
-                eval_planned=planned_eval.transient, eval_measured=eval_measured,
-                eval_ratio=eval_measured / planned_eval.transient)
+                torch=torch.__version__, train_batch=b, train_planned=plan.train.peak, train_measured=train,
+                train_ratio=train / plan.train.peak, eval_batch=eval_batch, eval_planned=planned_eval.transient,
+                eval_measured=prediction, eval_ratio=prediction / planned_eval.transient)
 
 
 # ---------------------------------------------------------------- command line
