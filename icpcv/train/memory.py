@@ -274,17 +274,22 @@ class ForwardMemory:
 # ---------------------------------------------------------------- counting
 
 
-@functools.lru_cache(maxsize=64)
-def count_training_step(name: str, shape: tuple, batch_size: int, *, precision: str = "fp32",
+def count_training_step(name: str, shape, batch_size: int, *, precision: str = "fp32",
                         optimizer: str = "adamw", weight_decay: float = 0.0, augment: bool = True,
                         model_fn: Callable[[], torch.nn.Module] | None = None,
                         block: int = BLOCK) -> TrainingStepMemory:
     """Count a steady-state training step of ``name`` (``make_cnn(name, shape)``, or ``model_fn()``).
 
     ``block``: allocation granularity (512 for CUDA; 64, the CPU allocator's alignment, to compare
-    with a CPU run).
+    with a CPU run). Results are cached per arguments (a count of ResNet-50 takes seconds).
     """
-    shape = tuple(int(s) for s in shape)
+    return _count_training_step(name, tuple(int(s) for s in shape), int(batch_size), precision, optimizer,
+                                float(weight_decay), augment, model_fn, block)
+
+
+@functools.lru_cache(maxsize=64)
+def _count_training_step(name, shape, batch_size, precision, optimizer, weight_decay, augment, model_fn,
+                         block) -> TrainingStepMemory:
     settings = dp.StepSettings(_amp(precision), channels_last=False)
     cpu = torch.device("cpu")
     cfg = AugmentConfig.light() if name == "cnn" else AugmentConfig()
@@ -319,11 +324,14 @@ def count_training_step(name: str, shape: tuple, batch_size: int, *, precision: 
             saved=ends[-1] - before, augmentation_peak=aug_peak, peak=live.peak)
 
 
-@functools.lru_cache(maxsize=256)
-def count_forward(name: str, shape: tuple, batch_size: int, *, precision: str = "fp32",
+def count_forward(name: str, shape, batch_size: int, *, precision: str = "fp32",
                   model_fn: Callable[[], torch.nn.Module] | None = None, block: int = BLOCK) -> ForwardMemory:
-    """Count a forward without gradients at ``batch_size``, as validation and prediction run it."""
-    shape = tuple(int(s) for s in shape)
+    """Count a forward without gradients at ``batch_size``, as validation and prediction run it (cached)."""
+    return _count_forward(name, tuple(int(s) for s in shape), int(batch_size), precision, model_fn, block)
+
+
+@functools.lru_cache(maxsize=256)
+def _count_forward(name, shape, batch_size, precision, model_fn, block) -> ForwardMemory:
     settings = dp.StepSettings(_amp(precision), channels_last=False)
     with _fake_mode(), LiveBytes(block) as live:
         model = model_fn() if model_fn is not None else make_cnn(name, shape)
