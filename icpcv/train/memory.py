@@ -74,7 +74,7 @@ PRECISIONS = ("fp32", "bf16")
 
 
 _BATCH_NORM = torch.ops.aten.native_batch_norm.default
-_expired = torch.UntypedStorage._expired  # by weak-reference handle, without StorageWeakRef's Python wrapper
+_expired = getattr(torch.UntypedStorage, "_expired", torch.Storage._expired)  # StorageWeakRef.expired, minus a wrapper
 
 
 def _blocks(nbytes: int, block: int = BLOCK) -> int:
