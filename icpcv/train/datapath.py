@@ -81,15 +81,24 @@ def load_compact(get: Callable[[list], np.ndarray], ids, chunk: int = 32) -> np.
 # ---------------------------------------------------------------- device choices
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
+    """The autocast dtype, or None for plain fp32.
+
+    ``auto`` is bf16 only where the GPU runs it natively (compute capability 8.0 or newer, or
+    ROCm): ``torch.cuda.is_bf16_supported()`` also says True where bf16 is only emulated
+    (V100, T4), slower than fp32, so it is asked with ``including_emulation=False``.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return None
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return None
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch without that argument: native bf16 is ROCm or compute capability 8.0+
+            native = bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+        return torch.bfloat16 if native else None
     return torch.bfloat16
 
 
