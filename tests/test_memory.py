@@ -18,7 +18,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from icpcv.models.resnet3d import MaxPool3dS2, ResNet3D, build_resnet
 from icpcv.train import datapath as dp
-from icpcv.train import memory as mm
+from icpcv.train import loop
+from icpcv.run import memory as mm
 
 GiB = 2**30
 SEED_SHAPE = (128, 128, 512)
@@ -94,9 +95,9 @@ def _measured_step_peak(build, shape, optimizer, precision, in_use, batch=2):
             ib, tb = torch.randn(batch), torch.randn(batch)
             if step == 1:
                 with heap:
-                    dp.train_step(model, opt, xb, ib, tb, torch.device("cpu"), settings)
+                    loop.train_step(model, opt, xb, ib, tb, settings)
             else:
-                dp.train_step(model, opt, xb, ib, tb, torch.device("cpu"), settings)
+                loop.train_step(model, opt, xb, ib, tb, settings)
             del xb, ib, tb
     return heap.peak - start
 
@@ -110,7 +111,7 @@ def _measured_forward_peak(build, shape, precision, in_use, batch=2):
         heap = _HeapAfterEachOp(in_use)
         with heap:
             xb = ((torch.randint(0, 256, (batch,) + shape, dtype=torch.uint8).float() - 100) / 50).unsqueeze(1)
-            dp.forward(model, xb, torch.randn(batch), torch.device("cpu"), settings)
+            loop.forward(model, xb, torch.randn(batch), settings)
     return heap.peak - start
 
 

@@ -1,6 +1,6 @@
 """GPU memory of a fold, counted before any GPU is touched: training step, prediction, volumes.
 
-``python -m icpcv.train.memory --preset seed fast --gpu-mem 80 141`` prints, for each preset and
+``python -m icpcv bench memory --preset seed fast --gpu-mem 80 141`` prints, for each preset and
 card, the peak memory of a training step and of a prediction forward at the planned batch, the
 volumes' footprint, and whether the volumes stay resident on the card or are streamed, so that
 a 4-hour Slurm job is not submitted to die of an out-of-memory in epoch 1 or at prediction.
@@ -60,9 +60,10 @@ from torch.utils._pytree import tree_flatten
 from icpcv.cohort.phantom import PRESETS as PHANTOMS
 from icpcv.cohort.phantom import design
 from icpcv.models import make_cnn
+from icpcv.config import OPTIMIZERS, PRESETS
 from icpcv.train import datapath as dp
+from icpcv.train.loop import forward, make_optimizer, train_step
 from icpcv.train.augment import AugmentConfig, AugmentParams, apply, draw
-from icpcv.train.presets import PRESETS
 from icpcv.util import parse_shape
 
 GiB = 2**30
@@ -70,7 +71,7 @@ BLOCK = 512  # the CUDA caching allocator rounds every allocation up to a multip
 MARGIN = 0.10  # of the counted training peak, kept free for what is not counted (workspaces, fragmentation)
 CUDA_CONTEXT_BYTES = 1 * GiB  # CUDA context, cuBLAS and cuDNN handles: outside PyTorch's allocator
 EVAL_BATCH_CAP = 64  # the largest prediction batch proposed (icpcv.train.loop.predict's fixed batch so far)
-PRECISIONS = ("fp32", "bf16")
+COUNTED_PRECISIONS = ("fp32", "bf16")  # resolved precisions (auto is decided per device first)
 
 
 _BATCH_NORM = torch.ops.aten.native_batch_norm.default
@@ -169,8 +170,8 @@ def _fake_mode() -> FakeTensorMode:
 
 
 def _amp(precision: str) -> torch.dtype | None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: the plan counts one of {', '.join(PRECISIONS)}")
+    if precision not in COUNTED_PRECISIONS:
+        raise ValueError(f"precision {precision!r}: the plan counts one of {', '.join(COUNTED_PRECISIONS)}")
     return torch.bfloat16 if precision == "bf16" else None
 
 
@@ -185,9 +186,9 @@ def _storage_bytes(tensors, block: int = BLOCK) -> int:
 
 def _optimizer(params, name: str, weight_decay: float):
     try:  # the CUDA settings (fused AdamW and Adam, foreach Adamax) on the fake CPU tensors
-        return dp.make_optimizer(params, name, 1e-3, weight_decay, torch.device("cuda"))
+        return make_optimizer(params, name, 1e-3, weight_decay, torch.device("cuda"))
     except (RuntimeError, TypeError, ValueError):  # torch without fused CPU kernels: same state, other temporaries
-        return dp.make_optimizer(params, name, 1e-3, weight_decay, torch.device("cpu"))
+        return make_optimizer(params, name, 1e-3, weight_decay, torch.device("cpu"))
 
 
 class _Decided(AugmentParams):
@@ -314,7 +315,7 @@ def _count_training_step(name, shape, batch_size, precision, optimizer, weight_d
             aug_peak = live.peak
             ib, tb = torch.empty(batch_size), torch.empty(batch_size)
             before = live.mark()
-            dp.train_step(model, opt, xb, ib, tb, cpu, settings)
+            train_step(model, opt, xb, ib, tb, settings)
             del xb, ib, tb
         hook.remove()
         return TrainingStepMemory(
@@ -340,7 +341,7 @@ def _count_forward(name, shape, batch_size, precision, model_fn, block) -> Forwa
         with torch.no_grad():
             xb = _standardised_batch(batch_size, shape)
             ib = torch.empty(batch_size)
-            dp.forward(model, xb, ib, torch.device("cpu"), settings)
+            forward(model, xb, ib, settings)
         return ForwardMemory(name, shape, batch_size, precision, weights=weights, peak=live.peak)
 
 
@@ -456,6 +457,12 @@ class MemoryPlan:
                         volume_gib=self.volume_bytes / GiB)
 
 
+def preset_settings(name: str) -> dict:
+    """A preset's network, shape and training set-up as one flat dict (icpcv.config.PRESETS)."""
+    p = PRESETS[name]
+    return dict(model=p.model, shape=p.shape, **p.train.to_dict())
+
+
 def plan_memory(preset: str | None = "seed", *, gpu_mem_gib: float = 80.0, n_scans: int | None = None,
                 model: str | None = None, shape: tuple | None = None, batch_size: int | None = None,
                 precision: str | None = None, optimizer: str | None = None, weight_decay: float | None = None,
@@ -464,7 +471,7 @@ def plan_memory(preset: str | None = "seed", *, gpu_mem_gib: float = 80.0, n_sca
 
     ``n_scans`` defaults to the largest fold of the ``seed`` phantom cohort.
     """
-    p = dict(PRESETS[preset]) if preset else {}
+    p = preset_settings(preset) if preset else {}
     model = model or p.get("model")
     shape = tuple(shape or p.get("shape") or ())
     batch_size = batch_size or p.get("batch_size")
@@ -535,21 +542,21 @@ def run_step_and_prediction(name: str, shape: tuple, batch_size: int, eval_batch
     with dp.deterministic_cudnn(device):
         model = dp.prepare_model(make_cnn(name, shape), device, settings)
         best = {k: x.detach().clone() for k, x in model.state_dict().items()}  # noqa: F841 (held, as in fit)
-        opt = dp.make_optimizer(model.parameters(), optimizer, lr, weight_decay, device)
+        opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, device)
         model.train()
         for step in range(2):
             if step == 1:
                 meter.reset_peak()
             xb = apply(batch(batch_size), _worst_case_augmentation((batch_size, 1) + shape, cfg), cfg, (-2.0, 3.0))
             ib, tb = torch.randn(batch_size, device=device), torch.randn(batch_size, device=device)
-            dp.train_step(model, opt, xb, ib, tb, device, settings)
+            train_step(model, opt, xb, ib, tb, settings)
             del xb, ib, tb
         train = meter.peak() - base
         model.eval()
         before = meter.allocated()
         meter.reset_peak()
         with torch.no_grad():
-            dp.forward(model, batch(eval_batch), torch.randn(eval_batch, device=device), device, settings)
+            forward(model, batch(eval_batch), torch.randn(eval_batch, device=device), settings)
         prediction = meter.peak() - before
     return train, prediction
 
@@ -565,7 +572,7 @@ def verify_plan_on_cuda(preset: str = "seed", *, device: str = "cuda", eval_batc
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
     dev = torch.device(device)
-    p = PRESETS[preset]
+    p = preset_settings(preset)
     name, shape, b = p["model"], tuple(p["shape"]), p["batch_size"]
     plan = plan_memory(preset, gpu_mem_gib=torch.cuda.get_device_properties(dev).total_memory / GiB)
     eval_batch = eval_batch or plan.eval_batch
@@ -593,14 +600,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="override the preset's network (a --models CNN name)")
     p.add_argument("--shape", type=lambda t: parse_shape(t, min_size=4), help="override the volume shape X x Y x Z")
     p.add_argument("--batch-size", type=int, help="override the training batch")
-    p.add_argument("--precision", choices=PRECISIONS, help="override the precision")
-    p.add_argument("--optimizer", choices=dp.OPTIMIZERS, help="override the optimiser")
+    p.add_argument("--precision", choices=COUNTED_PRECISIONS, help="override the precision")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="override the optimiser")
     p.add_argument("--eval-cap", type=int, default=EVAL_BATCH_CAP, help="largest prediction batch proposed")
     p.add_argument("--json", dest="json_out", help="also write the plans here as JSON")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icpcv.train.memory", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m icpcv bench memory", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     print("icpcv memory plan: counted on the meta device (FakeTensorMode), not measured on a GPU; "
