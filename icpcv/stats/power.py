@@ -359,7 +359,7 @@ def _simulate(diffs, n_monkeys, shift, *, n_sim, seed, alpha, ci_level, n_compar
 
 def plan_power(differences: PairedDifferences, monkeys=DEFAULT_MONKEYS, *, effect=None,
                alpha=VERDICT_ALPHA, ci_level=None, n_sim=DEFAULT_N_SIM, seed=0, n_comparisons=1,
-               target_power=TARGET_POWER, detectable=True, n_perm=DEFAULT_N_PERM,
+               target_power=TARGET_POWER, detectable=True, detect_at=None, n_perm=DEFAULT_N_PERM,
                exact_max=MAX_EXACT) -> PowerResult:
     """Probability that a new study of G monkeys calls the model better than the reference.
 
@@ -369,9 +369,9 @@ def plan_power(differences: PairedDifferences, monkeys=DEFAULT_MONKEYS, *, effec
     the model better) every monkey's difference is shifted by c = −effect − θ̂_run, so that the
     run's pooled difference becomes −effect; without it the run's own effect is kept.
 
-    The smallest detectable effect at the run's own number of monkeys is found by bisection on
-    the effect with the same simulated studies throughout (common random numbers): the smallest
-    reduction whose power reaches ``target_power``.
+    The smallest detectable effect (at the run's own number of monkeys unless ``detect_at``) is
+    found by bisection on the effect with the same simulated studies throughout (common random
+    numbers): the smallest reduction whose power reaches ``target_power``.
 
     .. math::
 
@@ -396,6 +396,10 @@ def plan_power(differences: PairedDifferences, monkeys=DEFAULT_MONKEYS, *, effec
         m, the Bonferroni factor standing in for the run's Holm adjustment (1: no adjustment).
     target_power : float
         Power the detectable effect must reach (0.8).
+    detectable : bool
+        Also find the smallest effect detectable with ``target_power``.
+    detect_at : int, optional
+        Number of monkeys for that effect; default the run's own number of monkeys.
 
     Returns
     -------
@@ -449,7 +453,8 @@ def plan_power(differences: PairedDifferences, monkeys=DEFAULT_MONKEYS, *, effec
     if any(G > exact_max for G in monkeys):
         notes.append(f"Above {exact_max} monkeys the sign-flip p of each study is estimated from "
                      f"{n_perm} random sign patterns.")
-    det = _detectable(differences, G0, observed, target_power, common) if detectable else None
+    G_detect = G0 if detect_at is None else int(detect_at)
+    det = _detectable(differences, G_detect, observed, target_power, common) if detectable else None
     return PowerResult(differences.model, differences.reference, G0, -observed,
                        -float(differences.per_subject.mean()), None if effect is None else float(effect),
                        float(alpha), float(ci_level), int(n_comparisons), int(n_sim), int(n_perm), seed,

@@ -338,9 +338,10 @@ def change_pairs(predictions, *, steps=None, iop_tolerance=DEFAULT_IOP_TOLERANCE
     frame["delta_iop"] = frame["iop_to"] - frame["iop_from"]
     subject_order = {s: i for i, s in enumerate(sorted(df["subject"].unique(), key=_label_sort_key))}
     model_order = {m: i for i, m in enumerate(models)}
-    frame = (frame.assign(_m=frame["model"].map(model_order), _s=frame["subject"].map(subject_order))
-             .sort_values(["_m", "_s", "iop_step", "measured_from"], kind="stable")
-             .drop(columns=["_m", "_s"]))
+    frame = (frame.assign(_m=frame["model"].map(model_order), _s=frame["subject"].map(subject_order),
+                          _i=pd.to_numeric(frame["iop_step"], errors="coerce"))
+             .sort_values(["_m", "_s", "_i", "iop_step", "measured_from"], kind="stable")
+             .drop(columns=["_m", "_s", "_i"]))
     cols = ["model", "subject", "iop_step", "icp_step_from", "icp_step_to", "measured_from",
             "measured_to", "delta_measured", "predicted_from", "predicted_to", "delta_predicted",
             "n_from", "n_to", "iop_from", "iop_to", "delta_iop"]
@@ -493,6 +494,9 @@ def _concordance_from_codes(dm, dp, codes, subjects, exclusion_zone, exclusion, 
     N = int(n.sum())
     rate = float(c.sum() / N) if N else float("nan")
     ci, note = _rate_interval(c, n, ci_level, ci_method, counts)
+    if N and ties == N:
+        ci, note = None, ("the prediction did not change between any two steps: the rate is the "
+                          "chance level 50% by construction")
     notes = []
     minority = min(conc, disc) + ties / 2
     if N and ci is not None and minority < MIN_MINORITY_PAIRS:
