@@ -1,7 +1,8 @@
 """Trending statistics: change pairs, four-quadrant concordance, polar plot, comparison.
 
-No data set with published concordance-rate and polar statistics could be found (see
-tests/data/README.md), so every number is checked against an independent computation written
+No data set with published concordance-rate and polar statistics could be found (searched:
+package documentation, public code, method papers; Critchley's and Saugel's worked examples are
+figures without the data), so every number is checked against an independent computation written
 here (plain loops, other formulas) or against an analytic answer (Sheppard's formula for the
 bivariate normal, constructed angles).
 """
@@ -256,9 +257,6 @@ def test_polar_statistics_on_constructed_angles():
                                             both.mean() + 1.96 * both.std(ddof=1)))
     assert res.within_accept == pytest.approx(np.mean(np.abs(both) <= 30))
     # angular bias interval: jackknife over subjects by a loop
-    per = {s: [] for s in "abcdef"}
-    for s, a in zip(subject, polar_coordinates(dm, dp)[1]):
-        per[s].append(a)
     r_all, th_all = polar_coordinates(dm, dp)
     keep = r_all >= 2.8
     jack = [th_all[keep & (subject != s)].mean() for s in "abcdef"]

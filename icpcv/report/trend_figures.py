@@ -171,10 +171,11 @@ def power_curve_figure(power: dict):
         ax.annotate(f"this run: {run_g} monkeys", (run_g, 0.02), xytext=(4, 0), textcoords="offset points",
                     fontsize="small", color="0.3")
     red = power.get("assumed_reduction")
-    effect = "n/a" if not _finite(red) else f"{red:.2f} mmHg"
+    effect = ("MAE change n/a" if not _finite(red) else
+              f"MAE lower by {red:.2f} mmHg" if red >= 0 else f"MAE higher by {-red:.2f} mmHg")
     ax.set(xlabel="monkeys in the new study", ylabel="probability of the verdict \u201cbetter\u201d",
            ylim=(-0.02, 1.02),
-           title=f"Power: {power.get('model')} vs {power.get('reference')}, MAE lower by {effect}")
+           title=f"Power: {power.get('model')} vs {power.get('reference')}, {effect}")
     ax.legend(loc="lower right", fontsize="small")
     if _finite(det.get("effect")):
         ax.text(0.01, 0.98, f"80% power at {det['n_monkeys']} monkeys needs an MAE reduction of "

@@ -322,8 +322,8 @@ class PowerResult:
             "notes": list(self.notes)})
 
     def summary(self) -> str:
-        eff = (f"the run's own, MAE lower by {self.observed_reduction:.2f} mmHg" if self.effect is None
-               else f"MAE lower by {self.effect:.2f} mmHg (the run: {self.observed_reduction:.2f})")
+        eff = (f"the run's own, {_reduction_text(self.observed_reduction)}" if self.effect is None
+               else f"{_reduction_text(self.effect)} (the run: {_reduction_text(self.observed_reduction)})")
         lines = [f"Power of a new study to find {self.model} better than {self.reference} on MAE",
                  f"rule: {self.rule_text()}",
                  f"effect: {eff}; {self.n_sim} simulated studies per size, resampling the run's "
@@ -344,6 +344,12 @@ class PowerResult:
                              f"({det['note']}).")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _reduction_text(reduction):
+    if reduction >= 0:
+        return f"MAE lower by {reduction:.2f} mmHg"
+    return f"MAE higher by {-reduction:.2f} mmHg"
 
 
 def _simulate(diffs, n_monkeys, shift, *, n_sim, seed, alpha, ci_level, n_comparisons, n_perm,
@@ -523,20 +529,21 @@ def naive_power(differences, n_monkeys, n_sim, seed=0, alpha=VERDICT_ALPHA, ci_l
     return better / n_sim
 
 
-def bench(n_sim=DEFAULT_N_SIM, monkeys=tuple(range(6, 46)), naive_sim=20, naive_monkeys=(6, 14, 20, 30, 45)):
+def bench(n_sim=DEFAULT_N_SIM, monkeys=tuple(range(6, 46)), naive_sim=20, naive_monkeys=(6, 14, 20, 30, 45),
+          n_perm=DEFAULT_N_PERM):
     """Time :func:`plan_power` on 40 study sizes and the naive loop on a subset; print both."""
     diffs = _bench_workload()
     print(f"workload: {diffs.n_subjects} monkeys (the real study's scan counts), study sizes "
           f"{monkeys[0]}-{monkeys[-1]} ({len(monkeys)} values) x {n_sim} simulated studies, "
           f"verdict rule (t interval + sign-flip: exact up to {MAX_EXACT} monkeys, "
-          f"{DEFAULT_N_PERM} shared random patterns above)")
+          f"{n_perm} shared random patterns above; the engine draws 100,000 per study)")
     print(f"python {platform.python_version()}, numpy {np.__version__}, machine {platform.machine()}")
     t0 = time.perf_counter()
-    res = plan_power(diffs, monkeys, n_sim=n_sim, detectable=False)
+    res = plan_power(diffs, monkeys, n_sim=n_sim, detectable=False, n_perm=n_perm)
     t_vec = time.perf_counter() - t0
     print(f"vectorised planner: {t_vec:.2f} s for {len(monkeys)} x {n_sim} studies")
     t0 = time.perf_counter()
-    plan_power(diffs, (diffs.n_subjects,), n_sim=n_sim, detectable=True)
+    plan_power(diffs, (diffs.n_subjects,), n_sim=n_sim, detectable=True, n_perm=n_perm)
     print(f"power at {diffs.n_subjects} monkeys plus the detectable effect (bisection): "
           f"{time.perf_counter() - t0:.2f} s")
     per_study = []
@@ -570,10 +577,12 @@ def main(argv=None):
     p.add_argument("--n-sim", type=int, default=DEFAULT_N_SIM)
     p.add_argument("--n-comparisons", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-perm", type=int, default=DEFAULT_N_PERM,
+                   help="random sign patterns per study size above 20 monkeys")
     p.add_argument("--bench", action="store_true", help="time 40 study sizes x 2,000 studies")
     args = p.parse_args(argv)
     if args.bench:
-        bench(n_sim=args.n_sim)
+        bench(n_sim=args.n_sim, n_perm=args.n_perm)
         return 0
     if not args.predictions:
         p.error("give a predictions table or --bench")
@@ -585,7 +594,7 @@ def main(argv=None):
         diffs = paired_differences(read_predictions(args.predictions), args.model, args.reference,
                                    source=args.predictions)
         res = plan_power(diffs, monkeys, effect=args.effect, alpha=args.alpha, n_sim=args.n_sim,
-                         seed=args.seed, n_comparisons=args.n_comparisons)
+                         seed=args.seed, n_comparisons=args.n_comparisons, n_perm=args.n_perm)
     except InputError as exc:
         print(f"error: {exc}")
         return 2
