@@ -131,6 +131,11 @@ def test_bad_input_names_file_row_and_column():
     preds.loc[4, "icp_step"] = " "
     with pytest.raises(InputError, match=r"preds\.csv row 5, column icp_step"):
         change_pairs(preds, source="preds.csv")
+    steps = preds.drop_duplicates("scan_id")[["scan_id", "iop_step", "icp_step"]].reset_index(drop=True)
+    steps["iop_step"] = steps["iop_step"].astype(object)
+    steps.loc[2, "iop_step"] = ""
+    with pytest.raises(InputError, match=r"steps table row 3, column iop_step"):
+        change_pairs(preds.drop(columns=["iop_step", "icp_step"]), steps=steps)
     with pytest.raises(InputError, match="missing column.*icp_step"):
         change_pairs(preds, steps=preds[["scan_id", "iop_step"]])
     with pytest.raises(InputError, match="needs the pressure steps"):

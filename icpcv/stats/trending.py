@@ -282,6 +282,7 @@ def change_pairs(predictions, *, steps=None, iop_tolerance=DEFAULT_IOP_TOLERANCE
                              f"scan_id, iop_step, icp_step")
         st = st[["scan_id", "iop_step", "icp_step"]].copy()
         st["scan_id"] = st["scan_id"].map(lambda v: str(v).strip())
+        st["_steps_row"] = np.arange(len(st)) + 1
         dup = st["scan_id"].duplicated()
         if dup.any():
             j = int(np.flatnonzero(dup.to_numpy())[0])
@@ -294,7 +295,7 @@ def change_pairs(predictions, *, steps=None, iop_tolerance=DEFAULT_IOP_TOLERANCE
             warnings.append(f"{int(lacking.sum())} scans have no step in the steps table and were "
                             f"left out of the change pairs.")
             scans = scans[~lacking].reset_index(drop=True)
-        scans = _steps_from_columns(scans, "steps table", rows_of)
+        scans = _steps_from_columns(scans, "steps table", lambda j: int(scans["_steps_row"].iloc[j]))
         step_source = "steps table (iop_step, icp_step)"
     elif "iop_step" in scans and "icp_step" in scans:
         scans = _steps_from_columns(scans, source, rows_of)
