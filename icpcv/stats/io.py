@@ -25,6 +25,9 @@ REQUIRED_COLUMNS = ("fold", "subject", "scan_id", "model", "y_true", "y_pred")
 OPTIONAL_NUMERIC = ("iop",)
 LABEL_COLUMNS = ("fold", "subject", "scan_id", "model")
 NUMERIC_COLUMNS = ("y_true", "y_pred")
+#: Optional 0-based training repeat of a model trained several times per fold (issue 10;
+#: icpcv/stats/repeats.py). Empty for deterministic models.
+REPEAT_COLUMN = "repeat"
 
 
 def _load_raw(path: Path) -> pd.DataFrame:
@@ -85,11 +88,46 @@ def _label(value) -> str:
     return str(value)
 
 
-def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.DataFrame:
+def _parse_repeats(values, source: str) -> pd.Series:
+    """The ``repeat`` column as nullable integers: blank -> <NA>, else a whole number >= 0."""
+    parsed = []
+    for i, v in enumerate(values):
+        if v is pd.NA or _is_blank(v):  # <NA>: a table validated before, read again
+            parsed.append(pd.NA)
+            continue
+        x = _as_number(v)
+        if x is None or not x.is_integer() or x < 0:
+            raise InputError(f"{source} row {i + 1}, column {REPEAT_COLUMN}: {v!r} is not a repeat "
+                             f"number (a whole number 0, 1, 2, ...; empty for a deterministic model)")
+        parsed.append(int(x))
+    return pd.Series(pd.array(parsed, dtype="Int64"))
+
+
+def _raise_repeat_duplicate(out: pd.DataFrame, same, source: str, allow_repeats: bool) -> None:
+    """Issue 10: the error for rows ``same`` sharing (model, scan_id) in a table with ``repeat``."""
+    first = same[0]
+    rows = ", ".join(str(r + 1) for r in same)
+    label = f"model={out['model'].iloc[first]!r}, scan_id={out['scan_id'].iloc[first]!r}"
+    reps = out[REPEAT_COLUMN].iloc[same]
+    if allow_repeats:
+        shown = "empty" if pd.isna(reps.iloc[0]) else str(reps.iloc[0])
+        raise InputError(f"{source} rows {rows}, columns model/scan_id/repeat: duplicate ({label}, "
+                         f"repeat {shown})")
+    if reps.notna().all() and reps.nunique() == len(same):
+        # Repeated trainings are legitimate, but a per-scan analysis needs one row per scan.
+        raise InputError(
+            f"{source} rows {rows}, column {REPEAT_COLUMN}: ({label}) has one row per training "
+            f"repeat ({', '.join(str(r) for r in reps)}); combine the repeats with "
+            f"icpcv.stats.repeats.ensemble() before this step")
+
+
+def validate_predictions(df: pd.DataFrame, source: str = "predictions", *,
+                         allow_repeats: bool = False) -> pd.DataFrame:
     """Check a predictions frame and return a clean copy.
 
     Labels (fold, subject, scan_id, model) become ``str``; y_true, y_pred
-    (and iop when present) become ``float64``. Raises :class:`InputError` on a
+    (and iop when present) become ``float64``; an optional ``repeat`` column
+    becomes nullable ``Int64``. Raises :class:`InputError` on a
     missing column, an empty label, a value that is not a finite number, a
     duplicate (model, scan_id), or a scan whose subject / y_true differs
     between models. ``source`` is the file name used in messages.
@@ -98,10 +136,15 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.Da
     ----------
     df : pandas.DataFrame
         Columns ``fold, subject, scan_id, model, y_true, y_pred`` and
-        optionally ``iop`` (which may be blank); any other columns are kept
-        unvalidated.
+        optionally ``iop`` (which may be blank) and ``repeat``; any other
+        columns are kept unvalidated.
     source : str, default "predictions"
         Name of the table in error messages.
+    allow_repeats : bool, default False
+        Issue 10: make the duplicate key (model, scan_id, repeat) (used by
+        :mod:`icpcv.stats.repeats`). By default rows of one (model, scan_id)
+        that differ only in ``repeat`` are an error that says to combine them
+        with :func:`icpcv.stats.repeats.ensemble` first.
 
     Returns
     -------
@@ -161,11 +204,20 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.Da
         out[col] = parsed
 
     key = out["model"] + "\x00" + out["scan_id"]
+    # --- issue 10 (repeats): the `repeat` column joins the duplicate key when allowed ---
+    has_repeat = REPEAT_COLUMN in df.columns
+    if has_repeat:
+        out[REPEAT_COLUMN] = _parse_repeats(df[REPEAT_COLUMN].tolist(), source)
+        if allow_repeats:
+            key = key + "\x00" + pd.Series(["" if pd.isna(v) else str(v) for v in out[REPEAT_COLUMN]])
+    # --- end issue 10 ---
     dup = key.duplicated(keep=False)
     if dup.any():
         rows = np.flatnonzero(dup.to_numpy())
         first = rows[0]
         same = rows[key.iloc[rows].to_numpy() == key.iloc[first]]
+        if has_repeat:  # issue 10: say whether these are repeats to combine or a true duplicate
+            _raise_repeat_duplicate(out, same, source, allow_repeats)
         raise InputError(
             f"{source} rows {', '.join(str(r + 1) for r in same)}, columns model/scan_id: "
             f"duplicate (model={out['model'].iloc[first]!r}, scan_id={out['scan_id'].iloc[first]!r})"
@@ -192,14 +244,16 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.Da
     return out
 
 
-def read_predictions(path) -> pd.DataFrame:
+def read_predictions(path, *, allow_repeats: bool = False) -> pd.DataFrame:
     """Read and validate a predictions table (CSV or Parquet).
 
     Parameters
     ----------
     path : str or Path
         ``.csv`` or ``.parquet`` / ``.pq`` file with columns ``fold, subject,
-        scan_id, model, y_true, y_pred`` and optionally ``iop``.
+        scan_id, model, y_true, y_pred`` and optionally ``iop`` and ``repeat``.
+    allow_repeats : bool
+        Accept one row per (model, scan_id, repeat); see :func:`validate_predictions`.
 
     Returns
     -------
@@ -237,7 +291,7 @@ def read_predictions(path) -> pd.DataFrame:
     """
     path = Path(path)
     raw = _load_raw(path)
-    return validate_predictions(raw, source=path.name)
+    return validate_predictions(raw, source=path.name, allow_repeats=allow_repeats)
 
 
 def write_stats(result, path) -> Path:
