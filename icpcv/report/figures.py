@@ -132,11 +132,9 @@ def _label_panels(axes, n: int, xlabel: str, ylabel: str) -> None:
         ax.set_ylabel(ylabel, fontsize="small")
 
 
-def _finite(x) -> bool:
-    return is_finite_number(x)
 
 
-def _subject_legend(ax, styles: dict, subjects: list[str], title="monkey"):
+def subject_legend(ax, styles: dict, subjects: list[str], title="monkey"):
     handles = [Line2D([], [], ls="", marker=styles[s]["marker"], color=styles[s]["color"], ms=6, label=s)
                for s in subjects]
     ax.legend(handles=handles, title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
@@ -184,7 +182,7 @@ def cohort_figure(quality: pd.DataFrame, scans: pd.DataFrame, subjects: list[str
         _scatter_by_subject(ax, d["iop"].to_numpy(float), d["icp"].to_numpy(float), d["subject"].to_numpy(),
                             styles, s=18)
         ax.set(xlabel="IOP (mmHg)", ylabel="ICP (mmHg)", title="Design: IOP × ICP of the kept scans")
-        _subject_legend(ax, styles, [s for s in subjects if s in set(d["subject"])])
+        subject_legend(ax, styles, [s for s in subjects if s in set(d["subject"])])
     fig.tight_layout()
     return fig
 
@@ -194,7 +192,7 @@ def cohort_figure(quality: pd.DataFrame, scans: pd.DataFrame, subjects: list[str
 
 def forest_figure(comparisons: list[Comparison], ci_level: float):
     """Paired differences (model − reference) with their monkey-level intervals, one panel per metric."""
-    rows = [c for c in comparisons if _finite(c.delta)]
+    rows = [c for c in comparisons if is_finite_number(c.delta)]
     if not rows:
         return None
     metrics = list(dict.fromkeys(c.metric for c in rows))
@@ -208,8 +206,8 @@ def forest_figure(comparisons: list[Comparison], ci_level: float):
         sub = [c for c in rows if c.metric == metric]
         y = np.arange(len(sub))[::-1]
         for yi, c in zip(y, sub):
-            lo = c.lower if _finite(c.lower) else c.delta
-            hi = c.upper if _finite(c.upper) else c.delta
+            lo = c.lower if is_finite_number(c.lower) else c.delta
+            hi = c.upper if is_finite_number(c.upper) else c.delta
             better = hi < 0
             worse = lo > 0
             color = palette(10)[2] if better else palette(10)[3] if worse else palette(10)[7]
@@ -280,21 +278,21 @@ def bland_altman_figure(model: str, preds: pd.DataFrame, mstats: ModelStats, sub
     # monkeys use all ten palette colours, so the lines are black and grey, told apart by style
     handles = []
     bias = ba.bias
-    if _finite(bias):
+    if is_finite_number(bias):
         ax.axhline(bias, color="0.1", lw=1.5)
         handles.append(Line2D([], [], color="0.1", lw=1.5, label=f"bias {bias:.2f} mmHg"))
-    loa = [y for y in (ba.loa or []) if _finite(y)]
+    loa = [y for y in (ba.loa or []) if is_finite_number(y)]
     for y in loa:
         ax.axhline(y, color="0.1", lw=1.4, ls="--")
     if loa:
         handles.append(Line2D([], [], color="0.1", lw=1.4, ls="--",
                               label="limits of agreement " + " / ".join(f"{y:.1f}" for y in loa)))
-    bands = [b for b in (ba.loa_ci or []) if b and len(b) == 2 and all(_finite(v) for v in b)]
+    bands = [b for b in (ba.loa_ci or []) if b and len(b) == 2 and all(is_finite_number(v) for v in b)]
     for b in bands:
         ax.axhspan(b[0], b[1], color="0.5", alpha=0.15, lw=0)
     if bands:
         handles.append(Patch(color="0.5", alpha=0.3, label=f"{level} CI of those limits"))
-    rloa = [y for y in (mstats.bland_altman_repeated.loa or []) if _finite(y)]
+    rloa = [y for y in (mstats.bland_altman_repeated.loa or []) if is_finite_number(y)]
     for y in rloa:
         ax.axhline(y, color="0.45", lw=2.2, ls=":")
     if rloa:
@@ -302,18 +300,18 @@ def bland_altman_figure(model: str, preds: pd.DataFrame, mstats: ModelStats, sub
                               label="repeated-measures limits " + " / ".join(f"{y:.1f}" for y in rloa)))
     pb = ba.proportional_bias
     slope = pb.slope
-    if _finite(slope):
+    if is_finite_number(slope):
         intercept = pb.intercept
-        if not _finite(intercept):  # a line of that slope through the centre of the points
+        if not is_finite_number(intercept):  # a line of that slope through the centre of the points
             intercept = float(np.mean(diff)) - slope * float(np.mean(mean))
         ax.plot(xs, intercept + slope * xs, color="0.25", lw=1.5, ls="-.")
         p = pb.p
         handles.append(Line2D([], [], color="0.25", lw=1.5, ls="-.", label=f"proportional bias, slope {slope:.2f}"
-                              + (f", p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}" if _finite(p) else "")))
+                              + (f", p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}" if is_finite_number(p) else "")))
     ax.set_xlim(*xs)
     ax.set(xlabel="mean of predicted and measured ICP (mmHg)", ylabel="predicted − measured ICP (mmHg)",
            title=f"Bland-Altman: {model}")
-    _subject_legend(ax, styles, [s for s in subjects if s in set(d["subject"])])
+    subject_legend(ax, styles, [s for s in subjects if s in set(d["subject"])])
     fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.06, 0.0), ncol=2, fontsize="small")
     fig.tight_layout(rect=(0, 0.05 + 0.045 * ((len(handles) + 1) // 2), 1, 1))
     return fig

@@ -13,7 +13,8 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from icpcv.report.figures import _finite, _subject_legend, palette, subject_styles, subplots
+from icpcv.report.figures import palette, subject_legend, subject_styles, subplots
+from icpcv.util import is_finite_number
 from icpcv.stats.trending import polar_coordinates, retained_pairs
 
 EXCLUDED_COLOR = "0.6"
@@ -21,7 +22,7 @@ EXCLUDED_COLOR = "0.6"
 
 def _ci_text(block, level, pct=True):
     ci = block.get("ci")
-    if not ci or not all(_finite(v) for v in ci):
+    if not ci or not all(is_finite_number(v) for v in ci):
         return "no interval"
     if pct:
         return f"{level} CI {100 * ci[0]:.0f} to {100 * ci[1]:.0f}%"
@@ -75,11 +76,11 @@ def four_quadrant_figure(model: str, pairs: pd.DataFrame, mstats: dict, subjects
     level = f"{round(ci_level * 100):g}%"
     rate = (mstats.get("concordance_rate") or {})
     est = rate.get("estimate")
-    head = "n/a" if not _finite(est) else f"{100 * est:.0f}%"
+    head = "n/a" if not is_finite_number(est) else f"{100 * est:.0f}%"
     ax.set(xlabel="measured change in ICP between consecutive steps (mmHg)",
            ylabel="predicted change in ICP (mmHg)",
            title=f"Four-quadrant plot: {model} — concordance {head} ({_ci_text(rate, level)})")
-    _subject_legend(ax, styles, [s for s in subjects if s in set(pairs["subject"].astype(str))])
+    subject_legend(ax, styles, [s for s in subjects if s in set(pairs["subject"].astype(str))])
     zone_label = (f"exclusion zone: measured change < {zone:g} mmHg" if rule == "measured"
                   else f"exclusion zone: both changes < {zone:g} mmHg")
     handles = [Patch(color="0.85", label=zone_label),
@@ -118,10 +119,10 @@ def polar_figure(model: str, pairs: pd.DataFrame, mstats: dict, subjects: list[s
     _split(pairs, keep, styles, lambda m, kw: ax.scatter(np.radians(theta[m]), radius[m], **kw))
     handles = [Patch(color="0.85", label=f"exclusion: mean change < {zone:g} mmHg")]
     bias = (polar.get("angular_bias") or {}).get("estimate")
-    if _finite(bias):
+    if is_finite_number(bias):
         ax.plot([np.radians(bias)] * 2, [0, rmax], color="0.1", lw=1.6)
         handles.append(Line2D([], [], color="0.1", lw=1.6, label=f"angular bias {bias:.1f}°"))
-    loa = [v for v in (polar.get("radial_loa") or []) if _finite(v)]
+    loa = [v for v in (polar.get("radial_loa") or []) if is_finite_number(v)]
     for v in loa:
         ax.plot([np.radians(np.clip(v, -90, 90))] * 2, [0, rmax], color="0.1", lw=1.3, ls="--")
     if loa:
@@ -136,7 +137,7 @@ def polar_figure(model: str, pairs: pd.DataFrame, mstats: dict, subjects: list[s
     ax.set_title(f"Polar plot: {model}", pad=14)
     ax.text(np.radians(-90), rmax * 1.02, "mean change (mmHg)", ha="center", va="top", fontsize="small",
             color="0.3")
-    _subject_legend(ax, styles, [s for s in subjects if s in set(pairs["subject"].astype(str))])
+    subject_legend(ax, styles, [s for s in subjects if s in set(pairs["subject"].astype(str))])
     fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.03, 0.0), ncol=2, fontsize="small")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
@@ -171,13 +172,13 @@ def power_curve_figure(power: dict):
         ax.annotate(f"this run: {run_g} monkeys", (run_g, 0.02), xytext=(4, 0), textcoords="offset points",
                     fontsize="small", color="0.3")
     red = power.get("assumed_reduction")
-    effect = ("MAE change n/a" if not _finite(red) else
+    effect = ("MAE change n/a" if not is_finite_number(red) else
               f"MAE lower by {red:.2f} mmHg" if red >= 0 else f"MAE higher by {-red:.2f} mmHg")
     ax.set(xlabel="monkeys in the new study", ylabel="probability of the verdict \u201cbetter\u201d",
            ylim=(-0.02, 1.02),
            title=f"Power: {power.get('model')} vs {power.get('reference')}, {effect}")
     ax.legend(loc="lower right", fontsize="small")
-    if _finite(det.get("effect")):
+    if is_finite_number(det.get("effect")):
         ax.text(0.01, 0.98, f"80% power at {det['n_monkeys']} monkeys needs an MAE reduction of "
                 f"{det['effect']:.2f} mmHg" if target == 0.8 else
                 f"{target:.0%} power at {det['n_monkeys']} monkeys: {det['effect']:.2f} mmHg",

@@ -52,11 +52,11 @@ import pandas as pd
 from scipy import stats as sps
 
 from icpcv.stats import bootstrap
-from icpcv.stats.analysis import _label_sort_key
 from icpcv.stats.calibrate import REAL_SCANS_PER_SUBJECT
-from icpcv.stats.errors import InputError
+from icpcv.errors import InputError
 from icpcv.stats.inference import MAX_EXACT, signflip_test
-from icpcv.stats.io import read_predictions, to_jsonable, validate_predictions
+from icpcv.stats.io import read_predictions, validate_predictions
+from icpcv.util import natural_key, to_jsonable
 
 DEFAULT_MONKEYS = (6, 10, 14, 20, 30, 40)
 DEFAULT_N_SIM = 2000
@@ -147,7 +147,7 @@ def paired_differences(predictions, model="cnn", reference="ols_iop", *,
                  abs_reference=(j["y_pred_ref"] - j["y_true_ref"]).abs())
     g = j.groupby("subject").agg(n=("scan_id", "size"), lm=("abs_model", "sum"),
                                  lr=("abs_reference", "sum"))
-    order = sorted(g.index, key=_label_sort_key)
+    order = sorted(g.index, key=natural_key)
     g = g.loc[order]
     return PairedDifferences(model, reference, list(order), g["n"].to_numpy(float),
                              g["lm"].to_numpy(float), g["lr"].to_numpy(float))

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from icpcv.stats.analysis import analyze
-from icpcv.stats.errors import InputError
-from icpcv.stats.io import (OPTIONAL_NUMERIC, REPEAT_COLUMN, REQUIRED_COLUMNS, to_jsonable,
+from icpcv.errors import InputError
+from icpcv.util import to_jsonable
+from icpcv.stats.io import (OPTIONAL_NUMERIC, REPEAT_COLUMN, REQUIRED_COLUMNS,
                             validate_predictions)
 
 #: The verdict's rule (``_verdict`` in icpcv/stats/analysis.py): a model is called better than

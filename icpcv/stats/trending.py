@@ -109,10 +109,10 @@ import pandas as pd
 from scipy.special import expit, logit
 
 from icpcv.stats import bootstrap
-from icpcv.stats.analysis import _label_sort_key
-from icpcv.stats.errors import InputError
+from icpcv.errors import InputError
 from icpcv.stats.inference import holm, signflip_test
-from icpcv.stats.io import to_jsonable, validate_predictions
+from icpcv.stats.io import validate_predictions
+from icpcv.util import natural_key, to_jsonable
 
 #: Default exclusion zone (mmHg): about 10-15% of a typical ICP of 15 mmHg, as Critchley et al.
 #: used 0.5 L/min (10-15%) for cardiac output; about twice the phantom's per-scan ICP noise.
@@ -307,7 +307,7 @@ def change_pairs(predictions, *, steps=None, iop_tolerance=DEFAULT_IOP_TOLERANCE
                              f"steps table")
         no_iop = scans["iop"].isna()
         if no_iop.any():
-            who = ", ".join(sorted(scans.loc[no_iop, "subject"].unique(), key=_label_sort_key))
+            who = ", ".join(sorted(scans.loc[no_iop, "subject"].unique(), key=natural_key))
             warnings.append(f"{int(no_iop.sum())} scans without IOP (monkeys {who}) were left out of "
                             f"the change pairs.")
             scans = scans[~no_iop].reset_index(drop=True)
@@ -339,7 +339,7 @@ def change_pairs(predictions, *, steps=None, iop_tolerance=DEFAULT_IOP_TOLERANCE
     frame["delta_measured"] = frame["measured_to"] - frame["measured_from"]
     frame["delta_predicted"] = frame["predicted_to"] - frame["predicted_from"]
     frame["delta_iop"] = frame["iop_to"] - frame["iop_from"]
-    subject_order = {s: i for i, s in enumerate(sorted(df["subject"].unique(), key=_label_sort_key))}
+    subject_order = {s: i for i, s in enumerate(sorted(df["subject"].unique(), key=natural_key))}
     model_order = {m: i for i, m in enumerate(models)}
     frame = (frame.assign(_m=frame["model"].map(model_order), _s=frame["subject"].map(subject_order),
                           _i=pd.to_numeric(frame["iop_step"], errors="coerce"))
@@ -352,7 +352,7 @@ def change_pairs(predictions, *, steps=None, iop_tolerance=DEFAULT_IOP_TOLERANCE
     for m in models:
         if not (frame["model"] == m).any():
             warnings.append(f"Model {m} has no change pairs: no monkey has two ICP steps at one IOP step.")
-    subjects = sorted(frame["subject"].unique(), key=_label_sort_key)
+    subjects = sorted(frame["subject"].unique(), key=natural_key)
     return ChangePairs(frame, scans[["subject", "scan_id", "iop_step", "icp_step"]], step_source,
                        subjects, warnings=warnings)
 
@@ -398,7 +398,7 @@ def _subject_codes(subject, n):
     if subject is None:
         return np.zeros(n, dtype=int), ["all"]
     labels = np.asarray(subject).astype(str)
-    order = sorted(set(labels), key=_label_sort_key)
+    order = sorted(set(labels), key=natural_key)
     code = {s: i for i, s in enumerate(order)}
     return np.array([code[s] for s in labels], dtype=int), order
 
