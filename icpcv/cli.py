@@ -12,7 +12,10 @@ from pathlib import Path
 
 from icpcv import __version__
 from icpcv.errors import FoldsFailed, InputError, RunDirError
+from icpcv.folds import check_val_fraction
+from icpcv.models import is_cnn
 from icpcv.util import parse_shape
+from icpcv.writable import check_run_outputs
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -108,17 +111,13 @@ def build_config(args) -> "RunConfig":
         models = tuple(check_models(args.models.split(",")))
     elif args.manifest is None:
         models = DEFAULT_MODELS_VOLUMES
-    else:
-        from icpcv.cohort.table import detect_format
-        import pandas as pd
+    else:  # issue 11: through the table reader, so that an unreadable table is an InputError, not a traceback
+        from icpcv.cohort.table import table_has_volumes
 
-        cols = pd.read_csv(args.manifest, nrows=0).columns
-        fmt = detect_format([c.strip() for c in cols], args.manifest)
-        has_vol = args.scans_dir is not None if fmt == "seed" else "path" in cols and \
-            pd.read_csv(args.manifest, usecols=["path"], dtype=str)["path"].notna().any()
-        models = DEFAULT_MODELS_VOLUMES if has_vol else DEFAULT_MODELS_LABELS
+        models = DEFAULT_MODELS_VOLUMES if table_has_volumes(args.manifest, args.scans_dir) else DEFAULT_MODELS_LABELS
     if preset and not args.models and "cnn" in models:  # the preset's network takes the light CNN's place
         models = tuple(preset["model"] if m == "cnn" else m for m in models)
+    check_val_fraction(args.val_fraction, [m for m in models if is_cnn(m)])  # issue 11: the CNNs early-stop
     pretrained = getattr(args, "pretrained", None)
     if pretrained:
         from icpcv.models import is_resnet
@@ -153,6 +152,7 @@ def cmd_run(args) -> int:
     if cfg.synthetic and cfg.phantom not in ("small", "tiny", "seed"):
         raise InputError(f"unknown --phantom {cfg.phantom!r}; use small, tiny or seed")
     out = Path(args.out) if args.out else Path("reports") / default_run_name(cfg)
+    check_run_outputs(out, args.log_file, option="--out" if args.out else None)  # issue 11: before any work
     progress = Progress("quiet" if args.quiet else "auto", log_file=args.log_file)
     slurm = dict(partition=args.partition, time=args.time, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
                  max_parallel=args.max_parallel, deadline=args.deadline)

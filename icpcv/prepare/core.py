@@ -29,6 +29,7 @@ from icpcv.errors import InputError
 from icpcv.prepare.resample import ALGORITHM, RawStats, StreamResampler, saturation_value
 from icpcv.prepare.sources import REASONS, VolumeError, content_hash, fingerprint, open_source, raw_format, safe_name
 from icpcv.util import atomic_write, atomic_write_json, atomic_write_text, canonical_hash, read_json
+from icpcv.writable import check_output_dir
 
 #: written into the manifest; a change reconverts everything
 CODE_VERSION = f"icpcv {__version__}; {ALGORITHM}; prepare-1"
@@ -367,8 +368,8 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
         raise InputError(f"--dtype {options.dtype!r}: use one of {', '.join(OUTPUT_DTYPES)}")
     if len(options.shape) != 3 or min(options.shape) < 1:
         raise InputError(f"--shape {options.shape}: need three positive sizes X Y Z(depth)")
+    out = check_output_dir(out, what="prepared data set")
     rows, info = read_table(table, raw_dir, path_column)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         _clean_temporaries(out / "volumes")

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from icpcv.writable import check_output_dir
+
 #: seaborn's colour-blind palette (Wong-like, 10 colours); markers extend it past 10 monkeys
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 DPI = 110
@@ -90,6 +92,9 @@ def render(figures: list[Figure], out_dir: Path) -> list[Figure]:
     """PNG bytes and data URIs for every figure; the PNGs also go to ``out_dir/figures/``
     (stale PNGs of an earlier report are removed)."""
     fig_dir = Path(out_dir) / "figures"
+    # a read-only folder is said once, naming it, before any figure is drawn (not as OSError at the first PNG)
+    check_output_dir(fig_dir, what="report's figures", option=None,
+                     hint="copy the folder somewhere writable and run `icpcv report` on the copy")
     fig_dir.mkdir(parents=True, exist_ok=True)
     from icpcv.util import atomic_write_bytes
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from icpcv.stats.bootstrap import CI_METHODS
 from icpcv.stats.errors import InputError
+from icpcv.writable import check_output_dir, check_output_file
 
 
 def cmd_analyze(args) -> int:
@@ -34,7 +35,7 @@ def cmd_analyze(args) -> int:
     from icpcv.stats.analysis import analyze
     from icpcv.stats.io import read_predictions, write_stats
 
-    out = Path(args.out)
+    out = check_output_dir(args.out, what="analysis")  # issue 11: an unwritable --out, before any work
     kind = "run" if (out / "run.json").exists() else "comparison" if (out / "compare.json").exists() else None
     if kind and Path(args.predictions).resolve() != (out / "predictions.csv").resolve():
         # its report would show these statistics beside the cohort, folds and audit of other predictions
@@ -123,6 +124,8 @@ def cmd_calibrate(args) -> int:
     """
     from icpcv.stats.calibrate import format_markdown, run_calibration
 
+    if getattr(args, "out", None):  # issue 11: an unwritable --out, before the simulations
+        check_output_file(args.out, what="calibration table")
     table = run_calibration(
         n_sim=args.n_sim,
         n_subjects=getattr(args, "n_subjects", 14),
