@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from icpcv.plausible import ICP_MMHG, IOP_MMHG, PREDICTION_MMHG, describe, in_range, show
 from icpcv.stats.errors import InputError
 from icpcv.util import atomic_write_text
 
@@ -25,6 +26,9 @@ REQUIRED_COLUMNS = ("fold", "subject", "scan_id", "model", "y_true", "y_pred")
 OPTIONAL_NUMERIC = ("iop",)
 LABEL_COLUMNS = ("fold", "subject", "scan_id", "model")
 NUMERIC_COLUMNS = ("y_true", "y_pred")
+#: column -> (accepted range, what it is): icpcv.plausible, docs/inputs.md
+PLAUSIBLE = {"y_true": (ICP_MMHG, "measured ICP"), "y_pred": (PREDICTION_MMHG, "ICP prediction"),
+             "iop": (IOP_MMHG, "IOP")}
 
 
 def _load_raw(path: Path) -> pd.DataFrame:
@@ -34,7 +38,7 @@ def _load_raw(path: Path) -> pd.DataFrame:
     try:
         if suffix == ".csv":
             # Everything as text, so that a bad cell can be quoted back verbatim.
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
         if suffix in (".parquet", ".pq"):
             try:
                 return pd.read_parquet(path)
@@ -44,6 +48,9 @@ def _load_raw(path: Path) -> pd.DataFrame:
                     "`pip install 'icpcv[parquet]'` or save the table as .csv") from None
     except pd.errors.EmptyDataError:
         raise InputError(f"{path.name}: the file is empty (no header)") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path.name}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                         "save the table as UTF-8 CSV") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise InputError(f"{path.name}: cannot be read as {suffix[1:]}: {exc}") from None
     raise InputError(f"{path.name}: unsupported file type {suffix!r} (use .csv or .parquet)")
@@ -90,9 +97,11 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.Da
 
     Labels (fold, subject, scan_id, model) become ``str``; y_true, y_pred
     (and iop when present) become ``float64``. Raises :class:`InputError` on a
-    missing column, an empty label, a value that is not a finite number, a
-    duplicate (model, scan_id), or a scan whose subject / y_true differs
-    between models. ``source`` is the file name used in messages.
+    missing column, an empty label, a value that is not a finite number or is
+    outside its plausible range (:data:`PLAUSIBLE`: y_true a measured ICP, y_pred
+    an ICP prediction, iop an IOP, in mmHg), a duplicate (model, scan_id), or a
+    scan whose subject / y_true differs between models. ``source`` is the file
+    name used in messages.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -115,6 +124,7 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.Da
     for col in numeric:
         values = df[col].tolist()
         parsed = np.empty(len(values), dtype=float)
+        bounds, what = PLAUSIBLE[col]
         for i, v in enumerate(values):
             x = _as_number(v)
             if x is None:
@@ -123,6 +133,10 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.Da
                     continue
                 shown = "empty" if _is_blank(v) else repr(v)
                 raise InputError(f"{source} row {i + 1}, column {col}: {shown} is not a number")
+            if not in_range(x, bounds):
+                raise InputError(f"{source} row {i + 1}, column {col}: {show(x)} is not a plausible {what} "
+                                 f"(accepted: {describe(bounds)}; beyond that it is a unit or export error, not a "
+                                 "pressure in mmHg); fix the table, or leave the scan out of every model")
             parsed[i] = x
         out[col] = parsed
 
@@ -147,9 +161,11 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.Da
             scan = out["scan_id"].iloc[i]
             rows = np.flatnonzero((out["scan_id"] == scan).to_numpy())
             j = next(r for r in rows if out[col].iloc[r] != out[col].iloc[rows[0]])
+            here, first = out[col].iloc[j], out[col].iloc[rows[0]]
             raise InputError(
                 f"{source} row {j + 1}, column {col}: scan_id {scan!r} has {col} "
-                f"{out[col].iloc[j]!r} here but {out[col].iloc[rows[0]]!r} in row {rows[0] + 1}"
+                f"{show(here) if col == 'y_true' else repr(here)} here but "
+                f"{show(first) if col == 'y_true' else repr(first)} in row {rows[0] + 1}"
             )
 
     extra = [c for c in df.columns if c not in out.columns]
