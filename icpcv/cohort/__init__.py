@@ -22,6 +22,8 @@ from icpcv.errors import InputError
 from icpcv.util import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 DEFAULT_FILE_SHAPE = (32, 32, 64)
+#: version of the volume checks: a cache of volumes checked by other rules is checked again
+VOLUME_CHECKS = "2: readable, finite, 3-D; shape; voxel values (issue 11)"
 
 
 @dataclass
@@ -175,8 +177,13 @@ def _check_unchanged(root: Path, expect_hash, data_hash, table, quality, sigs=No
 
 def _check_volumes(cfg: RunConfig, root: Path, table: pd.DataFrame, quality: pd.DataFrame, sigs: dict,
                    shape, data_hash: str, progress):
-    """Read every volume once: validate, resample, cache; bad volumes are an error or recorded skips."""
-    from icpcv.cohort.volumes import load_volume
+    """Read every volume once: validate, resample, cache; bad volumes are an error or recorded skips.
+
+    Bad: unreadable, not 3-D, non-finite (reason ``bad_volume``); a raw shape that resampling
+    should not absorb or with axes that look swapped (``bad_volume_shape``); implausible voxel
+    values (``bad_volume_values``). The rules and their ranges: icpcv.plausible, docs/inputs.md.
+    """
+    from icpcv.cohort import volumes as vol_mod
     from icpcv.util import raise_if_disk_full
 
     meta_path, arr_path = root / "volumes.json", root / "volumes.npy"
@@ -187,11 +194,17 @@ def _check_volumes(cfg: RunConfig, root: Path, table: pd.DataFrame, quality: pd.
         meta = None
     expected_bytes = len(ids) * int(np.prod(shape)) * 4
     if not (meta and meta.get("data_hash") == data_hash and meta.get("shape") == list(shape)
-            and meta.get("scan_ids") == ids and arr_path.exists() and arr_path.stat().st_size >= expected_bytes):
+            and meta.get("scan_ids") == ids and meta.get("checks") == VOLUME_CHECKS
+            and meta.get("target") == (list(cfg.shape) if cfg.shape else None)
+            and arr_path.exists() and arr_path.stat().st_size >= expected_bytes):
         bad: dict[str, str] = {}
+        codes: dict[str, str] = {}
+        raw_shapes: dict[str, tuple] = {}
+        summaries: dict[str, vol_mod.VoxelSummary] = {}
+        paths = dict(zip(ids, table["path"]))
         if progress:
-            progress.message(f"cohort: checking {len(ids)} volumes once (readable, finite, 3-D) and caching them "
-                             f"resampled to {'x'.join(map(str, shape))} in {arr_path} "
+            progress.message(f"cohort: checking {len(ids)} volumes once (readable, finite, 3-D, shape, voxel values) "
+                             f"and caching them resampled to {'x'.join(map(str, shape))} in {arr_path} "
                              f"({expected_bytes / 2**20:.0f} MiB)")
         tmp = root / f".volumes.npy.{os.getpid()}.tmp"
         t0 = time.monotonic()
@@ -200,11 +213,19 @@ def _check_volumes(cfg: RunConfig, root: Path, table: pd.DataFrame, quality: pd.
                 np.lib.format.write_array_header_1_0(fh, dict(descr=np.lib.format.dtype_to_descr(np.dtype("<f4")),
                                                               fortran_order=False, shape=(len(ids),) + tuple(shape)))
                 zeros = np.zeros(shape, "<f4").tobytes()
-                for i, (x, p) in enumerate(zip(ids, table["path"])):
+                for i, x in enumerate(ids):
+                    p = paths[x]
                     try:
-                        vol = load_volume(p, shape)
+                        raw = vol_mod.read_volume(p)
+                        why = vol_mod.raw_value_problem(raw)
+                        if why:  # before resampling: its arithmetic would overflow
+                            codes[x] = "bad_volume_values"
+                            raise InputError(f"{p}: {why}")
+                        raw_shapes[x] = tuple(int(n) for n in raw.shape)
+                        vol = vol_mod.resample(raw, shape)
                         if min(vol.shape) < 1 or not np.isfinite(vol).all():
                             raise InputError(f"{p}: volume has non-finite values after resampling to {shape}")
+                        summaries[x] = vol_mod.VoxelSummary.of(vol)
                         fh.write(np.ascontiguousarray(vol, dtype="<f4").tobytes())
                     except InputError as exc:
                         bad[x] = str(exc)
@@ -224,23 +245,37 @@ def _check_volumes(cfg: RunConfig, root: Path, table: pd.DataFrame, quality: pd.
                 pass
             raise_if_disk_full(exc, arr_path)
             raise
-        meta = dict(data_hash=data_hash, shape=list(shape), scan_ids=ids, bad=bad, files=sigs)
+        # the cohort-level rules need every volume seen once: the typical shape, the typical voxel
+        typical = vol_mod.typical_shape(raw_shapes.values()) if raw_shapes else None
+        for x, raw_shape in raw_shapes.items():
+            why = vol_mod.shape_problem(raw_shape, typical, cfg.shape)
+            if why and x not in bad:
+                bad[x], codes[x] = f"{paths[x]}: {why}", "bad_volume_shape"
+        for x, why in vol_mod.voxel_problems({x: v for x, v in summaries.items() if x not in bad}).items():
+            bad[x], codes[x] = f"{paths[x]}: {why}", "bad_volume_values"
+        bad = {x: bad[x] for x in ids if x in bad}  # in table order
+        meta = dict(data_hash=data_hash, shape=list(shape), scan_ids=ids, bad=bad,
+                    reasons={x: codes.get(x, "bad_volume") for x in bad}, checks=VOLUME_CHECKS,
+                    target=list(cfg.shape) if cfg.shape else None, typical_shape=list(typical) if typical else None,
+                    files=sigs)
         atomic_write_json(meta_path, meta)
     bad = meta["bad"]
     if not bad:
         return table, quality
+    reasons = meta.get("reasons", {})
     rows = dict(zip(table["scan_id"].astype(str), table["row"]))
     if not cfg.skip_bad_scans:
         listed = "; ".join(f"{msg} (table row {rows[x]}, scan {x})" for x, msg in list(bad.items())[:5])
         more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise InputError(f"{len(bad)} unusable volume(s): {listed}{more}. Fix or remove these files, or rerun with "
-                         "--skip-bad-scans to record them as dropped scans (reason bad_volume) and go on")
+                         "--skip-bad-scans to record them as dropped scans (reasons bad_volume, bad_volume_shape, "
+                         "bad_volume_values) and go on")
     quality = quality.copy()
     for x, msg in bad.items():
+        code = reasons.get(x, "bad_volume")
         i = quality.index[(quality["scan_id"].astype(str) == x) & (quality["status"] == "kept")]
         quality.loc[i, ["status", "reason", "column", "value", "all_reasons", "detail"]] = \
-            ["dropped", "bad_volume", "path", str(table.loc[table["scan_id"].astype(str) == x, "path"].iloc[0]),
-             "bad_volume", msg]
+            ["dropped", code, "path", str(table.loc[table["scan_id"].astype(str) == x, "path"].iloc[0]), code, msg]
     table = table[~table["scan_id"].astype(str).isin(bad)].reset_index(drop=True)
     if table.empty:
         raise InputError(f"no usable volume is left after skipping {len(bad)} bad ones; first: {next(iter(bad.values()))}")
