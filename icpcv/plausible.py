@@ -39,6 +39,19 @@ SWAP_GAIN = math.sqrt(2.0)
 MIN_AXIS_VOXELS = 2
 
 
+#: cells that mean "missing" to pandas (whose defaults read icpcv's own files back), R and spreadsheets:
+#: as a scan id, subject, fold or model they would become NaN downstream, and as a pressure they are
+#: no reading. Treated as empty everywhere a table is read.
+MISSING_TOKENS = frozenset({"#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                            "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+
+
+def is_missing(text: str) -> bool:
+    """An empty cell, or one of MISSING_TOKENS (after trimming)."""
+    text = text.strip()
+    return not text or text in MISSING_TOKENS
+
+
 def in_range(x: float, bounds: tuple[float, float]) -> bool:
     """``lo <= x <= hi`` (bounds included); NaN and infinities are outside."""
     return bool(math.isfinite(x) and bounds[0] <= x <= bounds[1])

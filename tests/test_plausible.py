@@ -132,3 +132,22 @@ def test_messages_show_plain_numbers(tmp_path):
         read_predictions(tmp_path / "p.csv")
     msg = str(err.value)
     assert "np.float64" not in msg and "y_true 8.09 here but 22.5 in row 4" in msg, msg
+
+
+def test_missing_value_tokens_are_missing_not_labels(tmp_path):
+    """'NA', 'None', 'null' ... mean missing to R, spreadsheets and pandas (which reads the run's own files
+    back): as a subject they grouped unrelated rows into one monkey "NA", and as a scan id a finished
+    run's predictions.csv read it back as NaN and the analysis refused the run after every fold."""
+    table = _plain(tmp_path, {"1-0": {"subject": "NA"}, "1-1": {"subject": "NA"}, "2-0": {"scan_id": "None"},
+                              "3-0": {"icp": "NaN"}, "3-1": {"iop": "null"}})
+    q = read_scan_table(table, need_iop=True).quality.set_index("row")
+    assert q.loc[1, "reason"] == q.loc[2, "reason"] == "subject_missing" and q.loc[1, "value"] == "NA"
+    assert q.loc[5, "reason"] == "scan_id_missing" and q.loc[5, "value"] == "None"
+    assert q.loc[9, "reason"] == "icp_missing" and q.loc[10, "reason"] == "iop_missing"
+    assert read_scan_table(table, need_iop=False).quality.set_index("row").loc[10, "status"] == "kept"
+    df = GOOD.copy()
+    df["subject"] = df["subject"].astype(str)
+    df.loc[4, "subject"] = "None"
+    df.to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(InputError, match=r"p.csv row 5, column subject: 'None' reads as a missing value"):
+        read_predictions(tmp_path / "p.csv")

@@ -24,7 +24,8 @@ import pandas as pd
 
 from icpcv.cohort.volumes import volume_file_problem
 from icpcv.errors import InputError
-from icpcv.plausible import ICP_MMHG, IOP_MMHG, SHAPE_FACTOR_MAX, VOXEL_ABS_MAX, VOXEL_Z_MAX, describe, in_range
+from icpcv.plausible import (ICP_MMHG, IOP_MMHG, SHAPE_FACTOR_MAX, VOXEL_ABS_MAX, VOXEL_Z_MAX, describe, in_range,
+                             is_missing)
 from icpcv.util import natural_sorted
 
 SEED_COLUMNS = ("id", "monkey_id", "iop", "icp", "torch_present")
@@ -32,15 +33,15 @@ PLAIN_COLUMNS = ("scan_id", "subject", "iop", "icp", "path")
 
 #: reason code -> one-line explanation shown in the report
 REASONS = {
-    "scan_id_missing": "no scan id",
+    "scan_id_missing": "no scan id (an empty cell, or NA, NaN, None, null: a missing value)",
     "duplicate_scan_id": "the scan id appears on an earlier row",
-    "subject_missing": "no subject (monkey) id",
-    "icp_missing": "ICP cell is empty",
+    "subject_missing": "no subject (monkey) id (an empty cell, or NA, NaN, None, null: a missing value)",
+    "icp_missing": "ICP cell is empty (or NA, NaN, None, null: a missing value)",
     "icp_range": "ICP written as a range (e.g. '0-2'), not a single value",
     "icp_not_numeric": "ICP is not a number",
     "icp_out_of_range": f"ICP outside the plausible {describe(ICP_MMHG)} (a typo, another unit or a broken export)",
     "icp_not_positive": "ICP <= 0 (the seed's rule keeps ICP > 0)",
-    "iop_missing": "IOP cell is empty and a selected model needs IOP",
+    "iop_missing": "IOP cell is empty (or NA, NaN, None, null) and a selected model needs IOP",
     "iop_not_numeric": "IOP is not a number",
     "iop_out_of_range": f"IOP outside the plausible {describe(IOP_MMHG)} (a typo, another unit or a broken export)",
     "torch_present_invalid": "torch_present is neither true nor false (TRUE/FALSE, 1/0, yes/no)",
@@ -202,29 +203,30 @@ def read_scan_table(
         scan_id = _clean(rec.get(id_col))
         subject = _parse_subject(_clean(rec.get(subj_col)))
         problems: list[tuple[str, str, str]] = []  # (reason, column, value)
-        if not scan_id:
-            problems.append(("scan_id_missing", id_col, ""))
+        if is_missing(scan_id):
+            problems.append(("scan_id_missing", id_col, scan_id))
         elif scan_id in seen:
             problems.append(("duplicate_scan_id", id_col, f"{scan_id} (first on row {seen[scan_id]})"))
         else:
             seen[scan_id] = i
-        if not subject:
-            problems.append(("subject_missing", subj_col, ""))
+        if is_missing(subject):
+            problems.append(("subject_missing", subj_col, subject))
         icp_txt = _clean(rec.get("icp"))
         icp = _parse_number(icp_txt)
-        bad_icp = _pressure_problem("icp", icp_txt, icp, ICP_MMHG) if icp_txt else ("icp_missing", "icp", "")
+        bad_icp = ("icp_missing", "icp", icp_txt) if is_missing(icp_txt) else \
+            _pressure_problem("icp", icp_txt, icp, ICP_MMHG)
         if bad_icp:
             problems.append(bad_icp)
         elif fmt == "seed" and icp <= 0:  # the seed's eligibility rule, on top of the plausible range
             problems.append(("icp_not_positive", "icp", icp_txt))
         iop_txt = _clean(rec.get("iop"))
-        iop = _parse_number(iop_txt)
-        if iop_txt:  # an IOP given is checked even when no model needs it: it is shown and analysed
+        iop = None if is_missing(iop_txt) else _parse_number(iop_txt)
+        if not is_missing(iop_txt):  # an IOP given is checked even when no model needs it: it is shown and analysed
             bad_iop = _pressure_problem("iop", iop_txt, iop, IOP_MMHG)
             if bad_iop:
                 problems.append(bad_iop)
         elif require_iop:
-            problems.append(("iop_missing", "iop", ""))
+            problems.append(("iop_missing", "iop", iop_txt))
         vol_path = None
         if fmt == "seed":
             present = _clean(rec.get("torch_present")).lower()

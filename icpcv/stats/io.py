@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from icpcv.plausible import ICP_MMHG, IOP_MMHG, PREDICTION_MMHG, describe, in_range, show
+from icpcv.plausible import ICP_MMHG, IOP_MMHG, PREDICTION_MMHG, describe, in_range, is_missing, show
 from icpcv.stats.errors import InputError
 from icpcv.util import atomic_write_text
 
@@ -118,6 +118,9 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.Da
         for i, v in enumerate(values):
             if _is_blank(v):
                 raise InputError(f"{source} row {i + 1}, column {col}: empty value")
+            if isinstance(v, str) and is_missing(v):  # read back as NaN by every pandas reader downstream
+                raise InputError(f"{source} row {i + 1}, column {col}: {v.strip()!r} reads as a missing value; "
+                                 "give every row its label")
         out[col] = [_label(v) for v in values]
 
     numeric = list(NUMERIC_COLUMNS) + [c for c in OPTIONAL_NUMERIC if c in df.columns]
@@ -128,7 +131,7 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.Da
         for i, v in enumerate(values):
             x = _as_number(v)
             if x is None:
-                if col in OPTIONAL_NUMERIC and _is_blank(v):
+                if col in OPTIONAL_NUMERIC and (_is_blank(v) or (isinstance(v, str) and is_missing(v))):
                     parsed[i] = np.nan  # optional covariate may be missing
                     continue
                 shown = "empty" if _is_blank(v) else repr(v)
