@@ -14,6 +14,7 @@ from icpcv import __version__
 from icpcv.errors import FoldsFailed, InputError, RunDirError
 from icpcv.folds import check_val_fraction
 from icpcv.models import is_cnn
+from icpcv.plausible import check_options
 from icpcv.util import parse_shape
 from icpcv.writable import check_run_outputs
 
@@ -107,6 +108,8 @@ def build_config(args) -> "RunConfig":
         value = getattr(args, name, None)
         return value if value is not None else preset.get(name, BASE[name])
 
+    check_options({"--n-boot": args.n_boot, "--ci-level": args.ci_level, "--epochs": pick("epochs"),  # issue 11
+                   "--batch-size": pick("batch_size"), "--lr": pick("lr"), "--patience": pick("patience")})
     if args.models:
         models = tuple(check_models(args.models.split(",")))
     elif args.manifest is None:

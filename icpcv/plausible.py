@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from icpcv.errors import InputError
+
 #: intraocular pressure, mmHg (gauge). Below 0 is impossible in a living eye; above 100 mmHg the
 #: eye is not perfused (IOP above systolic pressure); the study set 5-50 mmHg.
 IOP_MMHG = (0.0, 100.0)
@@ -71,3 +73,30 @@ def show(x) -> str:
     if f.is_integer() and abs(f) < 1e15:
         return str(int(f))
     return f"{f:g}" if abs(f) >= 1e15 or (f != 0 and abs(f) < 1e-4) else repr(f)
+
+
+#: numeric options of ``icpcv run`` checked before any work: option -> (lowest, highest, open bounds?, why)
+OPTION_RANGES = {
+    "--n-boot": (1, math.inf, False, "bootstrap resamples"),
+    "--ci-level": (0.0, 1.0, True, "a confidence level, e.g. 0.95"),
+    "--epochs": (0, math.inf, False, "0 keeps the untrained network (it predicts the training mean)"),
+    "--batch-size": (1, math.inf, False, "scans per training step"),
+    "--lr": (0.0, math.inf, True, "a learning rate, e.g. 3e-3"),
+    "--patience": (0, math.inf, False, "epochs without improvement before early stopping"),
+}
+
+
+def check_options(values: dict) -> None:
+    """Refuse a numeric option outside :data:`OPTION_RANGES` (``{"--n-boot": 0, ...}``; None = not
+    given) with an InputError naming it: before any fold, not as a ValueError after the last one."""
+    for option, value in values.items():
+        if value is None:
+            continue
+        lo, hi, open_, why = OPTION_RANGES[option]
+        if math.isfinite(value) and (lo < value < hi if open_ else lo <= value <= hi):
+            continue
+        if open_ and math.isfinite(hi):
+            need = f"between {lo:g} and {hi:g} (exclusive)"
+        else:
+            need = f"above {lo:g}" if open_ else f"at least {lo:g}"
+        raise InputError(f"{option} {value:g}: need a value {need} ({why})")

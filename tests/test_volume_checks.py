@@ -133,3 +133,10 @@ def test_symbolic_link_loops_and_broken_links_say_so(table, tmp_path):
         read_volume(vol / "loop_a.npy")
     with pytest.raises(InputError, match="broken symbolic link"):
         read_volume(vol / "broken.npy")
+
+
+def test_a_cache_larger_than_the_free_disk_is_refused_before_reading(table, tmp_path):
+    rc, _, err = icpcv("run", "--manifest", table, "--out", tmp_path / "run", "--models", "mean,ridge_scan",
+                       "--shape", "10000x10000x10000", "--quiet")
+    assert_clean_refusal(rc, err, "volumes.npy: the checked, resampled volumes need", "GiB are free",
+                         "a smaller --shape")

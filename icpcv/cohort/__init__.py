@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from icpcv.config import RunConfig
-from icpcv.errors import InputError
+from icpcv.errors import DiskFullError, InputError
 from icpcv.util import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 DEFAULT_FILE_SHAPE = (32, 32, 64)
@@ -206,6 +207,11 @@ def _check_volumes(cfg: RunConfig, root: Path, table: pd.DataFrame, quality: pd.
             progress.message(f"cohort: checking {len(ids)} volumes once (readable, finite, 3-D, shape, voxel values) "
                              f"and caching them resampled to {'x'.join(map(str, shape))} in {arr_path} "
                              f"({expected_bytes / 2**20:.0f} MiB)")
+        free = shutil.disk_usage(root).free
+        if expected_bytes > free:  # say so before reading a volume, not at the first write that fails
+            raise DiskFullError(f"{arr_path}: the checked, resampled volumes need {expected_bytes / 2**30:.2f} GiB "
+                                f"there and {free / 2**30:.2f} GiB are free; free some space, choose another "
+                                "--out, or a smaller --shape")
         tmp = root / f".volumes.npy.{os.getpid()}.tmp"
         t0 = time.monotonic()
         try:

@@ -102,6 +102,8 @@ def volume_file_problem(path: Path) -> tuple[str, str] | None:
         return "volume_file_unreadable", f"{path} ({exc.strerror})"
     if stat.S_ISDIR(st.st_mode):
         return "volume_file_unreadable", f"{path} (a folder, not a file)"
+    if not stat.S_ISREG(st.st_mode):  # a pipe or a device would be read forever
+        return "volume_file_unreadable", f"{path} (not a regular file)"
     if not os.access(path, os.R_OK):
         return "volume_file_unreadable", f"{path} (no read permission)"
     return None
