@@ -140,3 +140,22 @@ def test_a_cache_larger_than_the_free_disk_is_refused_before_reading(table, tmp_
                        "--shape", "10000x10000x10000", "--quiet")
     assert_clean_refusal(rc, err, "volumes.npy: the checked, resampled volumes need", "GiB are free",
                          "a smaller --shape")
+
+
+def test_prepare_skips_a_transposed_raw_volume_while_its_shape_is_known(cohort_files, tmp_path):
+    """Resampled to --shape, a transposed raw volume would look like the others to `icpcv run`."""
+    from icpcv.prepare.core import EXIT_SKIPPED
+
+    raw = cohort_files.parent
+    table = pd.read_csv(cohort_files, dtype=str).head(12)
+    np.save(tmp_path / "swapped.npy", np.ascontiguousarray(np.load(raw / "vol" / "s00003.npy").transpose(2, 1, 0)))
+    table.loc[3, "path"] = str(tmp_path / "swapped.npy")
+    table.to_csv(tmp_path / "t.csv", index=False)
+    rc, _, err = icpcv("prepare", tmp_path / "t.csv", "--raw", raw, "--out", tmp_path / "prepared",
+                       "--shape", "6x6x16", "--quiet")
+    assert rc == EXIT_SKIPPED and "Traceback" not in err, err
+    assert "skipped row 4 (scan s00003): wrong_shape: " in err and "axes look swapped" in err
+    q = pd.read_csv(tmp_path / "prepared" / "quality.csv", dtype=str, keep_default_na=False).set_index("scan_id")
+    assert q.at["s00003", "status"] == "skipped" and q.at["s00003", "raw_shape"] == "32x12x12"
+    assert (q.drop(index="s00003")["status"] == "converted").all()
+    assert "s00003" not in set(pd.read_csv(tmp_path / "prepared" / "table.csv", dtype=str)["scan_id"])
