@@ -102,6 +102,44 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions") -> pd.Da
     an ICP prediction, iop an IOP, in mmHg), a duplicate (model, scan_id), or a
     scan whose subject / y_true differs between models. ``source`` is the file
     name used in messages.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Columns ``fold, subject, scan_id, model, y_true, y_pred`` and
+        optionally ``iop`` (which may be blank); any other columns are kept
+        unvalidated.
+    source : str, default "predictions"
+        Name of the table in error messages.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A new frame with a fresh 0..n-1 index.
+
+    Raises
+    ------
+    InputError
+        Naming the source, the 1-based data row and the column.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from icpcv.stats.io import validate_predictions
+    >>> raw = pd.DataFrame({"fold": [0, 0], "subject": [7, 7], "scan_id": ["a", "b"],
+    ...                     "model": ["cnn", "cnn"], "y_true": ["12.5", "14"],
+    ...                     "y_pred": [13.0, 12.0]})
+    >>> clean = validate_predictions(raw)
+    >>> clean["subject"].tolist(), clean["y_true"].tolist()
+    (['7', '7'], [12.5, 14.0])
+    >>> validate_predictions(raw.assign(y_pred=["13", "abc"]), source="predictions.csv")
+    Traceback (most recent call last):
+        ...
+    icpcv.errors.InputError: predictions.csv row 2, column y_pred: 'abc' is not a number
+    >>> validate_predictions(raw.assign(y_pred=["13", "6100"]), source="predictions.csv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    icpcv.errors.InputError: predictions.csv row 2, column y_pred: 6100 is not a plausible ICP prediction ...
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -197,6 +235,28 @@ def read_predictions(path) -> pd.DataFrame:
         With a message naming the file, the 1-based data row (header not
         counted: row 1 is the first line after the header) and the column,
         e.g. ``predictions.csv row 17, column y_pred: 'abc' is not a number``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import pandas as pd
+    >>> from icpcv.stats.io import read_predictions
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = Path(tmp.name) / "predictions.csv"
+    >>> pd.DataFrame({"fold": [0, 1], "subject": ["m1", "m2"], "scan_id": ["s1", "s2"],
+    ...               "model": ["cnn", "cnn"], "y_true": [12.5, 9.0],
+    ...               "y_pred": [13.1, 10.2]}).to_csv(path, index=False)
+    >>> table = read_predictions(path)
+    >>> table[["subject", "y_true", "y_pred"]].values.tolist()
+    [['m1', 12.5, 13.1], ['m2', 9.0, 10.2]]
+    >>> bad = Path(tmp.name) / "bad.csv"
+    >>> table.assign(y_pred=["13.1", "abc"]).to_csv(bad, index=False)
+    >>> read_predictions(bad)
+    Traceback (most recent call last):
+        ...
+    icpcv.errors.InputError: bad.csv row 2, column y_pred: 'abc' is not a number
+    >>> tmp.cleanup()
     """
     path = Path(path)
     raw = _load_raw(path)
@@ -204,7 +264,18 @@ def read_predictions(path) -> pd.DataFrame:
 
 
 def to_jsonable(obj):
-    """Plain-Python copy of ``obj``: numpy scalars to float/int, NaN/inf to None."""
+    """Plain-Python copy of ``obj``: numpy scalars to float/int, NaN/inf to None.
+
+    Dict keys become ``str``; tuples and arrays become lists. Anything else
+    (other than None, str, bool, int, float) raises ``TypeError``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from icpcv.stats.io import to_jsonable
+    >>> to_jsonable({"mae": np.float64(1.5), "ci": np.array([np.nan, 2.0]), 3: np.int64(4)})
+    {'mae': 1.5, 'ci': [None, 2.0], '3': 4}
+    """
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -231,6 +302,30 @@ def write_stats(result, path) -> Path:
     through :func:`icpcv.util.atomic_write_text` (temporary file, fsync,
     rename), so readers see either the old or the new file, never a partial
     one, with the umask's permissions.
+
+    Parameters
+    ----------
+    result : AnalysisResult or dict
+    path : str or Path
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from icpcv.stats.io import write_stats
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = write_stats({"mae": 1.5, "p": float("nan")}, Path(tmp.name) / "stats.json")
+    >>> print(path.read_text(), end="")
+    {
+      "mae": 1.5,
+      "p": null
+    }
+    >>> tmp.cleanup()
     """
     path = Path(path)
     data = result.to_dict() if hasattr(result, "to_dict") else to_jsonable(result)
