@@ -131,6 +131,8 @@ def check_run_outputs(out, log_file=None, *, option: str | None = "--out") -> No
 
 
 def check_report_dir(run_dir) -> None:
-    """``icpcv report RUN_DIR``: it writes ``index.html`` and ``figures/`` into the existing folder."""
-    check_output_dir(run_dir, what="report", option=None, create=False, subdirs=("figures",),
-                     hint="copy the folder somewhere writable and run `icpcv report` on the copy")
+    """``icpcv report RUN_DIR``: it writes ``index.html`` and ``figures/`` into the existing folder.
+    Anything but an existing folder is left to the report's own message (what RUN_DIR should be)."""
+    if Path(run_dir).is_dir():
+        check_output_dir(run_dir, what="report", option=None, subdirs=("figures",),
+                         hint="copy the folder somewhere writable and run `icpcv report` on the copy")

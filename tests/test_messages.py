@@ -108,3 +108,16 @@ def test_numeric_options_are_checked_before_any_fold(tmp_path, option, value, ne
                        option, value)
     assert_clean_refusal(rc, err, needle)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_scans_folder_and_an_unusable_table_say_so(tmp_path):
+    seed = tmp_path / "seed.csv"
+    pd.DataFrame([("1", "1", "10", "5", "TRUE")], columns=["id", "monkey_id", "iop", "icp", "torch_present"]) \
+        .to_csv(seed, index=False)
+    rc, _, err = icpcv("run", "--manifest", seed, "--scans", tmp_path / "nowhere", "--out", tmp_path / "r", *LABELS)
+    assert_clean_refusal(rc, err, f"{tmp_path / 'nowhere'}: --scans folder not found")
+    plain = tmp_path / "plain.csv"
+    pd.DataFrame([("a", "1", "x", "")], columns=["scan_id", "subject", "iop", "icp"]).to_csv(plain, index=False)
+    rc, _, err = icpcv("run", "--manifest", plain, "--out", tmp_path / "r", *LABELS)
+    assert_clean_refusal(rc, err, "no row is usable (reasons: icp_missing (1);")
+    assert "{" not in err

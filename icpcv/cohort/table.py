@@ -185,6 +185,8 @@ def read_scan_table(
     else:
         id_col, subj_col = "scan_id", "subject"
     scans_dir = Path(scans_dir) if scans_dir is not None else None
+    if fmt == "seed" and scans_dir is not None and not scans_dir.is_dir():  # not one volume_file_missing per row
+        raise InputError(f"{scans_dir}: --scans folder not found (it should hold the volumes <id>.pt)")
     base = path.parent
 
     if fmt == "seed":
@@ -265,7 +267,7 @@ def read_scan_table(
                                                   "value", "all_reasons", "detail"])
     scans = pd.DataFrame(kept, columns=["scan_id", "subject", "iop", "icp", "path", "row"])
     if scans.empty:
-        counts = quality["reason"].value_counts().to_dict()
-        raise InputError(f"{path}: no row is usable; reasons: {counts}")
+        counts = ", ".join(f"{code} ({n})" for code, n in quality["reason"].value_counts().items())
+        raise InputError(f"{path}: no row is usable (reasons: {counts}; docs/inputs.md says what each code means)")
     return ScanTable(scans=scans.reset_index(drop=True), quality=quality, source=str(path), fmt=fmt,
                      has_volumes=has_volumes, meta={"scans_dir": str(scans_dir) if scans_dir else None})
