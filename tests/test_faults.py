@@ -50,7 +50,7 @@ def _break(table: Path) -> dict[str, str]:
     np.save(vol / "s00004.npy", inf)
     np.save(vol / "s00005.npy", good[:, :, 0])  # 2-D
     np.save(vol / "s00006.npy", np.stack([good[None], good[None]]))  # 5-D
-    np.save(vol / "s00007.npy", np.zeros((14, 10, 40), np.uint8) + 7)  # another 3-D shape: fine
+    np.save(vol / "s00007.npy", np.random.default_rng(7).integers(0, 200, (14, 10, 40), np.uint8))  # another 3-D shape: fine
     np.save(vol / "s00008.npy", good[None])  # (1, X, Y, Z): fine
     rows = pd.read_csv(table, dtype=str)
     rows.loc[rows["scan_id"] == "s00009", "path"] = "vol/s00009.pt"  # a .pt that is not a tensor file
@@ -102,6 +102,7 @@ def test_bad_volumes_are_an_error_naming_each_file_or_recorded_skips(tmp_path, m
         raise AssertionError("a volume was read again")
 
     monkeypatch.setattr(icpcv.cohort.volumes, "load_volume", no_reading)
+    monkeypatch.setattr(icpcv.cohort.volumes, "read_volume", no_reading)
     assert prepare(_file_config(table, skip_bad_scans=True), out).key == rec.key
 
 

@@ -17,7 +17,7 @@ import pytest
 from scipy import stats as sps
 
 from icpcv.stats import analyze, bootstrap
-from icpcv.stats.errors import InputError
+from icpcv.errors import InputError
 from icpcv.stats.inference import signflip_test
 from icpcv.stats.power import (PairedDifferences, paired_differences, plan_power, signflip_pvalues,
                                verdict_rule)
@@ -89,12 +89,12 @@ def test_signflip_monte_carlo_above_twenty():
 def test_rule_equals_analyze_on_a_cohort(seed, G):
     table = _cohort_table(G, seed)
     res = analyze(table, n_boot=20)
-    cmp_ = next(c for c in res.comparisons if c["metric"] == "mae")
+    cmp_ = next(c for c in res.comparisons if c.metric == "mae")
     d = paired_differences(table)
     batch = verdict_rule(d.n_scans[None, :], d.loss_difference[None, :])
-    assert batch.delta[0] == pytest.approx(cmp_["delta"], abs=1e-10)
-    assert batch.ci_high[0] == pytest.approx(cmp_["ci"][1], abs=1e-10)
-    assert batch.p_signflip[0] == pytest.approx(cmp_["p_signflip"], abs=1e-12)
+    assert batch.delta[0] == pytest.approx(cmp_.delta, abs=1e-10)
+    assert batch.ci_high[0] == pytest.approx(cmp_.ci[1], abs=1e-10)
+    assert batch.p_signflip[0] == pytest.approx(cmp_.p_signflip, abs=1e-12)
     # Holm over this file's 2 comparisons lies between p (m = 1) and 2p (m = 2, Bonferroni)
     verdict_says_better = res.verdict.startswith("The cnn lowers MAE")
     lenient = verdict_rule(d.n_scans[None, :], d.loss_difference[None, :], n_comparisons=1).better[0]

@@ -14,7 +14,7 @@ import pytest
 import statsmodels.formula.api as smf
 
 from icpcv.stats import analyze, read_predictions, validate_predictions
-from icpcv.stats.errors import InputError
+from icpcv.errors import InputError
 from icpcv.stats.repeats import (ensemble, single_seed_table, training_variance, validate_repeats,
                                  variance_components)
 
@@ -403,8 +403,8 @@ def test_repeated_reference_compares_every_model_per_repeat():
     for r, c in enumerate(tv.models["ols_iop"].per_repeat):
         sub = table[table["repeat"].isna() | (table["repeat"] == r)].drop(columns="repeat")
         ref = next(x for x in analyze(sub, reference="cnn2", n_boot=50).comparisons
-                   if x["model"] == "ols_iop" and x["metric"] == "mae")
-        assert c.delta == ref["delta"]
+                   if x.model == "ols_iop" and x.metric == "mae")
+        assert c.delta == ref.delta
 
 
 # ---------------------------------------------------------------------------------------------

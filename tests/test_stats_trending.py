@@ -17,7 +17,7 @@ import pytest
 from scipy import integrate
 from scipy import stats as sps
 
-from icpcv.stats.errors import InputError
+from icpcv.errors import InputError
 from icpcv.stats.trending import (change_pairs, compare_concordance, concordance_rate, gap_levels,
                                   polar_coordinates, polar_statistics, trending)
 

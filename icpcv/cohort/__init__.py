@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,13 @@ from icpcv.cohort.phantom import PRESETS as PHANTOM_PRESETS, make_cohort
 from icpcv.cohort.table import read_scan_table
 from icpcv.cohort import volumes as volume_io
 from icpcv.config import RunConfig
-from icpcv.errors import InputError, RunDirError
+from icpcv.errors import DiskFullError, InputError, RunDirError
 from icpcv.rundir import CohortDir
 from icpcv.util import atomic_write_bytes, atomic_write_json, atomic_write_text, raise_if_disk_full, read_json
 
 DEFAULT_FILE_SHAPE = (32, 32, 64)
+#: version of the volume checks: a cache of volumes checked by other rules is checked again
+VOLUME_CHECKS = "2: readable, finite, 3-D; shape; voxel values (issue 11)"
 
 
 @dataclass
@@ -169,7 +172,12 @@ def _check_unchanged(folder: CohortDir, expect_hash, data_hash, table, quality, 
 
 def _check_volumes(cfg: RunConfig, folder: CohortDir, table: pd.DataFrame, quality: pd.DataFrame, sigs: dict,
                    shape, data_hash: str, progress):
-    """Read every volume once: validate, resample, cache; bad volumes are an error or recorded skips."""
+    """Read every volume once: validate, resample, cache; bad volumes are an error or recorded skips.
+
+    Bad: unreadable, not 3-D, non-finite (reason ``bad_volume``); a raw shape that resampling
+    should not absorb or with axes that look swapped (``bad_volume_shape``); implausible voxel
+    values (``bad_volume_values``). The rules and their ranges: icpcv.plausible, docs/inputs.md.
+    """
     meta_path, arr_path = folder.volumes_json, folder.volumes_npy
     ids = [str(x) for x in table["scan_id"]]
     try:
@@ -178,12 +186,23 @@ def _check_volumes(cfg: RunConfig, folder: CohortDir, table: pd.DataFrame, quali
         meta = None
     expected_bytes = len(ids) * int(np.prod(shape)) * 4
     if not (meta and meta.get("data_hash") == data_hash and meta.get("shape") == list(shape)
-            and meta.get("scan_ids") == ids and arr_path.exists() and arr_path.stat().st_size >= expected_bytes):
+            and meta.get("scan_ids") == ids and meta.get("checks") == VOLUME_CHECKS
+            and meta.get("target") == (list(cfg.shape) if cfg.shape else None)
+            and arr_path.exists() and arr_path.stat().st_size >= expected_bytes):
         bad: dict[str, str] = {}
+        codes: dict[str, str] = {}
+        raw_shapes: dict[str, tuple] = {}
+        summaries: dict[str, volume_io.VoxelSummary] = {}
+        paths = dict(zip(ids, table["path"]))
         if progress:
-            progress.message(f"cohort: checking {len(ids)} volumes once (readable, finite, 3-D) and caching them "
-                             f"resampled to {'x'.join(map(str, shape))} in {arr_path} "
+            progress.message(f"cohort: checking {len(ids)} volumes once (readable, finite, 3-D, shape, voxel values) "
+                             f"and caching them resampled to {'x'.join(map(str, shape))} in {arr_path} "
                              f"({expected_bytes / 2**20:.0f} MiB)")
+        free = shutil.disk_usage(folder.path).free
+        if expected_bytes > free:  # say so before reading a volume, not at the first write that fails
+            raise DiskFullError(f"{arr_path}: the checked, resampled volumes need {expected_bytes / 2**30:.2f} GiB "
+                                f"there and {free / 2**30:.2f} GiB are free; free some space, choose another "
+                                "--out, or a smaller --shape")
         tmp = folder.path / f".volumes.npy.{os.getpid()}.tmp"
         t0 = time.monotonic()
         try:
@@ -191,11 +210,19 @@ def _check_volumes(cfg: RunConfig, folder: CohortDir, table: pd.DataFrame, quali
                 np.lib.format.write_array_header_1_0(fh, dict(descr=np.lib.format.dtype_to_descr(np.dtype("<f4")),
                                                               fortran_order=False, shape=(len(ids),) + tuple(shape)))
                 zeros = np.zeros(shape, "<f4").tobytes()
-                for i, (x, p) in enumerate(zip(ids, table["path"])):
+                for i, x in enumerate(ids):
+                    p = paths[x]
                     try:
-                        vol = volume_io.load_volume(p, shape)
+                        raw = volume_io.read_volume(p)
+                        why = volume_io.raw_value_problem(raw)
+                        if why:  # before resampling: its arithmetic would overflow
+                            codes[x] = "bad_volume_values"
+                            raise InputError(f"{p}: {why}")
+                        raw_shapes[x] = tuple(int(n) for n in raw.shape)
+                        vol = volume_io.resample(raw, shape)
                         if min(vol.shape) < 1 or not np.isfinite(vol).all():
                             raise InputError(f"{p}: volume has non-finite values after resampling to {shape}")
+                        summaries[x] = volume_io.VoxelSummary.of(vol)
                         fh.write(np.ascontiguousarray(vol, dtype="<f4").tobytes())
                     except InputError as exc:
                         bad[x] = str(exc)
@@ -215,23 +242,37 @@ def _check_volumes(cfg: RunConfig, folder: CohortDir, table: pd.DataFrame, quali
                 pass
             raise_if_disk_full(exc, arr_path)
             raise
-        meta = dict(data_hash=data_hash, shape=list(shape), scan_ids=ids, bad=bad, files=sigs)
+        # the cohort-level rules need every volume seen once: the typical shape, the typical voxel
+        typical = volume_io.typical_shape(raw_shapes.values()) if raw_shapes else None
+        for x, raw_shape in raw_shapes.items():
+            why = volume_io.shape_problem(raw_shape, typical, cfg.shape)
+            if why and x not in bad:
+                bad[x], codes[x] = f"{paths[x]}: {why}", "bad_volume_shape"
+        for x, why in volume_io.voxel_problems({x: v for x, v in summaries.items() if x not in bad}).items():
+            bad[x], codes[x] = f"{paths[x]}: {why}", "bad_volume_values"
+        bad = {x: bad[x] for x in ids if x in bad}  # in table order
+        meta = dict(data_hash=data_hash, shape=list(shape), scan_ids=ids, bad=bad,
+                    reasons={x: codes.get(x, "bad_volume") for x in bad}, checks=VOLUME_CHECKS,
+                    target=list(cfg.shape) if cfg.shape else None, typical_shape=list(typical) if typical else None,
+                    files=sigs)
         atomic_write_json(meta_path, meta)
     bad = meta["bad"]
     if not bad:
         return table, quality
+    reasons = meta.get("reasons", {})
     rows = dict(zip(table["scan_id"].astype(str), table["row"]))
     if not cfg.skip_bad_scans:
         listed = "; ".join(f"{msg} (table row {rows[x]}, scan {x})" for x, msg in list(bad.items())[:5])
         more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise InputError(f"{len(bad)} unusable volume(s): {listed}{more}. Fix or remove these files, or rerun with "
-                         "--skip-bad-scans to record them as dropped scans (reason bad_volume) and go on")
+                         "--skip-bad-scans to record them as dropped scans (reasons bad_volume, bad_volume_shape, "
+                         "bad_volume_values) and go on")
     quality = quality.copy()
     for x, msg in bad.items():
+        code = reasons.get(x, "bad_volume")
         i = quality.index[(quality["scan_id"].astype(str) == x) & (quality["status"] == "kept")]
         quality.loc[i, ["status", "reason", "column", "value", "all_reasons", "detail"]] = \
-            ["dropped", "bad_volume", "path", str(table.loc[table["scan_id"].astype(str) == x, "path"].iloc[0]),
-             "bad_volume", msg]
+            ["dropped", code, "path", str(table.loc[table["scan_id"].astype(str) == x, "path"].iloc[0]), code, msg]
     table = table[~table["scan_id"].astype(str).isin(bad)].reset_index(drop=True)
     if table.empty:
         raise InputError(f"no usable volume is left after skipping {len(bad)} bad ones; first: {next(iter(bad.values()))}")

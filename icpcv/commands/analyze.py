@@ -11,6 +11,7 @@ from icpcv.errors import InputError
 from icpcv.rundir import RunDir
 from icpcv.stats.bootstrap import CI_METHODS
 from icpcv.util import file_sha256, package_version
+from icpcv.writable import check_output_dir, check_output_file
 
 
 def cmd_analyze(args) -> int:
@@ -32,7 +33,7 @@ def cmd_analyze(args) -> int:
     """
     from icpcv.stats import analyze, read_predictions, write_stats  # lazy: start-up time (pandas, scipy)
 
-    out = RunDir(args.out)
+    out = RunDir(check_output_dir(args.out, what="analysis"))  # an unwritable --out, before any work
     kind = out.kind if out.kind in ("run", "comparison") else None
     if kind and Path(args.predictions).resolve() != out.predictions_csv.resolve():
         # its report would show these statistics beside the cohort, folds and audit of other predictions
@@ -106,6 +107,8 @@ def cmd_calibrate(args) -> int:
     """
     from icpcv.stats.calibrate import format_markdown, run_calibration  # lazy: start-up time
 
+    if getattr(args, "out", None):  # an unwritable --out, before the simulations
+        check_output_file(args.out, what="calibration table")
     table = run_calibration(
         n_sim=args.n_sim,
         n_subjects=getattr(args, "n_subjects", 14),

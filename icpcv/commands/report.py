@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from icpcv.writable import check_report_dir
+
 
 def _list(text: str | None) -> list[str] | None:
     if text is None:
@@ -14,6 +16,7 @@ def _list(text: str | None) -> list[str] | None:
 def cmd_report(args) -> int:
     from icpcv.report import write_report  # lazy: start-up time (matplotlib, seaborn)
 
+    check_report_dir(args.run_dir)  # a read-only run directory, before any figure is drawn
     print(f"report: {write_report(Path(args.run_dir))}")
     return 0
 

@@ -6,14 +6,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
-
-from icpcv.cohort.table import detect_format
+from icpcv.cohort.table import table_has_volumes
 from icpcv.config import (DEFAULT_MODELS_LABELS, DEFAULT_MODELS_VOLUMES, OPTIMIZERS, PRECISIONS, PRESETS,
                           TRAIN_OPTIONS, RunConfig, TrainConfig)
 from icpcv.errors import InputError
+from icpcv.folds import check_val_fraction
+from icpcv.plausible import check_options
 from icpcv.progress import Progress
 from icpcv.util import parse_shape
+from icpcv.writable import check_run_outputs
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -97,7 +98,7 @@ def add_parser(sub) -> None:
 
 
 def build_config(args) -> RunConfig:
-    from icpcv.models import check_models, is_resnet  # lazy: start-up time (torch)
+    from icpcv.models import check_models, is_resnet, make_model  # lazy: start-up time (torch)
     from icpcv.models.pretrained import check_pretrained  # lazy: start-up time (torch)
 
     if args.manifest is not None and not Path(args.manifest).exists():
@@ -108,18 +109,17 @@ def build_config(args) -> RunConfig:
                     **{k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k, None) is not None},
                     augment=not args.no_augment)
 
+    check_options({"--n-boot": args.n_boot, "--ci-level": args.ci_level, "--epochs": train.epochs,
+                   "--batch-size": train.batch_size, "--lr": train.lr, "--patience": train.patience})
     if args.models:
         models = tuple(check_models(args.models.split(",")))
     elif args.manifest is None:
         models = DEFAULT_MODELS_VOLUMES
-    else:
-        cols = pd.read_csv(args.manifest, nrows=0).columns
-        fmt = detect_format([c.strip() for c in cols], args.manifest)
-        has_vol = args.scans_dir is not None if fmt == "seed" else "path" in cols and \
-            pd.read_csv(args.manifest, usecols=["path"], dtype=str)["path"].notna().any()
-        models = DEFAULT_MODELS_VOLUMES if has_vol else DEFAULT_MODELS_LABELS
+    else:  # through the table reader, so that an unreadable table is an InputError, not a traceback
+        models = DEFAULT_MODELS_VOLUMES if table_has_volumes(args.manifest, args.scans_dir) else DEFAULT_MODELS_LABELS
     if preset and not args.models and "cnn" in models:  # the preset's network takes the light CNN's place
         models = tuple(preset.model if m == "cnn" else m for m in models)
+    check_val_fraction(args.val_fraction, [m for m in models if make_model(m).stochastic])  # the CNNs early-stop
     pretrained = getattr(args, "pretrained", None)
     if pretrained:
         if not Path(pretrained).is_file():
@@ -149,6 +149,7 @@ def cmd_run(args) -> int:
     if cfg.synthetic and cfg.phantom not in ("small", "tiny", "seed"):
         raise InputError(f"unknown --phantom {cfg.phantom!r}; use small, tiny or seed")
     out = Path(args.out) if args.out else Path("reports") / default_run_name(cfg)
+    check_run_outputs(out, args.log_file, option="--out" if args.out else None)  # before any work
     progress = Progress("quiet" if args.quiet else "auto", log_file=args.log_file)
     slurm = dict(partition=args.partition, time=args.time, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
                  max_parallel=args.max_parallel, deadline=args.deadline)

@@ -49,6 +49,8 @@ REASONS = {
     "wrong_dtype": "the voxel type is not a real number type",
     "inconsistent_pages": "the B-scans do not all share one shape and type",
     "non_finite": "the volume holds NaN or infinite voxels",
+    "wrong_shape": "the raw shape is not the cohort's: more than a factor 2 off its typical shape along an axis, "
+                   "or axes that look swapped (icpcv run's rule; docs/inputs.md)",
     "out_of_range": "the resampled values do not fit the chosen output type",
     "internal_error": "an unexpected error (a bug: please report it with the detail)",
 }

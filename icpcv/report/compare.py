@@ -16,6 +16,7 @@ from icpcv.errors import InputError, RunDirError
 from icpcv.report import write_report
 from icpcv.rundir import RunDir, RunRecord, read_json_file
 from icpcv.stats import analyze, write_stats
+from icpcv.writable import check_output_dir
 
 SEP = ":"
 
@@ -100,7 +101,8 @@ def config_differences(runs: list[RunInput]) -> list[dict]:
 
 def pick_models(runs: list[RunInput], models: list[str] | None) -> list[str]:
     """The models taken from every run: as asked, or by default those present in every run whose
-    predictions differ between runs (identical copies of a baseline add nothing but tests)."""
+    predictions differ between runs (identical copies of a baseline add nothing but tests); when
+    none differs that is an InputError, not every model."""
     per_run = [list(dict.fromkeys(r.predictions["model"])) for r in runs]
     common = [m for m in per_run[0] if all(m in p for p in per_run[1:])]
     if models:
@@ -118,7 +120,11 @@ def pick_models(runs: list[RunInput], models: list[str] | None) -> list[str]:
         return d.sort_values("scan_id")[["scan_id", "y_pred"]].to_numpy().tolist()
 
     differing = [m for m in common if any(key(r, m) != key(runs[0], m) for r in runs[1:])]
-    return differing or common
+    if not differing:
+        raise InputError(f"no model's predictions differ between the runs ({', '.join(str(r.path) for r in runs)}): "
+                         f"every shared model ({', '.join(common)}) predicted every scan alike, so there is nothing "
+                         "to compare; to compare them anyway name the models with --models")
+    return differing
 
 
 def stacked_predictions(runs: list[RunInput], models: list[str]) -> pd.DataFrame:
@@ -147,6 +153,11 @@ def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str
         raise InputError(f"--out {out.path} is one of the runs; choose a new folder for the comparison")
     if out.run_json.exists():
         raise InputError(f"--out {out.path} holds a run; choose a new folder for the comparison")
+    check_output_dir(out.path, what="comparison")
+    same = [(a, b) for i, a in enumerate(paths) for b in paths[i + 1:] if a.resolve() == b.resolve()]
+    if same:
+        raise InputError(f"{same[0][0]} and {same[0][1]} are the same run directory: a run compared with itself "
+                         "differs in nothing; name two different runs")
     names = run_names(paths, names)
     runs = [read_run_input(p, n) for p, n in zip(paths, names)]
     plan_hash = check_same_plan(runs)

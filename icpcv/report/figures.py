@@ -25,6 +25,8 @@ from matplotlib.ticker import MaxNLocator
 from icpcv.stats.results import AnalysisResult, Comparison, ModelStats
 from icpcv.util import atomic_write_bytes, fmt_p, is_finite_number
 
+from icpcv.writable import check_output_dir
+
 #: seaborn's colour-blind palette (Wong-like, 10 colours); markers extend it past 10 monkeys
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 DPI = 110
@@ -92,6 +94,9 @@ def render(figures: list[Figure], fig_dir: Path) -> list[Figure]:
     """PNG bytes and data URIs for every figure; the PNGs also go to ``fig_dir`` (a directory's
     ``figures/``; stale PNGs of an earlier report are removed)."""
     fig_dir = Path(fig_dir)
+    # a read-only folder is said once, naming it, before any figure is drawn (not as OSError at the first PNG)
+    check_output_dir(fig_dir, what="report's figures", option=None,
+                     hint="copy the folder somewhere writable and run `icpcv report` on the copy")
     fig_dir.mkdir(parents=True, exist_ok=True)
     names = set()
     for f in figures:

@@ -86,10 +86,13 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
         progress.message(f"cohort: {kept} of {len(quality)} rows kept, {coh.scans['subject'].nunique()} subjects; "
                          f"fold plan {plan.kind} x{plan.n_folds} (hash {plan.hash}); audit: {leak['summary']}")
         for reason, what in (("volume_file_missing", "volume file(s) missing"),
-                             ("bad_volume", "unusable volume(s) skipped (--skip-bad-scans)")):
+                             ("volume_file_unreadable", "volume file(s) that cannot be opened"),
+                             ("bad_volume", "unusable volume(s) skipped (--skip-bad-scans)"),
+                             ("bad_volume_shape", "volume(s) of another shape skipped (--skip-bad-scans)"),
+                             ("bad_volume_values", "volume(s) with implausible voxels skipped (--skip-bad-scans)")):
             rows = quality[quality["reason"] == reason]
             if len(rows):
-                eg = "; ".join(f"row {r.row}: {r.detail if reason == 'bad_volume' else r.value}"
+                eg = "; ".join(f"row {r.row}: {r.detail if reason.startswith('bad_volume') else r.value}"
                                for r in rows.head(3).itertuples())
                 progress.message(f"cohort: {len(rows)} {what}, recorded as dropped in data_quality.csv ({eg}"
                                  f"{'; ...' if len(rows) > 3 else ''}); fix them and rerun with --fresh to use them")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from icpcv.errors import InputError
+from icpcv.plausible import ICP_MMHG, IOP_MMHG, PREDICTION_MMHG, describe, in_range, is_missing, show
 from icpcv.util import atomic_write_text, to_jsonable
 
 REQUIRED_COLUMNS = ("fold", "subject", "scan_id", "model", "y_true", "y_pred")
@@ -28,6 +29,9 @@ NUMERIC_COLUMNS = ("y_true", "y_pred")
 #: Optional 0-based training repeat of a model trained several times per fold (issue 10;
 #: icpcv/stats/repeats.py). Empty for deterministic models.
 REPEAT_COLUMN = "repeat"
+#: column -> (accepted range, what it is): icpcv.plausible, docs/inputs.md
+PLAUSIBLE = {"y_true": (ICP_MMHG, "measured ICP"), "y_pred": (PREDICTION_MMHG, "ICP prediction"),
+             "iop": (IOP_MMHG, "IOP")}
 
 
 def _load_raw(path: Path) -> pd.DataFrame:
@@ -37,7 +41,7 @@ def _load_raw(path: Path) -> pd.DataFrame:
     try:
         if suffix == ".csv":
             # Everything as text, so that a bad cell can be quoted back verbatim.
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
         if suffix in (".parquet", ".pq"):
             try:
                 return pd.read_parquet(path)
@@ -47,6 +51,9 @@ def _load_raw(path: Path) -> pd.DataFrame:
                     "`pip install 'icpcv[parquet]'` or save the table as .csv") from None
     except pd.errors.EmptyDataError:
         raise InputError(f"{path.name}: the file is empty (no header)") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path.name}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                         "save the table as UTF-8 CSV") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
         raise InputError(f"{path.name}: cannot be read as {suffix[1:]}: {exc}") from None
     raise InputError(f"{path.name}: unsupported file type {suffix!r} (use .csv or .parquet)")
@@ -128,9 +135,11 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", *,
     Labels (fold, subject, scan_id, model) become ``str``; y_true, y_pred
     (and iop when present) become ``float64``; an optional ``repeat`` column
     becomes nullable ``Int64``. Raises :class:`InputError` on a
-    missing column, an empty label, a value that is not a finite number, a
-    duplicate (model, scan_id), or a scan whose subject / y_true differs
-    between models. ``source`` is the file name used in messages.
+    missing column, an empty label, a value that is not a finite number or is
+    outside its plausible range (:data:`PLAUSIBLE`: y_true a measured ICP, y_pred
+    an ICP prediction, iop an IOP, in mmHg), a duplicate (model, scan_id), or a
+    scan whose subject / y_true differs between models. ``source`` is the file
+    name used in messages.
 
     Parameters
     ----------
@@ -170,6 +179,10 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", *,
     Traceback (most recent call last):
         ...
     icpcv.errors.InputError: predictions.csv row 2, column y_pred: 'abc' is not a number
+    >>> validate_predictions(raw.assign(y_pred=["13", "6100"]), source="predictions.csv")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    icpcv.errors.InputError: predictions.csv row 2, column y_pred: 6100 is not a plausible ICP prediction ...
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -186,20 +199,28 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", *,
         for i, v in enumerate(values):
             if _is_blank(v):
                 raise InputError(f"{source} row {i + 1}, column {col}: empty value")
+            if isinstance(v, str) and is_missing(v):  # read back as NaN by every pandas reader downstream
+                raise InputError(f"{source} row {i + 1}, column {col}: {v.strip()!r} reads as a missing value; "
+                                 "give every row its label")
         out[col] = [_label(v) for v in values]
 
     numeric = list(NUMERIC_COLUMNS) + [c for c in OPTIONAL_NUMERIC if c in df.columns]
     for col in numeric:
         values = df[col].tolist()
         parsed = np.empty(len(values), dtype=float)
+        bounds, what = PLAUSIBLE[col]
         for i, v in enumerate(values):
             x = _as_number(v)
             if x is None:
-                if col in OPTIONAL_NUMERIC and _is_blank(v):
+                if col in OPTIONAL_NUMERIC and (_is_blank(v) or (isinstance(v, str) and is_missing(v))):
                     parsed[i] = np.nan  # optional covariate may be missing
                     continue
                 shown = "empty" if _is_blank(v) else repr(v)
                 raise InputError(f"{source} row {i + 1}, column {col}: {shown} is not a number")
+            if not in_range(x, bounds):
+                raise InputError(f"{source} row {i + 1}, column {col}: {show(x)} is not a plausible {what} "
+                                 f"(accepted: {describe(bounds)}; beyond that it is a unit or export error, not a "
+                                 "pressure in mmHg); fix the table, or leave the scan out of every model")
             parsed[i] = x
         out[col] = parsed
 
@@ -233,9 +254,11 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", *,
             scan = out["scan_id"].iloc[i]
             rows = np.flatnonzero((out["scan_id"] == scan).to_numpy())
             j = next(r for r in rows if out[col].iloc[r] != out[col].iloc[rows[0]])
+            here, first = out[col].iloc[j], out[col].iloc[rows[0]]
             raise InputError(
                 f"{source} row {j + 1}, column {col}: scan_id {scan!r} has {col} "
-                f"{out[col].iloc[j]!r} here but {out[col].iloc[rows[0]]!r} in row {rows[0] + 1}"
+                f"{show(here) if col == 'y_true' else repr(here)} here but "
+                f"{show(first) if col == 'y_true' else repr(first)} in row {rows[0] + 1}"
             )
 
     extra = [c for c in df.columns if c not in out.columns]
