@@ -12,7 +12,7 @@ from sklearn.metrics import mean_absolute_error
 
 from icpcv.commands import main as cli_main
 from icpcv.commands.analyze import cmd_analyze, cmd_calibrate
-from icpcv.stats import analyze, read_predictions, write_stats
+from icpcv.stats import analyze, analyze_study, read_predictions, write_stats
 from icpcv.stats.synthetic import synthetic_predictions
 
 MODEL_KEYS = {"mae", "rmse", "bias", "r2", "pearson_r", "mae_subject_mean", "bland_altman",
@@ -179,7 +179,7 @@ def test_cmd_analyze_and_cli(tmp_path, preds):
     d = json.loads((tmp_path / "opts" / "stats.json").read_text())
     assert (d["reference"], d["n_boot"], d["seed"], d["ci_level"]) == ("cnn", 150, 4, 0.8)
     assert {c["reference"] for c in d["comparisons"]} == {"cnn"}
-    api = analyze(read_predictions(path), reference="cnn", n_boot=150, seed=4, ci_level=0.8).to_dict()
+    api = analyze_study(read_predictions(path), reference="cnn", n_boot=150, seed=4, ci_level=0.8).to_dict()
     assert d == json.loads(json.dumps(api))
     bad = tmp_path / "bad.csv"
     preds.drop(columns="y_true").to_csv(bad, index=False)

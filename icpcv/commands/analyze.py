@@ -31,7 +31,8 @@ def cmd_analyze(args) -> int:
     and the settings, and the report shows what a bare predictions table
     allows (statistics and figures), saying that its folds were not audited.
     """
-    from icpcv.stats import analyze, read_predictions, write_stats  # lazy: start-up time (pandas, scipy)
+    from icpcv.stats import read_predictions, write_stats  # lazy: start-up time (pandas, scipy)
+    from icpcv.stats.study import analyze_study  # lazy: start-up time
 
     out = RunDir(check_output_dir(args.out, what="analysis"))  # an unwritable --out, before any work
     kind = out.kind if out.kind in ("run", "comparison") else None
@@ -45,7 +46,7 @@ def cmd_analyze(args) -> int:
     if kind == "run":  # a run's own audit travels with its numbers
         audit_failed = audit_failed or out.plan_audit_failed()
     try:
-        preds = read_predictions(args.predictions)
+        preds = read_predictions(args.predictions, allow_repeats=True)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -58,7 +59,7 @@ def cmd_analyze(args) -> int:
         audit_failed=audit_failed,
     )
     try:
-        result = analyze(preds, **settings)
+        result = analyze_study(preds, **settings)
     except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,8 @@ from icpcv.run.environment import environment
 from icpcv.run.executors import execute
 from icpcv.run.slurm import cancel_recorded
 from icpcv.rundir import FoldDir, RunDir, RunRecord, run_key
-from icpcv.stats import analyze, leakage_summary, write_stats
+from icpcv.stats import leakage_summary, write_stats
+from icpcv.stats.study import analyze_study
 from icpcv.train.loop import checkpoint_epoch
 
 
@@ -117,8 +118,8 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
     rec = run.read_record()
     cfg = rec.config
     preds = gather(run.path)
-    result = analyze(preds, reference=cfg.reference, n_boot=cfg.n_boot, seed=cfg.seed, ci_level=cfg.ci_level,
-                     audit_failed=not run.read_plan_audit()["passed"])
+    result = analyze_study(preds, reference=cfg.reference, n_boot=cfg.n_boot, seed=cfg.seed, ci_level=cfg.ci_level,
+                           audit_failed=not run.read_plan_audit()["passed"])
     scan_audit = run.scan_split_audit(rec)
     if scan_audit is not None:
         result.extra["scan_split_audit"] = {k: scan_audit[k] for k in ("statement", "n_folds", "ci_level", "models")}

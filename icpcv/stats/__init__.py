@@ -10,6 +10,7 @@ analyze(predictions, reference="ols_iop", n_boot=10000, seed=0, ci_level=0.95, c
     -> AnalysisResult (attributes, summary(), to_dict() = stats.json; from_dict reads it back)
 read_predictions(path), validate_predictions(frame)
 write_stats(result, path)
+analyze_study(predictions, ...)  # a study's table: the seed ensemble, analyze, training_variance, trending
 leakage_summary(honest, leaky)   # the leakage audit's optimism per model
 """
 
@@ -18,9 +19,11 @@ from icpcv.stats.analysis import DEFAULT_CI_METHOD, analyze
 from icpcv.stats.io import read_predictions, validate_predictions, write_stats
 from icpcv.stats.leakage import leakage_summary
 from icpcv.stats.results import AnalysisResult, Comparison, Estimate, ModelStats
+from icpcv.stats.study import analyze_study
 
 __all__ = [
     "analyze",
+    "analyze_study",
     "AnalysisResult",
     "Comparison",
     "Estimate",
