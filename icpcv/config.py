@@ -23,6 +23,8 @@ SPLITS = ("subjects", "scans")
 OPTIMIZERS = ("adamw", "adam", "adamax")
 PRECISIONS = ("auto", "bf16", "fp32")
 DATA_MODES = ("auto", "resident", "stream")
+#: shortcut A's backward: the standard ResNet's, or MedicalNet's, which detaches the shortcut's input
+SHORTCUT_GRADS = ("standard", "medicalnet")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class RunConfig:
     ci_level: float = 0.95
     skip_bad_scans: bool = False
     pretrained: str | None = None  # warm-start checkpoint for the 3D ResNets (MedicalNet or a state dict)
+    shortcut_grad: str = "standard"  # SHORTCUT_GRADS: "medicalnet" replicates the seed's ResNet-18/34 exactly
     preset: str | None = None  # the --preset that filled in the defaults (recorded only)
 
     def to_dict(self) -> dict:

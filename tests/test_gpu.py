@@ -276,3 +276,18 @@ def test_bench_on_cuda(capsys):
     assert main(["--model", "resnet10", "--shape", "32x32x64", "--steps", "3", "--warmup", "1"]) == 0
     text = capsys.readouterr().out
     assert "peak GiB" in text and "cuda" in text
+
+
+@pytest.mark.gpu
+@cuda
+def test_a_cuda_fold_predicts_at_the_planned_batch_and_decides_residency_with_the_counted_step(tmp_path):
+    from icpcv.run.fold import run_fold
+    from icpcv.run.pipeline import prepare
+
+    cfg = build_config(_args("--phantom", "tiny", "--shape", "16x16x32", "--models", "mean,resnet10", "--folds", "2",
+                             "--epochs", "1", "--batch-size", "8"))
+    prepare(cfg, tmp_path / "run")
+    record = run_fold(tmp_path / "run", 0, device="cuda")
+    info = record["models"]["resnet10"]
+    assert 1 <= info["memory_plan"]["eval_batch"] <= 64 and info["memory_plan"]["train_peak_gib"] > 0
+    assert "GiB step" in info["data_path"]["data_mode_reason"]  # decided with the counted step, not half the free

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from icpcv.models.resnet3d import MaxPool3dS2, ResNet3D, build_resnet
 from icpcv.train import datapath as dp
 from icpcv.train import loop
-from icpcv.run import memory as mm
+from icpcv.models import memory as mm
 
 GiB = 2**30
 SEED_SHAPE = (128, 128, 512)
@@ -242,7 +242,7 @@ def test_residency_counts_the_training_step(monkeypatch):
     assert mm.old_rule_resident(cohort, free)
     mode, why = mm.plan_residency(cohort, train.peak, free)
     assert mode == "stream"
-    assert f"{cohort / GiB:.2f} GiB volumes + {train.peak / GiB:.2f} GiB training step" in why
+    assert f"{cohort / GiB:.2f} GiB volumes + {train.peak / GiB:.2f} GiB step" in why
     # the seed phantom's largest fold (uint8) stays resident
     assert mm.plan_residency(mm.volume_bytes(mm.phantom_fold_scans(), SEED_SHAPE), train.peak, free)[0] == "resident"
     # a step that cannot fit even streamed says so

@@ -8,6 +8,10 @@ Each benchmark measures its yardstick in the same run; none of them is a test.
   the 5-minute budget of the walking skeleton (:mod:`icpcv.bench.run`).
 * ``stats``: the monkey-level bootstrap against a naive loop (:mod:`icpcv.stats.bench`).
 * ``prepare``: raw-volume conversion against load-everything-then-resample (:mod:`icpcv.prepare.bench`).
+* ``memory``: the GPU memory plan of a preset on a card, counted on the meta device
+  (:mod:`icpcv.models.memory`): training, validation and prediction peaks, volumes, resident or streamed.
+* ``gpu-check``: the one prepared check for a GPU machine, every figure in one JSON
+  (:mod:`icpcv.bench.gpu_check`).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import sys
 
 #: benchmark name -> the module whose ``main(argv)`` runs it (imported when asked: start-up time)
 TARGETS = {"train": "icpcv.bench.train", "run": "icpcv.bench.run", "stats": "icpcv.stats.bench",
-           "prepare": "icpcv.prepare.bench"}
+           "prepare": "icpcv.prepare.bench", "memory": "icpcv.models.memory", "gpu-check": "icpcv.bench.gpu_check"}
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from icpcv.cohort.table import table_has_volumes
 from icpcv.config import (DEFAULT_MODELS_LABELS, DEFAULT_MODELS_VOLUMES, OPTIMIZERS, PRECISIONS, PRESETS,
-                          TRAIN_OPTIONS, RunConfig, TrainConfig)
+                          SHORTCUT_GRADS, TRAIN_OPTIONS, RunConfig, TrainConfig)
 from icpcv.errors import InputError
 from icpcv.folds import check_val_fraction
 from icpcv.plausible import check_options
@@ -67,6 +67,10 @@ def add_parser(sub) -> None:
     t.add_argument("--pretrained", metavar="PATH",
                    help="warm-start the 3D ResNets from a MedicalNet checkpoint or a state dict; refused when less "
                         "than 90%% of the backbone's tensors load")
+    t.add_argument("--shortcut-grad", choices=list(SHORTCUT_GRADS), default=RunConfig.shortcut_grad,
+                   help="ResNet-18/34's parameter-free shortcut A in the backward pass: standard (the gradient "
+                        "flows through it, as in every ResNet) or medicalnet (detached, as MedicalNet's code does: "
+                        "for a faithful replication of the seed; see docs/gpu.md)")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
     a = p.add_argument_group("analysis")
@@ -136,7 +140,8 @@ def build_config(args) -> RunConfig:
                      folds=args.folds, split="subjects", val_fraction=args.val_fraction, seed=args.seed,
                      shape=args.shape or (preset.shape if preset else None), train=train, reference=args.reference,
                      n_boot=args.n_boot, ci_level=args.ci_level, skip_bad_scans=args.skip_bad_scans,
-                     pretrained=pretrained, preset=getattr(args, "preset", None))
+                     pretrained=pretrained, shortcut_grad=getattr(args, "shortcut_grad", RunConfig.shortcut_grad),
+                     preset=getattr(args, "preset", None))
 
 
 def cmd_run(args) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from icpcv.errors import InputError
 from icpcv.models.base import FitContext, Model
 from icpcv.models.baselines import MeanBaseline, MixedLMIOP, OLSIOP, RidgeScan
-from icpcv.models.network import CNNS, RESNETS, NetworkModel, make_cnn
+from icpcv.models.network import NetworkModel
+from icpcv.models.zoo import CNNS, RESNETS, make_cnn
 
 BASELINES = {
     "mean": MeanBaseline,

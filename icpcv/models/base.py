@@ -30,6 +30,7 @@ class FitContext:
     checkpoint: Path | None = None  # the epoch checkpoint of a network (resumed from when it exists)
     weights: Path | None = None  # where a network's trained weights are saved
     pretrained: str | None = None  # warm-start checkpoint for the 3D ResNets
+    shortcut_grad: str = "standard"  # shortcut A's gradient: standard, or MedicalNet's detached one
     label: str = ""  # "fold 3/14 (held out 3)", for messages
     progress: object | None = None  # .message(text) and .update(text), e.g. a FoldReporter
 

@@ -15,24 +15,12 @@ import torch
 
 from icpcv.cohort import ScanSet
 from icpcv.models.base import FitContext, Model
-from icpcv.models.cnn import LightCNN3D
+from icpcv.models.memory import plan_network
 from icpcv.models.pretrained import load_pretrained
-from icpcv.models.resnet3d import build_resnet, resnet_names
+from icpcv.models.zoo import RESNETS, make_cnn
 from icpcv.train.augment import AugmentConfig
 from icpcv.train.datapath import load_compact
 from icpcv.train.loop import checkpoint_epoch, fit, predict
-
-#: the 3D ResNets (resnet10|18|34|50 with optional _nodil and _scanonly suffixes)
-RESNETS = resnet_names()
-CNNS = ("cnn",) + RESNETS
-
-
-def make_cnn(name: str, shape: tuple[int, int, int]) -> torch.nn.Module:
-    """A fresh network by name; its initialisation draws from torch's global generator (seed it first)."""
-    if name == "cnn":
-        return LightCNN3D(tuple(shape))
-    return build_resnet(name)
-
 
 class NetworkModel(Model):
     """A CNN of ``CNNS`` as a model: trained per fold from its :class:`FitContext`."""
@@ -65,8 +53,12 @@ class NetworkModel(Model):
             epoch = checkpoint_epoch(ctx.checkpoint)
             self._say(f"resuming from the epoch checkpoint {ctx.checkpoint}"
                       + (f" (epoch {epoch} of {ctx.train.epochs})" if epoch is not None else " (unreadable)"))
+        device = torch.device(ctx.device)
+        # on a GPU, the step's memory is counted before any activation exists (docs/gpu.md, "Memory plan")
+        self.plan_ = plan_network(self.name, tuple(ctx.shape), ctx.train, device) if device.type == "cuda" else None
         torch.manual_seed(ctx.seed)
-        network = make_cnn(self.name, tuple(ctx.shape))
+        network = make_cnn(self.name, tuple(ctx.shape),
+                           **({} if self.name == "cnn" else {"shortcut_grad": ctx.shortcut_grad}))
         warm = None
         if ctx.pretrained and self.name in RESNETS:
             warm = load_pretrained(network, ctx.pretrained)  # InputError (naming the file) below 90% of the backbone
@@ -80,13 +72,16 @@ class NetworkModel(Model):
         data_path: dict = {}
         self.network_, self.standardiser_, history = fit(
             network, self._arrays(train), self._arrays(val), ctx.train, ctx.device, seed=ctx.seed,
-            aug=self.augmentation, checkpoint=ctx.checkpoint, on_epoch=on_epoch, log=self._say, details=data_path)
+            aug=self.augmentation, checkpoint=ctx.checkpoint, on_epoch=on_epoch, log=self._say, details=data_path,
+            peak_bytes=self.plan_.train_peak if self.plan_ else None)
         self.learning_curve_ = pd.DataFrame(history).assign(model=self.name)
         info = dict(name=self.name, best_epoch=next(h["epoch"] for h in history if h["best"]),
                     epochs_run=history[-1]["epoch"], device=str(ctx.device),
                     parameters=int(sum(p.numel() for p in network.parameters())), data_path=data_path)
         if warm is not None:
             info["warm_start"] = warm.to_dict()
+        if self.plan_ is not None:
+            info["memory_plan"] = self.plan_.to_dict()
         self.info_ = info
         if ctx.weights is not None:
             torch.save({k: v.cpu() for k, v in network.state_dict().items()}, ctx.weights)
@@ -98,8 +93,12 @@ class NetworkModel(Model):
 
     def predict(self, scans: ScanSet) -> np.ndarray:
         ctx = self.context
+        if self.plan_ is None:  # CPU: memory is not the limit (and a fixed batch keeps the bits as they were)
+            batch = dict()
+        else:
+            batch = dict(batch_size=self.plan_.eval_batch, peak_bytes=self.plan_.eval_peak)
         return predict(self.network_, load_compact(scans.get_volumes, scans.ids), scans.iop, self.standardiser_,
-                       ctx.device, precision=ctx.train.precision)
+                       ctx.device, precision=ctx.train.precision, **batch)
 
     def describe(self) -> dict:
         return dict(self.info_)

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from icpcv.config import SHORTCUT_GRADS
 from icpcv.errors import InputError
 from icpcv.models.precision import autocast_off
 
@@ -53,8 +54,6 @@ DEPTHS = {10: ("basic", (1, 1, 1, 1)), 18: ("basic", (2, 2, 2, 2)), 34: ("basic"
 #: the shortcut type of MedicalNet's released checkpoints, by depth
 MEDICALNET_SHORTCUT = {10: "B", 18: "A", 34: "A", 50: "B"}
 SEED_IOP_REPEAT = 512
-#: shortcut A's backward: 'standard' passes the gradient to its input, 'medicalnet' detaches it (as ``out.data``)
-SHORTCUT_GRADS = ("standard", "medicalnet")
 _NAME = re.compile(r"^resnet(10|18|34|50)(_nodil)?(_scanonly)?$")
 
 

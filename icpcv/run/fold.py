@@ -106,7 +106,8 @@ def _run_fold(run: RunDir, fold: FoldDir, rec: RunRecord, device: str, progress:
         t0 = time.perf_counter()
         context = FitContext(train=cfg.train, seed=training_seed(cfg.seed, k), shape=coh.shape, device=dev,
                              checkpoint=fold.checkpoint(name), weights=fold.weights(name),
-                             pretrained=cfg.pretrained, label=label, progress=progress)
+                             pretrained=cfg.pretrained, shortcut_grad=cfg.shortcut_grad, label=label,
+                             progress=progress)
         model = make_model(name, context).fit(train, val)
         y_pred = model.predict(test)
         info = model.describe()

@@ -24,7 +24,10 @@ import torch
 
 from icpcv.config import DATA_MODES, PRECISIONS
 
-RESIDENT_FRACTION = 0.5  # of the free device memory the volumes may take; the rest is for activations
+#: without a count of the step's memory: the share of the free device memory the volumes may take
+RESIDENT_FRACTION = 0.5
+#: with a count: the share of the counted peak kept free for what is not counted (workspaces, fragmentation)
+MARGIN = 0.10
 
 
 # ---------------------------------------------------------------- storage
@@ -108,8 +111,37 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-def choose_mode(nbytes: int, device: torch.device, requested: str = "auto") -> tuple[str, str]:
-    """``(mode, why)``: keep ``nbytes`` of volumes on the device, or stream them from the host."""
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f}"
+
+
+def plan_residency(volume_bytes: int, peak_bytes: int, free_bytes: int, margin: float = MARGIN) -> tuple[str, str]:
+    """``(mode, why)``: keep the volumes on the device only if the step (training or prediction)
+    still fits beside them: resident when ``volume_bytes + peak_bytes * (1 + margin) <= free_bytes``,
+    else streamed. ``why`` states the numbers, and says so when even a streamed step does not fit.
+
+    ``peak_bytes`` is the step's counted peak (:mod:`icpcv.models.memory`, on the meta device):
+    the decision is made before any activation exists.
+    """
+    need = peak_bytes * (1 + margin)
+    numbers = (f"{_gib(volume_bytes)} GiB volumes + {_gib(peak_bytes)} GiB step "
+               f"(+{margin:.0%}) = {_gib(volume_bytes + need)} GiB")
+    if volume_bytes + need <= free_bytes:
+        return "resident", f"{numbers} fit in the {_gib(free_bytes)} GiB free"
+    if need <= free_bytes:
+        return "stream", f"{numbers} exceed the {_gib(free_bytes)} GiB free; streamed, the step fits"
+    return "stream", (f"{numbers} exceed the {_gib(free_bytes)} GiB free, and the step alone "
+                      f"({_gib(need)} GiB) does too: it will run out of memory; lower the batch size")
+
+
+def choose_mode(nbytes: int, device: torch.device, requested: str = "auto",
+                peak_bytes: int | None = None) -> tuple[str, str]:
+    """``(mode, why)``: keep ``nbytes`` of volumes on the device, or stream them from the host.
+
+    On CUDA with the step's counted peak (``peak_bytes``): :func:`plan_residency`. Without a
+    count (a network the planner was not asked about): resident when the volumes take at most
+    half of the free memory, and ``why`` says that the step was not counted.
+    """
     if requested not in DATA_MODES:
         raise ValueError(f"data mode {requested!r}: use one of {', '.join(DATA_MODES)}")
     if requested != "auto":
@@ -117,10 +149,13 @@ def choose_mode(nbytes: int, device: torch.device, requested: str = "auto") -> t
     if device.type != "cuda":
         return "resident", f"{device.type} device: the volumes stay in host memory"
     free, total = torch.cuda.mem_get_info(device)
+    if peak_bytes is not None:
+        return plan_residency(nbytes, peak_bytes, free)
     budget = RESIDENT_FRACTION * free
     if nbytes <= budget:
-        return "resident", f"{nbytes / 2**30:.2f} GiB fit in half of the {free / 2**30:.1f} GiB free"
-    return "stream", f"{nbytes / 2**30:.2f} GiB exceed half of the {free / 2**30:.1f} GiB free"
+        return "resident", (f"{_gib(nbytes)} GiB fit in half of the {free / 2**30:.1f} GiB free "
+                            "(the step's memory was not counted)")
+    return "stream", f"{_gib(nbytes)} GiB exceed half of the {free / 2**30:.1f} GiB free"
 
 
 def _pinned_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:

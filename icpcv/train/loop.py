@@ -156,11 +156,16 @@ def evaluate(model, part: _Part, batch_size: int, settings: dp.StepSettings) -> 
 
 @torch.no_grad()
 def predict(model, volumes, iop, std: Standardiser, device, batch_size: int = 64, *, precision: str = "auto",
-            data_mode: str = "auto") -> np.ndarray:
-    """Predictions in mmHg for ``volumes``, through the same data path and precision as training."""
+            data_mode: str = "auto", peak_bytes: int | None = None) -> np.ndarray:
+    """Predictions in mmHg for ``volumes``, through the same data path and precision as training.
+
+    On a GPU, ``batch_size`` should be the planned prediction batch and ``peak_bytes`` the
+    counted peak of its forward (:mod:`icpcv.models.memory`): the training batch proved only
+    the training step's memory.
+    """
     device = torch.device(device)
     volumes = _compact(np.asarray(volumes))
-    mode, _ = dp.choose_mode(volumes.nbytes, device, data_mode)
+    mode, _ = dp.choose_mode(volumes.nbytes, device, data_mode, peak_bytes)
     part = _part(volumes, iop, None, std, device, mode)
     settings = dp.step_settings(device, precision)
     model.eval()
@@ -213,7 +218,7 @@ def checkpoint_epoch(path: Path) -> int | None:
 def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, device: torch.device, *,
         seed: int = 0, aug: AugmentConfig | None = None, checkpoint: Path | None = None,
         on_epoch: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = None,
-        details: dict | None = None):
+        details: dict | None = None, peak_bytes: int | None = None):
     """Train ``model`` on ``train = (volumes, iop, y)``, early-stop on ``val``.
 
     ``seed`` seeds the one generator behind shuffling and augmentation (``aug``, default
@@ -223,12 +228,13 @@ def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, devi
     With ``checkpoint`` set, the state after every epoch is saved there atomically and an
     existing checkpoint is resumed from. ``log`` receives a line saying which data path ran;
     ``details``, if given, is filled with the same as a dict (for the fold record).
+    ``peak_bytes``: the training step's counted peak on a GPU, for the resident/streamed decision.
     """
     device = torch.device(device)
     aug = aug if aug is not None else AugmentConfig()
     std = Standardiser.fit(*train)
     nbytes = sum(_compact(np.asarray(p[0])).nbytes for p in (train, val))
-    mode, why = dp.choose_mode(nbytes, device, cfg.data_mode)
+    mode, why = dp.choose_mode(nbytes, device, cfg.data_mode, peak_bytes)
     settings = dp.step_settings(device, cfg.precision)
     tr = _part(*train, std, device, mode)
     va = _part(*val, std, device, mode)

@@ -59,16 +59,16 @@ from torch.utils._pytree import tree_flatten
 
 from icpcv.cohort.phantom import PRESETS as PHANTOMS
 from icpcv.cohort.phantom import design
-from icpcv.models import make_cnn
-from icpcv.config import OPTIMIZERS, PRESETS
+from icpcv.models.zoo import make_cnn
+from icpcv.config import OPTIMIZERS, PRESETS, TrainConfig
 from icpcv.train import datapath as dp
+from icpcv.train.datapath import MARGIN, plan_residency
 from icpcv.train.loop import forward, make_optimizer, train_step
 from icpcv.train.augment import AugmentConfig, AugmentParams, apply, draw
 from icpcv.util import parse_shape
 
 GiB = 2**30
 BLOCK = 512  # the CUDA caching allocator rounds every allocation up to a multiple of 512 bytes
-MARGIN = 0.10  # of the counted training peak, kept free for what is not counted (workspaces, fragmentation)
 CUDA_CONTEXT_BYTES = 1 * GiB  # CUDA context, cuBLAS and cuDNN handles: outside PyTorch's allocator
 EVAL_BATCH_CAP = 64  # the largest prediction batch proposed (icpcv.train.loop.predict's fixed batch so far)
 COUNTED_PRECISIONS = ("fp32", "bf16")  # resolved precisions (auto is decided per device first)
@@ -372,28 +372,34 @@ def volume_bytes(n_scans: int, shape, itemsize: int = 1) -> int:
     return int(n_scans) * int(np.prod(shape)) * int(itemsize)
 
 
-def plan_residency(volume_bytes: int, train_peak_bytes: int, free_bytes: int,
-                   margin: float = MARGIN) -> tuple[str, str]:
-    """``(mode, why)``: keep the fold's volumes on the device only if the training step still fits beside them.
-
-    The replacement for :func:`icpcv.train.datapath.choose_mode`'s "half of the free memory":
-    resident when ``volume_bytes + train_peak_bytes * (1 + margin) <= free_bytes``, else streamed.
-    ``why`` states the numbers, and says so when even a streamed step does not fit.
-    """
-    need = train_peak_bytes * (1 + margin)
-    numbers = (f"{_gib(volume_bytes)} GiB volumes + {_gib(train_peak_bytes)} GiB training step "
-               f"(+{margin:.0%}) = {_gib(volume_bytes + need)} GiB")
-    if volume_bytes + need <= free_bytes:
-        return "resident", f"{numbers} fit in the {_gib(free_bytes)} GiB free"
-    if need <= free_bytes:
-        return "stream", f"{numbers} exceed the {_gib(free_bytes)} GiB free; streamed, the step fits"
-    return "stream", (f"{numbers} exceed the {_gib(free_bytes)} GiB free, and the step alone "
-                      f"({_gib(need)} GiB) does too: it will run out of memory; lower the batch size")
-
-
 def old_rule_resident(volume_bytes: int, free_bytes: int) -> bool:
     """What ``choose_mode`` decides today: resident when the volumes take at most half of the free memory."""
     return volume_bytes <= dp.RESIDENT_FRACTION * free_bytes
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """What a fold's network may use on a GPU: the training step's peak (for the residency
+    decision), and the largest prediction batch whose forward fits in what training proved."""
+
+    precision: str  # fp32 | bf16, as resolved on the device
+    train_peak: int
+    eval_batch: int
+    eval_peak: int
+
+    def to_dict(self) -> dict:
+        return dict(precision=self.precision, train_peak_gib=round(self.train_peak / GiB, 3),
+                    eval_batch=self.eval_batch, eval_peak_gib=round(self.eval_peak / GiB, 3))
+
+
+def plan_network(name: str, shape, train: TrainConfig, device, *, cap: int = EVAL_BATCH_CAP) -> NetworkPlan:
+    """The memory plan of training ``name`` with ``train`` on ``device`` (counted on the meta device, cached)."""
+    precision = "bf16" if dp.resolve_precision(train.precision, torch.device(device)) is not None else "fp32"
+    step = count_training_step(name, shape, train.batch_size, precision=precision, optimizer=train.optimizer,
+                               weight_decay=train.weight_decay, augment=train.augment)
+    eval_batch = max(1, largest_eval_batch(name, shape, step.transient, precision=precision, cap=cap))
+    return NetworkPlan(precision, step.peak, eval_batch,
+                       count_forward(name, shape, eval_batch, precision=precision).peak)
 
 
 @functools.lru_cache(maxsize=8)
