@@ -240,6 +240,18 @@ def test_a_corrupt_run_record_and_stray_fold_results_are_refused(tmp_path):
     assert prepare(config(models=("mean",)), out, fresh=True).n_folds == 3
 
 
+def test_fresh_with_an_unusable_table_keeps_the_run_it_was_to_replace(tmp_path):
+    out = tmp_path / "run"
+    rec = prepare(config(models=("mean",)), out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = tmp_path / "typo.csv"
+    bad.write_text("scan_id,subject,iop,icp,path\n")  # a header and no row
+    with pytest.raises(InputError, match="typo.csv"):
+        prepare(make_config(manifest=str(bad), models=("mean",)), out, fresh=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert read_run_record(out).key == rec.key
+
+
 def test_failed_folds_exit_with_code_3_and_the_list(monkeypatch, capsys):
     import icpcv.run.pipeline as pipeline
 

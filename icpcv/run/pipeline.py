@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from icpcv import cohort as cohort_mod
+from icpcv.cohort.table import read_scan_table
 from icpcv.config import RunConfig
 from icpcv.errors import InputError, RunDirError
 from icpcv.folds import audit, make_plan
@@ -40,9 +41,13 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
     """
     run = RunDir(run_dir)
     check_models(cfg.models)
+    models = [make_model(m) for m in cfg.models]
+    need_iop, need_volumes = any(m.needs_iop for m in models), any(m.needs_volumes for m in models)
     old = None
     if run.has_results():
         if fresh:
+            if not cfg.synthetic:  # a table that cannot be used must not cost the run it was to replace
+                read_scan_table(cfg.manifest, scans_dir=cfg.scans_dir, need_iop=need_iop, need_volumes=need_volumes)
             cancel_recorded(run.path, progress)
             for child in run.path.iterdir():
                 if child.name != ".lock":
@@ -56,9 +61,7 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
             if changed:
                 raise RunDirError(f"{run.path} holds a run with another configuration ({'; '.join(changed)}); "
                                   "use another --out, or --fresh to discard it")
-    models = [make_model(m) for m in cfg.models]
-    coh, quality, data_hash = cohort_mod.materialise(cfg, run.cohort, need_iop=any(m.needs_iop for m in models),
-                                                     need_volumes=any(m.needs_volumes for m in models),
+    coh, quality, data_hash = cohort_mod.materialise(cfg, run.cohort, need_iop=need_iop, need_volumes=need_volumes,
                                                      expect_hash=old.data_hash if old else None,
                                                      progress=progress)
     if cfg.reference not in cfg.models and progress:
