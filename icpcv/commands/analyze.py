@@ -131,15 +131,18 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+#: ``icpcv analyze --help``
+DESCRIPTION = (
+    "Analyse a long table of out-of-fold predictions (fold, subject, scan_id, model, y_true, y_pred[, iop]) from "
+    "any model at the monkey level. Writes OUT/stats.json, a copy of the table as OUT/predictions.csv, "
+    "OUT/analysis.json (the source file's sha256 and the settings) and the HTML report OUT/index.html with "
+    "OUT/figures/*.png. In a run directory the report is the run's.")
+
+
 def add_parser(subparsers) -> None:
     """Add the ``analyze`` and ``calibrate`` subcommands to an argparse subparsers object."""
-    a = subparsers.add_parser(
-        "analyze", help="monkey-level statistics of out-of-fold predictions -> stats.json, index.html",
-        description="Analyse a long table of out-of-fold predictions (fold, subject, scan_id, model, y_true, "
-                    "y_pred[, iop]) from any model at the monkey level. Writes OUT/stats.json, a copy of the "
-                    "table as OUT/predictions.csv, OUT/analysis.json (the source file's sha256 and the "
-                    "settings) and the HTML report OUT/index.html with OUT/figures/*.png. In a run directory "
-                    "the report is the run's.")
+    a = subparsers.add_parser("analyze", description=DESCRIPTION,
+                              help="monkey-level statistics of out-of-fold predictions -> stats.json, index.html")
     a.add_argument("predictions", help="predictions table (.csv or .parquet)")
     a.add_argument("--out", required=True, help="output directory (stats.json, index.html go here)")
     a.add_argument("--reference", default="ols_iop", help="reference model (default ols_iop)")

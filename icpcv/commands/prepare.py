@@ -9,15 +9,18 @@ from icpcv.progress import Progress
 from icpcv.util import parse_shape
 
 
+#: ``icpcv prepare --help``
+DESCRIPTION = (
+    "Read each row's raw volume (multi-page TIFF, folder of single-page TIFFs, NIfTI, .npy, .pt, or vendor .OCT "
+    "with icpcv[oct]), resample it to --shape with area averaging (anti-aliased), and write float32 .npy volumes "
+    "(X, Y, Z=depth), table.csv for `icpcv run --manifest`, and quality.csv. Reruns convert only new or changed "
+    f"inputs. Exit code 0: every row converted; {EXIT_SKIPPED}: some rows were skipped (listed on stderr and in "
+    "quality.csv); 2: a usage or table error.")
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "prepare", help="convert raw OCT volumes into model-ready .npy volumes and a plain scan table",
-        description="Read each row's raw volume (multi-page TIFF, folder of single-page TIFFs, NIfTI, .npy, .pt, "
-                    "or vendor .OCT with icpcv[oct]), resample it to --shape with area averaging (anti-aliased), "
-                    "and write float32 .npy volumes (X, Y, Z=depth), table.csv for `icpcv run --manifest`, and "
-                    "quality.csv. Reruns convert only new or changed inputs. Exit code 0: every row converted; "
-                    f"{EXIT_SKIPPED}: some rows were skipped (listed on stderr and in quality.csv); "
-                    "2: a usage or table error.")
+    p = sub.add_parser("prepare", description=DESCRIPTION,
+                       help="convert raw OCT volumes into model-ready .npy volumes and a plain scan table")
     p.add_argument("table", help="scan table (CSV): the seed's format (id, monkey_id, iop, icp, ... and a column "
                                  "naming the raw file, e.g. constructed_filepath) or the plain one "
                                  "(scan_id, subject, iop, icp, path)")

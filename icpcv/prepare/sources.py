@@ -121,6 +121,11 @@ class Source:
     def close(self) -> None:
         pass
 
+    def slab_starts(self, rows: int, row_bytes: int) -> tuple[int, range]:
+        """``(per, starts)``: slabs of ``per`` rows (at most SLAB_BYTES each) along an axis of ``rows``."""
+        per = max(1, SLAB_BYTES // row_bytes)
+        return per, range(0, rows, per)
+
 
 def file_list(path: Path) -> list[Path]:
     """The files that make up a raw volume (a folder: its TIFFs in natural order)."""
@@ -416,15 +421,14 @@ class PtSource(Source):
             dtype = torch.empty(0, dtype=t.dtype).numpy().dtype
         src = cls(path=path, fmt="pt", shape=shape3, dtype=np.dtype(dtype), native_axes=(0, 1, 2), stream=0,
                   files=[path])
-        src._t = t
+        src._t = t  # slabs along X, the tensor's first axis
         return src
 
     def slabs(self):
         import torch  # lazy: only the reader of the file's format is loaded (memory per worker)
 
-        X, Y, Z = self.shape
-        per = max(1, SLAB_BYTES // (Y * Z * self.dtype.itemsize))
-        for start in range(0, X, per):
+        per, starts = self.slab_starts(self.shape[0], self.shape[1] * self.shape[2] * self.dtype.itemsize)
+        for start in starts:
             part = self._t[start:start + per]
             if part.dtype == torch.bfloat16:
                 part = part.float()
@@ -541,13 +545,12 @@ class OctSource(Source):
             raise VolumeError("too_small", f"{path}: volume (Y, X, Z) = {data.shape} has an axis shorter than 2")
         src = cls(path=path, fmt="oct", shape=(X, Y, Z), dtype=np.dtype(data.dtype), native_axes=(1, 0, 2),
                   stream=0, files=[path], notes=notes)
-        src._data = data
+        src._data = data  # (Y, X, Z): slabs of B-scans
         return src
 
     def slabs(self):
-        X, Y, Z = self.shape
-        per = max(1, SLAB_BYTES // (X * Z * self.dtype.itemsize))
-        for start in range(0, Y, per):
+        per, starts = self.slab_starts(self.shape[1], self.shape[0] * self.shape[2] * self.dtype.itemsize)
+        for start in starts:
             yield start, np.ascontiguousarray(self._data[start:start + per])
 
 

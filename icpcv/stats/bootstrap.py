@@ -364,6 +364,7 @@ def resample_indices(n_groups, n_boot, rng):
     Returns
     -------
     numpy.ndarray of int, shape (n_boot, n_groups)
+        Row b lists the subjects drawn for resample b (with replacement).
 
     Examples
     --------
@@ -392,6 +393,7 @@ def counts_from_indices(idx, n_groups):
     Returns
     -------
     numpy.ndarray of float64, shape (B, n_groups)
+        The draw counts; a subject not drawn has 0.
 
     Examples
     --------
@@ -558,7 +560,8 @@ def percentile_interval(theta, boot, ci_level=0.95):
 
     Returns
     -------
-    (float, float)
+    (lo, hi) : tuple of float
+        The ``ci_level`` quantiles' interval of the resampled values.
 
     Examples
     --------
@@ -598,12 +601,13 @@ def bca_interval(theta, boot, jack, ci_level=0.95):
     boot : array_like, shape (B,)
         Resampled values θ*.
     jack : array_like, shape (G,)
-        Leave-one-subject-out values θ_(g).
+        Leave-one-subject-out values θ_(g), for the acceleration a.
     ci_level : float, default 0.95
 
     Returns
     -------
-    (float, float)
+    (lo, hi) : tuple of float
+        The bias-corrected and accelerated interval.
 
     References
     ----------
@@ -667,7 +671,8 @@ def studentized_interval(theta, se_hat, boot, se_boot, ci_level=0.95):
 
     Returns
     -------
-    (float, float)
+    (lo, hi) : tuple of float
+        The bootstrap-t interval.
 
     Examples
     --------
@@ -751,7 +756,8 @@ def t_interval(theta, jack, ci_level=0.95):
 
     Returns
     -------
-    (float, float)
+    (lo, hi) : tuple of float
+        θ̂ ∓ t(G-1) × the jackknife SE.
 
     References
     ----------
@@ -804,7 +810,8 @@ def interval(out: BootstrapOutput, j, method, ci_level=0.95):
 
     Returns
     -------
-    (float, float)
+    (lo, hi) : tuple of float
+        NaN where the method has no interval (e.g. every resample undefined).
 
     Raises
     ------

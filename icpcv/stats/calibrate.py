@@ -118,10 +118,12 @@ def true_mae(em: ErrorModel) -> float:
     Parameters
     ----------
     em : ErrorModel
+        The per-scan error model (its offset, spread and noise: mu, tau, sigma).
 
     Returns
     -------
     float
+        The expected absolute error of one scan, mmHg.
 
     References
     ----------
@@ -161,10 +163,12 @@ def true_rmse(em: ErrorModel) -> float:
     Parameters
     ----------
     em : ErrorModel
+        The per-scan error model.
 
     Returns
     -------
     float
+        The root of the expected squared error of one scan, mmHg.
 
     Examples
     --------
