@@ -39,7 +39,7 @@ class Fold:
 
 @dataclass(frozen=True)
 class FoldPlan:
-    kind: str  # "subject" (leave-one-out or grouped K-fold) or "scans" (leaky, for the audit)
+    kind: str  # the split: "subjects" (leave-one-out or grouped K-fold) or "scans" (leaky, for the audit)
     n_folds: int
     seed: int
     folds: tuple[Fold, ...]
@@ -146,7 +146,7 @@ def make_plan(scans: pd.DataFrame, *, n_folds: int | None = None, split: str = "
                               tuple(x for s in held for x in by_subject[s]),
                               tuple(x for s in val for x in by_subject[s]),
                               tuple(x for s in train for x in by_subject[s])))
-        kind = "subject"
+        kind = "subjects"
     elif split == "scans":
         k = 5 if n_folds is None else int(n_folds)
         ids = scans["scan_id"].astype(str).to_numpy()

@@ -19,7 +19,7 @@ def scans():
 
 def test_leave_one_subject_out(scans):
     plan = make_plan(scans, seed=3)
-    assert plan.n_folds == 8 and plan.kind == "subject"
+    assert plan.n_folds == 8 and plan.kind == "subjects"
     assert [f.held_out for f in plan.folds] == [(s,) for s in ["1", "2", "3", "4", "5", "6", "7", "10"]]
     subj = dict(zip(scans.scan_id, scans.subject))
     for f in plan.folds:
