@@ -153,15 +153,15 @@ def test_detectable_effect_is_the_smallest_with_the_target_power():
     pop = _normal_population(-0.5, 1.0, seed=3)
     res = plan_power(pop, [14], n_sim=1500, seed=2, detect_at=14)
     det = res.detectable
-    assert det["n_monkeys"] == 14 and det["power"] >= 0.8
-    again = plan_power(pop, [14], effect=det["effect"], n_sim=1500, seed=2, detectable=False)
-    assert again.rows[0].power == pytest.approx(det["power"])
-    below = plan_power(pop, [14], effect=det["effect"] - 0.02, n_sim=1500, seed=2, detectable=False)
+    assert det.n_monkeys == 14 and det.power >= 0.8
+    again = plan_power(pop, [14], effect=det.effect, n_sim=1500, seed=2, detectable=False)
+    assert again.rows[0].power == pytest.approx(det.power)
+    below = plan_power(pop, [14], effect=det.effect - 0.02, n_sim=1500, seed=2, detectable=False)
     assert below.rows[0].power < 0.8
     # the interval half alone is the t-test, so the full rule needs at least the t-test's effect
     t_effect = next(e for e in np.arange(0.3, 2, 0.001)
                     if 1 - sps.nct.cdf(sps.t.ppf(0.975, 13), 13, e * math.sqrt(14)) >= 0.8)
-    assert det["effect"] >= t_effect - 0.05
+    assert det.effect >= t_effect - 0.05
 
 
 def test_too_few_monkeys_for_the_sign_flip_test():
@@ -169,7 +169,7 @@ def test_too_few_monkeys_for_the_sign_flip_test():
     assert res.rows[0].power == 0 and res.rows[1].power == 0 and res.rows[2].power > 0.5
     assert any("cannot reach" in n for n in res.notes)
     small = plan_power(_population([-3.0, -2.0, -4.0, -3.5], 10.0), [4], n_sim=100)
-    assert small.detectable["effect"] is None and "cannot reach" in small.detectable["note"]
+    assert small.detectable.effect is None and "cannot reach" in small.detectable.note
 
 
 def test_result_is_json_ready_and_summarised():

@@ -366,6 +366,20 @@ def compare_models(pred: Predictions, boot: BootstrapEstimates, reference: str, 
 # --------------------------------------------------------------------------- 6. the verdict
 
 
+def verdict_comparison(models: dict[str, ModelStats], comparisons: list[Comparison]) -> Comparison | None:
+    """The MAE comparison the verdict speaks of: the model with the lowest MAE over all of its scans
+    (the first on ties), or None without MAE comparisons."""
+    mae_cmp = [c for c in comparisons if c.metric == "mae"]
+    if not mae_cmp:
+        return None
+
+    def rank(c):
+        v = models[c.model].mae.estimate
+        return np.inf if not np.isfinite(v) else v
+
+    return min(mae_cmp, key=rank)
+
+
 def verdict(comparisons: list[Comparison], models: dict[str, ModelStats], reference: str, *, n_subjects: int,
             ci_level: float = 0.95, unit: str = "mmHg") -> str:
     """One sentence on the MAE comparisons.
@@ -384,14 +398,10 @@ def verdict(comparisons: list[Comparison], models: dict[str, ModelStats], refere
         return (f"Only the reference model {reference} is present; there is nothing to "
                 f"compare it with ({_plural(n_subjects, 'monkey')}).")
 
-    def rank(c):  # best = lowest MAE over all of the model's scans
-        v = models[c.model].mae.estimate
-        return np.inf if not np.isfinite(v) else v
-
     def fmt(x, digits):
         return fmt_num(x, digits, "n/a")
 
-    best = min(mae_cmp, key=rank)
+    best = verdict_comparison(models, comparisons)
     lo, hi = best.lower, best.upper
     reduction = -best.delta
     red_lo, red_hi = -hi, -lo

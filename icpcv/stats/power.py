@@ -272,6 +272,32 @@ class PowerRow:
     def to_dict(self) -> dict:
         return to_jsonable(self.__dict__.copy())
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "PowerRow":
+        return cls(int(d["n_monkeys"]), float(d["power"]), float(d["mc_se"]), float(d["power_interval"]),
+                   float(d["power_signflip"]), d["signflip_method"])
+
+
+@dataclass
+class DetectableEffect:
+    """The smallest MAE reduction (mmHg) with power ≥ ``target`` at ``n_monkeys``; ``effect`` None
+    with the reason in ``note`` when no effect reaches it."""
+
+    n_monkeys: int
+    target: float
+    effect: float | None = None
+    power: float | None = None
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        return to_jsonable(self.__dict__.copy())
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "DetectableEffect | None":
+        if d is None:
+            return None
+        return cls(int(d["n_monkeys"]), float(d["target"]), d.get("effect"), d.get("power"), d.get("note"))
+
 
 @dataclass
 class PowerResult:
@@ -290,7 +316,7 @@ class PowerResult:
     n_perm: int
     seed: object
     rows: list
-    detectable: dict | None = None
+    detectable: DetectableEffect | None = None
     notes: list = field(default_factory=list)
 
     @property
@@ -302,6 +328,12 @@ class PowerResult:
             if r.n_monkeys == n_monkeys:
                 return r.power
         raise KeyError(n_monkeys)
+
+    def effect_text(self) -> str:
+        """The effect the simulated studies assume, in words."""
+        if self.effect is None:
+            return f"the run's own, {reduction_text(self.observed_reduction)}"
+        return f"{reduction_text(self.effect)} (the run: {reduction_text(self.observed_reduction)})"
 
     def rule_text(self) -> str:
         level = f"{round(self.ci_level * 100):g}%"
@@ -318,12 +350,22 @@ class PowerResult:
             "effect": self.effect, "assumed_reduction": self.assumed_reduction,
             "resampling": "monkeys of the run, with replacement, with their scan counts",
             "n_sim": self.n_sim, "n_perm": self.n_perm, "seed": self.seed,
-            "table": [r.to_dict() for r in self.rows], "detectable": self.detectable,
+            "table": [r.to_dict() for r in self.rows],
+            "detectable": None if self.detectable is None else self.detectable.to_dict(),
             "notes": list(self.notes)})
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "PowerResult":
+        """The result as ``power.json`` holds it (what the report reads)."""
+        effect = d.get("effect")
+        return cls(d["model"], d["reference"], int(d["run_subjects"]), float(d["observed_reduction"]),
+                   float(d["observed_subject_mean_reduction"]), None if effect is None else float(effect),
+                   float(d["alpha"]), float(d["ci_level"]), int(d["n_comparisons"]), int(d["n_sim"]),
+                   int(d["n_perm"]), d.get("seed"), [PowerRow.from_dict(r) for r in d.get("table") or []],
+                   DetectableEffect.from_dict(d.get("detectable")), list(d.get("notes") or []))
+
     def summary(self) -> str:
-        eff = (f"the run's own, {_reduction_text(self.observed_reduction)}" if self.effect is None
-               else f"{_reduction_text(self.effect)} (the run: {_reduction_text(self.observed_reduction)})")
+        eff = self.effect_text()
         lines = [f"Power of a new study to find {self.model} better than {self.reference} on MAE",
                  f"rule: {self.rule_text()}",
                  f"effect: {eff}; {self.n_sim} simulated studies per size, resampling the run's "
@@ -336,17 +378,19 @@ class PowerResult:
         lines += ["", "interval / sign-flip: share of studies meeting that half of the rule alone."]
         det = self.detectable
         if det is not None:
-            if det.get("effect") is not None:
-                lines.append(f"Smallest MAE reduction detected with {det['target']:.0%} power by "
-                             f"{det['n_monkeys']} monkeys: {det['effect']:.2f} mmHg.")
+            if det.effect is not None:
+                lines.append(f"Smallest MAE reduction detected with {det.target:.0%} power by "
+                             f"{det.n_monkeys} monkeys: {det.effect:.2f} mmHg.")
             else:
-                lines.append(f"Smallest detectable reduction at {det['n_monkeys']} monkeys: none "
-                             f"({det['note']}).")
+                lines.append(f"Smallest detectable reduction at {det.n_monkeys} monkeys: none ({det.note}).")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
-def _reduction_text(reduction):
+def reduction_text(reduction) -> str:
+    """An MAE reduction in words ("MAE lower by 2.46 mmHg", or higher when negative)."""
+    if not np.isfinite(reduction):
+        return "MAE change n/a"
     if reduction >= 0:
         return f"MAE lower by {reduction:.2f} mmHg"
     return f"MAE higher by {-reduction:.2f} mmHg"
@@ -469,10 +513,11 @@ def plan_power(differences: PairedDifferences, monkeys=DEFAULT_MONKEYS, *, effec
 
 def _detectable(differences, G, observed, target, common):
     """Smallest MAE reduction with power ≥ target at G monkeys (bisection, common random numbers)."""
-    out = {"n_monkeys": int(G), "target": float(target), "effect": None, "power": None, "note": None}
+    out = DetectableEffect(int(G), float(target))
     alpha, m = common["alpha"], common["n_comparisons"]
     if G <= common["exact_max"] and min(1.0, m * 2.0 / 2**G) >= common["alpha"]:
-        out["note"] = f"the sign-flip test cannot reach p < {alpha:g} with {G} monkeys"
+        out.note = (f"the sign-flip test cannot reach p < {alpha:g} with {G} monkeys"
+                    + ("" if m == 1 else f" once p is multiplied by {m} comparisons"))
         return out
     index = None
 
@@ -487,7 +532,7 @@ def _detectable(differences, G, observed, target, common):
     while p_hi < target:
         lo, hi = hi, 2 * hi
         if hi > 1e4 * scale:
-            out["note"] = "the target power is not reached at any effect"
+            out.note = "the target power is not reached at any effect"
             return out
         p_hi = power(hi)
     while hi - lo > EFFECT_TOLERANCE:
@@ -497,7 +542,7 @@ def _detectable(differences, G, observed, target, common):
             hi, p_hi = mid, p_mid
         else:
             lo = mid
-    out["effect"], out["power"] = float(hi), float(p_hi)
+    out.effect, out.power = float(hi), float(p_hi)
     return out
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import pandas as pd
 
 from icpcv.errors import InputError
-from icpcv.stats.analysis import analyze
+from icpcv.stats.analysis import analyze, verdict_comparison
 from icpcv.stats.repeats import REPEAT_COLUMN, ensemble, training_variance
 from icpcv.stats.results import AnalysisResult
 from icpcv.stats.trending import trending
@@ -40,7 +40,8 @@ def analyze_study(predictions, *, reference: str = "ols_iop", n_boot: int = 1000
 
     ``steps`` (optional: ``scan_id, iop_step, icp_step``) names each scan's set pressure levels for
     the trending pairs; without it they come from the table's own ``iop_step``/``icp_step``
-    columns, or from the pressures (:func:`icpcv.stats.trending.change_pairs`).
+    columns, or from the pressures (:func:`icpcv.stats.trending.change_pairs`). The trending
+    section's ``verdict_model`` is the model the MAE verdict speaks of.
 
     >>> from icpcv.stats.synthetic import synthetic_predictions
     >>> p = synthetic_predictions(n_subjects=8, seed=1)
@@ -58,10 +59,11 @@ def analyze_study(predictions, *, reference: str = "ols_iop", n_boot: int = 1000
         result.extra["training_variance"] = tv.to_dict()
         if tv.measured and tv.verdict_suffix:
             result.verdict = f"{result.verdict} {tv.verdict_suffix}"
-    if "iop" in plain.columns:
+    if "iop" in plain.columns or steps is not None:
+        best = verdict_comparison(result.models, result.comparisons)
         try:
             result.extra["trending"] = trending(plain, reference=reference, seed=seed, ci_level=ci_level,
-                                                steps=steps).to_dict()
+                                                steps=steps, verdict_model=best.model if best else None).to_dict()
         except InputError as exc:  # e.g. no IOP step has two ICP steps: the analysis stands without it
             result.warnings.append(f"Trending was not analysed: {exc}")
     return result

@@ -130,6 +130,8 @@ RATE_CI_METHODS = ("logit_t", "t", "percentile", "bca")
 DEFAULT_RATE_CI_METHOD = "logit_t"
 #: Fewer discordant (or concordant) pairs than this: the rate's interval undercovers.
 MIN_MINORITY_PAIRS = 5
+#: A mean predicted change below this share of the mean measured change: the prediction did not move.
+STILL_RATIO = 0.1
 
 PAIR_DEFINITION = ("consecutive ICP steps at the same IOP step within each monkey, ordered by "
                    "mean measured ICP, on per-step mean measured and predicted ICP")
@@ -171,6 +173,48 @@ class ChangePairs:
 
     def for_model(self, model) -> pd.DataFrame:
         return self.frame[self.frame["model"] == model]
+
+    #: columns shared by every model (the same pairs of the same scans); per model only the predictions differ
+    SHARED = ("subject", "iop_step", "icp_step_from", "icp_step_to", "measured_from", "measured_to", "n_from",
+              "n_to", "iop_from", "iop_to")
+
+    def to_dict(self) -> dict:
+        """The pairs for stats.json (``trending.change_pairs``): the shared columns once, as lists, and
+        ``predicted_from``/``predicted_to`` per model; the figures draw these points."""
+        models = self.models
+        first = self.for_model(models[0]) if models else self.frame.iloc[:0]
+        out = {c: first[c].tolist() for c in self.SHARED}
+        for side in ("from", "to"):
+            out[f"predicted_{side}"] = {m: self.for_model(m)[f"predicted_{side}"].tolist() for m in models}
+        return to_jsonable(out)
+
+    @classmethod
+    def from_dict(cls, d: dict | None, *, step_source="", subjects=None, definition=PAIR_DEFINITION):
+        """The pairs as stats.json holds them (``scan_steps`` is not stored: empty)."""
+        d = dict(d or {})
+        shared = pd.DataFrame({c: d.get(c) or [] for c in cls.SHARED})
+        for c in ("measured_from", "measured_to", "iop_from", "iop_to"):
+            shared[c] = pd.to_numeric(shared[c]).astype(float)
+        for c in ("subject", "iop_step", "icp_step_from", "icp_step_to"):
+            shared[c] = shared[c].astype(str)
+        parts = []
+        for m, values in (d.get("predicted_from") or {}).items():
+            f = shared.assign(model=m, predicted_from=np.asarray(values, dtype=float),
+                              predicted_to=np.asarray(d["predicted_to"][m], dtype=float))
+            parts.append(f)
+        cols = ["model", "subject", "iop_step", "icp_step_from", "icp_step_to", "measured_from",
+                "measured_to", "delta_measured", "predicted_from", "predicted_to", "delta_predicted",
+                "n_from", "n_to", "iop_from", "iop_to", "delta_iop"]
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+        frame["delta_measured"] = frame["measured_to"] - frame["measured_from"]
+        frame["delta_predicted"] = frame["predicted_to"] - frame["predicted_from"]
+        frame["delta_iop"] = frame["iop_to"] - frame["iop_from"]
+        for c in ("n_from", "n_to"):
+            frame[c] = frame[c].astype(int)
+        scan_steps = pd.DataFrame(columns=["subject", "scan_id", "iop_step", "icp_step"])
+        return cls(frame[cols], scan_steps, step_source,
+                   list(subjects) if subjects is not None else sorted(set(shared["subject"]), key=natural_key),
+                   definition)
 
     @property
     def models(self) -> list:
@@ -468,6 +512,14 @@ class ConcordanceResult:
             "exclusion_zone": self.exclusion_zone, "exclusion": self.exclusion,
             "per_subject": self.per_subject, "notes": list(self.notes)})
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ConcordanceResult":
+        rate = d.get("concordance_rate") or {}
+        return cls(_float(rate.get("estimate")), _pair(rate.get("ci")), rate.get("method"), rate.get("ci_note"),
+                   float(d["ci_level"]), int(d["n_pairs"]), int(d["n_pairs_total"]), int(d["n_concordant"]),
+                   int(d["n_discordant"]), int(d["n_ties"]), int(d["n_subjects"]), float(d["exclusion_zone"]),
+                   d["exclusion"], dict(d.get("per_subject") or {}), list(d.get("notes") or []))
+
     def summary(self) -> str:
         level = f"{round(self.ci_level * 100):g}%"
         ci = (f"{level} CI {_pct(self.ci[0])} to {_pct(self.ci[1])}" if self.ci is not None
@@ -476,6 +528,15 @@ class ConcordanceResult:
                 f"pairs outside the exclusion zone ({self.exclusion}, {self.exclusion_zone:g} mmHg), "
                 f"{self.n_subjects} monkeys; concordant {self.n_concordant}, discordant "
                 f"{self.n_discordant}, no change {self.n_ties}")
+
+
+def _float(x) -> float:
+    """A number read back from JSON (null -> NaN)."""
+    return float("nan") if x is None else float(x)
+
+
+def _pair(x):
+    return None if x is None else (_float(x[0]), _float(x[1]))
 
 
 def _pct(x, digits=0):
@@ -638,6 +699,16 @@ class PolarResult:
             "within_accept": self.within_accept, "accept_deg": self.accept_deg, "unit": "degrees",
             "note": "radial_loa treats pairs as independent (no monkey-level interval)"})
 
+    @classmethod
+    def from_dict(cls, d: dict, ci_level: float = 0.95) -> "PolarResult":
+        bias = d.get("angular_bias") or {}
+        return cls(int(d["n_pairs"]), int(d["n_pairs_total"]), float(d["exclusion_zone"]),
+                   _float(bias.get("estimate")), _pair(bias.get("ci")), bias.get("ci_note"),
+                   _float(d.get("angular_sd")), _pair(d.get("radial_loa")) or (np.nan, np.nan),
+                   _pair(d.get("radial_loa_empirical")) or (np.nan, np.nan), _float(d.get("within_accept")),
+                   float(d.get("accept_deg", POLAR_ACCEPT_DEG)), float(d.get("multiplier", POLAR_MULTIPLIER)),
+                   ci_level)
+
     def summary(self) -> str:
         ci = ("" if self.angular_bias_ci is None else
               f" ({round(self.ci_level * 100):g}% CI {self.angular_bias_ci[0]:.1f} to "
@@ -748,6 +819,13 @@ class ConcordanceComparison:
             "signflip_statistic": self.statistic, "signflip_method": self.signflip_method,
             "n_subjects": self.n_subjects})
 
+    @classmethod
+    def from_dict(cls, d: dict, ci_level: float = 0.95) -> "ConcordanceComparison":
+        p_adj = d.get("p_adjusted")
+        return cls(d["model"], d["reference"], _float(d.get("difference")), _pair(d.get("ci")), d.get("ci_method"),
+                   d.get("ci_note"), _float(d.get("p_signflip")), None if p_adj is None else float(p_adj),
+                   _float(d.get("signflip_statistic")), int(d["n_subjects"]), d.get("signflip_method"), ci_level)
+
     def summary(self) -> str:
         ci = ("no interval" if self.ci is None else
               f"{round(self.ci_level * 100):g}% CI {100 * self.ci[0]:+.0f} to {100 * self.ci[1]:+.0f}")
@@ -817,7 +895,12 @@ def compare_concordance(c_model, n_model, c_reference, n_reference, *, model="mo
 
 @dataclass
 class ModelTrending:
-    """Trending statistics of one model (the future ``stats.json`` → ``trending.models.<name>``)."""
+    """Trending statistics of one model (``stats.json`` → ``trending.models.<name>``).
+
+    ``mean_change_measured`` and ``mean_change_predicted`` are the means of Δy and Δp over all
+    of the model's pairs (mmHg); their ratio ``change_ratio`` says how far the prediction moved per
+    mmHg of measured change (1: as far, 0: not at all, as an IOP-only model at a fixed IOP step).
+    """
 
     model: str
     n_pairs: int
@@ -825,13 +908,32 @@ class ModelTrending:
     concordance: ConcordanceResult
     polar: PolarResult
     comparison: ConcordanceComparison | None = None
+    mean_change_measured: float = float("nan")
+    mean_change_predicted: float = float("nan")
+
+    @property
+    def change_ratio(self) -> float:
+        if not np.isfinite(self.mean_change_measured) or self.mean_change_measured == 0:
+            return float("nan")
+        return self.mean_change_predicted / self.mean_change_measured
 
     def to_dict(self) -> dict:
         out = {"n_pairs": self.n_pairs, "n_subjects": self.n_subjects}
         out.update(self.concordance.to_dict())
+        out["n_pairs_total"], out["n_subjects_total"] = self.n_pairs, self.n_subjects  # before the exclusion zone
         out["polar"] = self.polar.to_dict()
         out["comparison"] = None if self.comparison is None else self.comparison.to_dict()
+        out.update(mean_change_measured=self.mean_change_measured, mean_change_predicted=self.mean_change_predicted,
+                   change_ratio=self.change_ratio)
         return to_jsonable(out)
+
+    @classmethod
+    def from_dict(cls, model: str, d: dict, ci_level: float = 0.95) -> "ModelTrending":
+        comparison = d.get("comparison")
+        return cls(model, int(d["n_pairs_total"]), int(d.get("n_subjects_total", d["n_subjects"])),
+                   ConcordanceResult.from_dict(d), PolarResult.from_dict(d["polar"], ci_level),
+                   None if comparison is None else ConcordanceComparison.from_dict(comparison, ci_level),
+                   _float(d.get("mean_change_measured")), _float(d.get("mean_change_predicted")))
 
 
 @dataclass
@@ -849,9 +951,23 @@ class TrendingResult:
     seed: object
     unit: str = "mmHg"
     warnings: list = field(default_factory=list)
+    #: the model the MAE verdict is about (analyze_study sets it); ``verdict_sentence`` speaks of it
+    verdict_model: str | None = None
 
     def __getitem__(self, model) -> ModelTrending:
         return self.models[model]
+
+    @property
+    def verdict_sentence(self) -> str | None:
+        """The trending sentence of the MAE verdict's own model (None without one, or when it is the reference)."""
+        if self.verdict_model is None or self.verdict_model == self.reference or self.verdict_model not in self.models:
+            return None
+        return self.sentence(model=self.verdict_model)
+
+    def still_models(self, max_ratio: float = STILL_RATIO) -> list:
+        """Models whose prediction barely moved between ICP steps at a fixed IOP step: a mean predicted
+        change below ``max_ratio`` of the mean measured change (an IOP-only model, a constant)."""
+        return [m for m, t in self.models.items() if np.isfinite(t.change_ratio) and abs(t.change_ratio) < max_ratio]
 
     @property
     def comparisons(self) -> list:
@@ -870,7 +986,22 @@ class TrendingResult:
             "n_pairs": int(len(self.pairs.frame) // max(1, len(self.models))),
             "subjects": list(self.pairs.subjects),
             "models": {m: t.to_dict() for m, t in self.models.items()},
-            "sentence": self.sentence(), "warnings": list(self.warnings)})
+            "sentence": self.sentence(), "verdict_model": self.verdict_model,
+            "verdict_sentence": self.verdict_sentence, "warnings": list(self.warnings),
+            "change_pairs": self.pairs.to_dict()})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrendingResult":
+        """The result as stats.json's ``trending`` holds it (what the report and notebooks read)."""
+        ci_level = float(d["ci_level"])
+        pairs = ChangePairs.from_dict(d.get("change_pairs"), step_source=d.get("step_source", ""),
+                                      subjects=d.get("subjects"), definition=d.get("pairs", PAIR_DEFINITION))
+        models = {m: ModelTrending.from_dict(m, md, ci_level) for m, md in (d.get("models") or {}).items()}
+        n_boot = d.get("n_boot")
+        return cls(models, d["reference"], pairs, float(d["exclusion_zone"]), d["exclusion"], ci_level,
+                   (d.get("ci_methods") or {}).get("concordance_rate", DEFAULT_RATE_CI_METHOD),
+                   None if n_boot is None else int(n_boot), d.get("seed"), d.get("unit", "mmHg"),
+                   list(d.get("warnings") or []), d.get("verdict_model"))
 
     def summary(self) -> str:
         level = f"{round(self.ci_level * 100):g}%"
@@ -929,7 +1060,7 @@ def trending(predictions, reference="ols_iop", *, exclusion_zone=DEFAULT_EXCLUSI
              exclusion="measured", ci_level=0.95, ci_method=DEFAULT_RATE_CI_METHOD, n_boot=10000,
              seed=0, steps=None, iop_tolerance=DEFAULT_IOP_TOLERANCE,
              icp_tolerance=DEFAULT_ICP_TOLERANCE, n_perm=100_000, unit="mmHg",
-             source="predictions") -> TrendingResult:
+             source="predictions", verdict_model=None) -> TrendingResult:
     """Four-quadrant concordance and polar statistics of every model, within monkeys.
 
     Forms the change pairs with :func:`change_pairs` (consecutive ICP steps at one IOP step, per
@@ -959,6 +1090,8 @@ def trending(predictions, reference="ols_iop", *, exclusion_zone=DEFAULT_EXCLUSI
         Monte Carlo sign-flip test (more than 20 monkeys).
     steps, iop_tolerance, icp_tolerance :
         How the pressure steps are found (:func:`change_pairs`).
+    verdict_model : str, optional
+        The model of the run's MAE verdict; ``verdict_sentence`` then speaks of it.
 
     Returns
     -------
@@ -1008,7 +1141,9 @@ def trending(predictions, reference="ols_iop", *, exclusion_zone=DEFAULT_EXCLUSI
                                              ci_level, ci_method, counts)
         polar = _polar_from_codes(dm, dp, codes, exclusion_zone, ci_level, POLAR_MULTIPLIER,
                                   POLAR_ACCEPT_DEG)
-        per_model[m] = ModelTrending(m, int(len(f)), int(f["subject"].nunique()), conc, polar)
+        per_model[m] = ModelTrending(m, int(len(f)), int(f["subject"].nunique()), conc, polar,
+                                     mean_change_measured=float(dm.mean()) if dm.size else float("nan"),
+                                     mean_change_predicted=float(dp.mean()) if dp.size else float("nan"))
         sums[m] = (c, n)
         warnings += [f"{m}: {note}" for note in conc.notes]
     if G and G < 10:
@@ -1028,7 +1163,7 @@ def trending(predictions, reference="ols_iop", *, exclusion_zone=DEFAULT_EXCLUSI
         warnings.append(f"Reference model {reference!r} has no change pairs (models: "
                         f"{', '.join(per_model)}); no trending comparisons were made.")
     return TrendingResult(per_model, reference, pairs, float(exclusion_zone), exclusion, float(ci_level),
-                          ci_method, int(n_boot), seed, unit, warnings)
+                          ci_method, int(n_boot), seed, unit, warnings, verdict_model)
 
 
 __all__ = [
