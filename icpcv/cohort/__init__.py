@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from icpcv.cohort.phantom import PRESETS as PHANTOM_PRESETS, make_cohort
-from icpcv.cohort.table import read_scan_table
+from icpcv.cohort.table import STEP_COLUMNS, read_scan_table
 from icpcv.cohort import volumes as volume_io
 from icpcv.config import RunConfig
 from icpcv.errors import DiskFullError, InputError, RunDirError
@@ -77,7 +77,9 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
         scans["row"] = np.arange(1, len(scans) + 1)
         quality = pd.DataFrame(dict(row=scans["row"], scan_id=scans["scan_id"], subject=scans["subject"],
                                     status="kept", reason="", column="", value="", all_reasons="", detail=""))
-        table = scans[["scan_id", "subject", "iop", "icp", "path", "row"]].copy()
+        # the set levels name each scan's pressure step (trending's change pairs); not hashed: no model reads them
+        table = scans[["scan_id", "subject", "iop", "icp", "path", "row", "iop_set", "icp_set"]].rename(
+            columns={"iop_set": STEP_COLUMNS[0], "icp_set": STEP_COLUMNS[1]})
         source, has_volumes = f"synthetic phantom ({cfg.phantom}, signal {cfg.signal}, seed {cfg.data_seed})", True
         data_hash = hashlib.sha256(pd.util.hash_pandas_object(table[["scan_id", "subject", "iop", "icp"]])
                                    .to_numpy().tobytes() + (volumes.tobytes() if volumes is not None else b"")
@@ -277,6 +279,21 @@ def _check_volumes(cfg: RunConfig, folder: CohortDir, table: pd.DataFrame, quali
     if table.empty:
         raise InputError(f"no usable volume is left after skipping {len(bad)} bad ones; first: {next(iter(bad.values()))}")
     return table, quality
+
+
+def read_steps(folder: CohortDir) -> pd.DataFrame | None:
+    """Each scan's pressure step (``scan_id, iop_step, icp_step``, text; blank = NaN) when the cohort
+    carries them (the phantom's set levels, or a scan table's own step columns), else None: trending
+    then finds steps from the pressures (icpcv.stats.trending.change_pairs)."""
+    if not folder.scans_csv.exists():
+        return None
+    scans = folder.read_scans()
+    if not set(STEP_COLUMNS) <= set(scans.columns):
+        return None
+    steps = scans[["scan_id", *STEP_COLUMNS]].copy()
+    for c in STEP_COLUMNS:
+        steps[c] = steps[c].astype(str).str.strip().replace({"": np.nan, "nan": np.nan})
+    return steps
 
 
 def load(folder: CohortDir) -> Cohort:

@@ -8,6 +8,10 @@ Two formats are understood:
 * **plain**: ``scan_id, subject, iop, icp, path`` with ``path`` relative to the table's folder
   (or absolute). Empty ``path`` everywhere means a labels-only table.
 
+Either format may carry ``iop_step`` and ``icp_step`` (both or neither): each scan's pressure step
+(set levels or any labels), kept in the cohort for trending's change pairs; a blank step leaves
+that scan out of trending only.
+
 Every row of the input ends up in the data-quality table as ``kept`` or ``dropped`` with a
 reason code, the column it concerns and the offending value: nothing is dropped silently.
 Rows are numbered as data rows, 1-based (row 1 is the line after the header).
@@ -30,6 +34,8 @@ from icpcv.util import natural_sorted
 
 SEED_COLUMNS = ("id", "monkey_id", "iop", "icp", "torch_present")
 PLAIN_COLUMNS = ("scan_id", "subject", "iop", "icp", "path")
+#: optional, in either format: each scan's pressure step (set levels or any labels), for trending's change pairs
+STEP_COLUMNS = ("iop_step", "icp_step")
 
 #: reason code -> one-line explanation shown in the report
 REASONS = {
@@ -197,6 +203,12 @@ def read_scan_table(
         hint = "pass --scans DIR holding <id>.pt" if fmt == "seed" else "fill the path column"
         raise InputError(f"{path}: a selected model needs volumes, but the table has none ({hint})")
     require_iop = need_iop or fmt == "seed"
+    given_steps = [c for c in STEP_COLUMNS if c in raw.columns]
+    if len(given_steps) == 1:
+        other = next(c for c in STEP_COLUMNS if c not in given_steps)
+        raise InputError(f"{path}: has the column {given_steps[0]} but not {other}; give both pressure-step columns "
+                         f"(trending pairs ICP steps within an IOP step) or neither (steps then come from the "
+                         f"pressures)")
 
     quality_rows = []
     kept = []
@@ -262,10 +274,11 @@ def read_scan_table(
             quality_rows.append(dict(row=i, scan_id=scan_id, subject=subject, status="kept", reason="",
                                      column="", value="", all_reasons="", detail=""))
             kept.append(dict(scan_id=scan_id, subject=subject, iop=iop if iop is not None else np.nan,
-                             icp=icp, path=str(vol_path) if vol_path is not None else "", row=i))
+                             icp=icp, path=str(vol_path) if vol_path is not None else "", row=i,
+                             **{c: _clean(rec.get(c)) for c in given_steps}))  # a blank step: left out of trending
     quality = pd.DataFrame(quality_rows, columns=["row", "scan_id", "subject", "status", "reason", "column",
                                                   "value", "all_reasons", "detail"])
-    scans = pd.DataFrame(kept, columns=["scan_id", "subject", "iop", "icp", "path", "row"])
+    scans = pd.DataFrame(kept, columns=["scan_id", "subject", "iop", "icp", "path", "row", *given_steps])
     if scans.empty:
         counts = ", ".join(f"{code} ({n})" for code, n in quality["reason"].value_counts().items())
         raise InputError(f"{path}: no row is usable (reasons: {counts}; docs/inputs.md says what each code means)")

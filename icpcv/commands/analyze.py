@@ -43,8 +43,12 @@ def cmd_analyze(args) -> int:
               file=sys.stderr)
         return 2
     audit_failed = bool(getattr(args, "audit_failed", False))
-    if kind == "run":  # a run's own audit travels with its numbers
+    steps = None
+    if kind == "run":  # a run's own audit travels with its numbers, and its cohort's pressure steps with trending
+        from icpcv.cohort import read_steps  # lazy: start-up time (pandas)
+
         audit_failed = audit_failed or out.plan_audit_failed()
+        steps = read_steps(out.cohort)
     try:
         preds = read_predictions(args.predictions, allow_repeats=True)
     except InputError as exc:
@@ -59,7 +63,7 @@ def cmd_analyze(args) -> int:
         audit_failed=audit_failed,
     )
     try:
-        result = analyze_study(preds, **settings)
+        result = analyze_study(preds, steps=steps, **settings)
     except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -115,14 +115,15 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
     """Predictions -> stats.json -> index.html.
 
     When the run directory holds a leakage audit of this very run (``leakage.json`` written by
-    ``run --leakage-audit``), its summary goes into stats.json as ``scan_split_audit``.
+    ``run --leakage-audit``), its summary goes into stats.json as ``scan_split_audit``. The cohort's
+    pressure steps (when it carries them) define trending's change pairs.
     """
     run = RunDir(run_dir)
     rec = run.read_record()
     cfg = rec.config
     preds = gather(run.path)
     result = analyze_study(preds, reference=cfg.reference, n_boot=cfg.n_boot, seed=cfg.seed, ci_level=cfg.ci_level,
-                           audit_failed=not run.read_plan_audit()["passed"])
+                           audit_failed=not run.read_plan_audit()["passed"], steps=cohort_mod.read_steps(run.cohort))
     scan_audit = run.scan_split_audit(rec)
     if scan_audit is not None:
         result.extra["scan_split_audit"] = {k: scan_audit[k] for k in ("statement", "n_folds", "ci_level", "models")}
