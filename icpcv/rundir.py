@@ -18,6 +18,7 @@ path, and reads and writes through it; every write is atomic. Layout::
     stats.json          the analysis
     figures/*.png, index.html
     leakage.json, scan_split/   with the leakage audit: the scan-level twin (a run directory itself)
+    power.json          `icpcv power`: the power of a new study, for this run's predictions (figures/power.png)
 
 A comparison directory (``icpcv compare``) holds compare.json, and an analysis directory
 (``icpcv analyze TABLE --out DIR`` outside a run) analysis.json, each beside predictions.csv,
@@ -316,7 +317,7 @@ class RunDir(_Folder):
              "plan_audit_json": "leakage_audit.json", "predictions_csv": "predictions.csv",
              "stats_json": "stats.json", "index_html": "index.html", "figures_dir": "figures",
              "slurm_dir": "slurm", "slurm_jobs_json": "slurm/jobs.json", "leakage_json": "leakage.json",
-             "compare_json": "compare.json", "analysis_json": "analysis.json"}
+             "compare_json": "compare.json", "analysis_json": "analysis.json", "power_json": "power.json"}
 
     def __init__(self, path):
         self.path = Path(path)
@@ -462,6 +463,26 @@ class RunDir(_Folder):
         twin = RunDir(self.path / data.get("scan_split_dir", self.SCAN_SPLIT))
         if data.get("run_key") != key or not twin.run_json.exists() or \
                 read_json(twin.run_json).get("key") != data.get("scan_split_run_key"):
+            return None
+        return data
+
+    # ---- the power of a new study (`icpcv power`)
+    def write_power(self, data: dict) -> None:
+        atomic_write_json(self.power_json, data)
+
+    def predictions_key(self) -> dict:
+        """What ``power.json`` was made for: the run key (None outside a run) and predictions.csv's sha256."""
+        return dict(run_key=self.read_record().key if self.run_json.exists() else None,
+                    predictions_sha256=file_sha256(self.predictions_csv))
+
+    def power(self) -> dict | None:
+        """``power.json`` when it was made for this directory's current predictions (same run key and
+        predictions.csv), else None; RunDirError when it cannot be read."""
+        if not self.power_json.exists():
+            return None
+        data = read_json_file(self.power_json)
+        made_for = data.get("made_for") if isinstance(data, dict) else None
+        if not isinstance(made_for, dict) or made_for != self.predictions_key():
             return None
         return data
 

@@ -63,7 +63,8 @@ def test_report_of_a_synthetic_run(runs):
     page = Page(html)
     stats = read_json(run / "stats.json")
     # the verdict comes first, then the sections in order
-    order = ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "training", "provenance", "warnings"]
+    order = ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "trending", "training", "provenance",
+             "warnings"]
     assert [i for i in page.ids if i in order] == order
     assert page.plain.index(stats["verdict"]) < page.plain.index("Cohort Source:")
     # self-contained: nothing but in-page anchors and data: URIs, and a CSP that forbids the network
@@ -72,7 +73,7 @@ def test_report_of_a_synthetic_run(runs):
     # every figure embedded is the PNG written next to it
     pngs = {p.stem: p.read_bytes() for p in (run / "figures").glob("*.png")}
     expected = {"cohort", "forest", "per_monkey_error", "predicted_vs_measured", "learning_curves"} | \
-        {f"bland_altman_{m}" for m in stats["models"]}
+        {f"{kind}_{m}" for m in stats["models"] for kind in ("bland_altman", "four_quadrant", "polar")}
     assert set(pngs) == expected
     embedded = {}
     for img in page.images:
@@ -92,6 +93,36 @@ def test_report_of_a_synthetic_run(runs):
     assert read_json(run / "fold_plan.json")["hash"] in page.plain and str(env.get("git")) in page.plain
     assert "Time per fold" in page.plain and "Learning curves per fold" in page.plain
     assert "Every input row was kept." in page.plain
+
+
+def test_report_trending_section_reads_stats_json(runs):
+    """The trending section: the verdict's sentence for the verdict's own model, a row per model with
+    stats.json's numbers, and the words that set the models whose prediction does not move apart."""
+    run = runs("tiny")
+    html = (run / "index.html").read_text()
+    page = Page(html)
+    stats = read_json(run / "stats.json")
+    t = stats["trending"]
+    best = min((c for c in stats["comparisons"] if c["metric"] == "mae"),
+               key=lambda c: stats["models"][c["model"]]["mae"]["estimate"])["model"]
+    assert t["verdict_model"] == best and t["verdict_sentence"].startswith(f"Within monkeys, at a fixed IOP step, the {best}'s")
+    verdict = page.plain[:page.plain.index("Cohort Source:")]
+    assert t["verdict_sentence"] in verdict
+    section = Page(html[html.index('<section id="trending">'):html.index("</section>", html.index('id="trending"'))])
+    for name, m in t["models"].items():
+        rate = m["concordance_rate"]
+        assert f"{name} " in section.plain and f" {100 * rate['estimate']:.0f} " in section.plain
+        if rate["ci"]:
+            assert f"{100 * rate['ci'][0]:.0f} to {100 * rate['ci'][1]:.0f}" in section.plain
+        assert f"{m['polar']['angular_bias']['estimate']:.1f}" in section.plain
+    # the IOP-only and constant models barely move at a fixed IOP step, and the report says so by name
+    for name in ("mean", "ols_iop"):
+        assert abs(t["models"][name]["change_ratio"]) < 0.1
+    still = section.plain[section.plain.index("Here the predictions of"):]
+    assert still.startswith("Here the predictions of mean, ols_iop") and "do not follow ICP changes" in still
+    assert f"{t['n_pairs']} pairs in {t['n_subjects']} monkeys" in section.plain
+    for w in t["warnings"]:
+        assert w in section.plain
 
 
 def test_report_of_the_real_table_folds_many_dropped_rows(runs):

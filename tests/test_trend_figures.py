@@ -7,8 +7,8 @@ from matplotlib.figure import Figure
 
 from icpcv.report import figures as F
 from icpcv.report.trend_figures import four_quadrant_figure, polar_figure, power_curve_figure
-from icpcv.stats.power import PairedDifferences, plan_power
-from icpcv.stats.trending import trending
+from icpcv.stats.power import PairedDifferences, PowerResult, plan_power
+from icpcv.stats.trending import TrendingResult, trending
 
 
 def _points(fig):
@@ -26,19 +26,18 @@ def _result():
 
 
 def test_four_quadrant_and_polar_draw_every_pair():
-    res = _result()
-    data = res.to_dict()
+    res = TrendingResult.from_dict(_result().to_dict())  # as the report reads stats.json
     for model in ("cnn", "ols_iop"):
         pairs = res.pairs.for_model(model)
         assert len(pairs) == 5 * 2 * 2  # ICP 3 and 4 merge into one step (gap 1 < 2.5): 3 steps, 2 changes
         with F.style():
-            fq = four_quadrant_figure(model, pairs, data["models"][model], res.pairs.subjects)
-            pol = polar_figure(model, pairs, data["models"][model], res.pairs.subjects)
+            fq = four_quadrant_figure(res[model], pairs, res.pairs.subjects)
+            pol = polar_figure(res[model], pairs, res.pairs.subjects)
         assert isinstance(fq, Figure) and isinstance(pol, Figure)
         assert _points(fq) == len(pairs) and _points(pol) == len(pairs)
         assert pol.axes[0].name == "polar"
         assert F.to_png(fq)[:4] == b"\x89PNG" and F.to_png(pol)[:4] == b"\x89PNG"
-    assert four_quadrant_figure("cnn", pairs.iloc[:0], data["models"]["cnn"], []) is None
+    assert four_quadrant_figure(res["cnn"], pairs.iloc[:0], []) is None
 
 
 def test_power_curve_has_one_point_per_study_size():
@@ -47,9 +46,10 @@ def test_power_curve_has_one_point_per_study_size():
                               n * (9 + np.linspace(-2, 1, 10)), n * 10.0)
     res = plan_power(diffs, [6, 8, 10, 14], n_sim=200, detectable=True)
     with F.style():
-        fig = power_curve_figure(res.to_dict())
+        fig = power_curve_figure(PowerResult.from_dict(res.to_dict()))
     assert isinstance(fig, Figure)
     line = fig.axes[0].lines[0]  # the errorbar's data line
     assert list(line.get_xdata()) == [6, 8, 10, 14]
     assert list(line.get_ydata()) == [r.power for r in res.rows]
-    assert power_curve_figure({"table": []}) is None
+    res.rows = []
+    assert power_curve_figure(res) is None

@@ -14,8 +14,11 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from icpcv.cohort.table import REASONS
 from icpcv.config import flatten
 from icpcv.report import figures as F
-from icpcv.report.rundata import CompareData, PredictionsData, RunData
+from icpcv.report import trend_figures as TF
+from icpcv.report.rundata import CompareData, PredictionsData, RunData, read_trending
+from icpcv.stats.power import PowerResult
 from icpcv.stats.results import AnalysisResult
+from icpcv.stats.trending import STILL_RATIO, TrendingResult
 from icpcv.util import fmt_num, fmt_p, is_finite_number, natural_sorted
 
 #: more dropped rows than this: a reason summary, the full table folded into <details>
@@ -132,6 +135,62 @@ def per_subject_table(stats: AnalysisResult, subjects: list[str]) -> dict | None
         rows.append(dict(subject=s, n=n, cells=[dict(mae=c.mae if c else None, bias=c.bias if c else None)
                                                 for c in cells]))
     return dict(models=models, rows=rows)
+
+
+def _percent(x):
+    return 100 * x if _finite(x) else None
+
+
+def _percent_ci(ci):
+    return [100 * ci[0], 100 * ci[1]] if ci else None
+
+
+def trending_context(trend: TrendingResult | None) -> dict | None:
+    """The trending table and the words beside its figures, from stats.json's ``trending`` (attributes)."""
+    if trend is None or not trend.models:
+        return None
+    rows = []
+    for m, t in trend.models.items():
+        c, polar, cmp_ = t.concordance, t.polar, t.comparison
+        rows.append(dict(model=m, reference=m == trend.reference, kept=c.n_pairs, total=t.n_pairs,
+                         subjects=t.n_subjects, rate=_percent(c.rate), rate_ci=_percent_ci(c.ci),
+                         rate_note=c.ci_note, diff=_percent(cmp_.difference) if cmp_ else None,
+                         diff_ci=_percent_ci(cmp_.ci) if cmp_ else None, p=cmp_.p_signflip if cmp_ else None,
+                         p_adjusted=cmp_.p_adjusted if cmp_ else None, bias=polar.angular_bias,
+                         bias_ci=polar.angular_bias_ci, loa=polar.radial_loa, polar_kept=polar.n_pairs,
+                         within=_percent(polar.within_accept), ratio=_percent(t.change_ratio)))
+    first = next(iter(trend.models.values()))
+    return dict(result=trend, rows=rows, contrast=trending_contrast(trend), n_pairs=first.n_pairs,
+                n_subjects=len(trend.pairs.subjects),
+                ci_pct=f"{round(trend.ci_level * 100):g}%", accept=first.polar.accept_deg)
+
+
+def trending_contrast(trend: TrendingResult) -> list[str]:
+    """Sentences that set the models that follow ICP at a fixed IOP against those that cannot."""
+    level = f"{round(trend.ci_level * 100):g}%"
+    still = trend.still_models()
+    lines = ["IOP is held at one step within every pair, so a prediction built from IOP alone has nothing to "
+             "follow: between two ICP steps it moves only with the noise in the measured IOP. Its concordance then "
+             "sits near the 50% chance level (a prediction that does not move counts ½, one that moves with noise "
+             "agrees in direction half the time) and its polar points gather near −45°, the angle of no predicted "
+             "change."]
+    if still:
+        named = "; ".join(f"{m}: {fmt_num(trend[m].mean_change_predicted, 2)} mmHg for a measured "
+                          f"{fmt_num(trend[m].mean_change_measured, 1)} mmHg, concordance "
+                          f"{fmt_num(100 * trend[m].concordance.rate, 0)}%" for m in still)
+        lines.append(f"Here the predictions of {', '.join(still)} barely moved between ICP steps (mean predicted "
+                     f"change below {STILL_RATIO:.0%} of the measured one; {named}): whatever their direction, they "
+                     "do not follow ICP changes at a fixed IOP.")
+    for m, t in trend.models.items():
+        if m in still:
+            continue
+        c = t.concordance
+        ci = (f"{level} CI {fmt_num(100 * c.ci[0], 0)} to {fmt_num(100 * c.ci[1], 0)}%" if c.ci is not None
+              else "no interval")
+        lines.append(f"{m}'s prediction moved by {fmt_num(100 * t.change_ratio, 0)}% of the measured change on "
+                     f"average, in the measured direction for {fmt_num(100 * c.rate, 0)}% of the steps ({ci}); its "
+                     f"polar angular bias is {fmt_num(t.polar.angular_bias, 1)}°.")
+    return lines
 
 
 # --------------------------------------------------------------------------- tables from the run directory
@@ -302,8 +361,38 @@ def run_figures(run: RunData, stats: AnalysisResult) -> dict[str, list[F.Figure]
             "Loss on the training monkeys (solid) and on the fold's inner-validation monkeys (dashed), per epoch; "
             "the ring marks the epoch whose weights were restored for prediction. Epoch 0 is the untrained network.",
             F.learning_curves_figure(run.curves, {r.get("fold"): r.get("held_out", []) for r in run.fold_records}))
+        power_figure(add, run.power)
     F.render([f for figs in out.values() for f in figs], run.run.figures_dir)
     return out
+
+
+def trending_figures(add, trend: TrendingResult | None, subjects: list[str]) -> None:
+    """The four-quadrant and polar plot of every model, side by side, from stats.json's change pairs."""
+    if trend is None:
+        return
+    zone = trend.exclusion_zone
+    for m, t in trend.models.items():
+        pairs = trend.pairs.for_model(m)
+        stem = F.file_stem(m)
+        add("trending", f"four_quadrant_{stem}", f"Four-quadrant plot: {m}",
+            "One point per change pair: the measured change in ICP between consecutive ICP steps at one IOP step "
+            "of a held-out monkey (x) against the model's change in mean out-of-fold prediction between the same "
+            "steps (y), coloured by monkey. Points in the upper right agree in direction (concordant), in the lower "
+            f"right disagree. Grey: the exclusion zone ({zone:g} mmHg); crosses: pairs left out.",
+            TF.four_quadrant_figure(t, pairs, subjects))
+        add("trending", f"polar_{stem}", f"Polar plot: {m}",
+            "Radius: the mean of the measured and predicted change; angle: from the line of identity, positive "
+            "when the predicted change is larger, −45° when the prediction did not move, below −45° when it moved "
+            "the other way. Solid: angular bias; dashed: radial limits of agreement; dotted: ±30°; grey: pairs with "
+            f"a mean change below {zone:g} mmHg, left out.", TF.polar_figure(t, pairs, subjects))
+
+
+def power_figure(add, power: PowerResult | None) -> None:
+    if power is not None:
+        add("power", "power", f"Power of a new study: {power.model} against {power.reference}",
+            "The share of simulated studies of each size that the verdict's rule calls better, with ±1.96 Monte "
+            "Carlo SE (from power.json); dashed: each half of the rule alone. Dotted: the target power and this "
+            "run's own number of monkeys.", TF.power_curve_figure(power))
 
 
 def common_figures(add, stats, preds, subjects, models, ci_level):
@@ -327,6 +416,7 @@ def common_figures(add, stats, preds, subjects, models, ci_level):
     add("agreement", "predicted_vs_measured", "Predicted versus measured ICP per monkey",
         "One panel per held-out monkey (out-of-fold predictions), one colour and marker per model; the grey "
         "line is identity.", F.pred_vs_measured_figure(preds, subjects, models))
+    trending_figures(add, read_trending(stats), subjects)
 
 
 # --------------------------------------------------------------------------- the report
@@ -359,7 +449,7 @@ def _base_context(stats: AnalysisResult, subjects: list[str]) -> dict:
                 ci_pct=stats.ci_pct, models=model_rows(stats),
                 metric_names=[label for _, label in MODEL_METRICS], comparisons=comps,
                 agreement=agreement_rows(stats), decomposition=decomposition_table(stats),
-                per_subject=per_subject_table(stats, subjects),
+                per_subject=per_subject_table(stats, subjects), trending=trending_context(read_trending(stats)),
                 generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -373,7 +463,7 @@ def render_run(run: RunData) -> str:
                warm_start_keys=[k.replace("_", " ") for k in WARM_START_KEYS],
                calibration=table_context(run.calibration),
                config=[(k, fmt_value(v)) for k, v in flatten(run.config).items()], env=env_items(run.environment),
-               record=run.record, timing=timing_table(run),
+               record=run.record, timing=timing_table(run), power=run.power,
                warnings=list(stats.warnings), notes=run.notes)
     return environment().get_template("report.html.j2").render(**ctx)
 
@@ -385,6 +475,7 @@ def predictions_figures(data: CompareData | PredictionsData) -> dict[str, list[F
     figs, add = _collector()
     with F.style():
         common_figures(add, stats, data.predictions, data.subjects, data.models, stats.ci_level)
+        power_figure(add, data.power)
     F.render([f for fs in figs.values() for f in fs], data.run.figures_dir)
     return figs
 
@@ -397,7 +488,7 @@ def render_compare(cmp: CompareData) -> str:
     ctx.update(kind="compare", title=f"icpcv comparison: {cmp.name}", run_name=cmp.name,
                run_path=str(cmp.path.resolve()), figures=figs, runs=runs, meta=cmp.meta,
                config_diff=cmp.meta.get("config_differences", []),
-               envs=[(r.get("name"), env_items(r.get("environment") or {})) for r in runs],
+               envs=[(r.get("name"), env_items(r.get("environment") or {})) for r in runs], power=cmp.power,
                warnings=list(stats.warnings), notes=cmp.notes)
     return environment().get_template("report.html.j2").render(**ctx)
 
@@ -452,6 +543,6 @@ def render_predictions(pred: PredictionsData) -> str:
     figs = predictions_figures(pred)
     ctx.update(kind="predictions", title=f"icpcv analysis: {pred.name}", run_name=pred.name,
                run_path=str(pred.path.resolve()), figures=figs, meta=pred.meta, source=input_context(pred),
-               settings=analysis_settings(pred.meta, stats), env=analysis_env(pred.meta),
+               settings=analysis_settings(pred.meta, stats), env=analysis_env(pred.meta), power=pred.power,
                warnings=list(stats.warnings), notes=pred.notes)
     return environment().get_template("report.html.j2").render(**ctx)

@@ -13,7 +13,9 @@ import pandas as pd
 
 from icpcv.errors import RunDirError
 from icpcv.rundir import RunDir, RunRecord, read_csv_file, read_json_file
+from icpcv.stats.power import PowerResult
 from icpcv.stats.results import AnalysisResult
+from icpcv.stats.trending import TrendingResult
 from icpcv.util import file_sha256, natural_sorted
 
 
@@ -83,6 +85,33 @@ def read_calibration(run: RunDir) -> pd.DataFrame | None:
     return None
 
 
+def read_trending(stats: AnalysisResult) -> TrendingResult | None:
+    """stats.json's ``trending`` section, read back with its own ``from_dict`` (None when absent)."""
+    block = stats.extra.get("trending")
+    return None if block is None else TrendingResult.from_dict(block)
+
+
+def read_power(run: RunDir, notes: list[str]) -> PowerResult | None:
+    """``power.json`` (``icpcv power``) when it was made for this directory's predictions; otherwise None,
+    with a note saying why it is not shown."""
+    if not run.power_json.exists():
+        return None
+    try:
+        data = run.power()
+    except RunDirError as exc:
+        notes.append(f"power.json cannot be read ({exc}); the power section is not shown")
+        return None
+    if data is None:
+        notes.append("power.json was made for other predictions (an earlier version of this run); the power "
+                     "section is not shown (rerun `icpcv power` to refresh it)")
+        return None
+    try:
+        return PowerResult.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        notes.append(f"power.json lacks what the report needs ({exc!r}); rerun `icpcv power`")
+        return None
+
+
 def models_of(stats: AnalysisResult, predictions: pd.DataFrame) -> list[str]:
     """The models stats.json analysed, in its order, then any others the predictions hold."""
     names = list(stats.models)
@@ -114,6 +143,7 @@ class _Shown:
         return models_of(self.stats, self.predictions)
 
 
+
 @dataclass
 class RunData(_Shown):
     """Everything the report shows of one run directory."""
@@ -131,6 +161,7 @@ class RunData(_Shown):
     calibration: pd.DataFrame | None = None
     scan_audit: dict | None = None  # leakage.json of `run --leakage-audit`, when it belongs to this run
     notes: list[str] = field(default_factory=list)  # what the report could not show, and why
+    power: PowerResult | None = None  # power.json of `icpcv power`, when it was made for these predictions
 
     @property
     def subjects(self) -> list[str]:
@@ -171,11 +202,12 @@ def load_run(run_dir) -> RunData:
             if scan_audit is None:
                 notes.append("leakage.json belongs to an earlier version of this run or of its scan_split twin; "
                              "the scan-split audit is not shown (rerun with --leakage-audit to refresh it)")
+    power = read_power(run, notes)
     return RunData(run=run, record=record, config=config, environment=env, stats=read_stats(run),
                    predictions=run.read_predictions(), quality=run.read_quality(), scans=scans,
                    cohort=cohort, plan=plan, audit=run.read_plan_audit(), fold_records=folds,
                    curves=pd.concat(curves, ignore_index=True) if curves else None,
-                   calibration=read_calibration(run), scan_audit=scan_audit, notes=notes)
+                   calibration=read_calibration(run), scan_audit=scan_audit, notes=notes, power=power)
 
 
 @dataclass
@@ -184,6 +216,7 @@ class _AnalysedTable(_Shown):
 
     meta: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    power: PowerResult | None = None  # power.json of `icpcv power`, when it was made for these predictions
 
 
 class CompareData(_AnalysedTable):
@@ -194,8 +227,10 @@ class CompareData(_AnalysedTable):
 def load_compare(out_dir) -> CompareData:
     run = RunDir(out_dir)
     _missing(run, _required_compare(run))
+    notes: list[str] = []
+    power = read_power(run, notes)
     return CompareData(run=run, meta=read_json_file(run.compare_json), stats=read_stats(run),
-                       predictions=run.read_predictions())
+                       predictions=run.read_predictions(), notes=notes, power=power)
 
 
 class PredictionsData(_AnalysedTable):
@@ -232,5 +267,7 @@ def load_predictions_dir(out_dir) -> PredictionsData:
     meta = read_json_file(run.analysis_json)
     if not isinstance(meta, dict):
         raise RunDirError(f"{run.analysis_json}: not a JSON object; rerun `icpcv analyze` with the same --out")
+    notes = _source_notes(meta)
+    power = read_power(run, notes)
     return PredictionsData(run=run, meta=meta, stats=read_stats(run), predictions=run.read_predictions(),
-                           notes=_source_notes(meta))
+                           notes=notes, power=power)
