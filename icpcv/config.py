@@ -144,3 +144,29 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+@dataclass(frozen=True)
+class PowerConfig:
+    """``icpcv power``: the power of a new study of G monkeys (:func:`icpcv.stats.power.plan_power`).
+
+    ``reference`` and ``n_comparisons`` None: the run's own (its reference; Holm's family of its
+    comparisons, approximated by Bonferroni). The planner's keyword defaults are the same numbers
+    (tests/test_power_command.py checks that they agree).
+    """
+
+    model: str = "cnn"
+    reference: str | None = None
+    monkeys: tuple[int, ...] = (6, 10, 14, 20, 30, 40)
+    effect: float | None = None  # MAE reduction to assume (mmHg); None: the run's own
+    alpha: float = 0.05
+    n_sim: int = 2000
+    n_comparisons: int | None = None
+    seed: int = 0
+    n_perm: int = 4000  # random sign patterns per study size above 20 monkeys
+    target_power: float = 0.8
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["monkeys"] = list(self.monkeys)
+        return d

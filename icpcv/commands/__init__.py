@@ -1,7 +1,7 @@
 """The command line, thin: every subcommand parses its options, builds a config and calls the rooms.
 
 One module per subcommand (``run``, ``analyze``/``calibrate``, ``report``/``compare``, ``prepare``,
-``bench``), each with ``add_parser(subparsers)``. No room imports this wing. The rooms a command
+``bench``, ``power``), each with ``add_parser(subparsers)``. No room imports this wing. The rooms a command
 needs are imported when it runs (``# lazy: start-up time``): ``icpcv --help`` must not load torch.
 
 User mistakes (InputError, RunDirError) are printed as one sentence with exit code 2; failed
@@ -14,10 +14,10 @@ import argparse
 import sys
 
 from icpcv import __version__
-from icpcv.commands import analyze, bench, prepare, report, run
+from icpcv.commands import analyze, bench, power, prepare, report, run
 from icpcv.errors import FoldsFailed, InputError, RunDirError
 
-SUBCOMMANDS = (run, analyze, report, prepare, bench)
+SUBCOMMANDS = (run, analyze, report, prepare, bench, power)
 
 
 def make_parser() -> argparse.ArgumentParser:
