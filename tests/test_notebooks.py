@@ -45,14 +45,22 @@ def outputs_text(nb) -> str:
 
 def test_one_run_notebook(tmp_path_factory, monkeypatch):
     run = shared_run("tiny", tmp_path_factory.getbasetemp() / "report_runs")
-    nb = execute(REPO / "analysis" / "01_one_run.ipynb", {"ICPCV_RUN": run, "ICPCV_NBOOT": 200}, monkeypatch)
+    nb = execute(REPO / "analysis" / "01_one_run.ipynb", {"ICPCV_RUN": run, "ICPCV_NBOOT": 200, "ICPCV_NSIM": 200},
+                 monkeypatch)
     text = outputs_text(nb)
     from icpcv.util import read_json
 
-    assert read_json(run / "stats.json")["verdict"] in text
+    stats = read_json(run / "stats.json")
+    assert stats["verdict"] in text
     assert "scans as independent (wrong)" in text and "percentile CI" in text
     assert "between_subject" in text and "monkeys where the model beats the reference" in text
-    assert sum(1 for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})) >= 4
+    # trending, read from stats.json: its table and sentence; power, planned anew for the verdict's model
+    assert "Trending: consecutive ICP steps at the same IOP step" in text and stats["trending"]["sentence"] in text
+    assert "models whose prediction barely moves at a fixed IOP step: mean, ols_iop" in text
+    assert f"Power of a new study to find {stats['trending']['verdict_model']} better than ols_iop" in text
+    assert f"sign-flip p × {len(stats['comparisons'])} comparisons < 0.05" in text
+    # 4 figures before, then a four-quadrant and a polar plot of two models, and the power curve
+    assert sum(1 for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})) >= 9
 
 
 def test_compare_runs_notebook(tmp_path_factory, tmp_path, monkeypatch):
