@@ -97,15 +97,18 @@ def cmd_power(args) -> int:
     return 0
 
 
+#: ``icpcv power --help``
+DESCRIPTION = (
+    "Resample the run's monkeys (with their paired MAE differences of --model against the reference) into "
+    "simulated studies of G monkeys, apply the verdict's rule to each (the monkey-level t interval of the MAE "
+    "difference below 0 and the Holm-adjusted sign-flip p < --alpha) and report the share called better, with "
+    "the smallest MAE reduction detectable with 80% power at the run's own number of monkeys. Prints the table, "
+    "writes RUN_DIR/power.json and RUN_DIR/figures/power.png, and regenerates the report.")
+
+
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "power", help="power of a new study of G monkeys, from a run's per-monkey differences",
-        description="Resample the run's monkeys (with their paired MAE differences of --model against the "
-                    "reference) into simulated studies of G monkeys, apply the verdict's rule to each (the "
-                    "monkey-level t interval of the MAE difference below 0 and the Holm-adjusted sign-flip p < "
-                    "--alpha) and report the share called better, with the smallest MAE reduction detectable "
-                    "with 80%% power at the run's own number of monkeys. Prints the table, writes "
-                    "RUN_DIR/power.json and RUN_DIR/figures/power.png, and regenerates the report.")
+    p = subparsers.add_parser("power", description=DESCRIPTION,
+                              help="power of a new study of G monkeys, from a run's per-monkey differences")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run (or `icpcv analyze`) directory")
     p.add_argument("--model", default=DEFAULTS.model, help=f"model to plan for (default {DEFAULTS.model})")
     p.add_argument("--reference", default=DEFAULTS.reference, help="reference model (default: the run's)")
