@@ -233,8 +233,8 @@ def test_synthetic_run_report_renders(browser, tmp_path_factory):
     run = shared_run("tiny", tmp_path_factory.getbasetemp() / "report_runs")
     res = check_in_browser(browser, run / "index.html", "screenshot_synthetic.png")
     assert_renders(res, min_images=8)
-    assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "training",
-                               "provenance", "warnings"]
+    assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "trending",
+                               "training", "provenance", "warnings"]
 
 
 def test_labels_only_real_table_report_renders(browser, tmp_path_factory):
@@ -245,7 +245,7 @@ def test_labels_only_real_table_report_renders(browser, tmp_path_factory):
     run = shared_run("labels", tmp_path_factory.getbasetemp() / "report_runs")
     res = check_in_browser(browser, run / "index.html", "screenshot_labels_only.png")
     assert_renders(res, min_images=5)
-    assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement",
+    assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "trending",
                                "provenance", "warnings"]
     # the leakage audit (`--leakage-audit`) sits in the fold-plan section, and the twin's own report renders
     assert res["scan_split"]["rows"] == 3 and res["scan_split"]["height"] > 0
