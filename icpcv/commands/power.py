@@ -97,13 +97,14 @@ def cmd_power(args) -> int:
     return 0
 
 
-#: ``icpcv power --help``
-DESCRIPTION = (
+#: ``icpcv power --help``: what the planner does, sentence by sentence
+DESCRIPTION = " ".join((
     "Resample the run's monkeys (with their paired MAE differences of --model against the reference) into "
-    "simulated studies of G monkeys, apply the verdict's rule to each (the monkey-level t interval of the MAE "
-    "difference below 0 and the Holm-adjusted sign-flip p < --alpha) and report the share called better, with "
-    "the smallest MAE reduction detectable with 80% power at the run's own number of monkeys. Prints the table, "
-    "writes RUN_DIR/power.json and RUN_DIR/figures/power.png, and regenerates the report.")
+    "simulated studies of G monkeys and apply the verdict's rule to each (the monkey-level t interval of the MAE "
+    "difference below 0 and the Holm-adjusted sign-flip p < --alpha).",
+    "Report the share called better, with the smallest MAE reduction detectable with 80% power at the run's own "
+    "number of monkeys.",
+    "Prints the table, writes RUN_DIR/power.json and RUN_DIR/figures/power.png, and regenerates the report."))
 
 
 def add_parser(subparsers) -> None:
