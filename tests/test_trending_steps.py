@@ -2,8 +2,6 @@
 trending's change pairs, through `icpcv run` and `icpcv analyze` into a run directory."""
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
