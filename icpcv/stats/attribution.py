@@ -1,0 +1,211 @@
+"""How much of a network's attribution falls in one anatomical region, with a monkey-level interval.
+
+Pure statistics on arrays (no torch): the per-scan sums come from :mod:`icpcv.explain.scoring`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from icpcv.stats import bootstrap
+from icpcv.stats.inference import signflip_test
+from icpcv.util import natural_sorted, to_jsonable
+
+#: interval methods that need no per-resample standard error
+REGION_SHARE_CI_METHODS = ("t", "percentile", "bca")
+
+
+@dataclass
+class RegionShareResult:
+    """Result of :func:`region_share`; ``to_dict()`` is its JSON, ``summary()`` its sentence and table."""
+
+    region: str
+    n_subjects: int
+    n_scans: int
+    n_scans_without_attribution: int
+    attribution_share: float
+    attribution_share_ci: tuple[float, float]
+    volume_share: float
+    enrichment: float
+    enrichment_ci: tuple[float, float]
+    difference: float
+    difference_ci: tuple[float, float]
+    p_value: float
+    ci_method: str
+    ci_level: float
+    n_boot: int
+    seed: int
+    per_subject: pd.DataFrame = field(repr=False)
+    model: str | None = None
+    method: str | None = None
+
+    @property
+    def label(self) -> str:
+        parts = [p for p in (self.model, self.method and self.method.replace("_", " ")) if p]
+        return parts[0] + (f" ({parts[1]})" if len(parts) > 1 else "") if parts else "the maps"
+
+    def sentence(self) -> str:
+        level = f"{round(self.ci_level * 100):g}%"
+        if not np.isfinite(self.attribution_share):
+            return (f"{self.label}: no scan had any attribution (every map is zero: the network's output does "
+                    f"not depend on the scan), so nothing can be said about the {self.region}.")
+        lo, hi = self.enrichment_ci
+        if np.isfinite(lo) and lo > 1:
+            verdict = "more than its share of the volume"
+        elif np.isfinite(hi) and hi < 1:
+            verdict = "less than its share of the volume"
+        else:
+            verdict = "not clearly different from its share of the volume"
+        return (f"{self.label}: {self.attribution_share:.1%} of the absolute attribution falls in the {self.region}, "
+                f"which is {self.volume_share:.1%} of the volume: {self.enrichment:.2f} times its volume share "
+                f"({level} CI {_num(lo)} to {_num(hi)}), {verdict}; difference {100 * self.difference:+.1f} "
+                f"percentage points ({level} CI {100 * self.difference_ci[0]:+.1f} to "
+                f"{100 * self.difference_ci[1]:+.1f}), sign-flip p {_p(self.p_value)} "
+                f"({self.n_subjects} monkeys, {self.n_scans} scans{self._left_out()}; {self.ci_method} interval).")
+
+    def _left_out(self) -> str:
+        k = self.n_scans_without_attribution
+        return "" if not k else f"; {k} scan{'s' if k > 1 else ''} with an all-zero map left out"
+
+    def summary(self) -> str:
+        lines = [self.sentence(), "", "| monkey | scans | attribution share | volume share | ratio |",
+                 "| --- | --- | --- | --- | --- |"]
+        for r in self.per_subject.itertuples(index=False):
+            ratio = r.attribution_share / r.volume_share if r.volume_share > 0 else float("nan")
+            lines.append(f"| {r.subject} | {r.n_scans} | {r.attribution_share:.1%} | {r.volume_share:.1%} | "
+                         f"{_num(ratio)} |")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return to_jsonable(dict(
+            model=self.model, method=self.method, region=self.region,
+            n_subjects=self.n_subjects, n_scans=self.n_scans,
+            n_scans_without_attribution=self.n_scans_without_attribution,
+            attribution_share=dict(estimate=self.attribution_share, ci=list(self.attribution_share_ci)),
+            volume_share=self.volume_share,
+            enrichment=dict(estimate=self.enrichment, ci=list(self.enrichment_ci)),
+            difference=dict(estimate=self.difference, ci=list(self.difference_ci)),
+            p_signflip=self.p_value, ci_method=self.ci_method, ci_level=self.ci_level, n_boot=self.n_boot,
+            seed=self.seed, sentence=self.sentence(),
+            per_subject=self.per_subject.to_dict("records"),
+        ))
+
+
+def _num(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.2f}"
+
+
+def _p(p) -> str:
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
+def region_share(subject, attribution_in, attribution_total, voxels_in, voxels_total, *, region: str = "lamina",
+                 model: str | None = None, method: str | None = None, n_boot: int = 10_000, seed: int = 0,
+                 ci_level: float = 0.95, ci_method: str = "t") -> RegionShareResult:
+    """Share of the absolute attribution inside a region, against the share of the volume it occupies.
+
+    For scan :math:`i` of monkey :math:`g` with attribution map :math:`A_i` and region
+    :math:`R_i` (its labelled voxels) in a volume :math:`V`:
+
+    .. math::
+
+        a_i = \\frac{\\sum_{v \\in R_i} |A_i(v)|}{\\sum_{v \\in V} |A_i(v)|}, \\qquad
+        s_i = \\frac{|R_i|}{|V|}, \\qquad
+        \\bar a_g = \\operatorname{mean}_{i \\in g} a_i, \\quad \\bar s_g = \\operatorname{mean}_{i \\in g} s_i,
+
+        A = \\frac1G \\sum_g \\bar a_g, \\quad S = \\frac1G \\sum_g \\bar s_g, \\qquad
+        \\text{enrichment } E = A / S, \\qquad \\text{difference } D = A - S.
+
+    Each monkey counts once, however many of its scans were mapped. :math:`E = 1` (:math:`D = 0`)
+    is what a map spread evenly over the volume gives; :math:`E > 1`: the network's attribution
+    concentrates in the region. Scans whose map is zero everywhere have no share and are left out
+    (counted in ``n_scans_without_attribution``).
+
+    Intervals resample **monkeys** (:mod:`icpcv.stats.bootstrap`): ``t`` (default) is
+    :math:`\\hat\\theta \\pm t_{G-1}\\,\\widehat{se}_{jack}` with the leave-one-monkey-out
+    jackknife standard error (for D, a mean over monkeys, this is exactly the one-sample t
+    interval of the :math:`\\bar a_g - \\bar s_g`); ``percentile`` and ``bca`` use ``n_boot``
+    cluster-bootstrap resamples drawn from ``numpy.random.default_rng(seed)``. The p-value is the
+    two-sided sign-flip test over monkeys of :math:`\\bar a_g - \\bar s_g` (H0: the attribution
+    share equals the volume share; :func:`icpcv.stats.inference.signflip_test`).
+
+    Parameters
+    ----------
+    subject : array of monkey labels, one per scan.
+    attribution_in, attribution_total : sums of absolute attribution in the region and in the volume.
+    voxels_in, voxels_total : voxels in the region and in the volume.
+
+    Returns
+    -------
+    RegionShareResult
+
+    References
+    ----------
+    Arras L, Osman A, Samek W (2022). CLEVR-XAI: a benchmark dataset for the ground truth evaluation
+    of neural network explanations. Information Fusion 81:14-40 (relevance mass accuracy: the share of
+    attribution inside the ground-truth mask).
+    Field CA, Welsh AH (2007). Bootstrapping clustered data. JRSS B 69:369-390.
+
+    Examples
+    --------
+    >>> from icpcv.stats.attribution import region_share
+    >>> r = region_share(["1", "1", "2", "3"], [30, 50, 20, 40], [100, 100, 100, 100],
+    ...                  [5, 5, 5, 5], [100, 100, 100, 100], region="lamina")
+    >>> round(r.attribution_share, 3), round(r.volume_share, 3), round(r.enrichment, 2)
+    (0.333, 0.05, 6.67)
+    """
+    if ci_method not in REGION_SHARE_CI_METHODS:
+        raise ValueError(f"ci_method {ci_method!r}: choose from {', '.join(REGION_SHARE_CI_METHODS)}")
+    subj = np.asarray(subject).astype(str)
+    a_in, a_tot, v_in, v_tot = (np.asarray(x, dtype=float) for x in
+                                (attribution_in, attribution_total, voxels_in, voxels_total))
+    n = len(subj)
+    if not all(len(x) == n for x in (a_in, a_tot, v_in, v_tot)):
+        raise ValueError("region_share: subject and the four sums need one value per scan each")
+    if np.any(a_in < 0) or np.any(a_in > a_tot * (1 + 1e-6)) or np.any(v_in > v_tot) or np.any(v_tot <= 0):
+        raise ValueError("region_share: sums must satisfy 0 <= attribution_in <= attribution_total and "
+                         "voxels_in <= voxels_total > 0 (absolute attribution, voxel counts)")
+    has = a_tot > 0
+    frame = pd.DataFrame(dict(subject=subj[has], a=a_in[has] / a_tot[has], s=v_in[has] / v_tot[has]))
+    per = (frame.groupby("subject", sort=False)
+           .agg(n_scans=("a", "size"), attribution_share=("a", "mean"), volume_share=("s", "mean")))
+    per = per.loc[natural_sorted(per.index)].reset_index()
+    G = len(per)
+    nan2 = (float("nan"), float("nan"))
+    common = dict(region=region, n_subjects=G, n_scans=int(has.sum()), n_scans_without_attribution=int((~has).sum()),
+                  ci_method=ci_method, ci_level=ci_level, n_boot=int(n_boot), seed=int(seed), per_subject=per,
+                  model=model, method=method)
+    if G == 0:
+        return RegionShareResult(attribution_share=float("nan"), attribution_share_ci=nan2,
+                                 volume_share=float(np.mean(v_in / v_tot)) if n else float("nan"),
+                                 enrichment=float("nan"), enrichment_ci=nan2, difference=float("nan"),
+                                 difference_ci=nan2, p_value=float("nan"), **common)
+    a_g = per["attribution_share"].to_numpy()
+    s_g = per["volume_share"].to_numpy()
+    A, S = a_g.mean(), s_g.mean()
+
+    def estimands(a, s):  # attribution share, enrichment, difference
+        return np.stack([a, a / s, a - s], axis=-1)
+
+    rng = np.random.default_rng(seed)
+    counts = bootstrap.counts_from_indices(bootstrap.resample_indices(G, n_boot, rng), G)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = estimands(counts @ a_g / G, counts @ s_g / G)
+        jack_a = (a_g.sum() - a_g) / (G - 1) if G > 1 else np.full(1, np.nan)
+        jack_s = (s_g.sum() - s_g) / (G - 1) if G > 1 else np.full(1, np.nan)
+        jack = estimands(jack_a, jack_s)
+    est = estimands(np.array(A), np.array(S))
+    out = bootstrap.BootstrapOutput(estimate=est, boot=boot, jack=[jack[:, j] for j in range(3)], n_boot=int(n_boot),
+                                    n_active=np.full(3, G))
+    ci = [tuple(bootstrap.interval(out, j, ci_method, ci_level)) for j in range(3)]
+    p = signflip_test(a_g - s_g)["p"]
+    return RegionShareResult(attribution_share=float(A), attribution_share_ci=ci[0], volume_share=float(S),
+                             enrichment=float(A / S), enrichment_ci=ci[1], difference=float(A - S),
+                             difference_ci=ci[2], p_value=float(p), **common)
+
+
+__all__ = ["region_share", "RegionShareResult", "REGION_SHARE_CI_METHODS"]
