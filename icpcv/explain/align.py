@@ -59,8 +59,9 @@ def mean_abs_map(maps: np.ndarray, offsets: np.ndarray | None = None) -> np.ndar
 
 
 def region_probability(labels: np.ndarray, offsets: np.ndarray | None = None, code: int = LAMINA) -> np.ndarray:
-    """Share of scans in which each voxel (of the reference frame, with ``offsets``) carries label ``code``."""
-    mask = (np.asarray(labels) == code).astype(np.float32)
+    """Share of scans in which each voxel (of the reference frame, with ``offsets``) carries label ``code``.
+    Labels are moved by whole voxels (nearest neighbour): interpolating a mask would blur it."""
+    labels = np.asarray(labels)
     if offsets is not None:
-        mask = align(mask, offsets)
-    return mask.mean(axis=0)
+        labels = align(labels, offsets, order=0)
+    return (labels == code).mean(axis=0, dtype=np.float64).astype(np.float32)
