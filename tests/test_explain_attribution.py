@@ -136,6 +136,7 @@ def test_attribute_scans_gives_mmhg_and_the_npz_round_trips(tmp_path):
     maps.save(path)
     back = AttributionMaps.load(path)
     assert back.scan_ids == ["a", "b", "c"] and back.subjects == ["1", "1", "2"]
+    assert back.settings["patch"] == [3, 5, 4] and back.settings["iop"] == "held at each scan's value"
     for k, m in maps.maps.items():
         scale = np.abs(m).reshape(3, -1).max(axis=1).reshape(-1, 1, 1, 1)
         assert np.abs(back.maps[k] - m).max() <= (scale * 2**-10).max()  # float16: 10-bit mantissa
@@ -160,3 +161,22 @@ def test_bench_case_times_every_method():
     assert [r["method"] for r in rows] == ["gradient", "gradient_x_input", "integrated_gradients", "occlusion"]
     assert all(r["seconds_per_scan"] > 0 for r in rows)
     assert rows[3]["passes"].startswith("~96 fwd")  # default patch 2x2x3 on 8x8x16: 4 x 4 x 6 patches
+
+
+@pytest.mark.gpu
+def test_maps_on_cuda_match_the_cpu_and_repeat_exactly():
+    """For the device check: the same maps on the GPU as on the CPU (fp32, no TF32), bit-identical run to run."""
+    from icpcv.models.resnet3d import ResNet3D
+
+    torch.manual_seed(0)
+    for net in (LightCNN3D((20, 20, 48)), ResNet3D(18, base_width=8)):
+        last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+        nn.init.normal_(last.weight, std=0.1)
+        x, iop = torch.randn(3, 20, 20, 48), torch.randn(3)
+        cpu = {m: f(net, x, iop) for m, f in (("ig", integrated_gradients), ("occ", occlusion))}
+        net.cuda()
+        for m, f in (("ig", integrated_gradients), ("occ", occlusion)):
+            first, second = f(net, x.cuda(), iop.cuda()), f(net, x.cuda(), iop.cuda())
+            np.testing.assert_array_equal(first, second)
+            scale = np.abs(cpu[m]).max()
+            np.testing.assert_allclose(first, cpu[m], atol=1e-4 * scale)

@@ -50,6 +50,7 @@ Zeiler MD, Fergus R (2014). Visualizing and understanding convolutional networks
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from contextlib import contextmanager
@@ -58,7 +59,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from icpcv.util import atomic_write_bytes, natural_sorted
+from icpcv.util import atomic_write_bytes, natural_sorted, to_jsonable
 
 METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "occlusion")
 #: the methods a fold computes by default: one gradient method and the perturbation method
@@ -91,11 +92,12 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 @contextmanager
 def evaluating(model: torch.nn.Module):
-    """Eval mode and deterministic cuDNN for the duration; the model's training flag is restored after."""
+    """Eval mode and deterministic, full-fp32 cuDNN for the duration; the training flag is restored after."""
     was_training = model.training
     model.eval()
     try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True):
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True,
+                                        allow_tf32=False):
             yield model
     finally:
         model.train(was_training)
@@ -162,12 +164,15 @@ def integrated_gradients(model, volumes, iop, *, baseline: float = 0.0, steps: i
     n = len(x)
     total = torch.zeros_like(x)
     with evaluating(model):
-        for s in range(0, n * steps, batch_size):
-            j = torch.arange(s, min(s + batch_size, n * steps), device=x.device)
+        for start in range(0, n * steps, batch_size):
+            stop = min(start + batch_size, n * steps)
+            j = torch.arange(start, stop, device=x.device)
             scan, k = j // steps, j % steps
             a = alphas[k].view(-1, 1, 1, 1, 1)
-            g = _input_gradient(model, baseline + a * (x[scan] - baseline), i[scan])
-            total.index_add_(0, scan, g * weights[k].view(-1, 1, 1, 1, 1))
+            g = _input_gradient(model, baseline + a * (x[scan] - baseline), i[scan]) * weights[k].view(-1, 1, 1, 1, 1)
+            # a plain sum per scan, not index_add_: its atomic adds on CUDA are not reproducible
+            for one in range(start // steps, (stop - 1) // steps + 1):
+                total[one] += g[scan == one].sum(dim=0)
     return ((x - baseline) * total)[:, 0].cpu().numpy()
 
 
@@ -259,9 +264,11 @@ class AttributionMaps:
 
     def save(self, path) -> None:
         """One ``.npz`` (no pickles): ``scan_id``, ``subject``, ``map_<method>`` as float16, each scan
-        scaled by its largest absolute value, which is stored as ``scale_<method>`` (float32)."""
+        scaled by its largest absolute value, which is stored as ``scale_<method>`` (float32);
+        ``seconds_<method>``, ``baseline_intensity`` and ``settings_json`` (the settings as JSON text)."""
         arrays = dict(scan_id=np.asarray(self.scan_ids, dtype=str), subject=np.asarray(self.subjects, dtype=str),
-                      baseline_intensity=np.float64(self.baseline_intensity))
+                      baseline_intensity=np.float64(self.baseline_intensity),
+                      settings_json=np.asarray(json.dumps(to_jsonable(self.settings))))
         for name, m in self.maps.items():
             m = np.asarray(m, dtype=np.float32)
             scale = np.abs(m.reshape(len(m), -1)).max(axis=1) if len(m) else np.zeros(0, np.float32)
@@ -278,8 +285,9 @@ class AttributionMaps:
         with np.load(path, allow_pickle=False) as z:
             names = [k[len("map_"):] for k in z.files if k.startswith("map_")]
             maps = {n: z[f"map_{n}"].astype(np.float32) * z[f"scale_{n}"].reshape(-1, 1, 1, 1) for n in names}
+            settings = json.loads(str(z["settings_json"])) if "settings_json" in z.files else {}
             return cls([str(s) for s in z["scan_id"]], [str(s) for s in z["subject"]], maps,
-                       {n: float(z[f"seconds_{n}"]) for n in names}, float(z["baseline_intensity"]))
+                       {n: float(z[f"seconds_{n}"]) for n in names}, float(z["baseline_intensity"]), settings)
 
 
 def attribute_scans(model, volumes, iop_mmHg, standardiser, *, scan_ids, subjects,
