@@ -14,7 +14,7 @@ from icpcv.cohort.phantom import BM_CHOROID, LAMINA, ShortcutMarker, make_cohort
 from icpcv.explain.align import align, mean_abs_map, phantom_offsets, region_probability
 from icpcv.explain.attribution import AttributionMaps, attribute_scans
 from icpcv.explain.sanity import randomisation_check, randomised_copy, rank_correlations, weighted_layers
-from icpcv.explain.scoring import region_table, score_regions
+from icpcv.explain.scoring import region_table
 from icpcv.explain.study import fit_cnn, phantom_attribution_study, predict_cnn, write_study
 from icpcv.folds import make_plan
 from icpcv.report.attribution_figures import orthogonal_slices_figure, scan_maps_figure, slice_centre

@@ -6,13 +6,14 @@ are replaced by random ones. Cascading randomisation re-initialises the layers w
 each step compares the maps with those of the trained network by Spearman rank correlation per
 scan, of the absolute values (where the map looks) and of the signed values. A method whose maps
 stay highly correlated with the trained ones after all layers are random is showing the input
-(edges, bright layers), not the network. The paper found this for methods that multiply by the
-input (gradient x input, integrated gradients): their absolute maps keep a moderate correlation
-through the input factor :math:`x - b` while the signed maps decorrelate; on a tiny phantom CNN we
-measured rho (absolute) about 0.45 for both and about 0.25 for the plain gradient and occlusion,
-rho (signed) about 0 for all four. So a region share of such maps is partly the region's contrast:
-score the randomised network's maps too (``icpcv.explain.study``'s randomised reference). Independent randomisation re-initialises one layer at a
-time, the others trained.
+(edges, bright layers), not the network. The paper cautions that multiplying by the input can
+keep a map looking like the input; here that is the factor :math:`x - b` of gradient x input and
+integrated gradients. On a CNN trained on the tiny phantom (tests/test_explain_phantom.py) we
+measured rho (absolute) about 0.45 for those two and about 0.25 for the plain gradient and
+occlusion after full randomisation, and rho (signed) about 0 for all four. A region share of
+input-multiplied maps is therefore partly the region's contrast: score the randomised network's
+maps as well (the randomised reference of :mod:`icpcv.explain.study`). Independent
+randomisation re-initialises one layer at a time, the others trained.
 
 Layers are re-initialised with their own ``reset_parameters()`` (PyTorch's default initialisation,
 the same one an untrained network has; the zero-initialised regression heads of icpcv's CNNs get
@@ -102,7 +103,8 @@ class RandomisationCheck:
                 f"scans; absolute below {self.threshold:g} passes): {verdict}.")
 
     def summary(self) -> str:
-        lines = [self.sentence(), "", "| step | layer | rho (abs) | range | rho (signed) |", "| --- | --- | --- | --- | --- |"]
+        lines = [self.sentence(), "", "| step | layer | rho (abs) | range | rho (signed) |",
+                 "| --- | --- | --- | --- | --- |"]
         for r in self.steps.itertuples(index=False):
             lines.append(f"| {r.step} | {r.layer} | {r.rho_abs:.2f} | {r.rho_abs_min:.2f} to {r.rho_abs_max:.2f} "
                          f"| {r.rho_signed:.2f} |")

@@ -31,7 +31,8 @@ def region_table(maps: np.ndarray, labels: np.ndarray, *, scan_ids, subjects, na
         raise ValueError(f"maps {maps.shape} and labels {labels.shape} must have the same shape")
     n, k = len(maps), len(names)
     if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise ValueError(f"label codes must lie in 0..{k - 1} ({', '.join(names)}); found {labels.min()}..{labels.max()}")
+        raise ValueError(f"label codes must lie in 0..{k - 1} ({', '.join(names)}); "
+                         f"found {labels.min()}..{labels.max()}")
     flat_labels = labels.reshape(n, -1).astype(np.intp)
     flat_abs = np.abs(maps.reshape(n, -1).astype(np.float64))
     rows = []
