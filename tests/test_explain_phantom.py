@@ -141,6 +141,13 @@ def test_figures_draw_slices_with_the_lamina_outline():
         assert len(fig.axes) == 4  # three views and the colour bar
         assert all(ax.collections for ax in fig.axes[:3])  # each view has its outline contour
         assert to_png(fig)[:4] == b"\x89PNG"
+        corner = np.zeros(outline.shape)
+        corner[:2, :2, -5:] = 1.0  # off the slices through the centre: only the projections show it
+        slices = orthogonal_slices_figure(corner, outline=outline)
+        projected = orthogonal_slices_figure(corner, outline=outline, projection=True)
+        assert all(im.get_array().max() == 0 for ax in slices.axes[:3] for im in ax.get_images())
+        assert all(im.get_array().max() > 0 for ax in projected.axes[:3] for im in ax.get_images())
+        assert projected.axes[2].get_title() == "en-face view, mean over depth"
         fig2 = scan_maps_figure(volumes[:2], fake[:2], labels=labels[:2], outline_code=LAMINA, scan_names=["a", "b"])
         assert len(fig2.axes) == 6 and to_png(fig2)[:4] == b"\x89PNG"
     assert orthogonal_slices_figure(np.full((4, 4, 4), np.nan)) is None

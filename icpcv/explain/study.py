@@ -195,10 +195,13 @@ def write_study(study: PhantomStudy, out: Path) -> None:
     figures = []
     with F.style():
         for method, mean_map in study.mean_maps.items():
-            fig = AF.orthogonal_slices_figure(mean_map, outline=study.lamina_outline,
-                                              title=f"{study.settings['model']}, {method.replace('_', ' ')}: "
-                                                    f"mean absolute attribution (signal {study.settings['signal']})")
-            figures.append(F.Figure(f"attribution_{F.file_stem(study.settings['model'])}_{method}", method, "", fig))
+            for projection in (False, True):
+                fig = AF.orthogonal_slices_figure(
+                    mean_map, outline=study.lamina_outline, projection=projection,
+                    title=f"{study.settings['model']}, {method.replace('_', ' ')}: mean absolute attribution "
+                          f"(signal {study.settings['signal']:g}{', shortcut' if study.settings['shortcut'] else ''})")
+                name = f"attribution_{F.file_stem(study.settings['model'])}_{method}" + ("_projection" * projection)
+                figures.append(F.Figure(name, method, "", fig))
     F.render(figures, out)
 
 

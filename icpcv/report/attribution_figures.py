@@ -35,7 +35,19 @@ def _sections(volume: np.ndarray, centre) -> list[np.ndarray]:
     return [volume[:, cy, :].T, volume[cx, :, :].T, volume[:, :, cz].T]
 
 
-def _axes_labels(ax, view: str, centre) -> None:
+def _projections(volume: np.ndarray) -> list[np.ndarray]:
+    """The three views as means along the axis each one looks down (same orientation as :func:`_sections`)."""
+    return [volume.mean(axis=1).T, volume.mean(axis=0).T, volume.mean(axis=2).T]
+
+
+def _axes_labels(ax, view: str, centre, projected: bool = False) -> None:
+    if projected:
+        ax.set(xlabel={"sagittal": "Y (voxel)"}.get(view, "X (voxel)"),
+               ylabel="Y (voxel)" if view == "en-face" else "depth Z (voxel)",
+               title={"B-scan": "B-scan view, mean over Y", "sagittal": "sagittal view, mean over X",
+                      "en-face": "en-face view, mean over depth"}[view])
+        ax.grid(False)
+        return
     cx, cy, cz = centre
     if view == "B-scan":
         ax.set(xlabel="X (voxel)", ylabel="depth Z (voxel)", title=f"B-scan at Y = {cy}")
@@ -47,9 +59,13 @@ def _axes_labels(ax, view: str, centre) -> None:
 
 
 def orthogonal_slices_figure(mean_map: np.ndarray, *, outline: np.ndarray | None = None, centre=None,
-                             title: str = "Mean absolute attribution", outline_label: str = "lamina band",
+                             projection: bool = False, title: str = "Mean absolute attribution",
+                             outline_label: str = "lamina band",
                              colorbar_label: str = "share of a scan's absolute attribution per voxel"):
     """Three orthogonal slices of a (mean) attribution volume, with an optional outline.
+
+    ``projection=True`` shows each view as the mean along the axis it looks down instead of one
+    slice: attribution off the optic nerve head (a corner marker, the volume's edge) shows there.
 
     ``mean_map`` ``(X, Y, Z)``, e.g. :func:`icpcv.explain.align.mean_abs_map` in the phantom's
     reference frame; ``outline`` a volume of the same shape in [0, 1] whose 0.5 contour is drawn
@@ -63,17 +79,20 @@ def orthogonal_slices_figure(mean_map: np.ndarray, *, outline: np.ndarray | None
     if outline is not None and np.shape(outline) != mean_map.shape:
         raise ValueError(f"outline {np.shape(outline)} and map {mean_map.shape} differ in shape")
     centre = tuple(int(c) for c in (centre or slice_centre(mean_map.shape, outline, mean_map)))
-    sections = _sections(mean_map, centre)
+    cut = _projections if projection else (lambda v: _sections(v, centre))
+    sections = cut(mean_map)
     vmax = max(float(np.nanmax(s)) for s in sections) or 1.0
     fig, axes = subplots(1, 3, figsize=(11.5, 4.4))
     fig.set_layout_engine("constrained")  # room for the shared colour bar and the three depth labels
     for ax, view, sec in zip(axes, VIEWS, sections):
         im = ax.imshow(sec, cmap=MAP_CMAP, vmin=0, vmax=vmax, aspect="auto", interpolation="nearest")
         if outline is not None:
-            o = _sections(np.asarray(outline, dtype=float), centre)[VIEWS.index(view)]
+            shown = np.asarray(outline, dtype=float)
+            # projected, the outline is where the structure lies in any slice along the view
+            o = (cut(shown >= 0.5)[VIEWS.index(view)] > 0).astype(float) if projection else cut(shown)[VIEWS.index(view)]
             if o.max() >= 0.5 > o.min():
                 ax.contour(o, levels=[0.5], colors=[OUTLINE_COLOR], linewidths=1.2)
-        _axes_labels(ax, view, centre)
+        _axes_labels(ax, view, centre, projected=projection)
     cbar = fig.colorbar(im, ax=list(axes), fraction=0.025, pad=0.01)
     cbar.set_label(colorbar_label, fontsize="small")
     fig.suptitle(title, fontweight="bold")
