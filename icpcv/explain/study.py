@@ -232,7 +232,7 @@ def main(argv=None) -> int:
         model=args.model, folds=None if args.folds is None else [int(x) for x in args.folds.split(",")],
         n_scans=args.saliency, methods=[m.strip() for m in args.methods.split(",")], data_seed=args.data_seed,
         seed=args.seed, epochs=args.epochs, device=args.device, sanity=args.sanity,
-        randomised_reference=not args.no_randomised_reference, progress=print)
+        randomised_reference=not args.no_randomised_reference, progress=lambda line: print(line, flush=True))
     print(study.summary())
     if args.out:
         write_study(study, args.out)
