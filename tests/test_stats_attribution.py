@@ -131,7 +131,7 @@ def test_docstring_examples_run():
 
 
 def test_t_interval_covers_the_known_truth_at_about_the_nominal_rate():
-    table = attribution_stats.calibrate_region_share(n_sims=300, methods=("t",), seed=1)
+    table = attribution_stats.calibrate_region_share(n_sims=150, methods=("t",), seed=1)
     row = table.iloc[0]
-    # nominal 95%; 300 cohorts give a Monte Carlo SE of 1.3 points
-    assert 0.90 <= row.enrichment_coverage <= 0.99 and 0.90 <= row.difference_coverage <= 0.99
+    # nominal 95%; 150 cohorts give a Monte Carlo SE of 1.8 points
+    assert 0.88 <= row.enrichment_coverage <= 0.995 and 0.88 <= row.difference_coverage <= 0.995

@@ -212,10 +212,10 @@ def calibrate_region_share(*, n_sims: int = 1000, n_subjects: int = 14, n_scans:
                            ci_level: float = 0.95, seed: int = 2026, methods=REGION_SHARE_CI_METHODS) -> pd.DataFrame:
     """Coverage of :func:`region_share`'s intervals in a simulation whose truth is known.
 
-    Per cohort: each monkey's attribution share :math:`\bar a_g \sim \text{Beta}(2, 8)` (mean 0.2,
-    right-skewed), its volume share :math:`\bar s_g \sim N(0.022, 0.003)` (the lamina band of the small
-    phantom), ``n_scans`` scans per monkey scattered around :math:`\bar a_g` (sd 0.02) with their mean
-    kept at :math:`\bar a_g`. The targets are the population values :math:`E = 0.2 / 0.022` and
+    Per cohort: each monkey's attribution share :math:`\\bar a_g \\sim \\text{Beta}(2, 8)` (mean 0.2,
+    right-skewed), its volume share :math:`\\bar s_g \\sim N(0.022, 0.003)` (the lamina band of the small
+    phantom), ``n_scans`` scans per monkey scattered around :math:`\\bar a_g` (sd 0.02) with their mean
+    kept at :math:`\\bar a_g`. The targets are the population values :math:`E = 0.2 / 0.022` and
     :math:`D = 0.2 - 0.022`. Returns one row per method: the share of intervals covering each target and
     its Monte Carlo standard error.
     """
