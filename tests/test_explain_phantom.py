@@ -167,3 +167,17 @@ def test_standalone_study_writes_maps_scores_and_figures(tmp_path):
     for name in ("attribution.json", "attribution_regions.csv", "summary.md",
                  "figures/attribution_cnn_occlusion.png"):
         assert (tmp_path / name).exists(), name
+
+
+def test_randomisation_check_of_a_network_that_ignores_the_scan_is_not_applicable():
+    import warnings
+
+    from icpcv.models.cnn import LightCNN3D
+
+    torch.manual_seed(0)
+    untrained = LightCNN3D((8, 8, 16))  # zero head: the restored epoch-0 network, every map is zero
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no constant-input or empty-mean warnings either
+        check = randomisation_check(untrained, torch.randn(2, 8, 8, 16), torch.zeros(2), method="gradient")
+    assert not check.applicable and check.passed is None
+    assert "not applicable" in check.sentence() and check.to_dict()["passed"] is None

@@ -135,3 +135,25 @@ def test_t_interval_covers_the_known_truth_at_about_the_nominal_rate():
     row = table.iloc[0]
     # nominal 95%; 150 cohorts give a Monte Carlo SE of 1.8 points
     assert 0.88 <= row.enrichment_coverage <= 0.995 and 0.88 <= row.difference_coverage <= 0.995
+
+
+def test_trained_against_randomised_is_a_paired_t_interval_and_an_enumerated_sign_flip():
+    d = _scans(seed=4, G=7)
+    trained = _call(d, model="cnn", method="occlusion")
+    noise = _call(d.assign(a_in=d.a_in * 0.3), model="cnn_randomised", method="occlusion")
+    c = attribution_stats.compare_region_shares(trained, noise, ci_level=0.9)
+    per = d.assign(a=d.a_in / d.a_tot).groupby("subject")["a"].mean()
+    diff = per - 0.3 * per
+    ci = sps.ttest_1samp(diff, 0).confidence_interval(0.9)
+    assert c.difference == pytest.approx(diff.mean()) and c.difference_ci == pytest.approx((ci.low, ci.high))
+    assert c.ratio == pytest.approx(1 / 0.3) and c.p_value == pytest.approx(2 / 2**7)
+    assert "puts more of its absolute attribution in the lamina than cnn_randomised" in c.sentence()
+    table = pd.concat([
+        pd.DataFrame(dict(scan_id=[f"s{i}" for i in range(len(d))], subject=d.subject, region="lamina",
+                          attribution=d.a_in * k, voxels=d.v_in, attribution_total=d.a_tot, voxels_total=d.v_tot,
+                          model=m, method="occlusion")) for m, k in (("cnn", 1.0), ("cnn_randomised", 0.3))])
+    scores = score_regions(table, n_boot=100)
+    assert len(scores.comparisons) == 1 and scores.comparisons[0].difference == pytest.approx(c.difference)
+    assert scores.to_dict()["against_randomised"][0]["label"] == "cnn (occlusion)"
+    with pytest.raises(ValueError, match="different regions"):
+        attribution_stats.compare_region_shares(trained, _call(d, region="marker"))

@@ -60,14 +60,24 @@ def randomised_copy(model: torch.nn.Module, layers, *, seed: int = 0) -> torch.n
 
 
 def rank_correlations(trained: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Spearman's rho per scan between two stacks of maps: (of absolute values, of signed values)."""
+    """Spearman's rho per scan between two stacks of maps: (of absolute values, of signed values).
+    NaN for a scan where either map is constant (e.g. zero everywhere): there is no ranking to compare."""
     n = len(trained)
-    rho_abs, rho_signed = np.empty(n), np.empty(n)
+    rho_abs, rho_signed = np.full(n, np.nan), np.full(n, np.nan)
     for i in range(n):
         a, b = np.ravel(trained[i]), np.ravel(other[i])
-        rho_abs[i] = sps.spearmanr(np.abs(a), np.abs(b)).statistic
+        if np.ptp(a) == 0 or np.ptp(b) == 0:
+            continue
         rho_signed[i] = sps.spearmanr(a, b).statistic
+        if np.ptp(np.abs(a)) > 0 and np.ptp(np.abs(b)) > 0:
+            rho_abs[i] = sps.spearmanr(np.abs(a), np.abs(b)).statistic
     return rho_abs, rho_signed
+
+
+def _summarise(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean, min and max over scans with a defined value (NaN, NaN, NaN when none)."""
+    v = values[np.isfinite(values)]
+    return (float(v.mean()), float(v.min()), float(v.max())) if v.size else (np.nan, np.nan, np.nan)
 
 
 @dataclass
@@ -82,25 +92,41 @@ class RandomisationCheck:
     @property
     def final_rho_abs(self) -> float:
         """Mean rank correlation (absolute maps) with every layer random (cascading) or the lowest one."""
-        return float(self.steps["rho_abs"].iloc[-1] if self.mode == "cascading" else self.steps["rho_abs"].min())
+        if self.mode == "cascading":
+            return float(self.steps["rho_abs"].iloc[-1])
+        return float(self.steps["rho_abs"].min()) if self.steps["rho_abs"].notna().any() else float("nan")
 
     @property
-    def passed(self) -> bool:
-        return bool(self.final_rho_abs < self.threshold)
+    def applicable(self) -> bool:
+        """False when no scan had a non-constant map of the trained network (e.g. the restored epoch is
+        the untrained one, whose zero head makes every map zero): nothing to compare."""
+        return bool(np.isfinite(self.final_rho_abs))
+
+    @property
+    def passed(self) -> bool | None:
+        """True: the maps changed (rho below the threshold); False: they did not; None: not applicable."""
+        return bool(self.final_rho_abs < self.threshold) if self.applicable else None
 
     @property
     def final_rho_signed(self) -> float:
-        row = self.steps.iloc[-1] if self.mode == "cascading" else self.steps.loc[self.steps["rho_abs"].idxmin()]
-        return float(row["rho_signed"])
+        if self.mode == "cascading":
+            return float(self.steps["rho_signed"].iloc[-1])
+        if not self.steps["rho_abs"].notna().any():
+            return float("nan")
+        return float(self.steps.loc[self.steps["rho_abs"].idxmin(), "rho_signed"])
 
     def sentence(self) -> str:
         what = "all weighted layers randomised" if self.mode == "cascading" else "one layer randomised at a time"
+        if not self.applicable:
+            return (f"Randomisation check ({self.method.replace('_', ' ')}, {self.mode}): not applicable, the "
+                    "trained network's maps are constant (zero) on every scan: its output does not depend on the "
+                    "scan, so there is nothing to compare.")
         verdict = ("the maps depend on the learned weights" if self.passed else
                    "the maps stay close to the trained network's: they show the input more than the network")
         return (f"Randomisation check ({self.method.replace('_', ' ')}, {self.mode}): with {what}, Spearman's rho "
                 f"between the trained and the randomised network's maps is {self.final_rho_abs:.2f} for absolute "
                 f"and {self.final_rho_signed:.2f} for signed values (mean over {int(self.steps['n_scans'].iloc[0])} "
-                f"scans; absolute below {self.threshold:g} passes): {verdict}.")
+                f"scans with a non-constant map; absolute below {self.threshold:g} passes): {verdict}.")
 
     def summary(self) -> str:
         lines = [self.sentence(), "", "| step | layer | rho (abs) | range | rho (signed) |",
@@ -113,7 +139,7 @@ class RandomisationCheck:
     def to_dict(self) -> dict:
         return to_jsonable(dict(method=self.method, mode=self.mode, threshold=self.threshold,
                                 final_rho_abs=self.final_rho_abs, final_rho_signed=self.final_rho_signed,
-                                passed=self.passed, sentence=self.sentence(),
+                                applicable=self.applicable, passed=self.passed, sentence=self.sentence(),
                                 steps=self.steps.to_dict("records")))
 
 
@@ -149,7 +175,7 @@ def randomisation_check(model: torch.nn.Module, volumes, iop, *, method: str = "
         chosen = top_down[:step] if mode == "cascading" else [layer]
         twin = randomised_copy(model, chosen, seed=seed)
         rho_abs, rho_signed = rank_correlations(trained, run_method(method, twin, volumes, iop, **method_kw))
-        rows.append(dict(step=step, layer=layer, rho_abs=float(np.nanmean(rho_abs)),
-                         rho_abs_min=float(np.nanmin(rho_abs)), rho_abs_max=float(np.nanmax(rho_abs)),
-                         rho_signed=float(np.nanmean(rho_signed)), n_scans=len(rho_abs)))
+        mean_abs, min_abs, max_abs = _summarise(rho_abs)
+        rows.append(dict(step=step, layer=layer, rho_abs=mean_abs, rho_abs_min=min_abs, rho_abs_max=max_abs,
+                         rho_signed=_summarise(rho_signed)[0], n_scans=int(np.isfinite(rho_abs).sum())))
     return RandomisationCheck(method, mode, pd.DataFrame(rows), threshold)

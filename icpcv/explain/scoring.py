@@ -7,13 +7,16 @@ fold), and :func:`score_regions` turns the table of all folds into the monkey-le
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from icpcv.cohort.phantom import LABEL_NAMES
-from icpcv.stats.attribution import RegionShareResult, region_share
+from icpcv.stats.attribution import RegionShareComparison, RegionShareResult, compare_region_shares, region_share
+
+#: the model name under which a network's randomised copy is scored (see icpcv.explain.sanity)
+RANDOMISED_SUFFIX = "_randomised"
 
 #: columns of :func:`region_table` (the caller adds ``model``, ``method``, ``fold``)
 REGION_COLUMNS = ("scan_id", "subject", "region", "attribution", "voxels", "attribution_total", "voxels_total")
@@ -48,9 +51,11 @@ def region_table(maps: np.ndarray, labels: np.ndarray, *, scan_ids, subjects, na
 
 @dataclass
 class AttributionScores:
-    """Region shares per (model, method, region): :class:`RegionShareResult` each."""
+    """Region shares per (model, method, region): :class:`RegionShareResult` each; and, where a model's
+    randomised copy was scored too, the paired comparison of the two (:class:`RegionShareComparison`)."""
 
     results: list[RegionShareResult]
+    comparisons: list[RegionShareComparison] = field(default_factory=list)
 
     def get(self, model=None, method=None, region="lamina") -> RegionShareResult:
         for r in self.results:
@@ -67,13 +72,14 @@ class AttributionScores:
                                   p_signflip=r.p_value) for r in self.results])
 
     def summary(self) -> str:
-        return "\n".join(r.sentence() for r in self.results)
+        return "\n".join([r.sentence() for r in self.results] + [c.sentence() for c in self.comparisons])
 
     def to_dict(self) -> dict:
         return dict(definition=("share of absolute attribution inside the region (mean over scans, then over "
                                 "monkeys) against the share of the volume the region occupies; interval over "
                                 "monkeys"),
-                    results=[r.to_dict() for r in self.results])
+                    results=[r.to_dict() for r in self.results],
+                    against_randomised=[c.to_dict() for c in self.comparisons])
 
 
 def score_regions(table: pd.DataFrame, *, regions=("lamina",), n_boot: int = 10_000, seed: int = 0,
@@ -82,7 +88,8 @@ def score_regions(table: pd.DataFrame, *, regions=("lamina",), n_boot: int = 10_
 
     ``table`` has :data:`REGION_COLUMNS` plus ``model`` and ``method`` (``fold`` is carried along
     but not needed: under leave-one-monkey-out each monkey's scans were mapped by its own fold's
-    network).
+    network). A model ``<name>_randomised`` is taken as ``<name>``'s randomised copy and the two are
+    compared, paired by monkey, per method and region.
     """
     missing = [c for c in ("model", "method", *REGION_COLUMNS) if c not in table.columns]
     if missing:
@@ -97,4 +104,7 @@ def score_regions(table: pd.DataFrame, *, regions=("lamina",), n_boot: int = 10_
                                         rows["voxels"], rows["voxels_total"], region=region, model=str(model),
                                         method=str(method), n_boot=n_boot, seed=seed, ci_level=ci_level,
                                         ci_method=ci_method))
-    return AttributionScores(results)
+    by_key = {(r.model, r.method, r.region): r for r in results}
+    comparisons = [compare_region_shares(r, by_key[(r.model + RANDOMISED_SUFFIX, r.method, r.region)])
+                   for r in results if (r.model + RANDOMISED_SUFFIX, r.method, r.region) in by_key]
+    return AttributionScores(results, comparisons)

@@ -30,7 +30,7 @@ from icpcv.cohort.phantom import LAMINA, LABEL_NAMES, ShortcutMarker, make_cohor
 from icpcv.explain.align import mean_abs_map, phantom_offsets, region_probability
 from icpcv.explain.attribution import DEFAULT_METHODS, AttributionMaps, attribute_scans, sample_scans
 from icpcv.explain.sanity import RandomisationCheck, randomisation_check, randomised_copy, weighted_layers
-from icpcv.explain.scoring import AttributionScores, region_table, score_regions
+from icpcv.explain.scoring import RANDOMISED_SUFFIX, AttributionScores, region_table, score_regions
 from icpcv.folds import make_plan
 from icpcv.models import make_cnn
 from icpcv.train.augment import AugmentConfig
@@ -101,8 +101,9 @@ def phantom_attribution_study(*, preset: str = "small", signal: float = 1.0, sho
     """Leave-one-monkey-out CNNs on the phantom, their maps of held-out scans, scored (see the module).
 
     ``randomised_reference``: also map the same scans with a copy of each fold's network whose
-    weighted layers are all re-initialised, scored as model ``<model>_randomised``: the region
-    share that the input alone gives a method (see :mod:`icpcv.explain.sanity`).
+    weighted layers are all re-initialised, scored as model ``<model>_randomised`` and compared
+    with the trained network monkey by monkey: the region share that the input alone gives a
+    method (see :mod:`icpcv.explain.sanity`).
 
     ``folds``: indices of the folds to run (default all, one per monkey). The sample of mapped
     scans, the training seeds (``seed * 1000 + fold``, as a run's) and the fold plan follow from the
@@ -152,7 +153,7 @@ def phantom_attribution_study(*, preset: str = "small", signal: float = 1.0, sho
                                    subjects=amaps.subjects, methods=methods)
             for method in methods:
                 tables.append(region_table(null.maps[method], labels, scan_ids=ids, subjects=amaps.subjects)
-                              .assign(model=f"{model}_randomised", method=method, fold=fold.index))
+                              .assign(model=model + RANDOMISED_SUFFIX, method=method, fold=fold.index))
         mapped_rows.extend(rows)
         if sanity and not checks:
             vol_std = (volumes[rows].astype(np.float32) - std.vol_mean) / std.vol_std

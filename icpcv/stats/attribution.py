@@ -208,6 +208,106 @@ def region_share(subject, attribution_in, attribution_total, voxels_in, voxels_t
                              difference_ci=ci[2], p_value=float(p), **common)
 
 
+@dataclass
+class RegionShareComparison:
+    """Result of :func:`compare_region_shares`: two sets of maps of the same scans, paired by monkey."""
+
+    region: str
+    label: str
+    reference_label: str
+    n_subjects: int
+    difference: float  # mean over monkeys of (share - reference share)
+    difference_ci: tuple[float, float]
+    ratio: float  # attribution share / reference attribution share (means over monkeys)
+    ratio_ci: tuple[float, float]
+    p_value: float
+    ci_level: float
+    per_subject: pd.DataFrame = field(repr=False)  # subject, share, reference_share
+
+    def sentence(self) -> str:
+        level = f"{round(self.ci_level * 100):g}%"
+        if not np.isfinite(self.difference):
+            return (f"{self.label} against {self.reference_label}: no monkey has maps from both, so they cannot be "
+                    "compared.")
+        lo, hi = self.difference_ci
+        verdict = ("more" if np.isfinite(lo) and lo > 0 else "less" if np.isfinite(hi) and hi < 0 else
+                   "not clearly more or less")
+        return (f"{self.label} puts {verdict} of its absolute attribution in the {self.region} than "
+                f"{self.reference_label}: {100 * self.difference:+.1f} percentage points ({level} CI "
+                f"{100 * lo:+.1f} to {100 * hi:+.1f}), {_num(self.ratio)} times as much ({level} CI "
+                f"{_num(self.ratio_ci[0])} to {_num(self.ratio_ci[1])}), sign-flip p {_p(self.p_value)} "
+                f"({self.n_subjects} monkeys, paired).")
+
+    def summary(self) -> str:
+        return self.sentence()
+
+    def to_dict(self) -> dict:
+        return to_jsonable(dict(region=self.region, label=self.label, reference=self.reference_label,
+                                n_subjects=self.n_subjects,
+                                difference=dict(estimate=self.difference, ci=list(self.difference_ci)),
+                                ratio=dict(estimate=self.ratio, ci=list(self.ratio_ci)), p_signflip=self.p_value,
+                                ci_level=self.ci_level, sentence=self.sentence(),
+                                per_subject=self.per_subject.to_dict("records")))
+
+
+def compare_region_shares(result: RegionShareResult, reference: RegionShareResult, *,
+                          ci_level: float | None = None) -> RegionShareComparison:
+    """Paired comparison over monkeys of two :class:`RegionShareResult` of the same region, e.g. a trained
+    network's maps against those of its randomised copy on the same scans.
+
+    With :math:`\\bar a_g` and :math:`\\bar r_g` monkey g's attribution shares under the two (monkeys with
+    both), :math:`d_g = \\bar a_g - \\bar r_g`:
+
+    .. math::
+
+        \\Delta = \\frac1G \\sum_g d_g \\quad (\\text{interval } \\Delta \\pm t_{G-1}\\, s_d / \\sqrt G), \\qquad
+        Q = \\frac{\\sum_g \\bar a_g}{\\sum_g \\bar r_g} \\quad (\\text{interval } Q \\pm t_{G-1}\\,
+        \\widehat{se}_{jack}),
+
+        p = \\text{two-sided sign-flip test of the } d_g \\text{ (H0: no difference)}.
+
+    A randomised network's maps show what a method gives from the input alone (its contrast, edges):
+    a trained network that reads the lamina must put more there than its randomised copy, not only more
+    than the lamina's share of the volume.
+
+    Example
+    -------
+    >>> from icpcv.stats.attribution import compare_region_shares, region_share
+    >>> subj, tot, vox = ["1", "2", "3", "4"], [100] * 4, [1000] * 4
+    >>> trained = region_share(subj, [20, 25, 30, 22], tot, [20] * 4, vox, model="cnn")
+    >>> noise = region_share(subj, [4, 5, 3, 4], tot, [20] * 4, vox, model="cnn_randomised")
+    >>> c = compare_region_shares(trained, noise)
+    >>> round(c.difference, 4), round(c.ratio, 2), c.p_value
+    (0.2025, 6.06, 0.125)
+    """
+    if result.region != reference.region:
+        raise ValueError(f"cannot compare shares of different regions ({result.region} vs {reference.region})")
+    level = result.ci_level if ci_level is None else ci_level
+    both = result.per_subject.merge(reference.per_subject, on="subject", suffixes=("", "_reference"))
+    both = both.rename(columns={"attribution_share": "share", "attribution_share_reference": "reference_share"})
+    both = both[["subject", "share", "reference_share"]]
+    G = len(both)
+    nan2 = (float("nan"), float("nan"))
+    label = result.label
+    reference_label = reference.label
+    if G == 0:
+        return RegionShareComparison(result.region, label, reference_label, 0, float("nan"), nan2, float("nan"), nan2,
+                                     float("nan"), level, both)
+    a, r = both["share"].to_numpy(float), both["reference_share"].to_numpy(float)
+    d = a - r
+    delta, ratio = float(d.mean()), float(a.sum() / r.sum()) if r.sum() > 0 else float("nan")
+    if G > 1:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            jack_ratio = (a.sum() - a) / (r.sum() - r)
+            jack_delta = (d.sum() - d) / (G - 1)
+        ci_delta = bootstrap.t_interval(delta, jack_delta, level)
+        ci_ratio = bootstrap.t_interval(ratio, jack_ratio, level)
+    else:
+        ci_delta = ci_ratio = nan2
+    return RegionShareComparison(result.region, label, reference_label, G, delta, tuple(ci_delta), ratio,
+                                 tuple(ci_ratio), float(signflip_test(d)["p"]), level, both)
+
+
 def calibrate_region_share(*, n_sims: int = 1000, n_subjects: int = 14, n_scans: int = 8, n_boot: int = 2000,
                            ci_level: float = 0.95, seed: int = 2026, methods=REGION_SHARE_CI_METHODS) -> pd.DataFrame:
     """Coverage of :func:`region_share`'s intervals in a simulation whose truth is known.
@@ -241,7 +341,8 @@ def calibrate_region_share(*, n_sims: int = 1000, n_subjects: int = 14, n_scans:
                               mc_se=mc_se, n_sims=n_sims, n_subjects=G) for m, (e, d) in hits.items()])
 
 
-__all__ = ["region_share", "RegionShareResult", "REGION_SHARE_CI_METHODS", "calibrate_region_share"]
+__all__ = ["region_share", "RegionShareResult", "REGION_SHARE_CI_METHODS", "calibrate_region_share",
+           "compare_region_shares", "RegionShareComparison"]
 
 
 if __name__ == "__main__":
