@@ -74,6 +74,15 @@ class PhantomStudy:
         p = self.predictions.assign(abs_error=(self.predictions["y_pred"] - self.predictions["y_true"]).abs())
         return p.groupby("subject", sort=False)["abs_error"].mean().rename("mae").reset_index()
 
+    def _mae_by_marker(self) -> str:
+        informative = set(self.settings.get("informative_subjects") or [])
+        if not informative:
+            return ""
+        mae = self.mae_by_subject()
+        inside = mae["subject"].isin(informative)
+        return (f"; {mae.loc[inside, 'mae'].mean():.2f} mmHg in the monkeys whose marker tracks ICP, "
+                f"{mae.loc[~inside, 'mae'].mean():.2f} mmHg in the others")
+
     def summary(self) -> str:
         s = self.settings
         lines = [f"Phantom {s['preset']}, signal {s['signal']}, "
@@ -81,7 +90,7 @@ class PhantomStudy:
                     if s.get("shortcut") else "no shortcut, ")
                  + f"{s['model']}, {len(self.maps)} folds, up to {s['n_scans']} scans mapped per held-out monkey.",
                  f"Held-out MAE of the {s['model']}: {self.mae_by_subject()['mae'].mean():.2f} mmHg "
-                 "(mean over monkeys).", self.scores.summary()]
+                 "(mean over monkeys)" + self._mae_by_marker() + ".", self.scores.summary()]
         lines += [c.sentence() for c in self.randomisation]
         lines.append("Cost per scan (s): " + ", ".join(f"{k} {v:.4f}" for k, v in self.seconds.items()))
         return "\n".join(lines)
