@@ -11,7 +11,8 @@ same steps on its own, for checking and for the figures of the README:
 3. the maps reduced to attribution per region (:func:`icpcv.explain.scoring.region_table`) and
    scored over monkeys (:func:`icpcv.explain.scoring.score_regions`), the lamina and, with a
    shortcut, the marker;
-4. optionally the randomisation sanity check on the first fold's model and figures.
+4. optionally the randomisation sanity check on the first fold whose network uses the scan, and
+   figures.
 
     python -m icpcv.explain.study --signal 1 --saliency 8 --out reports/attribution_s1
 """
@@ -164,7 +165,8 @@ def phantom_attribution_study(*, preset: str = "small", signal: float = 1.0, sho
                 tables.append(region_table(null.maps[method], labels, scan_ids=ids, subjects=amaps.subjects)
                               .assign(model=model + RANDOMISED_SUFFIX, method=method, fold=fold.index))
         mapped_rows.extend(rows)
-        if sanity and not checks:
+        # on the first fold whose network uses the scan (an early-stopped epoch 0 maps all zeros)
+        if sanity and not checks and any(np.abs(m).max() > 0 for m in amaps.maps.values()):
             vol_std = (volumes[rows].astype(np.float32) - std.vol_mean) / std.vol_std
             iop_std = (scans["iop"].to_numpy(np.float32)[rows] - std.iop_mean) / std.iop_std
             checks = [randomisation_check(net, vol_std, iop_std, method=m, seed=seed) for m in methods]
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--sanity", action="store_true", help="randomisation check on the first fold's network")
+    p.add_argument("--sanity", action="store_true", help="randomisation check on the first fold whose network uses the scan")
     p.add_argument("--no-randomised-reference", action="store_true",
                    help="do not score the maps of randomised copies of the networks")
     p.add_argument("--out", type=Path, default=None)
