@@ -32,6 +32,7 @@ from icpcv.explain.align import mean_abs_map, phantom_offsets, region_probabilit
 from icpcv.explain.attribution import DEFAULT_METHODS, AttributionMaps, attribute_scans, sample_scans
 from icpcv.explain.sanity import RandomisationCheck, randomisation_check, randomised_copy, weighted_layers
 from icpcv.explain.scoring import RANDOMISED_SUFFIX, AttributionScores, region_table, score_regions
+from icpcv.config import RunConfig
 from icpcv.folds import make_plan
 from icpcv.models import make_cnn
 from icpcv.train.augment import AugmentConfig
@@ -123,7 +124,7 @@ def phantom_attribution_study(*, preset: str = "small", signal: float = 1.0, sho
     scans, volumes, truth = make_cohort(preset, signal=signal, seed=data_seed, n_subjects=n_subjects, shape=shape,
                                         shortcut=shortcut)
     shape = tuple(volumes.shape[1:])
-    plan = make_plan(scans, seed=seed)
+    plan = make_plan(scans, val_fraction=RunConfig().val_fraction, seed=seed)  # the run's plan for these seeds
     index = {s: i for i, s in enumerate(scans["scan_id"])}
     pick = (lambda ids: np.array([index[x] for x in ids]))
     run_folds = [f for f in plan.folds if folds is None or f.index in set(folds)]
