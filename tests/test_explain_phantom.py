@@ -25,6 +25,7 @@ from icpcv.report.figures import style, to_png
 def shortcut_fold():
     """A light CNN trained on one leave-one-monkey-out fold of the tiny phantom with no ICP in the anatomy
     (signal 0) and the marker tracking ICP in every monkey: the marker is the only thing to learn."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny network: threads cost more than they give on a shared CPU
     scans, volumes, truth = make_cohort("tiny", signal=0.0, seed=0,
                                         shortcut=ShortcutMarker(strength=1.0, informative_share=1.0))
@@ -39,8 +40,9 @@ def shortcut_fold():
                        batch_size=8, augment=False)
     test = part(fold.test_scans)
     rows = [index[x] for x in fold.test_scans]
-    return dict(net=net, std=std, test=test, ids=list(fold.test_scans), rows=rows, scans=scans, truth=truth,
-                labels=phantom_labels(scans.iloc[rows], truth), subjects=scans["subject"].to_numpy()[rows])
+    yield dict(net=net, std=std, test=test, ids=list(fold.test_scans), rows=rows, scans=scans, truth=truth,
+               labels=phantom_labels(scans.iloc[rows], truth), subjects=scans["subject"].to_numpy()[rows])
+    torch.set_num_threads(threads)  # leave the session's setting as it was
 
 
 def test_maps_find_the_planted_shortcut(shortcut_fold):
