@@ -1,5 +1,5 @@
 import sys
 
-from icpcv.cli import main
+from icpcv.commands import main
 
 sys.exit(main())

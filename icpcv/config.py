@@ -1,16 +1,79 @@
-"""The run configuration: a frozen dataclass, written to the run directory as given.
+"""Configurations: frozen dataclasses, the one home of every default.
 
-Its hash (with the fold plan's and the data's) names what "the same run" means. Fields that do
-not change the numbers (where it runs, how it reports progress) are kept out of the hash.
+* :class:`TrainConfig`: how a network is trained (the training loop's hyperparameters).
+* :class:`RunConfig`: a whole run (data, models, folds, analysis), with a ``TrainConfig`` nested.
+* :data:`PRESETS`: GPU set-ups (``run --preset``), each a :class:`Preset` whose ``train`` is
+  ``TrainConfig()`` with some fields replaced; explicit options override them.
+
+A run's config is written to its run directory as given; its hash (with the fold plan's and the
+data's) names what "the same run" means. This module imports nothing heavy: the command line
+reads its defaults for the help text.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from icpcv.util import canonical_hash
 
 DEFAULT_MODELS_VOLUMES = ("mean", "ols_iop", "ridge_scan", "cnn")
 DEFAULT_MODELS_LABELS = ("mean", "ols_iop", "ols_iop2", "mixedlm_iop")
+#: fold-plan splits: "subjects" keeps every monkey on one side of every fold (the honest one);
+#: "scans" is the leaky scan-level split, run only as the twin of the leakage audit
+SPLITS = ("subjects", "scans")
+OPTIMIZERS = ("adamw", "adam", "adamax")
+PRECISIONS = ("auto", "bf16", "fp32")
+DATA_MODES = ("auto", "resident", "stream")
+#: shortcut A's backward: the standard ResNet's, or MedicalNet's, which detaches the shortcut's input
+SHORTCUT_GRADS = ("standard", "medicalnet")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of the CNN training loop (:func:`icpcv.train.loop.fit`)."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    patience: int = 10  # early-stopping patience in epochs
+    augment: bool = True
+    optimizer: str = "adamw"  # adamw | adam | adamax (the seed's); fused/foreach on CUDA
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    data_mode: str = "auto"  # auto | resident | stream (where the volumes live; does not change the numbers)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: TrainConfig fields the command line sets (``--epochs``, ``--batch-size``, ...)
+TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "optimizer", "precision")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """``run --preset NAME``: the network, volume shape, phantom and training set-up of a GPU run."""
+
+    name: str
+    model: str  # takes the light CNN's place in the default models
+    shape: tuple[int, int, int]
+    phantom: str
+    train: TrainConfig
+
+
+PRESETS = {
+    # the seed study's set-up, read from its train.py: MedicalNet's ResNet-50 (dilated, shortcut B)
+    # with the fusion head at 128 x 128 x 512, Adamax at lr 3e-4 without weight decay, batch 8,
+    # MSE, fp32, 200 epochs (its ExponentialLR was never stepped: a constant rate, as here; it did
+    # not early-stop, we do, with patience 20)
+    "seed": Preset("seed", "resnet50", (128, 128, 512), "seed",
+                   replace(TrainConfig(), batch_size=8, lr=3e-4, weight_decay=0.0, optimizer="adamax",
+                           precision="fp32", epochs=200, patience=20)),
+    # resolution for speed: ResNet-18 (MedicalNet layout, so its weights warm-start it) at
+    # 64 x 64 x 256 in bf16; 10.9x fewer FLOPs per sample than "seed" (docs/gpu.md)
+    "fast": Preset("fast", "resnet18", (64, 64, 256), "seed",
+                   replace(TrainConfig(), batch_size=16, lr=1e-3, weight_decay=1e-4, optimizer="adamw",
+                           precision="bf16", epochs=60, patience=15)),
+}
 
 
 @dataclass(frozen=True)
@@ -22,24 +85,17 @@ class RunConfig:
     data_seed: int = 0
     models: tuple[str, ...] = DEFAULT_MODELS_VOLUMES
     folds: int | None = None  # None: one per subject
-    split: str = "subjects"
+    split: str = "subjects"  # the fold plan's unit (SPLITS); "scans" only for the leakage audit's twin
     val_fraction: float = 0.25
-    seed: int = 0
+    seed: int = 0  # folds, initialisation, shuffling, bootstrap
     shape: tuple[int, int, int] | None = None  # (X, Y, Z=depth); None: the phantom's, or (32, 32, 64)
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    patience: int = 10
-    augment: bool = True
+    train: TrainConfig = field(default_factory=TrainConfig)
     reference: str = "ols_iop"
     n_boot: int = 10000
     ci_level: float = 0.95
     skip_bad_scans: bool = False
-    # CNN training (icpcv.train): see docs/gpu.md
-    optimizer: str = "adamw"  # adamw | adam | adamax (the seed's)
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     pretrained: str | None = None  # warm-start checkpoint for the 3D ResNets (MedicalNet or a state dict)
+    shortcut_grad: str = "standard"  # SHORTCUT_GRADS: "medicalnet" replicates the seed's ResNet-18/34 exactly
     preset: str | None = None  # the --preset that filled in the defaults (recorded only)
 
     def to_dict(self) -> dict:
@@ -51,12 +107,16 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
+        train_known = {f.name for f in fields(TrainConfig)}
+        train = d.get("train")
+        if not isinstance(train, dict):  # run.json of icpcv before the nested TrainConfig: flat keys
+            train = {k: v for k, v in d.items() if k in train_known}
+        d = {k: v for k, v in d.items() if k in known and k != "train"}
         if d.get("models") is not None:
             d["models"] = tuple(d["models"])
         if d.get("shape") is not None:
             d["shape"] = tuple(int(s) for s in d["shape"])
-        return cls(**d)
+        return cls(**d, train=TrainConfig(**{k: v for k, v in train.items() if k in train_known}))
 
     @property
     def hash(self) -> str:
@@ -66,6 +126,21 @@ class RunConfig:
     def synthetic(self) -> bool:
         return self.manifest is None
 
+    def flat(self) -> dict:
+        """The config as one level of keys (``train.lr``), for tables and diffs."""
+        return flatten(self.to_dict())
+
     def diff(self, other: "RunConfig") -> list[str]:
-        a, b = self.to_dict(), other.to_dict()
-        return [f"{k}: {b[k]!r} -> {a[k]!r}" for k in a if a[k] != b.get(k)]
+        a, b = self.flat(), other.flat()
+        return [f"{k}: {b.get(k)!r} -> {a[k]!r}" for k in a if a[k] != b.get(k)]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts as one level, keys joined by dots."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -9,6 +9,10 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (locked, changed config, inconsistent)."""
 
 
+class UnwritableError(RunDirError):
+    """A place a command must write (an output folder or file) cannot be written: said before any work starts."""
+
+
 class DiskFullError(RunDirError):
     """A write failed because the disk (or quota) is full; nothing was left half-written."""
 

@@ -39,7 +39,7 @@ class Fold:
 
 @dataclass(frozen=True)
 class FoldPlan:
-    kind: str  # "subject" (leave-one-out or grouped K-fold) or "scans" (leaky, for the audit)
+    kind: str  # the split: "subjects" (leave-one-out or grouped K-fold) or "scans" (leaky, for the audit)
     n_folds: int
     seed: int
     folds: tuple[Fold, ...]
@@ -78,12 +78,33 @@ def _balanced_groups(subjects: list[str], sizes: dict[str, int], k: int, rng: np
     return [natural_sorted(g) for g in groups]
 
 
-def _inner_val(candidates: list[str], sizes: dict[str, int], fraction: float, rng: np.random.Generator):
+def _inner_val(candidates: list[str], sizes: dict[str, int], fraction: float, rng: np.random.Generator,
+               fold: int, n_folds: int):
+    if fraction == 0:  # no early stopping asked for: every training-side subject is fitted
+        return []
     n_val = max(1, int(round(fraction * len(candidates))))
     if len(candidates) - n_val < 1:
-        raise InputError(f"too few subjects ({len(candidates)}) on the training side for an inner validation split")
+        n = len(candidates)
+        raise InputError(
+            f"fold {fold + 1} of {n_folds} has {n} subject{'' if n == 1 else 's'} on its training side, and "
+            f"--val-fraction {fraction:g} sets {n_val} of them aside for early stopping, leaving none to train on; "
+            "with so few subjects use --val-fraction 0 (no inner validation: the IOP-only models fit every "
+            "training subject; the CNNs need one) or fewer --folds")
     val = natural_sorted(rng.choice(candidates, size=n_val, replace=False).tolist())
     return val
+
+
+def check_val_fraction(val_fraction: float, early_stopping_models=()) -> None:
+    """``--val-fraction``: a share in [0, 1); 0 (no inner validation split) only without models that
+    early-stop on it (the CNNs: ``early_stopping_models``). Raises InputError."""
+    if not (0 <= val_fraction < 1):  # NaN fails too
+        raise InputError(f"--val-fraction {val_fraction:g}: the share of training subjects set aside for early "
+                         "stopping must be at least 0 and below 1 (default 0.25)")
+    models = list(early_stopping_models)
+    if val_fraction == 0 and models:
+        raise InputError(f"--val-fraction 0 leaves no inner validation subjects, but {', '.join(models)} "
+                         "early-stop on them; give a share above 0 (default 0.25), or drop "
+                         f"{'it' if len(models) == 1 else 'them'} from --models")
 
 
 def make_plan(scans: pd.DataFrame, *, n_folds: int | None = None, split: str = "subjects",
@@ -97,6 +118,7 @@ def make_plan(scans: pd.DataFrame, *, n_folds: int | None = None, split: str = "
     ``split="scans"``: a scan-level random K-fold that ignores subjects (leaky on purpose), for
     measuring the optimism of the naive design.
     """
+    check_val_fraction(val_fraction)
     rng = np.random.default_rng(seed)
     subjects = natural_sorted(scans["subject"].astype(str).unique())
     by_subject = {s: natural_sorted(g["scan_id"].astype(str)) for s, g in scans.groupby(scans["subject"].astype(str))}
@@ -104,6 +126,11 @@ def make_plan(scans: pd.DataFrame, *, n_folds: int | None = None, split: str = "
     G = len(subjects)
     folds = []
     if split == "subjects":
+        if G < 2:
+            raise InputError(f"the table has only {G} subject{'' if G == 1 else 's'}"
+                             f"{' (' + ', '.join(subjects) + ')' if subjects else ''} with usable scans: "
+                             "cross-validation by subject holds each subject out in turn and needs at least 2 "
+                             "(see data_quality.csv for the rows that were dropped)")
         k = G if n_folds is None else int(n_folds)
         if k > G:
             raise InputError(f"--folds {k} asks for more folds than there are subjects: the table has {G} "
@@ -113,13 +140,13 @@ def make_plan(scans: pd.DataFrame, *, n_folds: int | None = None, split: str = "
         groups = [[s] for s in subjects] if k == G else _balanced_groups(subjects, sizes, k, rng)
         for i, held in enumerate(groups):
             rest = [s for s in subjects if s not in held]
-            val = _inner_val(rest, sizes, val_fraction, rng)
+            val = _inner_val(rest, sizes, val_fraction, rng, i, k)
             train = [s for s in rest if s not in val]
             folds.append(Fold(i, tuple(held), tuple(val), tuple(train),
                               tuple(x for s in held for x in by_subject[s]),
                               tuple(x for s in val for x in by_subject[s]),
                               tuple(x for s in train for x in by_subject[s])))
-        kind = "subject"
+        kind = "subjects"
     elif split == "scans":
         k = 5 if n_folds is None else int(n_folds)
         ids = scans["scan_id"].astype(str).to_numpy()
@@ -130,7 +157,7 @@ def make_plan(scans: pd.DataFrame, *, n_folds: int | None = None, split: str = "
             test = natural_sorted(ids[part])
             rest = np.setdiff1d(perm, part)
             rest = rng.permutation(rest)
-            n_val = max(1, int(round(val_fraction * len(rest))))
+            n_val = 0 if val_fraction == 0 else max(1, int(round(val_fraction * len(rest))))
             val, train = natural_sorted(ids[rest[:n_val]]), natural_sorted(ids[rest[n_val:]])
             folds.append(Fold(i, tuple(natural_sorted({subj_of[x] for x in test})),
                               tuple(natural_sorted({subj_of[x] for x in val})),

@@ -1,17 +1,22 @@
-"""Small shared helpers: atomic writes, hashing, natural sort, the volume-shape option."""
+"""Small shared helpers: atomic writes, JSON, hashing, the one subject order, number formats, the shape option."""
 from __future__ import annotations
 
 import argparse
 import errno
 import hashlib
 import json
+import math
 import os
 import re
+import shutil
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
+
+from icpcv.errors import DiskFullError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -64,10 +69,6 @@ def raise_if_disk_full(exc: OSError, path) -> None:
     """Turn ENOSPC/EDQUOT into a DiskFullError naming the file and what to do."""
     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
         return
-    from icpcv.errors import DiskFullError
-
-    import shutil
-
     try:
         free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free"
     except OSError:
@@ -82,23 +83,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Plain Python types for json: numpy scalars and arrays become floats and lists, NaN becomes None."""
+    """Plain Python types for JSON: numpy scalars and arrays become numbers and lists, NaN and
+    infinities become None, paths become strings, result objects their ``to_dict()``.
+
+    Anything else raises TypeError: a value that JSON cannot hold is a bug, not something to
+    write as its repr.
+    """
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        x = float(obj)
-        return None if not np.isfinite(x) else x
-    if isinstance(obj, (np.bool_,)):
+        return [to_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        x = float(obj)
+        return x if np.isfinite(x) else None
+    if obj is None or isinstance(obj, str):
+        return obj
     if isinstance(obj, Path):
         return str(obj)
-    return obj
+    if hasattr(obj, "to_dict"):
+        return to_jsonable(obj.to_dict())
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
 def dumps(obj: Any) -> str:
@@ -111,8 +121,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def package_version(dist: str) -> str | None:
     """The installed version of a distribution, None when it is not installed."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(dist)
     except PackageNotFoundError:
@@ -166,3 +174,28 @@ def parse_shape(tokens, *, min_size: int = 1, example: str = "128x128x512") -> t
             f"three sizes X x Y x Z(depth), each >= {min_size}"
         raise argparse.ArgumentTypeError(f"shape {given!r}: need {need}")
     return shape
+
+
+# ---- numbers as text: the one home of the formats the verdict, the audit and the report print
+
+
+def is_finite_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_)) \
+        and math.isfinite(x)
+
+
+def fmt_num(x, digits: int = 2, missing: str = "\u2013") -> str:
+    """``x`` with ``digits`` decimals ("0.00", never "-0.00"); ``missing`` for None, NaN and infinities."""
+    if is_finite_number(x):
+        text = f"{x:.{digits}f}"
+        return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+    return missing if x is None or isinstance(x, (float, np.floating)) else str(x)
+
+
+def fmt_p(p, missing: str = "\u2013", equals: bool = False) -> str:
+    """A p-value: "< 0.001", else three decimals (``equals``: "= 0.012", for use after "p")."""
+    if not is_finite_number(p):
+        return missing
+    if p < 0.001:
+        return "< 0.001"
+    return f"= {p:.3f}" if equals else f"{p:.3f}"

@@ -25,3 +25,36 @@ def monkey_table():
     if not MONKEY_TABLE.exists():
         pytest.skip(f"real label table not found at {MONKEY_TABLE}")
     return MONKEY_TABLE
+
+
+@pytest.fixture
+def read_only():
+    """``read_only(folder)`` makes an existing folder read-only for this process, and undoes it afterwards.
+
+    Root ignores permission bits, so as root the folder is bind-mounted read-only onto itself (the
+    ``Read-only file system`` a user meets on a shared or archived disk); otherwise it is chmod 0555.
+    """
+    import os
+    import subprocess
+
+    undo = []
+
+    def make(folder):
+        folder = Path(folder)
+        if os.geteuid() == 0:
+            for cmd in (["mount", "--bind", str(folder), str(folder)],
+                        ["mount", "-o", "remount,bind,ro", str(folder)]):
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                if r.returncode != 0:
+                    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+                    pytest.skip(f"cannot make a read-only bind mount here ({r.stderr.strip()})")
+            undo.append(lambda: subprocess.run(["umount", "-l", str(folder)], capture_output=True))
+        else:
+            mode = folder.stat().st_mode
+            folder.chmod(0o555)
+            undo.append(lambda: folder.chmod(mode))
+        return folder
+
+    yield make
+    for u in reversed(undo):
+        u()

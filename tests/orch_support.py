@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from icpcv.config import RunConfig
+from rundir_support import make_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,12 +31,12 @@ QUICK = dict(phantom="tiny", epochs=3, n_boot=200, models=("mean", "ols_iop", "c
 
 
 def config(kind: str = "quick", **over) -> RunConfig:
-    return RunConfig(**((LONG if kind == "long" else QUICK) | over))
+    return make_config(**((LONG if kind == "long" else QUICK) | over))
 
 
 def cli_args(cfg: RunConfig) -> list[str]:
     """``icpcv run`` options for a synthetic config (the ones the tests vary)."""
-    return ["--phantom", cfg.phantom, "--epochs", str(cfg.epochs), "--patience", str(cfg.patience),
+    return ["--phantom", cfg.phantom, "--epochs", str(cfg.train.epochs), "--patience", str(cfg.train.patience),
             "--models", ",".join(cfg.models), "--folds", str(cfg.folds), "--n-boot", str(cfg.n_boot)]
 
 
@@ -69,7 +70,7 @@ def _reference(kind: str) -> pd.DataFrame:
     run_dir = Path(tempfile.mkdtemp(prefix=f"icpcv-reference-{kind}-"))
     atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
     rec = prepare(config(kind), run_dir)
-    execute(run_dir, list(range(rec["n_folds"])), executor="local", device="cpu", threads=1)
+    execute(run_dir, list(range(rec.n_folds)), executor="local", device="cpu", threads=1)
     return predictions(run_dir)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icpcv.models import check_models, make_baseline
+from icpcv.models import check_models, make_model
 from icpcv.errors import InputError
 
 DATA = Path(__file__).parent / "data"
@@ -23,11 +23,11 @@ def _frame(n=60, seed=0):
 
 def test_mean_and_ols_match_independent_fits():
     f = _frame()
-    assert make_baseline("mean").fit(f).predict(f.iloc[:3]) == pytest.approx([f.icp.mean()] * 3)
+    assert make_model("mean").fit_scans(f).predict_scans(f.iloc[:3]) == pytest.approx([f.icp.mean()] * 3)
     slope, intercept = np.polyfit(f.iop, f.icp, 1)
-    np.testing.assert_allclose(make_baseline("ols_iop").fit(f).predict(f), intercept + slope * f.iop, rtol=1e-9)
+    np.testing.assert_allclose(make_model("ols_iop").fit_scans(f).predict_scans(f), intercept + slope * f.iop, rtol=1e-9)
     c2 = np.polyfit(f.iop, f.icp, 2)
-    np.testing.assert_allclose(make_baseline("ols_iop2").fit(f).predict(f), np.polyval(c2, f.iop), rtol=1e-9)
+    np.testing.assert_allclose(make_model("ols_iop2").fit_scans(f).predict_scans(f), np.polyval(c2, f.iop), rtol=1e-9)
 
 
 def test_mixedlm_matches_lme4_sleepstudy():
@@ -36,13 +36,13 @@ def test_mixedlm_matches_lme4_sleepstudy():
     variance 960.5 (SD 30.99)."""
     d = pd.read_csv(DATA / "sleepstudy.csv", comment="#")
     frame = pd.DataFrame(dict(icp=d.Reaction, iop=d.Days.astype(float), subject=d.Subject.astype(str)))
-    m = make_baseline("mixedlm_iop").fit(frame)
+    m = make_model("mixedlm_iop").fit_scans(frame)
     assert m.fe_[0] == pytest.approx(251.4051, abs=1e-3)
     assert m.fe_[1] == pytest.approx(10.4673, abs=1e-3)
     assert np.sqrt(m.group_var_) == pytest.approx(37.12, abs=0.01)
     assert np.sqrt(m.scale_) == pytest.approx(30.99, abs=0.01)
     # a held-out subject is predicted from the fixed effects alone
-    assert m.predict(pd.DataFrame(dict(iop=[0.0, 9.0]))) == pytest.approx([251.4051, 251.4051 + 9 * 10.4673], abs=1e-2)
+    assert m.predict_scans(pd.DataFrame(dict(iop=[0.0, 9.0]))) == pytest.approx([251.4051, 251.4051 + 9 * 10.4673], abs=1e-2)
 
 
 def test_ridge_scan_reads_a_linear_signal_from_volumes():
@@ -53,8 +53,8 @@ def test_ridge_scan_reads_a_linear_signal_from_volumes():
     for i, z in enumerate(depth):
         vols[i, :, :, z] += 3.0
     f = pd.DataFrame(dict(iop=rng.uniform(5, 50, n), icp=2.0 * depth + rng.normal(0, 0.5, n), subject="1"))
-    m = make_baseline("ridge_scan").fit(f.iloc[:60], vols[:60])
-    pred = m.predict(f.iloc[60:], vols[60:])
+    m = make_model("ridge_scan").fit_scans(f.iloc[:60], vols[:60])
+    pred = m.predict_scans(f.iloc[60:], vols[60:])
     assert np.mean(np.abs(pred - f.icp[60:])) < 0.5 * np.mean(np.abs(f.icp[60:] - f.icp[:60].mean()))
 
 

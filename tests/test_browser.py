@@ -247,7 +247,7 @@ def test_labels_only_real_table_report_renders(browser, tmp_path_factory):
     assert_renders(res, min_images=5)
     assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement",
                                "provenance", "warnings"]
-    # the leakage audit (`--split scans`) sits in the fold-plan section, and the twin's own report renders
+    # the leakage audit (`--leakage-audit`) sits in the fold-plan section, and the twin's own report renders
     assert res["scan_split"]["rows"] == 3 and res["scan_split"]["height"] > 0
     twin = check_in_browser(browser, run / "scan_split" / "index.html", "screenshot_labels_scan_split.png")
     assert_renders(twin, min_images=5)

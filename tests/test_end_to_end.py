@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from icpcv.cli import main
+from icpcv.commands import main
 from icpcv.config import RunConfig
+from rundir_support import make_config
 from icpcv.run.fold import run_fold
 from icpcv.run.pipeline import prepare
 from icpcv.util import read_json
@@ -56,7 +57,7 @@ def test_tiny_synthetic_run(tmp_path, capsys):
 def test_held_out_volumes_do_not_touch_training(tmp_path):
     """Scrambling the held-out monkey's volumes leaves the fitted CNN bit-identical: its scans are
     not used for normalisation, early stopping or fitting."""
-    cfg = RunConfig(phantom="tiny", epochs=2, models=("cnn",), n_boot=100)
+    cfg = make_config(phantom="tiny", epochs=2, models=("cnn",), n_boot=100)
     weights = []
     for variant in ("as is", "scrambled"):
         run_dir = tmp_path / variant.replace(" ", "_")

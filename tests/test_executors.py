@@ -11,8 +11,8 @@ from orch_support import REPO, assert_same_predictions, config, predictions, ref
 from icpcv.errors import FoldsFailed, InputError
 from icpcv.run.executors import execute
 from icpcv.run.pipeline import prepare
-from icpcv.run.progress import Progress
-from icpcv.run.rundir import fold_complete, fold_dir, read_fold_error
+from icpcv.progress import Progress
+from rundir_support import fold_complete, fold_dir, read_fold_error
 from icpcv.util import read_json
 
 
@@ -24,7 +24,7 @@ def test_processes_run_folds_side_by_side_with_the_local_predictions(tmp_path):
     execute(out, [0, 1, 2], executor="processes", workers=2, device="cpu", threads=1, progress=progress)
     progress.close()
     assert_same_predictions(predictions(out), reference())
-    records = [read_json(fold_dir(out, k) / "record.json") for k in range(rec["n_folds"])]
+    records = [read_json(fold_dir(out, k) / "record.json") for k in range(rec.n_folds)]
     assert len({r["pid"] for r in records}) == 2  # two worker processes shared the folds
     assert all(r["torch_threads"] == 1 for r in records)
     text = log.read_text()
@@ -55,7 +55,7 @@ def test_a_failing_fold_does_not_stop_the_others_and_is_reported_with_its_log(tm
     assert f"fold 2/3 (held out 1, 2): RunDirError: {bad}: corrupt epoch checkpoint" in msg
     assert f"log: {fold_dir(out, 1) / 'fold.log'}" in msg and "rerun the same command" in msg
     assert [f["fold"] for f in err.value.failures] == [1]
-    assert fold_complete(out, 0, rec["key"]) and fold_complete(out, 2, rec["key"])
+    assert fold_complete(out, 0, rec.key) and fold_complete(out, 2, rec.key)
     assert read_fold_error(out, 1)["type"] == "RunDirError"
     assert "corrupt epoch checkpoint" in (fold_dir(out, 1) / "fold.log").read_text()
     bad.unlink()  # what the message says to do

@@ -20,19 +20,19 @@ import pytest
 import torch
 
 from orch_support import assert_same_predictions, cli_args, config, file_cohort, predictions, reference
-from icpcv.cli import main
+from icpcv.commands import main
 from icpcv.config import RunConfig
 from icpcv.errors import DiskFullError, FoldsFailed, InputError, RunDirError
 from icpcv.run.executors import execute
 from icpcv.run.fold import run_fold
 from icpcv.run.pipeline import prepare
-from icpcv.run.progress import Progress
-from icpcv.run.rundir import fold_complete, fold_dir, read_run_record
+from icpcv.progress import Progress
+from rundir_support import make_config, fold_complete, fold_dir, read_run_record
 from icpcv.util import read_json
 
 
 def _file_config(table: Path, **over) -> RunConfig:
-    return RunConfig(manifest=str(table), models=("mean", "ols_iop", "cnn"), folds=3, epochs=2, n_boot=200,
+    return make_config(manifest=str(table), models=("mean", "ols_iop", "cnn"), folds=3, epochs=2, n_boot=200,
                      shape=(12, 12, 32), **over)
 
 
@@ -50,7 +50,7 @@ def _break(table: Path) -> dict[str, str]:
     np.save(vol / "s00004.npy", inf)
     np.save(vol / "s00005.npy", good[:, :, 0])  # 2-D
     np.save(vol / "s00006.npy", np.stack([good[None], good[None]]))  # 5-D
-    np.save(vol / "s00007.npy", np.zeros((14, 10, 40), np.uint8) + 7)  # another 3-D shape: fine
+    np.save(vol / "s00007.npy", np.random.default_rng(7).integers(0, 200, (14, 10, 40), np.uint8))  # another 3-D shape: fine
     np.save(vol / "s00008.npy", good[None])  # (1, X, Y, Z): fine
     rows = pd.read_csv(table, dtype=str)
     rows.loc[rows["scan_id"] == "s00009", "path"] = "vol/s00009.pt"  # a .pt that is not a tensor file
@@ -94,7 +94,7 @@ def test_bad_volumes_are_an_error_naming_each_file_or_recorded_skips(tmp_path, m
     assert "1 volume file(s) missing" in text and "s00011.npy" in text
     # folds never meet a bad scan: they read the validated, resampled cache
     run_fold(out, 0, device="cpu")
-    assert fold_complete(out, 0, rec["key"])
+    assert fold_complete(out, 0, rec.key)
     # re-opening the run reuses the validation: no volume is read again
     import icpcv.cohort.volumes
 
@@ -102,7 +102,8 @@ def test_bad_volumes_are_an_error_naming_each_file_or_recorded_skips(tmp_path, m
         raise AssertionError("a volume was read again")
 
     monkeypatch.setattr(icpcv.cohort.volumes, "load_volume", no_reading)
-    assert prepare(_file_config(table, skip_bad_scans=True), out)["key"] == rec["key"]
+    monkeypatch.setattr(icpcv.cohort.volumes, "read_volume", no_reading)
+    assert prepare(_file_config(table, skip_bad_scans=True), out).key == rec.key
 
 
 def test_data_changed_under_a_run_is_refused_naming_the_file_and_nothing_is_rewritten(tmp_path):
@@ -122,7 +123,7 @@ def test_data_changed_under_a_run_is_refused_naming_the_file_and_nothing_is_rewr
     assert f"volume file {vol / 's00012.npy'} (scan s00012) was modified" in msg
     assert "restore the data, or rerun with --fresh" in msg
     assert {p: p.read_bytes() for p in before} == before
-    assert read_run_record(out)["key"] == rec["key"]
+    assert read_run_record(out).key == rec.key
 
 
 def _fill(folder: Path, leave: int) -> Path:
@@ -168,7 +169,7 @@ def test_a_full_disk_names_the_file_and_a_rerun_after_freeing_space_finishes(sma
     # the first large write after the disk filled up: the first epoch's checkpoint
     assert f"icpcv: error: {out}/folds/fold_00/cnn_checkpoint.pt: no space left on device while writing it" in err
     assert "free some space and rerun the same command to resume" in err
-    key = read_run_record(out)["key"]
+    key = read_run_record(out).key
     assert not any(fold_complete(out, k, key) for k in range(3))
     _consistent(out)
     filler.unlink()
@@ -179,7 +180,7 @@ def test_a_full_disk_names_the_file_and_a_rerun_after_freeing_space_finishes(sma
 
 def test_a_simulated_enospc_leaves_no_half_written_file_and_the_fold_resumes(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    key = prepare(config(), out)["key"]
+    key = prepare(config(), out).key
     fd = fold_dir(out, 0)
     fd.mkdir(parents=True)
     (fd / ".predictions.csv.stale.tmp").write_text("left by a killed process")
@@ -236,7 +237,19 @@ def test_a_corrupt_run_record_and_stray_fold_results_are_refused(tmp_path):
     (out / "folds").mkdir(exist_ok=True)
     with pytest.raises(RunDirError, match="holds fold results but no run.json"):
         prepare(config(models=("mean",)), out)
-    assert prepare(config(models=("mean",)), out, fresh=True)["n_folds"] == 3
+    assert prepare(config(models=("mean",)), out, fresh=True).n_folds == 3
+
+
+def test_fresh_with_an_unusable_table_keeps_the_run_it_was_to_replace(tmp_path):
+    out = tmp_path / "run"
+    rec = prepare(config(models=("mean",)), out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = tmp_path / "typo.csv"
+    bad.write_text("scan_id,subject,iop,icp,path\n")  # a header and no row
+    with pytest.raises(InputError, match="typo.csv"):
+        prepare(make_config(manifest=str(bad), models=("mean",)), out, fresh=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert read_run_record(out).key == rec.key
 
 
 def test_failed_folds_exit_with_code_3_and_the_list(monkeypatch, capsys):

@@ -19,7 +19,7 @@ def scans():
 
 def test_leave_one_subject_out(scans):
     plan = make_plan(scans, seed=3)
-    assert plan.n_folds == 8 and plan.kind == "subject"
+    assert plan.n_folds == 8 and plan.kind == "subjects"
     assert [f.held_out for f in plan.folds] == [(s,) for s in ["1", "2", "3", "4", "5", "6", "7", "10"]]
     subj = dict(zip(scans.scan_id, scans.subject))
     for f in plan.folds:
@@ -70,3 +70,35 @@ def test_plan_hash_is_stable_and_detects_edits(scans):
     d["folds"][0]["train_scans"].append(d["folds"][0]["test_scans"][0])
     with pytest.raises(InputError, match="hash mismatch"):
         FoldPlan.from_dict(d)
+
+
+def _two_cols(sizes):
+    return pd.DataFrame([dict(scan_id=f"{s}-{i}", subject=s) for s, n in sizes.items() for i in range(n)])
+
+
+def test_one_subject_is_named_as_such_without_folds():
+    """Issue 11: a 1-subject table said "--folds must be at least 2 (got 1)" with no --folds given."""
+    with pytest.raises(InputError) as err:
+        make_plan(_two_cols({"7": 5}))
+    msg = str(err.value)
+    assert "--folds" not in msg and "only 1 subject (7)" in msg and "at least 2" in msg
+    with pytest.raises(InputError, match=r"--folds must be at least 2 \(got 1\)"):
+        make_plan(_two_cols({"7": 5, "8": 3}), n_folds=1)
+
+
+def test_two_subjects_with_no_inner_validation():
+    """Issue 11: a 2-subject table was refused for the IOP-only models even with --val-fraction 0."""
+    plan = make_plan(_two_cols({"1": 4, "2": 3}), val_fraction=0)
+    assert plan.n_folds == 2
+    for f in plan.folds:
+        assert f.inner_val == () and f.val_scans == () and len(f.train) == 1
+    with pytest.raises(InputError) as err:
+        make_plan(_two_cols({"1": 4, "2": 3}), val_fraction=0.25)
+    msg = str(err.value)
+    assert "1 subject" in msg and "--val-fraction 0" in msg
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 2.0, float("nan")])
+def test_val_fraction_outside_its_range_is_an_input_error(scans, fraction):
+    with pytest.raises(InputError, match="--val-fraction"):
+        make_plan(scans, val_fraction=fraction)

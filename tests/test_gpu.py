@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from icpcv.cli import build_config, make_parser
+from icpcv.commands import make_parser
+from icpcv.commands.run import build_config
+from icpcv.config import TrainConfig
 from icpcv.models.resnet3d import ResNet3D
 from icpcv.train import datapath as dp
-from icpcv.train.loop import Standardiser, TrainConfig, fit, predict
+from icpcv.train import loop
+from icpcv.train.augment import AugmentConfig
+from icpcv.train.loop import Standardiser, predict
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the device machine)")
 
@@ -90,7 +94,12 @@ def _model():
 
 
 def _cfg(epochs, **kw):
-    return TrainConfig(epochs=epochs, batch_size=4, lr=3e-3, patience=10, augment=True, seed=7, **kw)
+    return TrainConfig(epochs=epochs, batch_size=4, lr=3e-3, patience=10, augment=True, **kw)
+
+
+def fit(*args, **kw):
+    """The training loop with these tests' seed."""
+    return loop.fit(*args, seed=7, **kw)
 
 
 def test_exact_resume_with_the_new_data_path(tmp_path):
@@ -136,15 +145,16 @@ def _args(*argv):
 def test_presets_fill_defaults_and_explicit_options_win(tmp_path):
     cfg = build_config(_args("--preset", "seed"))
     assert cfg.models[-1] == "resnet50" and "cnn" not in cfg.models
-    assert (cfg.shape, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.precision, cfg.weight_decay) == \
+    assert (cfg.shape, cfg.train.batch_size, cfg.train.lr, cfg.train.optimizer, cfg.train.precision,
+            cfg.train.weight_decay) == \
         ((128, 128, 512), 8, 3e-4, "adamax", "fp32", 0.0)
     assert cfg.phantom == "seed" and cfg.preset == "seed"
     fast = build_config(_args("--preset", "fast", "--batch-size", "4", "--models", "mean,resnet18_nodil"))
-    assert fast.models == ("mean", "resnet18_nodil") and fast.batch_size == 4 and fast.precision == "bf16"
+    assert fast.models == ("mean", "resnet18_nodil") and fast.train.batch_size == 4 and fast.train.precision == "bf16"
     assert fast.shape == (64, 64, 256)
     plain = build_config(_args())
-    assert (plain.epochs, plain.batch_size, plain.lr, plain.optimizer, plain.phantom) == (30, 32, 3e-3, "adamw",
-                                                                                         "small")
+    assert (plain.train.epochs, plain.train.batch_size, plain.train.lr, plain.train.optimizer, plain.phantom) == \
+        (30, 32, 3e-3, "adamw", "small")
 
 
 def test_pretrained_option_is_checked(tmp_path):
@@ -194,7 +204,7 @@ def test_end_to_end_fold_with_resnet10_and_a_warm_start(tmp_path):
 # ---------------------------------------------------------------- bench
 
 def test_bench_runs_on_the_cpu(tmp_path, capsys):
-    from icpcv.train.bench import main
+    from icpcv.bench.train import main
 
     out = tmp_path / "bench.json"
     assert main(["--model", "resnet10", "--base-width", "4", "--shape", "12x12x24", "--steps", "1", "--warmup", "0",
@@ -225,22 +235,22 @@ def test_cuda_data_path_bf16_channels_last_fused():
 @pytest.mark.gpu
 @cuda
 def test_no_host_sync_inside_the_training_steps():
-    from icpcv.train.loop import _part, train_epoch
+    from icpcv.train.loop import _part, make_optimizer, train_epoch
 
     train, _ = _toy_fold(n_train=12)
     dev = torch.device("cuda")
     std = Standardiser.fit(*train)
     settings = dp.step_settings(dev, "auto")
     model = dp.prepare_model(_model(), dev, settings)
-    opt = dp.make_optimizer(model.parameters(), "adamw", 1e-3, 1e-4, dev)
+    opt = make_optimizer(model.parameters(), "adamw", 1e-3, 1e-4, dev)
     g = torch.Generator().manual_seed(0)
     for mode in ("resident", "stream"):
         part = _part(*train, std, dev, mode)
-        train_epoch(model, opt, part, _cfg(1), g, dev, settings, std.intensity_range())  # warm up the allocators
+        train_epoch(model, opt, part, _cfg(1), g, settings, AugmentConfig(), std.intensity_range())  # warm-up
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            total = train_epoch(model, opt, part, _cfg(1), g, dev, settings, std.intensity_range())
+            total = train_epoch(model, opt, part, _cfg(1), g, settings, AugmentConfig(), std.intensity_range())
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert torch.isfinite(total).item()
@@ -261,8 +271,23 @@ def test_streamed_equals_resident_on_cuda_and_exact_resume(tmp_path):
 @pytest.mark.gpu
 @cuda
 def test_bench_on_cuda(capsys):
-    from icpcv.train.bench import main
+    from icpcv.bench.train import main
 
     assert main(["--model", "resnet10", "--shape", "32x32x64", "--steps", "3", "--warmup", "1"]) == 0
     text = capsys.readouterr().out
     assert "peak GiB" in text and "cuda" in text
+
+
+@pytest.mark.gpu
+@cuda
+def test_a_cuda_fold_predicts_at_the_planned_batch_and_decides_residency_with_the_counted_step(tmp_path):
+    from icpcv.run.fold import run_fold
+    from icpcv.run.pipeline import prepare
+
+    cfg = build_config(_args("--phantom", "tiny", "--shape", "16x16x32", "--models", "mean,resnet10", "--folds", "2",
+                             "--epochs", "1", "--batch-size", "8"))
+    prepare(cfg, tmp_path / "run")
+    record = run_fold(tmp_path / "run", 0, device="cuda")
+    info = record["models"]["resnet10"]
+    assert 1 <= info["memory_plan"]["eval_batch"] <= 64 and info["memory_plan"]["train_peak_gib"] > 0
+    assert "GiB step" in info["data_path"]["data_mode_reason"]  # decided with the counted step, not half the free

@@ -1,4 +1,4 @@
-"""The leakage audit (`run --split scans`): a scan-level twin beside leave-one-monkey-out.
+"""The leakage audit (`run --leakage-audit`): a scan-level twin beside leave-one-monkey-out.
 
 The numbers in leakage.json are checked against an independent computation from the two
 predictions tables (pooled MAE per split, exact sign-flip p by brute force over all sign
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from icpcv.cli import main
+from icpcv.commands import main
 from icpcv.report import write_report
-from icpcv.run.leakage import leakage_summary
+from icpcv.stats import leakage_summary
 from icpcv.util import read_json
 
 
@@ -102,7 +102,7 @@ def test_split_scans_adds_a_scan_level_twin_beside_the_honest_run(tmp_path):
     assert len(records) == 6 and not (out / "leakage.json").exists()
     assert "No scan-level twin" in (out / "index.html").read_text()
 
-    assert _run("--out", str(out), "--split", "scans") == 0
+    assert _run("--out", str(out), "--leakage-audit") == 0
     # the honest folds were reused, not retrained (their records would carry new timings)
     assert {p: p.read_bytes() for p in records} == records
     honest_plan, twin_plan = read_json(out / "fold_plan.json"), read_json(out / "scan_split" / "fold_plan.json")

@@ -14,9 +14,10 @@ import tifffile
 import torch
 
 import icpcv.prepare.sources as sources
-from icpcv.cli import main
+from icpcv.commands import main
 from icpcv.cohort.volumes import read_volume, resample
-from icpcv.prepare import PrepareOptions, parse_shape, prepare
+from icpcv.prepare import PrepareOptions, prepare
+from icpcv.util import parse_shape
 from icpcv.util import read_json
 
 REPO = Path(__file__).resolve().parents[1]

@@ -122,3 +122,29 @@ def test_strip_prefixes_only_when_every_key_has_it():
     t = torch.zeros(1)
     assert strip_prefixes({"module._orig_mod.a": t, "module._orig_mod.b": t})[0].keys() == {"a", "b"}
     assert strip_prefixes({"module.a": t, "b": t})[0].keys() == {"module.a", "b"}
+
+
+@pytest.mark.parametrize("file_depth,model_depth,width", [(34, 18, 8), (50, 18, 4), (50, 34, 4)])
+def test_refuses_a_deeper_network_s_file_that_fills_the_model(tmp_path, file_depth, model_depth, width):
+    """Issue 11: a resnet_34 file filled resnet18 to 100% while 80 of its backbone tensors went unused;
+    resnet_50 files filled resnet18 (91%) and resnet34 (90%). The file's side is counted too."""
+    path = tmp_path / f"resnet_{file_depth}.pth"
+    _medicalnet_file(path, depth=file_depth, width=width)
+    model = ResNet3D(model_depth, base_width=width)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(InputError) as err:
+        load_pretrained(model, path)
+    msg = str(err.value)
+    assert f"resnet_{file_depth}.pth" in msg and "of the file's" in msg
+    assert f"looks like a ResNet-{file_depth}" in msg, msg
+    for k, v in model.state_dict().items():  # refused: nothing was copied
+        assert torch.equal(v, before[k])
+
+
+def test_the_account_counts_the_file_s_unused_backbone_tensors(tmp_path):
+    path = tmp_path / "resnet_18.pth"
+    _medicalnet_file(path, depth=18)
+    ws = load_pretrained(ResNet3D(18, base_width=8), path)
+    assert ws.file_backbone_unused == 0 and ws.file_backbone_total == ws.backbone_total
+    assert ws.file_architecture == "ResNet-18 (shortcut A)"
+    assert ws.to_dict()["file_backbone_total"] == ws.backbone_total

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
-from icpcv.cli import main
+from icpcv.commands import main
 from icpcv.errors import InputError, RunDirError
 from icpcv.report import write_report
 from icpcv.report.compare import compare_runs
@@ -177,7 +177,7 @@ def test_compare_pairs_runs_on_the_same_plan(runs, tmp_path, tmp_path_factory):
     # by default only the model whose predictions differ between the runs (the CNN) is compared
     assert set(stats["models"]) == {"epochs2:cnn", "epochs1:cnn"} and stats["reference"] == "epochs2:cnn"
     assert meta["plan_hash"] == read_json(a / "fold_plan.json")["hash"]
-    assert {d["key"]: d["values"] for d in meta["config_differences"]}["epochs"] == [2, 1]
+    assert {d["key"]: d["values"] for d in meta["config_differences"]}["train.epochs"] == [2, 1]
     # the paired difference is the engine's, on the stacked predictions: pooled MAE(b) - MAE(a)
     mae = {}
     for name, run in (("epochs2", a), ("epochs1", b)):

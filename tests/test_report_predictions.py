@@ -9,7 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from icpcv.cli import main
+from icpcv.commands import main
 from icpcv.util import read_json
 from test_report import Page
 from test_report_support import HOSTILE, copy_run, shared_analysis, shared_run

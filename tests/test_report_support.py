@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from icpcv.config import RunConfig
+from rundir_support import make_config
 from icpcv.run.executors import execute
 from icpcv.run.pipeline import finish, gather, prepare
 
@@ -16,11 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 MONKEY_TABLE = REPO.parent / "shared" / "data" / "monkey_data.csv"
 
 #: the tiny synthetic run the tests share: every default model, CNN learning curves, 6 monkeys
-TINY = RunConfig(phantom="tiny", epochs=2, n_boot=300)
+TINY = make_config(phantom="tiny", epochs=2, n_boot=300)
 #: a second run on the same fold plan (same cohort, folds and seed), another CNN schedule; no report
-TINY_B = RunConfig(phantom="tiny", epochs=1, n_boot=300, models=("ols_iop", "cnn"))
-#: the real label table, labels only; made with `--split scans` (a scan-level twin in scan_split/)
-LABELS = RunConfig(manifest=str(MONKEY_TABLE), models=("mean", "ols_iop"), n_boot=300)
+TINY_B = make_config(phantom="tiny", epochs=1, n_boot=300, models=("ols_iop", "cnn"))
+#: the real label table, labels only; made with `--leakage-audit` (a scan-level twin in scan_split/)
+LABELS = make_config(manifest=str(MONKEY_TABLE), models=("mean", "ols_iop"), n_boot=300)
 
 _made: dict[str, Path | dict] = {}
 
@@ -29,7 +30,7 @@ def make_run(cfg: RunConfig, run_dir: Path, report: bool = True) -> Path:
     """A complete run directory as ``icpcv run`` leaves it: folds, predictions, stats.json and, with
     ``report``, index.html (the pipeline's own last step)."""
     rec = prepare(cfg, run_dir)
-    execute(run_dir, list(range(rec["n_folds"])), executor="local", workers=1, device="cpu", progress=None)
+    execute(run_dir, list(range(rec.n_folds)), executor="local", workers=1, device="cpu", progress=None)
     if report:
         finish(run_dir)
     else:
@@ -58,7 +59,7 @@ def shared_run(name: str, base: Path) -> Path:
 def shared_compare(base: Path) -> Path:
     """``icpcv compare`` of the two tiny runs (same fold plan, 2 vs 1 CNN epochs), once per session."""
     if "compare" not in _made:
-        from icpcv.cli import main
+        from icpcv.commands import main
 
         out = Path(base) / "compare"
         rc = main(["compare", str(shared_run("tiny", base)), str(shared_run("tiny_b", base)),
@@ -96,7 +97,7 @@ def shared_analysis(base: Path) -> dict:
         import contextlib
         import io
 
-        from icpcv.cli import main
+        from icpcv.commands import main
 
         src = predictions_table(Path(base) / "external" / "predictions_from_elsewhere.csv")
         out = Path(base) / "analysis"
@@ -142,7 +143,7 @@ def make_hostile_run(base: Path) -> Path:
     table = base / "hostile.csv"
     pd.DataFrame(rows).to_csv(table, index=False)
     run_dir = base / "run<b>x"
-    make_run(RunConfig(manifest=str(table), models=("mean", "ols_iop"), n_boot=100), run_dir)
+    make_run(make_config(manifest=str(table), models=("mean", "ols_iop"), n_boot=100), run_dir)
     # a model name with markup: rename it in the files the report reads
     preds = pd.read_csv(run_dir / "predictions.csv", dtype={"subject": str, "scan_id": str})
     preds["model"] = preds["model"].replace("mean", HOSTILE)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from icpcv.errors import InputError
-from icpcv.models import CNNS, NEEDS_IOP, check_models, make_cnn
+from icpcv.models import CNNS, check_models, make_cnn, make_model
 from icpcv.models.resnet3d import ResNet3D, ZeroPadShortcut, build_resnet, parse_name
 
 
@@ -141,7 +141,7 @@ def test_names_registry():
                  "resnet34_nodil_scanonly"):
         assert name in CNNS
     assert check_models(["mean", "resnet50_nodil"]) == ["mean", "resnet50_nodil"]
-    assert NEEDS_IOP["resnet18_scanonly"] is False and NEEDS_IOP["resnet18"] is True
+    assert make_model("resnet18_scanonly").needs_iop is False and make_model("resnet18").needs_iop is True
     spec = parse_name("resnet34_nodil_scanonly")
     assert (spec.depth, spec.dilated, spec.use_iop) == (34, False, False)
     for bad in ("resnet101", "resnet18_scanonly_nodil", "resnet"):
@@ -163,3 +163,126 @@ def test_deterministic_max_pool_equals_medicalnets():
         g_ours, = torch.autograd.grad(ours.sum(), x)
         g_ref, = torch.autograd.grad(ref.sum(), x)
         assert torch.equal(g_ours, g_ref)
+
+
+def _tied_maxima(x):
+    """Input positions that are one of two or more equal maxima of some 3x3x3 window (stride 2, padding 1)."""
+    xp = torch.nn.functional.pad(x, (1,) * 6, value=float("-inf"))
+    win = xp.unfold(2, 3, 2).unfold(3, 3, 2).unfold(4, 3, 2)  # (N, C, oX, oY, oZ, 3, 3, 3)
+    is_max = win == win.amax(dim=(5, 6, 7), keepdim=True)
+    tied = is_max & (is_max.sum(dim=(5, 6, 7), keepdim=True) >= 2)
+    mask = torch.zeros(xp.shape, dtype=torch.bool)
+    o = win.shape[2:5]
+    for a in range(3):
+        for b in range(3):
+            for c in range(3):
+                view = mask[:, :, a:a + 2 * o[0] - 1:2, b:b + 2 * o[1] - 1:2, c:c + 2 * o[2] - 1:2]
+                view |= tied[..., a, b, c]
+    return mask[:, :, 1:-1, 1:-1, 1:-1]
+
+
+def test_max_pool_gradient_differs_from_maxpool3d_only_at_tied_maxima():
+    from icpcv.models.resnet3d import MaxPool3dS2
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 9, 17, 18, dtype=torch.float64).mul(2).round().requires_grad_(True)  # 5,508 voxels
+    ours, ref = MaxPool3dS2()(x), torch.nn.MaxPool3d(3, stride=2, padding=1)(x)
+    assert torch.equal(ours, ref)
+    g_out = torch.randint(1, 9, ref.shape, dtype=torch.float64)  # integers: halving and summing stay exact
+    g_ours, = torch.autograd.grad(ours, x, g_out)
+    g_ref, = torch.autograd.grad(ref, x, g_out)
+    differ = g_ours != g_ref
+    tied = _tied_maxima(x.detach())
+    # ties on rounded input: MaxPool3d gives a window's gradient to one maximum, ours spreads it over the tied ones
+    assert differ.sum() > 0
+    assert not (differ & ~tied).any()  # nowhere else
+    assert torch.allclose(g_ours.sum(), g_out.sum()) and torch.allclose(g_ref.sum(), g_out.sum())
+    print(f"\n{int(differ.sum())} of {x.numel()} positions get another gradient; {int(tied.sum())} are tied maxima")
+    # without ties the gradients are identical
+    y = torch.randperm(x.numel(), dtype=torch.float64).view(x.shape).requires_grad_(True)
+    g1, = torch.autograd.grad(MaxPool3dS2()(y), y, g_out)
+    g2, = torch.autograd.grad(torch.nn.MaxPool3d(3, stride=2, padding=1)(y), y, g_out)
+    assert torch.equal(g1, g2)
+
+
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_max_pool_is_the_library_pool_where_no_gradient_is_taken():
+    from icpcv.models.resnet3d import MaxPool3dS2
+
+    x = torch.randn(2, 3, 8, 9, 10)
+    ref = torch.nn.functional.max_pool3d(x, 3, stride=2, padding=1)
+    xg = x.clone().requires_grad_(True)
+    for context, inp in [(torch.no_grad, xg), (torch.inference_mode, xg), (torch.enable_grad, x)]:
+        with context(), _OpLog() as log:
+            out = MaxPool3dS2()(inp)
+        assert torch.equal(out, ref)
+        assert "maximum" not in log.ops and log.ops & {"max_pool3d", "max_pool3d_with_indices"}, context
+    with _OpLog() as log:
+        MaxPool3dS2()(xg)
+    assert "maximum" in log.ops  # training: the elementwise version
+    # a maximum is exact in bf16: no fp32 upcast under CPU autocast (which lists max_pool3d as fp32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = MaxPool3dS2()(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref.to(torch.bfloat16))
+
+
+class _MedicalNetShortcutA(torch.nn.Module):
+    """MedicalNet's ``downsample_basic_block`` written out: avg-pool 1x1x1 with the stride, zeros, ``out.data``."""
+
+    def __init__(self, planes, stride):
+        super().__init__()
+        self.planes, self.stride = planes, stride
+
+    def forward(self, x):
+        out = torch.nn.functional.avg_pool3d(x, kernel_size=1, stride=self.stride)
+        zero_pads = torch.zeros(out.size(0), self.planes - out.size(1), *out.shape[2:], dtype=out.dtype)
+        return torch.cat([out.data, zero_pads], dim=1)
+
+
+def _grads(model, x, iop):
+    model.zero_grad(set_to_none=True)
+    out = model(x, iop)
+    (out * torch.linspace(-1, 2, len(out))).sum().backward()
+    return out.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("depth,n_differ,n_backbone", [(18, 39, 51), (34, 81, 99)])
+def test_medicalnet_shortcut_a_detaches_its_input(depth, n_differ, n_backbone):
+    torch.manual_seed(0)
+    standard = ResNet3D(depth, base_width=4, iop_repeat=4)
+    torch.nn.init.normal_(standard.fc[2].weight)
+    medicalnet = ResNet3D(depth, base_width=4, iop_repeat=4, shortcut_grad="medicalnet")
+    medicalnet.load_state_dict(standard.state_dict())
+    reference = ResNet3D(depth, base_width=4, iop_repeat=4)
+    reference.load_state_dict(standard.state_dict())
+    for layer in (reference.layer2, reference.layer3, reference.layer4):
+        sc = layer[0].downsample
+        layer[0].downsample = _MedicalNetShortcutA(sc.planes, sc.stride)
+    x, iop = torch.randn(2, 1, 16, 16, 32), torch.tensor([0.3, -1.2])
+    out_s, g_s = _grads(standard, x, iop)
+    out_m, g_m = _grads(medicalnet, x, iop)
+    out_r, g_r = _grads(reference, x, iop)
+    assert torch.equal(out_s, out_m) and torch.equal(out_m, out_r)  # the forward pass is the same
+    assert all(torch.equal(g_m[k], g_r[k]) for k in g_r)  # MedicalNet's backward
+    backbone = [k for k in g_s if not k.startswith("fc.")]
+    differ = [k for k in backbone if not torch.equal(g_s[k], g_m[k])]
+    assert (len(differ), len(backbone)) == (n_differ, n_backbone)
+    # exactly the parameters upstream of the last detached shortcut (layer4.0) get another gradient
+    assert all(not k.startswith("layer4.") for k in differ)
+    assert all(torch.equal(g_s[k], g_m[k]) for k in g_s if k.startswith(("layer4.", "fc.")))
+
+
+def test_shortcut_grad_option_is_checked():
+    with pytest.raises(InputError, match="shortcut gradient"):
+        ResNet3D(18, base_width=4, shortcut_grad="detached")
+    assert build_resnet("resnet18", base_width=4, shortcut_grad="medicalnet").layer2[0].downsample.detach
+    assert not build_resnet("resnet18", base_width=4).layer2[0].downsample.detach

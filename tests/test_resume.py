@@ -18,7 +18,7 @@ from orch_support import (REPO, assert_same_predictions, cli_args, cli_command, 
                           run_cli, subprocess_env, wait_for)
 from icpcv.errors import RunDirError
 from icpcv.run.pipeline import prepare
-from icpcv.run.rundir import fold_complete, fold_dir, read_run_record
+from rundir_support import fold_complete, fold_dir, read_run_record
 from icpcv.util import read_json
 
 
@@ -38,7 +38,7 @@ def test_sigkill_in_the_middle_of_a_fold_then_the_same_command_resumes(tmp_path)
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    key = read_run_record(out)["key"]
+    key = read_run_record(out).key
     assert fold_complete(out, 0, key) and not fold_complete(out, 1, key) and not fold_complete(out, 2, key)
     assert not (fold_dir(out, 1) / "record.json").exists() and ckpt.exists()
     rec0 = fold_dir(out, 0) / "record.json"
@@ -60,13 +60,13 @@ def test_sigkill_in_the_middle_of_a_fold_then_the_same_command_resumes(tmp_path)
     # ... and the predictions are those of an uninterrupted run
     assert_same_predictions(predictions(out), reference("long"))
     curve = pd.read_csv(fold_dir(out, 1) / "learning_curve.csv")
-    assert curve["epoch"].tolist() == list(range(cfg.epochs + 1)), killed_at
+    assert curve["epoch"].tolist() == list(range(cfg.train.epochs + 1)), killed_at
 
 
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom icpcv.run.rundir import RunLock\n"
+        [sys.executable, "-c", "import sys, time\nfrom icpcv.rundir import RunLock\n"
          f"with RunLock({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, env=subprocess_env(), cwd=REPO)
     try:
@@ -90,19 +90,19 @@ def test_changed_config_is_refused_with_what_changed_and_fresh_starts_over(tmp_p
         prepare(config(epochs=4, lr=0.01), out)
     msg = str(err.value)
     assert "epochs: 3 -> 4" in msg and "lr: 0.003 -> 0.01" in msg and "--fresh" in msg
-    assert read_run_record(out)["config"]["epochs"] == 3  # untouched
+    assert read_run_record(out).config.train.epochs == 3  # untouched
     rec = prepare(config(epochs=4, lr=0.01), out, fresh=True)
-    assert rec["config"]["epochs"] == 4 and not (out / "folds").exists()
+    assert rec.config.train.epochs == 4 and not (out / "folds").exists()
     # execution settings are not part of the run: the same config re-opens the run
-    assert prepare(config(epochs=4, lr=0.01), out)["key"] == rec["key"]
-    assert len(read_run_record(out)["sessions"]) == 2
+    assert prepare(config(epochs=4, lr=0.01), out).key == rec.key
+    assert len(read_run_record(out).sessions) == 2
 
 
 def test_a_fold_is_complete_only_when_its_record_and_unchanged_predictions_say_so(tmp_path):
     from icpcv.run.fold import run_fold
 
     out = tmp_path / "run"
-    key = prepare(config(models=("mean",)), out)["key"]
+    key = prepare(config(models=("mean",)), out).key
     fd = fold_dir(out, 0)
     fd.mkdir(parents=True)
     (fd / "predictions.csv").write_text("fold,subject\n")

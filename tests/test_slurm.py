@@ -18,8 +18,8 @@ from orch_support import REPO, assert_same_predictions, config, predictions, ref
 from icpcv.errors import FoldsFailed
 from icpcv.run.executors import execute
 from icpcv.run.pipeline import prepare
-from icpcv.run.progress import Progress
-from icpcv.run.rundir import fold_complete, fold_dir
+from icpcv.progress import Progress
+from rundir_support import fold_complete, fold_dir
 from icpcv.run.slurm import squeue_states
 from icpcv.util import read_json
 
@@ -134,7 +134,7 @@ def test_failed_tasks_are_reported_by_fold_and_log_path_and_completed_folds_are_
     assert f"fold 3/3 (held out 3, 4): Slurm task {task} " in msg and f"log: {jobs['2']['stderr']}" in msg
     assert "CANCELLED" in msg or "left the queue" in msg
     assert {f["fold"] for f in err.failures} == {1, 2}
-    assert fold_complete(out, 0, rec["key"])
+    assert fold_complete(out, 0, rec.key)
     assert "FAILED" in log.read_text()
     # the completed fold is reused by a rerun
     rec0 = (fold_dir(out, 0) / "record.json").read_bytes()

@@ -13,8 +13,8 @@ from orch_support import config
 from icpcv.errors import RunDirError
 from icpcv.run.fold import run_fold
 from icpcv.run.pipeline import prepare
-from icpcv.run.progress import Progress
-from icpcv.run.rundir import fold_complete, read_run_record
+from icpcv.progress import Progress
+from rundir_support import fold_complete, read_run_record
 from icpcv.util import atomic_write_json
 
 
@@ -84,7 +84,7 @@ def test_a_rerun_adopts_tasks_still_queued_or_running_instead_of_submitting_agai
     run_fold(run_dir, 0, device="cpu")
     progress = Progress("quiet", log_file=run_dir.parent / "log.txt")
     failures = slurm.run_slurm(run_dir, [1], options=dict(poll=0.01, grace=0.0), progress=progress)
-    assert failures == [] and fold_complete(run_dir, 1, read_run_record(run_dir)["key"])
+    assert failures == [] and fold_complete(run_dir, 1, read_run_record(run_dir).key)
     assert "watching them instead of submitting again: fold 2 = 7_1" in (run_dir.parent / "log.txt").read_text()
 
 

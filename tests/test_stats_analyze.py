@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import mean_absolute_error
 
-from icpcv.stats import analyze, cmd_analyze, cmd_calibrate, read_predictions, write_stats
-from icpcv.stats.commands import main as cli_main
+from icpcv.commands import main as cli_main
+from icpcv.commands.analyze import cmd_analyze, cmd_calibrate
+from icpcv.stats import analyze, analyze_study, read_predictions, write_stats
 from icpcv.stats.synthetic import synthetic_predictions
 
 MODEL_KEYS = {"mae", "rmse", "bias", "r2", "pearson_r", "mae_subject_mean", "bland_altman",
@@ -57,25 +58,25 @@ def test_schema_and_json(result):
 def test_point_estimates_match_independent_computations(preds, result):
     for m, sub in preds.groupby("model"):
         r = result.models[m]
-        assert r["mae"]["estimate"] == pytest.approx(mean_absolute_error(sub.y_true, sub.y_pred))
+        assert r.mae.estimate == pytest.approx(mean_absolute_error(sub.y_true, sub.y_pred))
         per = (sub.y_pred - sub.y_true).abs().groupby(sub.subject).mean()
-        assert r["mae_subject_mean"]["estimate"] == pytest.approx(per.mean())
-        assert r["per_subject"]["3"]["mae"] == pytest.approx(per.loc[3])
+        assert r.mae_subject_mean.estimate == pytest.approx(per.mean())
+        assert r.per_subject["3"].mae == pytest.approx(per.loc[3])
         e = (sub.y_pred - sub.y_true).to_numpy()
-        dec = r["decomposition"]
+        dec = r.decomposition
         off = pd.Series(e).groupby(sub.subject.to_numpy()).transform("mean").to_numpy()
-        assert dec["between_subject"] == pytest.approx(np.mean(off**2))
-        assert dec["within_subject"] == pytest.approx(np.mean((e - off) ** 2))
-        assert dec["between_fraction"] + dec["within_fraction"] == pytest.approx(1)
-        assert dec["within_subject_correlation"] == r["rmcorr"]["r"]
+        assert dec.between_subject == pytest.approx(np.mean(off**2))
+        assert dec.within_subject == pytest.approx(np.mean((e - off) ** 2))
+        assert dec.between_fraction + dec.within_fraction == pytest.approx(1)
+        assert dec.within_subject_correlation == r.rmcorr.r
 
 
 def test_holm_applied_across_all_comparisons(result):
     from statsmodels.stats.multitest import multipletests
 
-    p = [c["p_signflip"] for c in result.comparisons]
+    p = [c.p_signflip for c in result.comparisons]
     adj = multipletests(p, method="holm")[1]
-    assert [c["p_adjusted"] for c in result.comparisons] == pytest.approx(list(adj))
+    assert [c.p_adjusted for c in result.comparisons] == pytest.approx(list(adj))
 
 
 def _numbers(sentence):
@@ -87,14 +88,14 @@ def test_verdict_when_a_model_clearly_wins():
         n_subjects=14, scans=(10, 30), seed=4,
         models={"ols_iop": (0.0, 1.0), "cnn": (0.0, 0.3), "weak": (0.0, 0.9)})
     res = analyze(preds, n_boot=1000)
-    c = next(c for c in res.comparisons if c["model"] == "cnn" and c["metric"] == "mae")
-    assert c["ci"][1] < 0 and c["p_adjusted"] < 0.05
+    c = next(c for c in res.comparisons if c.model == "cnn" and c.metric == "mae")
+    assert c.ci[1] < 0 and c.p_adjusted < 0.05
     v = res.verdict
     assert v.startswith("The cnn lowers MAE by") and "against ols_iop" in v and "14 monkeys" in v
     reduction, lo, hi = _numbers(v)[:3]
-    assert reduction == pytest.approx(-c["delta"], abs=0.051)
-    assert lo == pytest.approx(-c["ci"][1], abs=0.051)
-    assert hi == pytest.approx(-c["ci"][0], abs=0.051)
+    assert reduction == pytest.approx(-c.delta, abs=0.051)
+    assert lo == pytest.approx(-c.ci[1], abs=0.051)
+    assert hi == pytest.approx(-c.ci[0], abs=0.051)
 
 
 def test_verdict_when_no_model_beats_the_reference():
@@ -102,13 +103,13 @@ def test_verdict_when_no_model_beats_the_reference():
         n_subjects=11, scans=(10, 30), seed=5,
         models={"ols_iop": (0.0, 1.0), "cnn": (0.0, 1.0)})
     res = analyze(preds, n_boot=500)
-    c = next(c for c in res.comparisons if c["metric"] == "mae")
-    assert c["ci"][0] < 0 < c["ci"][1] or c["p_adjusted"] >= 0.05
+    c = next(c for c in res.comparisons if c.metric == "mae")
+    assert c.ci[0] < 0 < c.ci[1] or c.p_adjusted >= 0.05
     v = res.verdict
     assert v.startswith("There is no evidence that any model beats ols_iop")
     delta, lo, hi = _numbers(v)[:3]
-    assert delta == pytest.approx(c["delta"], abs=0.051)
-    assert (lo, hi) == pytest.approx(tuple(c["ci"]), abs=0.051)
+    assert delta == pytest.approx(c.delta, abs=0.051)
+    assert (lo, hi) == pytest.approx(tuple(c.ci), abs=0.051)
 
 
 def test_verdict_when_every_model_is_worse_than_the_reference():
@@ -116,14 +117,14 @@ def test_verdict_when_every_model_is_worse_than_the_reference():
         n_subjects=12, scans=(10, 30), seed=7,
         models={"ols_iop": (0.0, 1.0), "cnn": (0.0, 1.6), "weak": (0.0, 1.3)})
     res = analyze(preds, n_boot=500)
-    mae = {c["model"]: c for c in res.comparisons if c["metric"] == "mae"}
-    assert mae["cnn"]["delta"] > mae["weak"]["delta"] > 0
+    mae = {c.model: c for c in res.comparisons if c.metric == "mae"}
+    assert mae["cnn"].delta > mae["weak"].delta > 0
     v = res.verdict
     assert v.startswith("There is no evidence that any model beats ols_iop on MAE: every model's MAE is at or "
                         "above ols_iop's; the closest, weak, changes MAE by +")
     delta, lo, hi = _numbers(v)[:3]
-    assert delta == pytest.approx(mae["weak"]["delta"], abs=0.051)
-    assert (lo, hi) == pytest.approx(tuple(mae["weak"]["ci"]), abs=0.051)
+    assert delta == pytest.approx(mae["weak"].delta, abs=0.051)
+    assert (lo, hi) == pytest.approx(tuple(mae["weak"].ci), abs=0.051)
 
 
 def test_only_reference_and_missing_reference():
@@ -152,8 +153,8 @@ def test_warnings_and_paired_intersection():
     assert "leakage audit FAILED" in w
     n_cnn = (preds.model == "cnn").sum()
     for c in res.comparisons:
-        assert c["n_scans"] == n_cnn  # intersection with the reference
-    assert res.models["ols_iop"]["n_scans"] == n_cnn + 3
+        assert c.n_scans == n_cnn  # intersection with the reference
+    assert res.models["ols_iop"].n_scans == n_cnn + 3
 
 
 def test_integer_and_string_subjects_give_the_same_result(preds):
@@ -178,7 +179,7 @@ def test_cmd_analyze_and_cli(tmp_path, preds):
     d = json.loads((tmp_path / "opts" / "stats.json").read_text())
     assert (d["reference"], d["n_boot"], d["seed"], d["ci_level"]) == ("cnn", 150, 4, 0.8)
     assert {c["reference"] for c in d["comparisons"]} == {"cnn"}
-    api = analyze(read_predictions(path), reference="cnn", n_boot=150, seed=4, ci_level=0.8).to_dict()
+    api = analyze_study(read_predictions(path), reference="cnn", n_boot=150, seed=4, ci_level=0.8).to_dict()
     assert d == json.loads(json.dumps(api))
     bad = tmp_path / "bad.csv"
     preds.drop(columns="y_true").to_csv(bad, index=False)

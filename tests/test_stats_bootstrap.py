@@ -142,10 +142,10 @@ def test_identical_models_give_delta_exactly_zero_for_every_method():
     for method in ("percentile", "bca", "studentized", "t", "auto"):
         res = analyze(preds, n_boot=300, ci_method=method)
         for c in res.comparisons:
-            if c["model"] == "twin":
-                assert c["delta"] == 0.0
-                assert c["ci"] == [0.0, 0.0], (method, c)
-                assert c["p_signflip"] == 1.0
+            if c.model == "twin":
+                assert c.delta == 0.0
+                assert c.ci == [0.0, 0.0], (method, c)
+                assert c.p_signflip == 1.0
 
 
 def test_pairs_share_resampled_subjects():
@@ -158,9 +158,9 @@ def test_pairs_share_resampled_subjects():
     preds = pd.concat([df, near], ignore_index=True).rename(columns={"scan": "scan_id"})
     preds["fold"] = preds["subject"]
     res = analyze(preds, n_boot=2000, ci_method="percentile")
-    c = next(c for c in res.comparisons if c["metric"] == "mae")
-    single = res.models["near"]["mae"]["ci"]
-    assert (c["ci"][1] - c["ci"][0]) < 0.1 * (single[1] - single[0])
+    c = next(c for c in res.comparisons if c.metric == "mae")
+    single = res.models["near"].mae.ci
+    assert (c.ci[1] - c.ci[0]) < 0.1 * (single[1] - single[0])
 
 
 def test_scan_level_resampling_is_narrower_than_subject_level_on_clustered_data():

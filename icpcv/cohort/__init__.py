@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from icpcv.cohort.phantom import PRESETS as PHANTOM_PRESETS, make_cohort
+from icpcv.cohort.table import read_scan_table
+from icpcv.cohort import volumes as volume_io
 from icpcv.config import RunConfig
-from icpcv.errors import InputError
-from icpcv.util import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from icpcv.errors import DiskFullError, InputError, RunDirError
+from icpcv.rundir import CohortDir
+from icpcv.util import atomic_write_bytes, atomic_write_json, atomic_write_text, raise_if_disk_full, read_json
 
 DEFAULT_FILE_SHAPE = (32, 32, 64)
+#: version of the volume checks: a cache of volumes checked by other rules is checked again
+VOLUME_CHECKS = "2: readable, finite, 3-D; shape; voxel values (issue 11)"
 
 
 @dataclass
@@ -29,22 +36,20 @@ class Cohort:
     scans: pd.DataFrame  # scan_id, subject, iop, icp, path (may be empty)
     has_volumes: bool
     shape: tuple[int, int, int] | None
-    root: Path  # the run directory's cohort folder
+    folder: CohortDir  # the run directory's cohort folder
 
 
 def volume_shape(cfg: RunConfig) -> tuple[int, int, int]:
     if cfg.shape:
         return tuple(cfg.shape)
     if cfg.synthetic:
-        from icpcv.cohort.phantom import PRESETS
-
-        return PRESETS[cfg.phantom].shape
+        return PHANTOM_PRESETS[cfg.phantom].shape
     return DEFAULT_FILE_SHAPE
 
 
-def materialise(cfg: RunConfig, run_dir: Path, *, need_iop: bool, need_volumes: bool,
+def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volumes: bool,
                 expect_hash: str | None = None, progress=None):
-    """Build the cohort into ``run_dir/cohort``; returns ``(Cohort, quality_table, data_hash)``.
+    """Build the cohort into ``folder`` (a run directory's ``cohort/``); returns ``(Cohort, quality_table, data_hash)``.
 
     With ``expect_hash`` (re-opening a run), a different data hash raises a RunDirError saying
     what changed *before* anything in the run directory is rewritten. For a scan table with
@@ -53,17 +58,14 @@ def materialise(cfg: RunConfig, run_dir: Path, *, need_iop: bool, need_volumes: 
     bad scan: bad ones are an InputError listing them, or with ``cfg.skip_bad_scans`` rows
     dropped with reason ``bad_volume`` in the quality table.
     """
-    root = Path(run_dir) / "cohort"
     shape = volume_shape(cfg)
     if cfg.synthetic and expect_hash is not None:
-        reused = _reuse_phantom(root, expect_hash)
+        reused = _reuse_phantom(folder, expect_hash)
         if reused is not None:
             return reused
     if cfg.synthetic:
-        from icpcv.cohort.phantom import make_cohort
-
         big = np.prod(shape) * 1600 > 2**31  # seed scale: one file per scan
-        vol_dir = root / "volumes"
+        vol_dir = folder.volumes_dir
         if big:
             vol_dir.mkdir(parents=True, exist_ok=True)
         scans, volumes, truth = make_cohort(cfg.phantom, signal=cfg.signal, seed=cfg.data_seed, shape=shape,
@@ -80,16 +82,14 @@ def materialise(cfg: RunConfig, run_dir: Path, *, need_iop: bool, need_volumes: 
         data_hash = hashlib.sha256(pd.util.hash_pandas_object(table[["scan_id", "subject", "iop", "icp"]])
                                    .to_numpy().tobytes() + (volumes.tobytes() if volumes is not None else b"")
                                    ).hexdigest()[:16]
-        _check_unchanged(root, expect_hash, data_hash, table, quality)
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(root / "truth.json", truth | {"scans": scans.to_dict("list")})
+        _check_unchanged(folder, expect_hash, data_hash, table, quality)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder.truth_json, truth | {"scans": scans.to_dict("list")})
         if not big:
             buf = io.BytesIO()
             np.save(buf, volumes)
-            atomic_write_bytes(root / "volumes.npy", buf.getvalue())
+            atomic_write_bytes(folder.volumes_npy, buf.getvalue())
     else:
-        from icpcv.cohort.table import read_scan_table
-
         st = read_scan_table(cfg.manifest, scans_dir=cfg.scans_dir, need_iop=need_iop, need_volumes=need_volumes)
         table, quality, source, has_volumes = st.scans, st.quality, st.source, st.has_volumes
         h = hashlib.sha256(pd.util.hash_pandas_object(table[["scan_id", "subject", "iop", "icp", "path"]],
@@ -100,28 +100,28 @@ def materialise(cfg: RunConfig, run_dir: Path, *, need_iop: bool, need_volumes: 
                 sigs[x] = _file_sig(p)
                 h.update(f"{p}:{sigs[x]}".encode())
         data_hash = h.hexdigest()[:16]
-        _check_unchanged(root, expect_hash, data_hash, table, quality, sigs)
-        root.mkdir(parents=True, exist_ok=True)
+        _check_unchanged(folder, expect_hash, data_hash, table, quality, sigs)
+        folder.path.mkdir(parents=True, exist_ok=True)
         if has_volumes and need_volumes:
-            table, quality = _check_volumes(cfg, root, table, quality, sigs, shape, data_hash, progress)
-    atomic_write_text(root / "scans.csv", table.to_csv(index=False))
-    atomic_write_json(root / "cohort.json", dict(source=source, has_volumes=has_volumes,
+            table, quality = _check_volumes(cfg, folder, table, quality, sigs, shape, data_hash, progress)
+    atomic_write_text(folder.scans_csv, table.to_csv(index=False))
+    atomic_write_json(folder.meta_json, dict(source=source, has_volumes=has_volumes,
                                                  shape=list(shape) if has_volumes else None, data_hash=data_hash,
                                                  n_scans=len(table), n_subjects=int(table["subject"].nunique())))
-    return Cohort(table, has_volumes, shape if has_volumes else None, root), quality, data_hash
+    return Cohort(table, has_volumes, shape if has_volumes else None, folder), quality, data_hash
 
 
-def _reuse_phantom(root: Path, data_hash: str):
+def _reuse_phantom(folder: CohortDir, data_hash: str):
     """Re-opening a synthetic run: the phantom is a function of the (unchanged) config, so the
     cohort already in the run directory is used as it is instead of being rendered again."""
     try:
-        meta = read_json(root / "cohort.json")
+        meta = folder.read_meta()
     except (OSError, ValueError):
         return None
     if meta.get("data_hash") != data_hash:
         return None
-    coh = load(root.parent)
-    if not ((root / "volumes.npy").exists() or all(os.path.exists(p) for p in coh.scans["path"] if p)):
+    coh = load(folder)
+    if not (folder.volumes_npy.exists() or all(os.path.exists(p) for p in coh.scans["path"] if p)):
         return None
     quality = pd.DataFrame(dict(row=coh.scans["row"], scan_id=coh.scans["scan_id"], subject=coh.scans["subject"],
                                 status="kept", reason="", column="", value="", all_reasons="", detail=""))
@@ -136,16 +136,13 @@ def _file_sig(path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _check_unchanged(root: Path, expect_hash, data_hash, table, quality, sigs=None) -> None:
+def _check_unchanged(folder: CohortDir, expect_hash, data_hash, table, quality, sigs=None) -> None:
     """Refuse changed data when re-opening a run, naming what changed (before anything is rewritten)."""
     if expect_hash is None or expect_hash == data_hash:
         return
-    from icpcv.errors import RunDirError
-
     changes = []
     try:
-        old = pd.read_csv(root / "scans.csv", dtype={"scan_id": str, "subject": str, "path": str},
-                          keep_default_na=False, na_values={"iop": [""], "icp": [""]}).set_index("scan_id")
+        old = folder.read_scans().set_index("scan_id")
     except (OSError, ValueError):
         old = None
     if old is not None:
@@ -161,25 +158,27 @@ def _check_unchanged(root: Path, expect_hash, data_hash, table, quality, sigs=No
                 if not (a == b or (pd.isna(a) and pd.isna(b)) or str(a) == str(b)):
                     changes.append(f"scan {x}: {col} {a} -> {b}")
         try:
-            old_sigs = read_json(root / "volumes.json").get("files", {}) if sigs else {}
+            old_sigs = read_json(folder.volumes_json).get("files", {}) if sigs else {}
         except (OSError, ValueError):
             old_sigs = {}
         for x, sig in (sigs or {}).items():
             if x in old_sigs and old_sigs[x] != sig:
                 changes.append(f"volume file {new.at[x, 'path']} (scan {x}) was modified")
     detail = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
-    raise RunDirError(f"{root.parent}: the data changed since this run started (hash {expect_hash} -> {data_hash})"
+    raise RunDirError(f"{folder.path.parent}: the data changed since this run started (hash {expect_hash} -> {data_hash})"
                       + (f": {detail}" if detail else "")
                       + "; restore the data, or rerun with --fresh (or another --out) to start over")
 
 
-def _check_volumes(cfg: RunConfig, root: Path, table: pd.DataFrame, quality: pd.DataFrame, sigs: dict,
+def _check_volumes(cfg: RunConfig, folder: CohortDir, table: pd.DataFrame, quality: pd.DataFrame, sigs: dict,
                    shape, data_hash: str, progress):
-    """Read every volume once: validate, resample, cache; bad volumes are an error or recorded skips."""
-    from icpcv.cohort.volumes import load_volume
-    from icpcv.util import raise_if_disk_full
+    """Read every volume once: validate, resample, cache; bad volumes are an error or recorded skips.
 
-    meta_path, arr_path = root / "volumes.json", root / "volumes.npy"
+    Bad: unreadable, not 3-D, non-finite (reason ``bad_volume``); a raw shape that resampling
+    should not absorb or with axes that look swapped (``bad_volume_shape``); implausible voxel
+    values (``bad_volume_values``). The rules and their ranges: icpcv.plausible, docs/inputs.md.
+    """
+    meta_path, arr_path = folder.volumes_json, folder.volumes_npy
     ids = [str(x) for x in table["scan_id"]]
     try:
         meta = read_json(meta_path)
@@ -187,24 +186,43 @@ def _check_volumes(cfg: RunConfig, root: Path, table: pd.DataFrame, quality: pd.
         meta = None
     expected_bytes = len(ids) * int(np.prod(shape)) * 4
     if not (meta and meta.get("data_hash") == data_hash and meta.get("shape") == list(shape)
-            and meta.get("scan_ids") == ids and arr_path.exists() and arr_path.stat().st_size >= expected_bytes):
+            and meta.get("scan_ids") == ids and meta.get("checks") == VOLUME_CHECKS
+            and meta.get("target") == (list(cfg.shape) if cfg.shape else None)
+            and arr_path.exists() and arr_path.stat().st_size >= expected_bytes):
         bad: dict[str, str] = {}
+        codes: dict[str, str] = {}
+        raw_shapes: dict[str, tuple] = {}
+        summaries: dict[str, volume_io.VoxelSummary] = {}
+        paths = dict(zip(ids, table["path"]))
         if progress:
-            progress.message(f"cohort: checking {len(ids)} volumes once (readable, finite, 3-D) and caching them "
-                             f"resampled to {'x'.join(map(str, shape))} in {arr_path} "
+            progress.message(f"cohort: checking {len(ids)} volumes once (readable, finite, 3-D, shape, voxel values) "
+                             f"and caching them resampled to {'x'.join(map(str, shape))} in {arr_path} "
                              f"({expected_bytes / 2**20:.0f} MiB)")
-        tmp = root / f".volumes.npy.{os.getpid()}.tmp"
+        free = shutil.disk_usage(folder.path).free
+        if expected_bytes > free:  # say so before reading a volume, not at the first write that fails
+            raise DiskFullError(f"{arr_path}: the checked, resampled volumes need {expected_bytes / 2**30:.2f} GiB "
+                                f"there and {free / 2**30:.2f} GiB are free; free some space, choose another "
+                                "--out, or a smaller --shape")
+        tmp = folder.path / f".volumes.npy.{os.getpid()}.tmp"
         t0 = time.monotonic()
         try:
             with open(tmp, "wb") as fh:
                 np.lib.format.write_array_header_1_0(fh, dict(descr=np.lib.format.dtype_to_descr(np.dtype("<f4")),
                                                               fortran_order=False, shape=(len(ids),) + tuple(shape)))
                 zeros = np.zeros(shape, "<f4").tobytes()
-                for i, (x, p) in enumerate(zip(ids, table["path"])):
+                for i, x in enumerate(ids):
+                    p = paths[x]
                     try:
-                        vol = load_volume(p, shape)
+                        raw = volume_io.read_volume(p)
+                        why = volume_io.raw_value_problem(raw)
+                        if why:  # before resampling: its arithmetic would overflow
+                            codes[x] = "bad_volume_values"
+                            raise InputError(f"{p}: {why}")
+                        raw_shapes[x] = tuple(int(n) for n in raw.shape)
+                        vol = volume_io.resample(raw, shape)
                         if min(vol.shape) < 1 or not np.isfinite(vol).all():
                             raise InputError(f"{p}: volume has non-finite values after resampling to {shape}")
+                        summaries[x] = volume_io.VoxelSummary.of(vol)
                         fh.write(np.ascontiguousarray(vol, dtype="<f4").tobytes())
                     except InputError as exc:
                         bad[x] = str(exc)
@@ -224,36 +242,49 @@ def _check_volumes(cfg: RunConfig, root: Path, table: pd.DataFrame, quality: pd.
                 pass
             raise_if_disk_full(exc, arr_path)
             raise
-        meta = dict(data_hash=data_hash, shape=list(shape), scan_ids=ids, bad=bad, files=sigs)
+        # the cohort-level rules need every volume seen once: the typical shape, the typical voxel
+        typical = volume_io.typical_shape(raw_shapes.values()) if raw_shapes else None
+        for x, raw_shape in raw_shapes.items():
+            why = volume_io.shape_problem(raw_shape, typical, cfg.shape)
+            if why and x not in bad:
+                bad[x], codes[x] = f"{paths[x]}: {why}", "bad_volume_shape"
+        for x, why in volume_io.voxel_problems({x: v for x, v in summaries.items() if x not in bad}).items():
+            bad[x], codes[x] = f"{paths[x]}: {why}", "bad_volume_values"
+        bad = {x: bad[x] for x in ids if x in bad}  # in table order
+        meta = dict(data_hash=data_hash, shape=list(shape), scan_ids=ids, bad=bad,
+                    reasons={x: codes.get(x, "bad_volume") for x in bad}, checks=VOLUME_CHECKS,
+                    target=list(cfg.shape) if cfg.shape else None, typical_shape=list(typical) if typical else None,
+                    files=sigs)
         atomic_write_json(meta_path, meta)
     bad = meta["bad"]
     if not bad:
         return table, quality
+    reasons = meta.get("reasons", {})
     rows = dict(zip(table["scan_id"].astype(str), table["row"]))
     if not cfg.skip_bad_scans:
         listed = "; ".join(f"{msg} (table row {rows[x]}, scan {x})" for x, msg in list(bad.items())[:5])
         more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise InputError(f"{len(bad)} unusable volume(s): {listed}{more}. Fix or remove these files, or rerun with "
-                         "--skip-bad-scans to record them as dropped scans (reason bad_volume) and go on")
+                         "--skip-bad-scans to record them as dropped scans (reasons bad_volume, bad_volume_shape, "
+                         "bad_volume_values) and go on")
     quality = quality.copy()
     for x, msg in bad.items():
+        code = reasons.get(x, "bad_volume")
         i = quality.index[(quality["scan_id"].astype(str) == x) & (quality["status"] == "kept")]
         quality.loc[i, ["status", "reason", "column", "value", "all_reasons", "detail"]] = \
-            ["dropped", "bad_volume", "path", str(table.loc[table["scan_id"].astype(str) == x, "path"].iloc[0]),
-             "bad_volume", msg]
+            ["dropped", code, "path", str(table.loc[table["scan_id"].astype(str) == x, "path"].iloc[0]), code, msg]
     table = table[~table["scan_id"].astype(str).isin(bad)].reset_index(drop=True)
     if table.empty:
         raise InputError(f"no usable volume is left after skipping {len(bad)} bad ones; first: {next(iter(bad.values()))}")
     return table, quality
 
 
-def load(run_dir: Path) -> Cohort:
-    root = Path(run_dir) / "cohort"
-    meta = read_json(root / "cohort.json")
-    scans = pd.read_csv(root / "scans.csv", dtype={"scan_id": str, "subject": str, "path": str},
-                        keep_default_na=False, na_values={"iop": [""], "icp": [""]})
+def load(folder: CohortDir) -> Cohort:
+    """The cohort a run directory holds (written by :func:`materialise`)."""
+    meta = folder.read_meta()
+    scans = folder.read_scans()
     shape = tuple(meta["shape"]) if meta.get("shape") else None
-    return Cohort(scans, bool(meta["has_volumes"]), shape, root)
+    return Cohort(scans, bool(meta["has_volumes"]), shape, folder)
 
 
 class VolumeStore:
@@ -268,11 +299,11 @@ class VolumeStore:
     def __init__(self, cohort: Cohort):
         self.cohort = cohort
         ids = list(cohort.scans["scan_id"])
-        meta = cohort.root / "volumes.json"
+        meta = cohort.folder.volumes_json
         if meta.exists():
             ids = read_json(meta)["scan_ids"]
         self.index = {x: i for i, x in enumerate(ids)}
-        arr = cohort.root / "volumes.npy"
+        arr = cohort.folder.volumes_npy
         self.array = np.load(arr, mmap_mode="r", allow_pickle=False) if arr.exists() else None
         self.cache: dict[str, np.ndarray] = {}
 
@@ -281,12 +312,65 @@ class VolumeStore:
             raise InputError("this cohort has no volumes")
         if self.array is not None:
             return np.asarray(self.array[[self.index[x] for x in scan_ids]], dtype=np.float32)
-        from icpcv.cohort.volumes import load_volume
-
         out = np.empty((len(scan_ids),) + tuple(self.cohort.shape), dtype=np.float32)
         paths = dict(zip(self.cohort.scans["scan_id"], self.cohort.scans["path"]))
         for j, x in enumerate(scan_ids):
             if x not in self.cache:
-                self.cache[x] = load_volume(paths[x], self.cohort.shape)
+                self.cache[x] = volume_io.load_volume(paths[x], self.cohort.shape)
             out[j] = self.cache[x]
         return out
+
+
+class ScanSet:
+    """Some scans of a cohort (a fold's training, inner-validation or held-out part) and their volumes.
+
+    What every model's ``fit`` and ``predict`` take: ``frame`` has ``scan_id, subject, iop, icp``;
+    ``volumes()`` reads the scans' volumes (float32, ``(n, X, Y, Z)``) through ``get_volumes``
+    (e.g. :meth:`VolumeStore.get`) when the cohort has them.
+    """
+
+    def __init__(self, frame: pd.DataFrame, get_volumes=None):
+        self.frame = frame
+        self.get_volumes = get_volumes
+
+    @classmethod
+    def from_arrays(cls, frame: pd.DataFrame, volumes: np.ndarray | None = None) -> "ScanSet":
+        """Scans held in memory: row i of ``frame`` has volume ``volumes[i]``."""
+        if volumes is None:
+            return cls(frame)
+        volumes = np.asarray(volumes)
+        position = {x: i for i, x in enumerate(frame["scan_id"])} if "scan_id" in frame else None
+
+        def get(ids):
+            rows = [position[x] for x in ids] if position is not None else list(ids)
+            return volumes[rows]
+
+        return cls(frame, get)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def ids(self) -> list:
+        return list(self.frame["scan_id"]) if "scan_id" in self.frame else list(range(len(self.frame)))
+
+    @property
+    def iop(self) -> np.ndarray:
+        return self.frame["iop"].to_numpy(float)
+
+    @property
+    def icp(self) -> np.ndarray:
+        return self.frame["icp"].to_numpy(float)
+
+    @property
+    def has_volumes(self) -> bool:
+        return self.get_volumes is not None
+
+    def volumes(self) -> np.ndarray:
+        if self.get_volumes is None:
+            raise InputError("these scans have no volumes")
+        return self.get_volumes(self.ids)
+
+    def __add__(self, other: "ScanSet") -> "ScanSet":
+        """These scans, then ``other``'s (the same volume source)."""
+        return ScanSet(pd.concat([self.frame, other.frame]), self.get_volumes)

@@ -22,7 +22,10 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from icpcv.cohort.volumes import volume_file_problem
 from icpcv.errors import InputError
+from icpcv.plausible import (ICP_MMHG, IOP_MMHG, SHAPE_FACTOR_MAX, VOXEL_ABS_MAX, VOXEL_Z_MAX, describe, in_range,
+                             is_missing)
 from icpcv.util import natural_sorted
 
 SEED_COLUMNS = ("id", "monkey_id", "iop", "icp", "torch_present")
@@ -30,18 +33,31 @@ PLAIN_COLUMNS = ("scan_id", "subject", "iop", "icp", "path")
 
 #: reason code -> one-line explanation shown in the report
 REASONS = {
+    "scan_id_missing": "no scan id (an empty cell, or NA, NaN, None, null: a missing value)",
     "duplicate_scan_id": "the scan id appears on an earlier row",
-    "subject_missing": "no subject (monkey) id",
-    "icp_missing": "ICP cell is empty",
+    "subject_missing": "no subject (monkey) id (an empty cell, or NA, NaN, None, null: a missing value)",
+    "icp_missing": "ICP cell is empty (or NA, NaN, None, null: a missing value)",
     "icp_range": "ICP written as a range (e.g. '0-2'), not a single value",
     "icp_not_numeric": "ICP is not a number",
+    "icp_out_of_range": f"ICP outside the plausible {describe(ICP_MMHG)} (a typo, another unit or a broken export)",
     "icp_not_positive": "ICP <= 0 (the seed's rule keeps ICP > 0)",
-    "iop_missing": "IOP cell is empty and a selected model needs IOP",
+    "iop_missing": "IOP cell is empty (or NA, NaN, None, null) and a selected model needs IOP",
     "iop_not_numeric": "IOP is not a number",
+    "iop_out_of_range": f"IOP outside the plausible {describe(IOP_MMHG)} (a typo, another unit or a broken export)",
+    "torch_present_invalid": "torch_present is neither true nor false (TRUE/FALSE, 1/0, yes/no)",
     "no_volume": "the table says no model-ready volume exists (torch_present is FALSE)",
-    "volume_file_missing": "the volume file does not exist",
-    "bad_volume": "the volume could not be used (unreadable, truncated, non-finite voxels or wrong shape; "
+    "volume_file_missing": "the volume file does not exist (value says where it was looked for; a broken "
+                           "symbolic link says so)",
+    "volume_file_unreadable": "the volume file cannot be opened (a symbolic link loop, a folder, no read "
+                              "permission; value says which)",
+    "bad_volume": "the volume could not be used (unreadable, truncated, non-finite voxels or not 3-D; "
                   "skipped with --skip-bad-scans, detail says which)",
+    "bad_volume_shape": f"the volume's shape is not the cohort's: more than a factor {SHAPE_FACTOR_MAX:g} off its "
+                        "typical size along an axis, axes that look swapped, or an axis of one voxel "
+                        "(skipped with --skip-bad-scans, detail says which)",
+    "bad_volume_values": f"implausible voxel values: beyond ±{VOXEL_ABS_MAX:g}, more than {VOXEL_Z_MAX:g} of the "
+                         "cohort's voxel standard deviations from its typical voxel, or one value everywhere "
+                         "(skipped with --skip-bad-scans, detail says which)",
 }
 
 _RANGE = re.compile(r"^\s*-?\d+(\.\d+)?\s*-\s*\d+(\.\d+)?\s*$")
@@ -79,15 +95,35 @@ def detect_format(columns: Iterable[str], source: str = "table") -> str:
 
 
 def read_scan_csv(path: Path) -> pd.DataFrame:
-    """A scan table as text cells (nothing coerced, so a bad cell can be quoted back), header stripped."""
+    """A scan table as text cells (nothing coerced, so a bad cell can be quoted back), header stripped.
+
+    UTF-8 text (a byte-order mark is dropped); anything else is an InputError naming the file.
+    """
+    path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: scan table not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a scan table (a CSV file)")
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: cannot read as CSV ({exc})") from None
-    raw.columns = [c.strip() for c in raw.columns]
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                         "save the table as UTF-8 CSV") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: the file is empty (no header)") from None
+    except (pd.errors.ParserError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read as CSV ({str(exc).strip()})") from None
+    raw.columns = [str(c).strip() for c in raw.columns]
     return raw
+
+
+def table_has_volumes(path, scans_dir=None) -> bool:
+    """Whether a scan table names volumes (the default --models depend on it): the seed's format with
+    a --scans folder, or a plain table with a filled path column. InputError for an unreadable table."""
+    raw = read_scan_csv(Path(path))
+    if detect_format(raw.columns, str(path)) == "seed":
+        return scans_dir is not None
+    return "path" in raw.columns and any(_clean(v) for v in raw["path"])
 
 
 def _clean(value) -> str:
@@ -97,19 +133,32 @@ def _clean(value) -> str:
 
 
 def _parse_number(text: str) -> float | None:
+    """A cell as a float: infinities are numbers (out of every range), NaN and text are not."""
     try:
         x = float(text)
     except ValueError:
         return None
-    return x if np.isfinite(x) else None
+    return None if np.isnan(x) else x
+
+
+_WHOLE = re.compile(r"^[+-]?\d+(\.0*)?$")
 
 
 def _parse_subject(text: str) -> str:
     # '5' and '5.0' are the same monkey (pandas writes ints with missing values as floats)
-    x = _parse_number(text)
-    if x is not None and float(x).is_integer():
-        return str(int(x))
+    if _WHOLE.match(text):
+        return str(int(float(text)))
     return text
+
+
+def _pressure_problem(name: str, text: str, value: float | None, bounds) -> tuple[str, str, str] | None:
+    """The reason a pressure cell is unusable, or None: not a number, or outside its plausible range."""
+    if value is None:
+        code = f"{name}_range" if name == "icp" and _RANGE.match(text) else f"{name}_not_numeric"
+        return code, name, text
+    if not in_range(value, bounds):
+        return f"{name}_out_of_range", name, text
+    return None
 
 
 def read_scan_table(
@@ -136,6 +185,8 @@ def read_scan_table(
     else:
         id_col, subj_col = "scan_id", "subject"
     scans_dir = Path(scans_dir) if scans_dir is not None else None
+    if fmt == "seed" and scans_dir is not None and not scans_dir.is_dir():  # not one volume_file_missing per row
+        raise InputError(f"{scans_dir}: --scans folder not found (it should hold the volumes <id>.pt)")
     base = path.parent
 
     if fmt == "seed":
@@ -154,29 +205,30 @@ def read_scan_table(
         scan_id = _clean(rec.get(id_col))
         subject = _parse_subject(_clean(rec.get(subj_col)))
         problems: list[tuple[str, str, str]] = []  # (reason, column, value)
-        if not scan_id:
-            problems.append(("scan_id_missing", id_col, ""))
+        if is_missing(scan_id):
+            problems.append(("scan_id_missing", id_col, scan_id))
         elif scan_id in seen:
             problems.append(("duplicate_scan_id", id_col, f"{scan_id} (first on row {seen[scan_id]})"))
         else:
             seen[scan_id] = i
-        if not subject:
-            problems.append(("subject_missing", subj_col, ""))
+        if is_missing(subject):
+            problems.append(("subject_missing", subj_col, subject))
         icp_txt = _clean(rec.get("icp"))
         icp = _parse_number(icp_txt)
-        if not icp_txt:
-            problems.append(("icp_missing", "icp", ""))
-        elif icp is None:
-            code = "icp_range" if _RANGE.match(icp_txt) else "icp_not_numeric"
-            problems.append((code, "icp", icp_txt))
-        elif fmt == "seed" and icp <= 0:
+        bad_icp = ("icp_missing", "icp", icp_txt) if is_missing(icp_txt) else \
+            _pressure_problem("icp", icp_txt, icp, ICP_MMHG)
+        if bad_icp:
+            problems.append(bad_icp)
+        elif fmt == "seed" and icp <= 0:  # the seed's eligibility rule, on top of the plausible range
             problems.append(("icp_not_positive", "icp", icp_txt))
         iop_txt = _clean(rec.get("iop"))
-        iop = _parse_number(iop_txt)
-        if iop_txt and iop is None:
-            problems.append(("iop_not_numeric", "iop", iop_txt))
-        elif not iop_txt and require_iop:
-            problems.append(("iop_missing", "iop", ""))
+        iop = None if is_missing(iop_txt) else _parse_number(iop_txt)
+        if not is_missing(iop_txt):  # an IOP given is checked even when no model needs it: it is shown and analysed
+            bad_iop = _pressure_problem("iop", iop_txt, iop, IOP_MMHG)
+            if bad_iop:
+                problems.append(bad_iop)
+        elif require_iop:
+            problems.append(("iop_missing", "iop", iop_txt))
         vol_path = None
         if fmt == "seed":
             present = _clean(rec.get("torch_present")).lower()
@@ -186,16 +238,18 @@ def read_scan_table(
                 problems.append(("no_volume", "torch_present", present or "(empty)"))
             elif scans_dir is not None and scan_id:
                 vol_path = scans_dir / f"{scan_id}.pt"
-                if not vol_path.exists():
-                    problems.append(("volume_file_missing", "id", str(vol_path)))
+                bad_file = volume_file_problem(vol_path)
+                if bad_file:
+                    problems.append((bad_file[0], "id", bad_file[1]))
         elif has_volumes:
             p = _clean(rec.get("path"))
             if not p:
                 problems.append(("volume_file_missing", "path", "(empty)"))
             else:
                 vol_path = Path(p) if Path(p).is_absolute() else base / p
-                if not vol_path.exists():
-                    problems.append(("volume_file_missing", "path", str(vol_path)))
+                bad_file = volume_file_problem(vol_path)
+                if bad_file:
+                    problems.append((bad_file[0], "path", bad_file[1]))
         if problems:
             reason, column, value = problems[0]
             detail = "; ".join(
@@ -213,7 +267,7 @@ def read_scan_table(
                                                   "value", "all_reasons", "detail"])
     scans = pd.DataFrame(kept, columns=["scan_id", "subject", "iop", "icp", "path", "row"])
     if scans.empty:
-        counts = quality["reason"].value_counts().to_dict()
-        raise InputError(f"{path}: no row is usable; reasons: {counts}")
+        counts = ", ".join(f"{code} ({n})" for code, n in quality["reason"].value_counts().items())
+        raise InputError(f"{path}: no row is usable (reasons: {counts}; docs/inputs.md says what each code means)")
     return ScanTable(scans=scans.reset_index(drop=True), quality=quality, source=str(path), fmt=fmt,
                      has_volumes=has_volumes, meta={"scans_dir": str(scans_dir) if scans_dir else None})

@@ -7,11 +7,17 @@ axis of 1 are accepted. Readers never unpickle: ``.pt`` files are loaded with
 """
 from __future__ import annotations
 
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from itertools import permutations
 from pathlib import Path
 
 import numpy as np
 
 from icpcv.errors import InputError
+from icpcv.plausible import MIN_AXIS_VOXELS, SHAPE_FACTOR_MAX, SWAP_GAIN, VOXEL_ABS_MAX, VOXEL_Z_MAX, show
 
 SUFFIXES = (".pt", ".npy", ".nii", ".nii.gz", ".tif", ".tiff")
 
@@ -25,7 +31,7 @@ def volume_format(path: str | Path) -> str:
 
 
 def _read_pt(path: Path) -> np.ndarray:
-    import torch
+    import torch  # lazy: torch is heavy; only .pt files and resampling need it
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -49,7 +55,7 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_nifti(path: Path) -> np.ndarray:
-    import nibabel as nib
+    import nibabel as nib  # lazy: only the reader of the file's format is loaded
 
     try:
         return np.asarray(nib.load(str(path)).dataobj)
@@ -62,7 +68,7 @@ def _read_tiff(path: Path) -> np.ndarray:
 
     Returned as (X, Y, Z).
     """
-    import tifffile
+    import tifffile  # lazy: only the reader of the file's format is loaded
 
     try:
         stack = tifffile.imread(str(path))
@@ -76,6 +82,33 @@ def _read_tiff(path: Path) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(stack, (2, 0, 1)))
 
 
+def volume_file_problem(path: Path) -> tuple[str, str] | None:
+    """Why a volume path cannot be used as a file: ``(reason code, what)``, or None when it can.
+
+    Tells a missing file from a broken symbolic link, a symbolic link loop, a folder and an
+    unreadable file (os.path.exists says False for all but the last two).
+    """
+    try:
+        st = os.stat(path)
+    except ValueError:  # a NUL byte in the name
+        return "volume_file_unreadable", f"{str(path)!r} (not a valid file name)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "volume_file_unreadable", f"{path} (symbolic link loop)"
+        if os.path.islink(path):
+            return "volume_file_missing", f"{path} (broken symbolic link to {os.readlink(path)})"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "volume_file_missing", str(path)
+        return "volume_file_unreadable", f"{path} ({exc.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return "volume_file_unreadable", f"{path} (a folder, not a file)"
+    if not stat.S_ISREG(st.st_mode):  # a pipe or a device would be read forever
+        return "volume_file_unreadable", f"{path} (not a regular file)"
+    if not os.access(path, os.R_OK):
+        return "volume_file_unreadable", f"{path} (no read permission)"
+    return None
+
+
 _READERS = {"pt": _read_pt, "npy": _read_npy, "nii": _read_nifti, "nii.gz": _read_nifti,
             "tif": _read_tiff, "tiff": _read_tiff}
 
@@ -83,8 +116,11 @@ _READERS = {"pt": _read_pt, "npy": _read_npy, "nii": _read_nifti, "nii.gz": _rea
 def read_volume(path: str | Path) -> np.ndarray:
     """Read one volume as a 3-D array (X, Y, Z=depth); raises InputError naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: volume file not found")
+    bad = volume_file_problem(path)
+    if bad is not None:
+        code, what = bad
+        raise InputError(f"{what}: " + ("volume file not found" if code == "volume_file_missing"
+                                        else "cannot open the volume file"))
     arr = _READERS[volume_format(path)](path)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
@@ -104,8 +140,8 @@ def resample(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     Uses torch's trilinear interpolation with ``antialias`` where available, else adaptive
     average pooling for integer shrink factors and trilinear otherwise.
     """
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazy: torch is heavy; only .pt files and resampling need it
+    import torch.nn.functional as F  # lazy: torch is heavy; only .pt files and resampling need it
 
     shape = tuple(int(s) for s in shape)
     if tuple(volume.shape) == shape:
@@ -125,3 +161,124 @@ def load_volume(path: str | Path, shape: tuple[int, int, int] | None) -> np.ndar
     if shape is None:
         return np.asarray(arr, dtype=np.float32)
     return resample(arr, shape)
+
+
+# --------------------------------------------------------------------------- plausibility (docs/inputs.md)
+
+def _fmt_shape(shape) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _misfit(shape, reference) -> float:
+    """The largest per-axis size factor between two shapes, in octaves (1 = a factor 2)."""
+    return float(np.max(np.abs(np.log2(np.asarray(shape, float) / np.asarray(reference, float)))))
+
+
+def _proportions(shape) -> np.ndarray:
+    """log2 sizes with the overall scale removed: what a uniform resampling leaves unchanged."""
+    logs = np.log2(np.asarray(shape, float))
+    return logs - logs.mean()
+
+
+def _best_reordering(shape, fit) -> tuple[tuple[int, ...], float]:
+    """The reordering of ``shape``'s axes (not the identity) that ``fit`` scores lowest."""
+    others = [p for p in permutations(range(3)) if p != (0, 1, 2)]
+    scored = [(fit(tuple(shape[i] for i in p)), tuple(shape[i] for i in p)) for p in others]
+    score, best = min(scored)
+    return best, score
+
+
+def shape_problem(shape, typical, target=None) -> str | None:
+    """Why a volume's raw ``shape`` is not for this cohort, or None; ``typical`` is the cohort's typical
+    raw shape (the per-axis median), ``target`` the ``--shape`` asked for (None: not given).
+
+    * an axis of fewer than MIN_AXIS_VOXELS voxels is not a volume;
+    * axes look swapped when a reordering fits ``typical`` (or the proportions of ``target``) at
+      least SWAP_GAIN times better than the stored order, and within SHAPE_FACTOR_MAX;
+    * more than SHAPE_FACTOR_MAX off ``typical`` along any axis is another scan, not a sampling
+      difference that resampling should absorb. Against ``target`` only the order of axes counts:
+      resampling the whole cohort to any ``--shape`` is what it is for.
+    """
+    shape = tuple(int(s) for s in shape)
+    typical = tuple(int(s) for s in typical)
+    tol, gain = np.log2(SHAPE_FACTOR_MAX), np.log2(SWAP_GAIN)
+    convention = "(icpcv reads volumes as X, Y, Z=depth)"
+    if min(shape) < MIN_AXIS_VOXELS:
+        return (f"shape {shape} has an axis of {min(shape)} voxel{'' if min(shape) == 1 else 's'}: not a volume "
+                f"(the cohort's typical shape is {typical})")
+    misfit = _misfit(shape, typical)
+    best, best_misfit = _best_reordering(shape, lambda s: _misfit(s, typical))
+    if best_misfit <= tol and best_misfit + gain <= misfit:
+        return f"axes look swapped: shape {shape} matches the cohort's typical {typical} only reordered {convention}"
+    if misfit > tol:
+        axis = "XYZ"[int(np.argmax(np.abs(np.log2(np.asarray(shape, float) / np.asarray(typical, float)))))]
+        return (f"shape {shape} is more than a factor {SHAPE_FACTOR_MAX:g} off the cohort's typical shape "
+                f"{typical} along {axis}: another scan protocol or a wrong file, not a sampling difference that "
+                "resampling should absorb")
+    if target is not None:  # a volume like the others, but the cohort may be swapped against --shape
+        target = tuple(int(s) for s in target)
+
+        def distortion(s):
+            return float(np.max(np.abs(_proportions(s) - _proportions(target))))
+
+        best, best_distortion = _best_reordering(shape, distortion)
+        if best_distortion <= tol and best_distortion + gain <= distortion(shape):
+            return (f"axes look swapped: shape {shape} has the proportions of --shape {_fmt_shape(target)} only "
+                    f"reordered as {best} {convention}")
+    return None
+
+
+def typical_shape(shapes) -> tuple[int, int, int]:
+    """The cohort's typical raw shape: the per-axis median (the majority shape when there is one)."""
+    return tuple(int(round(float(v))) for v in np.median(np.asarray(list(shapes), float), axis=0))
+
+
+@dataclass(frozen=True)
+class VoxelSummary:
+    """What the plausibility checks need of one (resampled) volume; float64 statistics."""
+    mean: float
+    std: float
+    lo: float
+    hi: float
+
+    @classmethod
+    def of(cls, volume: np.ndarray) -> "VoxelSummary":
+        return cls(float(np.mean(volume, dtype=np.float64)), float(np.std(volume, dtype=np.float64)),
+                   float(np.min(volume)), float(np.max(volume)))
+
+
+def raw_value_problem(volume: np.ndarray) -> str | None:
+    """An absolute check on a raw volume before any arithmetic on it: magnitudes beyond VOXEL_ABS_MAX."""
+    if volume.size == 0:
+        return "the volume has no voxels"
+    peak = max(abs(float(np.min(volume))), abs(float(np.max(volume))))
+    if peak > VOXEL_ABS_MAX:
+        return (f"voxel values up to {show(peak)} exceed ±{VOXEL_ABS_MAX:g}, beyond any OCT export; standardising "
+                "them would overflow (another unit, or a corrupt file)")
+    return None
+
+
+def voxel_problems(summaries: dict[str, VoxelSummary]) -> dict[str, str]:
+    """Volumes whose voxel values are implausible for the cohort: ``{scan id: why}``.
+
+    One value everywhere is an empty export. A voxel more than VOXEL_Z_MAX of the cohort's typical
+    voxel standard deviations (the median over volumes) from its typical mean (likewise) would,
+    standardised, dominate every feature: another intensity scale or a corrupt value. The cohort
+    statistics are medians over volumes, so one bad volume cannot hide itself; they need 3.
+    """
+    bad = {x: f"every voxel is {show(s.lo)}: an empty or blank volume" for x, s in summaries.items() if s.hi == s.lo}
+    rest = {x: s for x, s in summaries.items() if x not in bad}
+    if len(rest) < 3:
+        return bad
+    center = float(np.median([s.mean for s in rest.values()]))
+    scale = float(np.median([s.std for s in rest.values()]))
+    if not scale > 0:
+        return bad
+    for x, s in rest.items():
+        worst = s.hi if abs(s.hi - center) >= abs(s.lo - center) else s.lo
+        z = abs(worst - center) / scale
+        if z > VOXEL_Z_MAX:
+            bad[x] = (f"voxel values up to {show(worst)} lie {z:.3g} cohort standard deviations from the cohort's "
+                      f"typical voxel (mean {center:.4g}, standard deviation {scale:.4g}); more than "
+                      f"{VOXEL_Z_MAX:g} after standardisation: another intensity scale or a corrupt value")
+    return bad

@@ -1,8 +1,18 @@
-"""Model registry: the names accepted by ``--models``."""
+"""Models: the names accepted by ``--models``, each an estimator with ``fit``/``predict``.
+
+Every model is a :class:`~icpcv.models.base.Model`: the IOP baselines and the scan ridge in
+:mod:`icpcv.models.baselines`, the CNNs in :mod:`icpcv.models.network`. What a model needs
+(IOP, volumes) and whether it depends on training randomness are attributes of the model.
+A new model: a class with ``fit(train, val)``, ``predict(scans)``, ``describe()`` and those
+attributes, and an entry in :data:`BASELINES` (or a name in ``CNNS``).
+"""
 from __future__ import annotations
 
 from icpcv.errors import InputError
+from icpcv.models.base import FitContext, Model
 from icpcv.models.baselines import MeanBaseline, MixedLMIOP, OLSIOP, RidgeScan
+from icpcv.models.network import NetworkModel
+from icpcv.models.zoo import CNNS, RESNETS, make_cnn
 
 BASELINES = {
     "mean": MeanBaseline,
@@ -11,17 +21,6 @@ BASELINES = {
     "mixedlm_iop": MixedLMIOP,
     "ridge_scan": RidgeScan,
 }
-#: CNN names: the light CPU network and the MedicalNet-style 3D ResNets
-#: (resnet10|18|34|50, optional _nodil and _scanonly suffixes; see icpcv.models.resnet3d)
-RESNETS = tuple(f"resnet{d}{dil}{only}" for d in (10, 18, 34, 50) for dil in ("", "_nodil")
-                for only in ("", "_scanonly"))  # no torch import here: the CLI lists them
-CNNS = ("cnn",) + RESNETS
-
-NEEDS_IOP = {"mean": False, "ols_iop": True, "ols_iop2": True, "mixedlm_iop": True, "ridge_scan": True, "cnn": True}
-NEEDS_IOP |= {n: not n.endswith("_scanonly") for n in RESNETS}
-NEEDS_VOLUMES = {"mean": False, "ols_iop": False, "ols_iop2": False, "mixedlm_iop": False, "ridge_scan": True,
-                 "cnn": True}
-NEEDS_VOLUMES |= {n: True for n in RESNETS}
 
 
 def known_models() -> list[str]:
@@ -39,24 +38,19 @@ def check_models(names) -> list[str]:
     return names
 
 
-def make_baseline(name: str):
-    return BASELINES[name]()
-
-
-def is_cnn(name: str) -> bool:
-    return name in CNNS
+def make_model(name: str, context: FitContext | None = None) -> Model:
+    """A fresh, unfitted model by name; the CNNs train from ``context`` (the baselines need none)."""
+    if name in BASELINES:
+        return BASELINES[name]()
+    if name in CNNS:
+        return NetworkModel(name, context)
+    check_models([name])
+    raise AssertionError(name)  # check_models raised
 
 
 def is_resnet(name: str) -> bool:
     return name in RESNETS
 
 
-def make_cnn(name: str, shape: tuple[int, int, int]):
-    """A fresh CNN by name; its initialisation draws from torch's global generator (seed it first)."""
-    if name == "cnn":
-        from icpcv.models.cnn import LightCNN3D
-
-        return LightCNN3D(tuple(shape))
-    from icpcv.models.resnet3d import build_resnet
-
-    return build_resnet(name)
+__all__ = ["BASELINES", "CNNS", "RESNETS", "FitContext", "Model", "NetworkModel", "check_models", "is_resnet",
+           "known_models", "make_cnn", "make_model"]

@@ -1,9 +1,10 @@
 """Baselines with a scikit-learn face, fitted inside each fold.
 
-Each takes a scan frame with ``iop`` (mmHg), ``icp`` (mmHg, the target) and ``subject`` columns,
-and, for ``ridge_scan``, the scans' volumes. ``__init__`` stores settings only; learning happens
-in ``fit``. They answer two questions: does the scan add anything beyond IOP, and does a CNN add
-anything beyond a linear read of the scan?
+Each fits the scans of the fold's training side (training and inner-validation monkeys: a
+baseline has nothing to early-stop) from their ``iop`` (mmHg), ``icp`` (mmHg, the target) and
+``subject``, and, for ``ridge_scan``, their volumes. ``__init__`` stores settings only; learning
+happens in ``fit``. They answer two questions: does the scan add anything beyond IOP, and does a
+CNN add anything beyond a linear read of the scan?
 """
 from __future__ import annotations
 
@@ -11,21 +12,33 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import statsmodels.formula.api as smf
+from sklearn.decomposition import PCA
+from sklearn.linear_model import RidgeCV
+from sklearn.preprocessing import StandardScaler
+
+from icpcv.cohort import ScanSet
+from icpcv.cohort.volumes import resample
+from icpcv.models.base import Model
 
 
-class Baseline:
+class Baseline(Model):
+    """A deterministic model fitted on every scan of the fold's training side (``train`` + ``val``)."""
+
     name = "baseline"
-    needs_iop = True
-    needs_volumes = False
 
-    def fit(self, frame: pd.DataFrame, volumes: np.ndarray | None = None):
+    def fit(self, train: ScanSet, val: ScanSet | None = None):
+        scans = train if val is None else train + val
+        return self.fit_scans(scans.frame, scans.volumes() if self.needs_volumes else None)
+
+    def predict(self, scans: ScanSet) -> np.ndarray:
+        return self.predict_scans(scans.frame, scans.volumes() if self.needs_volumes else None)
+
+    def fit_scans(self, frame: pd.DataFrame, volumes: np.ndarray | None = None):
         raise NotImplementedError
 
-    def predict(self, frame: pd.DataFrame, volumes: np.ndarray | None = None) -> np.ndarray:
+    def predict_scans(self, frame: pd.DataFrame, volumes: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"name": self.name}
 
 
 class MeanBaseline(Baseline):
@@ -34,11 +47,11 @@ class MeanBaseline(Baseline):
     name = "mean"
     needs_iop = False
 
-    def fit(self, frame, volumes=None):
+    def fit_scans(self, frame, volumes=None):
         self.mean_ = float(frame["icp"].mean())
         return self
 
-    def predict(self, frame, volumes=None):
+    def predict_scans(self, frame, volumes=None):
         return np.full(len(frame), self.mean_)
 
     def describe(self):
@@ -59,12 +72,12 @@ class OLSIOP(Baseline):
         iop = frame["iop"].to_numpy(float)
         return np.column_stack([iop**d for d in range(self.degree + 1)])
 
-    def fit(self, frame, volumes=None):
+    def fit_scans(self, frame, volumes=None):
         X = self._design(frame)
         self.coef_, *_ = np.linalg.lstsq(X, frame["icp"].to_numpy(float), rcond=None)
         return self
 
-    def predict(self, frame, volumes=None):
+    def predict_scans(self, frame, volumes=None):
         return self._design(frame) @ self.coef_
 
     def describe(self):
@@ -80,9 +93,7 @@ class MixedLMIOP(Baseline):
 
     name = "mixedlm_iop"
 
-    def fit(self, frame, volumes=None):
-        import statsmodels.formula.api as smf
-
+    def fit_scans(self, frame, volumes=None):
         data = pd.DataFrame({"icp": frame["icp"].to_numpy(float), "iop": frame["iop"].to_numpy(float),
                              "subject": frame["subject"].astype(str).to_numpy()})
         with warnings.catch_warnings():
@@ -94,7 +105,7 @@ class MixedLMIOP(Baseline):
         self.converged_ = bool(result.converged)
         return self
 
-    def predict(self, frame, volumes=None):
+    def predict_scans(self, frame, volumes=None):
         return self.fe_[0] + self.fe_[1] * frame["iop"].to_numpy(float)
 
     def describe(self):
@@ -118,15 +129,9 @@ class RidgeScan(Baseline):
         self.n_components = n_components
 
     def _features(self, volumes):
-        from icpcv.cohort.volumes import resample
-
         return np.stack([resample(v, self.grid).ravel() for v in volumes])
 
-    def fit(self, frame, volumes=None):
-        from sklearn.decomposition import PCA
-        from sklearn.linear_model import RidgeCV
-        from sklearn.preprocessing import StandardScaler
-
+    def fit_scans(self, frame, volumes=None):
         feats = self._features(volumes)
         self.scaler_ = StandardScaler().fit(feats)
         k = int(min(self.n_components, len(feats) - 1, feats.shape[1]))
@@ -141,7 +146,7 @@ class RidgeScan(Baseline):
         pcs = self.pca_.transform(self.scaler_.transform(feats))
         return np.column_stack([pcs, (iop - self.iop_mu_) / self.iop_sd_])
 
-    def predict(self, frame, volumes=None):
+    def predict_scans(self, frame, volumes=None):
         return self.ridge_.predict(self._design(self._features(volumes), frame["iop"].to_numpy(float)))
 
     def describe(self):

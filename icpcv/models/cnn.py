@@ -2,7 +2,9 @@
 
 Strided 3x3x3 convolutions shrink the volume 8-fold per axis; the feature map is flattened,
 not globally pooled, because *where* the lamina sits along depth is the signal. The regression
-head starts at zero weight, so before training the network predicts the training mean.
+head starts at zero weight, so before training the network predicts the training mean. The
+head runs in fp32 even under bf16 autocast, so predictions are not rounded to bf16
+(:mod:`icpcv.models.precision`).
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import math
 
 import torch
 from torch import nn
+
+from icpcv.models.precision import autocast_off
 
 
 class LightCNN3D(nn.Module):
@@ -30,6 +34,8 @@ class LightCNN3D(nn.Module):
 
     def forward(self, volume: torch.Tensor, iop: torch.Tensor | None = None) -> torch.Tensor:
         h = self.embed(self.features(volume))
-        if self.use_iop:
-            h = torch.cat([h, iop.view(-1, 1).to(h.dtype)], dim=1)
-        return self.head(h).squeeze(1)
+        with autocast_off(h.device.type):  # a bf16 head would round every prediction (and IOP) to bf16
+            h = h.to(self.head.weight.dtype)
+            if self.use_iop:
+                h = torch.cat([h, iop.view(-1, 1).to(h.dtype)], dim=1)
+            return self.head(h).squeeze(1)

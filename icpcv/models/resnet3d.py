@@ -15,10 +15,14 @@ tensor for tensor (see :mod:`icpcv.models.pretrained`):
 * shortcut 'B' (1x1x1 conv + BN, tensors ``downsample.0`` and ``downsample.1``) or 'A'
   (parameter-free: subsample and zero-pad the channels). MedicalNet's released checkpoints use
   B for ResNet-10 and -50 and A for ResNet-18 and -34 (its README's "network structure
-  parameter settings"); those are the defaults here.
+  parameter settings"); those are the defaults here. ``shortcut_grad``: shortcut A passes the
+  gradient to its input (``'standard'``, the usual ResNet, the default) or, as MedicalNet's
+  ``downsample_basic_block`` does with ``out.data``, detaches it (``'medicalnet'``, for a
+  faithful replication of a MedicalNet fine-tuning); the forward pass is the same.
 
 Heads replace MedicalNet's segmentation head (``conv_seg``, never loaded): the backbone's
-feature map is averaged globally and
+feature map is averaged globally (accumulated and returned in fp32) and, outside autocast, so
+that a bf16 run still writes fp32 predictions (:mod:`icpcv.models.precision`),
 
 * ``fusion`` (the seed's): IOP repeated ``iop_repeat`` (512) times, joined *before* the pooled
   features, then ``fc`` = Linear(C + 512, (C + 512) // 2) -> ReLU -> Linear(., 1); for ResNet-50
@@ -41,7 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from icpcv.config import SHORTCUT_GRADS
 from icpcv.errors import InputError
+from icpcv.models.precision import autocast_off
 
 DEPTHS = {10: ("basic", (1, 1, 1, 1)), 18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
           50: ("bottleneck", (3, 4, 6, 3))}
@@ -81,29 +87,57 @@ def _conv3(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Conv
 class ZeroPadShortcut(nn.Module):
     """Shortcut 'A': keep every ``stride``-th position and pad the new channels with zeros (no tensors).
 
-    MedicalNet writes it as a 1x1x1 average pool with that stride, which is the same subsampling.
+    MedicalNet writes it as a 1x1x1 average pool with that stride, which is the same subsampling,
+    and wraps the result as ``Variable(torch.cat([out.data, zeros]))``: its shortcut passes no
+    gradient back. ``detach=True`` reproduces that; the default passes it, as a standard ResNet.
     """
 
-    def __init__(self, planes: int, stride: int):
+    def __init__(self, planes: int, stride: int, detach: bool = False):
         super().__init__()
-        self.planes, self.stride = planes, stride
+        self.planes, self.stride, self.detach = planes, stride, detach
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride
         if s != 1:
             x = x[:, :, ::s, ::s, ::s]
+        if self.detach:
+            x = x.detach()
         return F.pad(x, (0, 0, 0, 0, 0, 0, 0, self.planes - x.shape[1]))
+
+    def extra_repr(self) -> str:
+        return f"planes={self.planes}, stride={self.stride}" + (", detach=True" if self.detach else "")
 
 
 class MaxPool3dS2(nn.Module):
-    """``MaxPool3d(3, stride=2, padding=1)`` as three 1-D maxima of shifted views, one axis at a time.
+    """``MaxPool3d(3, stride=2, padding=1)`` whose backward is deterministic on CUDA.
 
-    The same outputs as ``nn.MaxPool3d``; its backward is elementwise, so it is deterministic on
-    CUDA, where ``MaxPool3d``'s backward scatters gradients with atomic adds (run-to-run
-    differences that would break bit-exact resume). No tensors: checkpoints are unaffected.
+    Where a gradient will be taken (grad mode on and the input requires grad) it is computed as
+    three 1-D maxima of shifted views, one axis at a time (:meth:`elementwise`): its backward is
+    elementwise, so it is deterministic on CUDA, where ``MaxPool3d``'s backward scatters
+    gradients with atomic adds (run-to-run differences that would break bit-exact resume). The
+    outputs equal ``nn.MaxPool3d``'s. The gradients equal ``nn.MaxPool3d``'s only where every
+    window has a single maximum: where a window holds tied maxima, ``MaxPool3d`` gives the
+    window's gradient to one of them, while ``torch.maximum``'s backward halves it between tied
+    pairs, axis by axis, so it is spread over the tied maxima (the window's total is the same).
+    Ties at zero after a ReLU do not matter (the ReLU's backward zeroes them); ties among
+    positive values are common in bf16. It also keeps a padded copy of its input and two
+    intermediate maxima for the backward: about 2.4x its input's bytes more than ``MaxPool3d``.
+
+    Where no gradient is taken (validation, prediction: ``torch.no_grad``, inference mode, or an
+    input that does not require grad) it is ``F.max_pool3d`` itself: same outputs, none of that
+    extra memory. No tensors: checkpoints are unaffected.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self.elementwise(x)
+        # a maximum is exact in any dtype: CPU autocast would upcast max_pool3d to fp32 for nothing
+        with autocast_off(x.device.type):
+            return F.max_pool3d(x, 3, stride=2, padding=1)
+
+    @staticmethod
+    def elementwise(x: torch.Tensor) -> torch.Tensor:
+        """The pool as three 1-D maxima of shifted views (elementwise, deterministic backward)."""
         for dim in (2, 3, 4):
             n_out = (x.shape[dim] - 1) // 2 + 1
             pad = [0] * 6
@@ -165,11 +199,12 @@ class ResNet3D(nn.Module):
 
     ``volume`` is ``(N, 1, X, Y, Z)``; ``iop`` ``(N,)`` (ignored by scan-only models).
     ``base_width`` other than 64 gives a narrow network with the same names (for tests only:
-    MedicalNet's checkpoints need 64).
+    MedicalNet's checkpoints need 64). ``shortcut_grad='medicalnet'`` detaches shortcut A's
+    input as MedicalNet does (no effect on shortcut B, whose gradient MedicalNet passes too).
     """
 
     def __init__(self, depth: int = 50, *, dilated: bool = True, use_iop: bool = True, shortcut: str | None = None,
-                 iop_repeat: int = SEED_IOP_REPEAT, base_width: int = 64):
+                 iop_repeat: int = SEED_IOP_REPEAT, base_width: int = 64, shortcut_grad: str = "standard"):
         super().__init__()
         if depth not in DEPTHS:
             raise InputError(f"ResNet depth {depth} not available; choose from {', '.join(map(str, DEPTHS))}")
@@ -178,7 +213,11 @@ class ResNet3D(nn.Module):
         shortcut = shortcut or MEDICALNET_SHORTCUT[depth]
         if shortcut not in ("A", "B"):
             raise InputError(f"shortcut type {shortcut!r}: use 'A' (zero-pad) or 'B' (1x1x1 conv + BN)")
+        if shortcut_grad not in SHORTCUT_GRADS:
+            raise InputError(f"shortcut gradient {shortcut_grad!r}: use 'standard' (passes the gradient, the usual "
+                             "ResNet) or 'medicalnet' (shortcut A detaches its input, as MedicalNet's out.data)")
         self.depth, self.dilated, self.use_iop, self.shortcut = depth, dilated, use_iop, shortcut
+        self.shortcut_grad = shortcut_grad
         self.iop_repeat = iop_repeat if use_iop else 0
         w = base_width
         self._c = w
@@ -208,7 +247,8 @@ class ResNet3D(nn.Module):
         downsample = None
         if stride != 1 or self._c != planes * block.expansion:
             if self.shortcut == "A":
-                downsample = ZeroPadShortcut(planes * block.expansion, stride)
+                downsample = ZeroPadShortcut(planes * block.expansion, stride,
+                                             detach=self.shortcut_grad == "medicalnet")
             else:
                 downsample = nn.Sequential(nn.Conv3d(self._c, planes * block.expansion, 1, stride=stride, bias=False),
                                            nn.BatchNorm3d(planes * block.expansion))
@@ -222,13 +262,16 @@ class ResNet3D(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward(self, volume: torch.Tensor, iop: torch.Tensor | None = None) -> torch.Tensor:
-        # a mean over the positions, not AdaptiveAvgPool3d: same numbers, deterministic backward on CUDA
-        h = self.feature_map(volume).mean(dim=(2, 3, 4))
-        if self.use_iop:
-            if iop is None:
-                raise ValueError(f"{self.name} joins IOP to the scan features: pass iop")
-            h = torch.cat([iop.view(-1, 1).to(h.dtype).expand(-1, self.iop_repeat), h], dim=1)
-        return self.fc(h).squeeze(1)
+        if self.use_iop and iop is None:
+            raise ValueError(f"{self.name} joins IOP to the scan features: pass iop")
+        head_dtype = self.fc[0].weight.dtype
+        # a mean over the positions, not AdaptiveAvgPool3d: same numbers, deterministic backward on CUDA;
+        # accumulated into the head's dtype (fp32) without an fp32 copy of a bf16 feature map
+        h = self.feature_map(volume).mean(dim=(2, 3, 4), dtype=head_dtype)
+        with autocast_off(h.device.type):  # a bf16 head would round every prediction to bf16
+            if self.use_iop:
+                h = torch.cat([iop.view(-1, 1).to(head_dtype).expand(-1, self.iop_repeat), h], dim=1)
+            return self.fc(h).squeeze(1)
 
     @property
     def name(self) -> str:

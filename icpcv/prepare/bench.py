@@ -46,7 +46,7 @@ def cpu_name() -> str:
 
 def write_raw(path: Path, shape, seed: int) -> None:
     """A (X, Y, Z) uint8 volume as a TIFF of Y pages, each (rows Z, columns X); speckle on a depth profile."""
-    import tifffile
+    import tifffile  # lazy: the benchmark measures each approach's process with its own imports only
 
     X, Y, Z = shape
     rng = np.random.default_rng(seed)
@@ -74,9 +74,9 @@ def child(approach: str, files: list[str], out: str, target) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     info: dict = {}
     if approach == "naive":
-        import tifffile
-        import torch
-        import torch.nn.functional as F
+        import tifffile  # lazy: the benchmark measures each approach's process with its own imports only
+        import torch  # lazy: the benchmark measures each approach's process with its own imports only
+        import torch.nn.functional as F  # lazy: the benchmark measures each approach's process with its own imports only
 
         torch.set_num_threads(1)
         X, Y, Z = target
@@ -90,7 +90,7 @@ def child(approach: str, files: list[str], out: str, target) -> dict:
                 del t
                 np.save(out_dir / (Path(f).stem + ".npy"), np.ascontiguousarray(np.transpose(small, (2, 0, 1))))
     elif approach == "stream":
-        from icpcv.prepare.core import PrepareOptions, convert_volume
+        from icpcv.prepare.core import PrepareOptions, convert_volume  # lazy: the benchmark measures each approach's process with its own imports only
 
         opts = PrepareOptions(shape=tuple(target))
 
@@ -98,7 +98,7 @@ def child(approach: str, files: list[str], out: str, target) -> dict:
             for f in files:
                 convert_volume(f, out_dir / (Path(f).stem + ".npy"), opts)
     else:
-        from icpcv.prepare.core import PrepareOptions, prepare
+        from icpcv.prepare.core import PrepareOptions, prepare  # lazy: the benchmark measures each approach's process with its own imports only
 
         workers = int(approach.rsplit("w", 1)[1])
         table = out_dir / "raw.csv"
@@ -106,7 +106,7 @@ def child(approach: str, files: list[str], out: str, target) -> dict:
                          "".join(f"{Path(f).stem},1,15,10,{f}\n" for f in files))
         opts = PrepareOptions(shape=tuple(target), workers=workers)
         if workers > 1:  # start the worker processes and their imports before the clock (a fixed cost)
-            from joblib import Parallel, delayed
+            from joblib import Parallel, delayed  # lazy: the benchmark measures each approach's process with its own imports only
 
             Parallel(n_jobs=workers, backend="loky")(delayed(_warm)() for _ in range(workers))
 
@@ -126,7 +126,7 @@ def child(approach: str, files: list[str], out: str, target) -> dict:
 
 
 def _warm() -> int:
-    import icpcv.prepare.core  # noqa: F401
+    import icpcv.prepare.core  # noqa: F401  # lazy: the benchmark measures each approach's process with its own imports only
 
     return os.getpid()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import sys
 import time
 import traceback
@@ -23,12 +24,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 
 from icpcv import __version__
+from icpcv.cohort.table import detect_format, read_scan_csv
+from icpcv.cohort.volumes import shape_problem, typical_shape
 from icpcv.errors import InputError
 from icpcv.prepare.resample import ALGORITHM, RawStats, StreamResampler, saturation_value
 from icpcv.prepare.sources import REASONS, VolumeError, content_hash, fingerprint, open_source, raw_format, safe_name
+from icpcv.progress import Progress
+from icpcv.rundir import RunLock
 from icpcv.util import atomic_write, atomic_write_json, atomic_write_text, canonical_hash, read_json
+from icpcv.writable import check_output_dir
 
 #: written into the manifest; a change reconverts everything
 CODE_VERSION = f"icpcv {__version__}; {ALGORITHM}; prepare-1"
@@ -83,8 +90,6 @@ class Row:
 
 def read_table(table: Path, raw_dir: Path, path_column: str | None = None):
     """Rows of a seed- or plain-format table with their raw paths resolved against ``raw_dir``."""
-    from icpcv.cohort.table import detect_format, read_scan_csv
-
     df = read_scan_csv(table)
     cols = set(df.columns)
     fmt = detect_format(df.columns, str(table))
@@ -154,8 +159,6 @@ def peak_rss_mib() -> float:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -274,6 +277,28 @@ def _shape_mismatch(declared: str, raw_shape: str) -> bool:
     return sorted(nums) != sorted(int(s) for s in raw_shape.split("x"))
 
 
+def skip_shape_outliers(rows: list[Row], results: dict[int, dict], target) -> None:
+    """The run's shape rule (:func:`icpcv.cohort.volumes.shape_problem`) on the raw shapes of the
+    volumes that converted: resampled to --shape, a transposed or truncated volume would look like
+    the others to ``icpcv run``, so it is skipped here (reason ``wrong_shape``) while its raw
+    shape is known. Its output file stays (reused if the cohort changes); table.csv leaves it out."""
+    shapes = {}
+    for r in rows:
+        res = results[r.row]
+        raw = (res.get("quality") or {}).get("raw_shape", "") if res["status"] != "skipped" else ""
+        parts = raw.split("x")
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            shapes[r.row] = tuple(int(p) for p in parts)
+    if not shapes:
+        return
+    typical = typical_shape(shapes.values())
+    by_row = {r.row: r for r in rows}
+    for row, shape in shapes.items():
+        why = shape_problem(shape, typical, target)
+        if why:
+            results[row] = dict(results[row], status="skipped", reason="wrong_shape", detail=f"{by_row[row].path}: {why}")
+
+
 def quality_table(rows: list[Row], results: dict[int, dict]) -> pd.DataFrame:
     recs = []
     for r in rows:
@@ -338,7 +363,6 @@ def _iter_results(tasks, options: PrepareOptions):
         for row, args in tasks:
             yield row, _task(*args)
         return
-    from joblib import Parallel, delayed
 
     par = Parallel(n_jobs=min(options.workers, len(tasks)), backend="loky", return_as="generator_unordered")
     rows_of = {}
@@ -353,9 +377,6 @@ def _iter_results(tasks, options: PrepareOptions):
 def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, options: PrepareOptions, *,
             path_column: str | None = None, progress=None, err=None) -> Summary:
     """Convert every row's raw volume; write volumes, ``table.csv``, ``quality.csv`` and the manifest."""
-    from icpcv.run.progress import Progress
-    from icpcv.run.rundir import RunLock
-
     t0 = time.perf_counter()
     err = err or sys.stderr
     progress = progress or Progress("quiet")
@@ -367,8 +388,8 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
         raise InputError(f"--dtype {options.dtype!r}: use one of {', '.join(OUTPUT_DTYPES)}")
     if len(options.shape) != 3 or min(options.shape) < 1:
         raise InputError(f"--shape {options.shape}: need three positive sizes X Y Z(depth)")
+    out = check_output_dir(out, what="prepared data set")
     rows, info = read_table(table, raw_dir, path_column)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         _clean_temporaries(out / "volumes")
@@ -433,6 +454,7 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
         finally:
             atomic_write_json(out / MANIFEST, manifest)
 
+        skip_shape_outliers(rows, results, options.shape)
         quality = quality_table(rows, results)
         ok_rows = [r for r in rows if results[r.row]["status"] != "skipped"]
         prepared = pd.DataFrame(dict(scan_id=[r.record[info["id_col"]] for r in ok_rows],

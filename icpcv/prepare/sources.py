@@ -49,6 +49,8 @@ REASONS = {
     "wrong_dtype": "the voxel type is not a real number type",
     "inconsistent_pages": "the B-scans do not all share one shape and type",
     "non_finite": "the volume holds NaN or infinite voxels",
+    "wrong_shape": "the raw shape is not the cohort's: more than a factor 2 off its typical shape along an axis, "
+                   "or axes that look swapped (icpcv run's rule; docs/inputs.md)",
     "out_of_range": "the resampled values do not fit the chosen output type",
     "internal_error": "an unexpected error (a bug: please report it with the detail)",
 }
@@ -118,6 +120,11 @@ class Source:
 
     def close(self) -> None:
         pass
+
+    def slab_starts(self, rows: int, row_bytes: int) -> tuple[int, range]:
+        """``(per, starts)``: slabs of ``per`` rows (at most SLAB_BYTES each) along an axis of ``rows``."""
+        per = max(1, SLAB_BYTES // row_bytes)
+        return per, range(0, rows, per)
 
 
 def file_list(path: Path) -> list[Path]:
@@ -224,7 +231,7 @@ class TiffSource(Source):
 
     @classmethod
     def open(cls, path: Path) -> "TiffSource":
-        import tifffile
+        import tifffile  # lazy: only the reader of the file's format is loaded (memory per worker)
 
         size = path.stat().st_size
         with _TiffCapture() as log:
@@ -281,7 +288,7 @@ class TiffFolderSource(Source):
 
     @classmethod
     def open(cls, path: Path) -> "TiffFolderSource":
-        import tifffile
+        import tifffile  # lazy: only the reader of the file's format is loaded (memory per worker)
 
         files = file_list(path)
         if not files:
@@ -310,7 +317,7 @@ class TiffFolderSource(Source):
                    native_axes=(1, 2, 0), stream=0, files=files)
 
     def slabs(self):
-        import tifffile
+        import tifffile  # lazy: only the reader of the file's format is loaded (memory per worker)
 
         rows, cols = self.shape[2], self.shape[0]
         per = max(1, SLAB_BYTES // max(1, rows * cols * self.dtype.itemsize))
@@ -387,7 +394,7 @@ class PtSource(Source):
 
     @classmethod
     def open(cls, path: Path) -> "PtSource":
-        import torch
+        import torch  # lazy: only the reader of the file's format is loaded (memory per worker)
 
         obj = None
         try:
@@ -414,15 +421,14 @@ class PtSource(Source):
             dtype = torch.empty(0, dtype=t.dtype).numpy().dtype
         src = cls(path=path, fmt="pt", shape=shape3, dtype=np.dtype(dtype), native_axes=(0, 1, 2), stream=0,
                   files=[path])
-        src._t = t
+        src._t = t  # slabs along X, the tensor's first axis
         return src
 
     def slabs(self):
-        import torch
+        import torch  # lazy: only the reader of the file's format is loaded (memory per worker)
 
-        X, Y, Z = self.shape
-        per = max(1, SLAB_BYTES // (Y * Z * self.dtype.itemsize))
-        for start in range(0, X, per):
+        per, starts = self.slab_starts(self.shape[0], self.shape[1] * self.shape[2] * self.dtype.itemsize)
+        for start in starts:
             part = self._t[start:start + per]
             if part.dtype == torch.bfloat16:
                 part = part.float()
@@ -441,7 +447,7 @@ class NiftiSource(Source):
 
     @classmethod
     def open(cls, path: Path) -> "NiftiSource":
-        import nibabel as nib
+        import nibabel as nib  # lazy: only the reader of the file's format is loaded (memory per worker)
 
         try:
             img = nib.load(str(path), mmap=False, keep_file_open=True)
@@ -506,7 +512,7 @@ class OctSource(Source):
     @classmethod
     def open(cls, path: Path) -> "OctSource":
         try:
-            from oct_converter.readers import BOCT
+            from oct_converter.readers import BOCT  # lazy: an optional dependency (pip install 'icpcv[oct]')
         except ImportError:
             raise VolumeError("oct_extra_missing", f"{path}: vendor .OCT files need the optional package "
                                                    "oct-converter: install icpcv[oct] "
@@ -539,13 +545,12 @@ class OctSource(Source):
             raise VolumeError("too_small", f"{path}: volume (Y, X, Z) = {data.shape} has an axis shorter than 2")
         src = cls(path=path, fmt="oct", shape=(X, Y, Z), dtype=np.dtype(data.dtype), native_axes=(1, 0, 2),
                   stream=0, files=[path], notes=notes)
-        src._data = data
+        src._data = data  # (Y, X, Z): slabs of B-scans
         return src
 
     def slabs(self):
-        X, Y, Z = self.shape
-        per = max(1, SLAB_BYTES // (X * Z * self.dtype.itemsize))
-        for start in range(0, Y, per):
+        per, starts = self.slab_starts(self.shape[1], self.shape[0] * self.shape[2] * self.dtype.itemsize)
+        for start in starts:
             yield start, np.ascontiguousarray(self._data[start:start + per])
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from icpcv.report.rundata import is_compare_dir, is_predictions_dir, load_compare, load_predictions_dir, load_run
+from icpcv.report.build import render_compare, render_predictions, render_run
+from icpcv.report.rundata import load_compare, load_predictions_dir, load_run
+from icpcv.rundir import RunDir
 
 
 def write_report(run_dir) -> Path:
@@ -17,14 +19,13 @@ def write_report(run_dir) -> Path:
 
     Raises RunDirError naming the missing file when ``run_dir`` is not a complete run.
     """
-    from icpcv.report.build import render_compare, render_predictions, render_run, write_html
-
-    run_dir = Path(run_dir)
-    if is_compare_dir(run_dir):
-        return write_html(run_dir, render_compare(load_compare(run_dir)))
-    if is_predictions_dir(run_dir):
-        return write_html(run_dir, render_predictions(load_predictions_dir(run_dir)))
-    return write_html(run_dir, render_run(load_run(run_dir)))
+    run = RunDir(run_dir)
+    kind = run.kind
+    if kind == "comparison":
+        return run.write_report_html(render_compare(load_compare(run.path)))
+    if kind == "analysis":
+        return run.write_report_html(render_predictions(load_predictions_dir(run.path)))
+    return run.write_report_html(render_run(load_run(run.path)))
 
 
 __all__ = ["write_report"]

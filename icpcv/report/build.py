@@ -5,15 +5,18 @@ reasons, values) reaches the HTML through Jinja2 autoescaping; nothing is marked
 """
 from __future__ import annotations
 
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from icpcv.cohort.table import REASONS
+from icpcv.config import flatten
 from icpcv.report import figures as F
 from icpcv.report.rundata import CompareData, PredictionsData, RunData
-from icpcv.util import atomic_write_text, natural_sorted
+from icpcv.stats.results import AnalysisResult
+from icpcv.util import fmt_num, fmt_p, is_finite_number, natural_sorted
 
 #: more dropped rows than this: a reason summary, the full table folded into <details>
 FOLD_DROPPED_AT = 500
@@ -25,27 +28,13 @@ WARM_START_KEYS = ("matched", "missing", "unexpected", "shape_mismatched")
 # --------------------------------------------------------------------------- formatting filters
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def fmt_num(x, digits=2) -> str:
-    if _finite(x):
-        text = f"{x:.{digits}f}"
-        return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # no "-0.00"
-    return "–" if x is None or isinstance(x, float) else str(x)
+_finite = is_finite_number
 
 
 def fmt_ci(ci, digits=2) -> str:
     if not ci or len(ci) != 2 or not all(_finite(v) for v in ci):
         return "–"
     return f"{fmt_num(ci[0], digits)} to {fmt_num(ci[1], digits)}"
-
-
-def fmt_p(p) -> str:
-    if not _finite(p):
-        return "–"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def fmt_seconds(s) -> str:
@@ -74,8 +63,6 @@ def fmt_value(v) -> str:
 
 
 def environment():
-    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-
     env = Environment(loader=PackageLoader("icpcv", "report/templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -86,31 +73,26 @@ def environment():
 # --------------------------------------------------------------------------- tables from stats.json
 
 
-def model_rows(stats: dict) -> list[dict]:
+def model_rows(stats: AnalysisResult) -> list[dict]:
     rows = []
-    for name, m in stats.get("models", {}).items():
-        row = dict(model=name, n_scans=m.get("n_scans"), n_subjects=m.get("n_subjects"), cells=[])
-        for key, _ in MODEL_METRICS:
-            v = m.get(key) or {}
-            row["cells"].append(dict(estimate=v.get("estimate"), ci=v.get("ci")))
-        rc = m.get("rmcorr") or {}
-        row["rmcorr"] = dict(r=rc.get("r"), ci=rc.get("ci"), p=rc.get("p"), dof=rc.get("dof"))
+    for name, m in stats.models.items():
+        row = dict(model=name, n_scans=m.n_scans, n_subjects=m.n_subjects,
+                   cells=[dict(estimate=m.metric(key).estimate, ci=m.metric(key).ci) for key, _ in MODEL_METRICS])
+        row["rmcorr"] = dict(r=m.rmcorr.r, ci=m.rmcorr.ci, p=m.rmcorr.p, dof=m.rmcorr.dof)
         rows.append(row)
     return rows
 
 
-def agreement_rows(stats: dict) -> list[dict]:
+def agreement_rows(stats: AnalysisResult) -> list[dict]:
     rows = []
-    for name, m in stats.get("models", {}).items():
-        ba, rep = m.get("bland_altman") or {}, m.get("bland_altman_repeated") or {}
-        if not ba and not rep:
-            continue
-        pb = ba.get("proportional_bias") or {}
-        loa_ci = ba.get("loa_ci") or [None, None]
-        rows.append(dict(model=name, bias=ba.get("bias"), sd=ba.get("sd"), loa=ba.get("loa"),
+    for name, m in stats.models.items():
+        ba, rep = m.bland_altman, m.bland_altman_repeated
+        pb = ba.proportional_bias
+        loa_ci = ba.loa_ci or [None, None]
+        rows.append(dict(model=name, bias=ba.bias, sd=ba.sd, loa=ba.loa,
                          loa_lo_ci=loa_ci[0] if loa_ci else None, loa_hi_ci=loa_ci[1] if len(loa_ci) > 1 else None,
-                         rep_bias=rep.get("bias"), rep_sd=rep.get("sd"), rep_loa=rep.get("loa"),
-                         slope=pb.get("slope"), slope_ci=pb.get("ci_cluster") or pb.get("ci"), slope_p=pb.get("p")))
+                         rep_bias=rep.bias, rep_sd=rep.sd, rep_loa=rep.loa,
+                         slope=pb.slope, slope_ci=pb.ci_cluster or pb.ci, slope_p=pb.p))
     return rows
 
 
@@ -123,26 +105,21 @@ DECOMPOSITION = (("mse", "MSE (mmHg²)", "num"), ("between_subject", "between mo
                  ("within_subject_correlation", "within-monkey r", "num"))
 
 
-def decomposition_table(stats: dict) -> dict | None:
+def decomposition_table(stats: AnalysisResult) -> dict | None:
     """Rows per model of the between/within error split."""
-    decs = {m: v.get("decomposition") for m, v in stats.get("models", {}).items() if v.get("decomposition")}
-    if not decs:
+    if not stats.models:
         return None
-    present = {k for d in decs.values() for k in d}
-    cols = [c for c in DECOMPOSITION if c[0] in present]
-    known = {c[0] for c in DECOMPOSITION}
-    extra = {k: v for d in decs.values() for k, v in d.items() if k not in known}
-    cols += [(k, k.replace("_", " "), "num") for k, v in extra.items() if v is None or isinstance(v, (int, float))]
 
     def cell(v, how):
         return (f"{100 * v:.1f}%" if _finite(v) else "–") if how == "pct" else fmt_num(v)
 
-    return dict(columns=[label for _, label, _ in cols],
-                rows=[dict(model=m, cells=[cell(d.get(k), how) for k, _, how in cols]) for m, d in decs.items()])
+    return dict(columns=[label for _, label, _ in DECOMPOSITION],
+                rows=[dict(model=m, cells=[cell(getattr(v.decomposition, k), how) for k, _, how in DECOMPOSITION])
+                      for m, v in stats.models.items()])
 
 
-def per_subject_table(stats: dict, subjects: list[str]) -> dict | None:
-    per = {m: v.get("per_subject") or {} for m, v in stats.get("models", {}).items()}
+def per_subject_table(stats: AnalysisResult, subjects: list[str]) -> dict | None:
+    per = {m: v.per_subject for m, v in stats.models.items()}
     seen = {str(s) for p in per.values() for s in p}
     if not seen:
         return None
@@ -150,9 +127,10 @@ def per_subject_table(stats: dict, subjects: list[str]) -> dict | None:
     models = list(per)
     rows = []
     for s in order:
-        cells = [(per[m].get(s) or {}) for m in models]
-        n = next((c.get("n") for c in cells if c.get("n") is not None), None)
-        rows.append(dict(subject=s, n=n, cells=[dict(mae=c.get("mae"), bias=c.get("bias")) for c in cells]))
+        cells = [per[m].get(s) for m in models]
+        n = next((c.n for c in cells if c is not None), None)
+        rows.append(dict(subject=s, n=n, cells=[dict(mae=c.mae if c else None, bias=c.bias if c else None)
+                                                for c in cells]))
     return dict(models=models, rows=rows)
 
 
@@ -160,8 +138,6 @@ def per_subject_table(stats: dict, subjects: list[str]) -> dict | None:
 
 
 def cohort_context(run: RunData) -> dict:
-    from icpcv.cohort.table import REASONS
-
     q = run.quality
     dropped = q[q["status"] == "dropped"]
     kept = q[q["status"] == "kept"]
@@ -312,10 +288,10 @@ def _collector():
     return out, add
 
 
-def run_figures(run: RunData, stats: dict) -> dict[str, list[F.Figure]]:
+def run_figures(run: RunData, stats: AnalysisResult) -> dict[str, list[F.Figure]]:
     """Figures by report section; also written as PNGs under run_dir/figures/."""
     subjects = run.subjects
-    ci_level = stats.get("ci_level", 0.95)
+    ci_level = stats.ci_level
     out, add = _collector()
     with F.style():
         add("cohort", "cohort", "Scans per monkey and the IOP × ICP design",
@@ -326,7 +302,7 @@ def run_figures(run: RunData, stats: dict) -> dict[str, list[F.Figure]]:
             "Loss on the training monkeys (solid) and on the fold's inner-validation monkeys (dashed), per epoch; "
             "the ring marks the epoch whose weights were restored for prediction. Epoch 0 is the untrained network.",
             F.learning_curves_figure(run.curves, {r.get("fold"): r.get("held_out", []) for r in run.fold_records}))
-    F.render([f for figs in out.values() for f in figs], run.path)
+    F.render([f for figs in out.values() for f in figs], run.run.figures_dir)
     return out
 
 
@@ -335,12 +311,12 @@ def common_figures(add, stats, preds, subjects, models, ci_level):
     add("comparison", "forest", "Paired differences against the reference",
         f"Each model's error minus the reference's on the same scans, with the {level} monkey-level interval "
         "from stats.json and the Holm-adjusted sign-flip p-value.",
-        F.forest_figure(stats.get("comparisons") or [], ci_level))
+        F.forest_figure(stats.comparisons, ci_level))
     add("comparison", "per_monkey_error", "Error per monkey",
         "Mean absolute error of each held-out monkey's scans, per model (stats.json per_subject); n is the number "
         "of scans.", F.per_subject_figure(stats, subjects))
     for m in models:
-        ms = (stats.get("models") or {}).get(m)
+        ms = stats.models.get(m)
         if ms is None:
             continue
         add("agreement", f"bland_altman_{F.file_stem(m)}", f"Bland-Altman: {m}",
@@ -364,23 +340,23 @@ QUANTITY_NAMES = {"delta": "paired differences", "mae": "MAE", "rmse": "RMSE",
                   "ba_slope": "proportional-bias slope"}
 
 
-def ci_method_text(stats: dict) -> str:
+def ci_method_text(stats: AnalysisResult) -> str:
     """Which interval method stats.json used, per quantity when the engine chose per quantity."""
-    per = stats.get("ci_methods")
+    per = stats.ci_methods
     if isinstance(per, dict) and per:
         groups: dict[str, list[str]] = {}
         for quantity, method in per.items():
             groups.setdefault(method, []).append(QUANTITY_NAMES.get(quantity, quantity))
         return "; ".join(f"{METHOD_NAMES.get(m, m)} for {', '.join(q)}" for m, q in groups.items())
-    m = stats.get("ci_method")
+    m = stats.ci_method
     return METHOD_NAMES.get(m, str(m) if m else "method not recorded")
 
 
-def _base_context(stats: dict, subjects: list[str]) -> dict:
-    comps = stats.get("comparisons") or []
+def _base_context(stats: AnalysisResult, subjects: list[str]) -> dict:
+    comps = stats.comparisons
     return dict(stats=stats, ci_text=ci_method_text(stats),
-                verdict=stats.get("verdict") or "stats.json holds no verdict.",
-                ci_pct=f"{round(stats.get('ci_level', 0.95) * 100):g}%", models=model_rows(stats),
+                verdict=stats.verdict or "stats.json holds no verdict.",
+                ci_pct=stats.ci_pct, models=model_rows(stats),
                 metric_names=[label for _, label in MODEL_METRICS], comparisons=comps,
                 agreement=agreement_rows(stats), decomposition=decomposition_table(stats),
                 per_subject=per_subject_table(stats, subjects),
@@ -396,9 +372,9 @@ def render_run(run: RunData) -> str:
                scan_audit=scan_audit_context(run),
                warm_start_keys=[k.replace("_", " ") for k in WARM_START_KEYS],
                calibration=table_context(run.calibration),
-               config=[(k, fmt_value(v)) for k, v in run.config.items()], env=env_items(run.environment),
+               config=[(k, fmt_value(v)) for k, v in flatten(run.config).items()], env=env_items(run.environment),
                record=run.record, timing=timing_table(run),
-               warnings=list(stats.get("warnings") or []), notes=run.notes)
+               warnings=list(stats.warnings), notes=run.notes)
     return environment().get_template("report.html.j2").render(**ctx)
 
 
@@ -408,8 +384,8 @@ def predictions_figures(data: CompareData | PredictionsData) -> dict[str, list[F
     stats = data.stats
     figs, add = _collector()
     with F.style():
-        common_figures(add, stats, data.predictions, data.subjects, data.models, stats.get("ci_level", 0.95))
-    F.render([f for fs in figs.values() for f in fs], data.path)
+        common_figures(add, stats, data.predictions, data.subjects, data.models, stats.ci_level)
+    F.render([f for fs in figs.values() for f in fs], data.run.figures_dir)
     return figs
 
 
@@ -422,7 +398,7 @@ def render_compare(cmp: CompareData) -> str:
                run_path=str(cmp.path.resolve()), figures=figs, runs=runs, meta=cmp.meta,
                config_diff=cmp.meta.get("config_differences", []),
                envs=[(r.get("name"), env_items(r.get("environment") or {})) for r in runs],
-               warnings=list(stats.get("warnings") or []), notes=cmp.notes)
+               warnings=list(stats.warnings), notes=cmp.notes)
     return environment().get_template("report.html.j2").render(**ctx)
 
 
@@ -453,13 +429,13 @@ def input_context(pred: PredictionsData) -> dict:
                 n_models=len(pred.models), n_subjects=len(pred.subjects), folds=folds, spread=spread)
 
 
-def analysis_settings(meta: dict, stats: dict) -> list[tuple[str, str]]:
+def analysis_settings(meta: dict, stats: AnalysisResult) -> list[tuple[str, str]]:
     settings = meta.get("settings") or {}
     items = []
     for key, label in ANALYSIS_SETTINGS:
-        v = settings.get(key, stats.get(key))
+        v = settings.get(key, getattr(stats, key, None))
         if key == "ci_method" and v is None:
-            v = f"default ({stats.get('ci_method', 'auto')})"
+            v = f"default ({stats.ci_method or 'auto'})"
         items.append((label, fmt_value(v)))
     return items
 
@@ -477,11 +453,5 @@ def render_predictions(pred: PredictionsData) -> str:
     ctx.update(kind="predictions", title=f"icpcv analysis: {pred.name}", run_name=pred.name,
                run_path=str(pred.path.resolve()), figures=figs, meta=pred.meta, source=input_context(pred),
                settings=analysis_settings(pred.meta, stats), env=analysis_env(pred.meta),
-               warnings=list(stats.get("warnings") or []), notes=pred.notes)
+               warnings=list(stats.warnings), notes=pred.notes)
     return environment().get_template("report.html.j2").render(**ctx)
-
-
-def write_html(out_dir: Path, html: str) -> Path:
-    out = Path(out_dir) / "index.html"
-    atomic_write_text(out, html)
-    return out

@@ -13,37 +13,43 @@ from pathlib import Path
 import pandas as pd
 
 from icpcv.errors import InputError, RunDirError
-from icpcv.report.rundata import read_json_file, read_predictions
-from icpcv.util import atomic_write_json, atomic_write_text
+from icpcv.report import write_report
+from icpcv.rundir import RunDir, RunRecord, read_json_file
+from icpcv.stats import analyze, write_stats
+from icpcv.writable import check_output_dir
 
 SEP = ":"
 
 
 @dataclass
 class RunInput:
-    path: Path
+    run: RunDir
     name: str
-    record: dict
+    record: RunRecord
     plan_hash: str
     predictions: pd.DataFrame
     environment: dict
 
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
 
 def read_run_input(path: Path, name: str) -> RunInput:
-    path = Path(path)
-    if not path.is_dir():
-        raise RunDirError(f"{path}: no such run directory")
-    for f in ("run.json", "fold_plan.json", "predictions.csv"):
-        if not (path / f).exists():
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise RunDirError(f"{run.path}: no such run directory")
+    for f in (run.run_json, run.fold_plan_json, run.predictions_csv):
+        if not f.exists():
             hint = ("its folds are not all gathered; rerun `icpcv run` with the same --out"
-                    if f == "predictions.csv" else "not a run directory written by `icpcv run`")
-            raise RunDirError(f"{path}: cannot compare: {f} is missing ({hint})")
-    plan = read_json_file(path / "fold_plan.json")
+                    if f == run.predictions_csv else "not a run directory written by `icpcv run`")
+            raise RunDirError(f"{run.path}: cannot compare: {f.name} is missing ({hint})")
+    plan = run.read_plan_dict()
     if "hash" not in plan:
-        raise RunDirError(f"{path / 'fold_plan.json'}: has no hash; was it written by `icpcv run`?")
-    env = read_json_file(path / "environment.json") if (path / "environment.json").exists() else {}
-    return RunInput(path=path, name=name, record=read_json_file(path / "run.json"), plan_hash=plan["hash"],
-                    predictions=read_predictions(path / "predictions.csv"), environment=env)
+        raise RunDirError(f"{run.fold_plan_json}: has no hash; was it written by `icpcv run`?")
+    env = read_json_file(run.environment_json) if run.environment_json.exists() else {}
+    return RunInput(run=run, name=name, record=run.read_record(), plan_hash=plan["hash"],
+                    predictions=run.read_predictions(), environment=env)
 
 
 def run_names(paths: list[Path], names: list[str] | None) -> list[str]:
@@ -87,7 +93,7 @@ def check_same_truth(runs: list[RunInput]) -> None:
 
 
 def config_differences(runs: list[RunInput]) -> list[dict]:
-    cfgs = [r.record.get("config", {}) for r in runs]
+    cfgs = [r.record.config.flat() for r in runs]
     keys = list(dict.fromkeys(k for c in cfgs for k in c))
     return [dict(key=k, values=[c.get(k) for c in cfgs]) for k in keys
             if len({repr(c.get(k)) for c in cfgs}) > 1]
@@ -95,7 +101,8 @@ def config_differences(runs: list[RunInput]) -> list[dict]:
 
 def pick_models(runs: list[RunInput], models: list[str] | None) -> list[str]:
     """The models taken from every run: as asked, or by default those present in every run whose
-    predictions differ between runs (identical copies of a baseline add nothing but tests)."""
+    predictions differ between runs (identical copies of a baseline add nothing but tests); when
+    none differs that is an InputError, not every model."""
     per_run = [list(dict.fromkeys(r.predictions["model"])) for r in runs]
     common = [m for m in per_run[0] if all(m in p for p in per_run[1:])]
     if models:
@@ -113,7 +120,11 @@ def pick_models(runs: list[RunInput], models: list[str] | None) -> list[str]:
         return d.sort_values("scan_id")[["scan_id", "y_pred"]].to_numpy().tolist()
 
     differing = [m for m in common if any(key(r, m) != key(runs[0], m) for r in runs[1:])]
-    return differing or common
+    if not differing:
+        raise InputError(f"no model's predictions differ between the runs ({', '.join(str(r.path) for r in runs)}): "
+                         f"every shared model ({', '.join(common)}) predicted every scan alike, so there is nothing "
+                         "to compare; to compare them anyway name the models with --models")
+    return differing
 
 
 def stacked_predictions(runs: list[RunInput], models: list[str]) -> pd.DataFrame:
@@ -134,17 +145,19 @@ def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str
     ``reference``: ``RUN:MODEL`` (or ``MODEL``, taken from the first run); by default the first
     run's copy of the first compared model, so each other run's copy is paired against it.
     """
-    from icpcv.stats import analyze, write_stats
-    from icpcv.report import write_report
-
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise InputError("compare needs at least two run directories")
-    out = Path(out)
-    if any(out.resolve() == p.resolve() for p in paths):
-        raise InputError(f"--out {out} is one of the runs; choose a new folder for the comparison")
-    if (out / "run.json").exists():
-        raise InputError(f"--out {out} holds a run; choose a new folder for the comparison")
+    out = RunDir(out)
+    if any(out.path.resolve() == p.resolve() for p in paths):
+        raise InputError(f"--out {out.path} is one of the runs; choose a new folder for the comparison")
+    if out.run_json.exists():
+        raise InputError(f"--out {out.path} holds a run; choose a new folder for the comparison")
+    check_output_dir(out.path, what="comparison")
+    same = [(a, b) for i, a in enumerate(paths) for b in paths[i + 1:] if a.resolve() == b.resolve()]
+    if same:
+        raise InputError(f"{same[0][0]} and {same[0][1]} are the same run directory: a run compared with itself "
+                         "differs in nothing; name two different runs")
     names = run_names(paths, names)
     runs = [read_run_input(p, n) for p, n in zip(paths, names)]
     plan_hash = check_same_plan(runs)
@@ -158,12 +171,11 @@ def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str
     if reference not in set(preds["model"]):
         raise InputError(f"--reference {reference} is not among the compared models "
                          f"({', '.join(dict.fromkeys(preds['model']))})")
-    cfg0 = runs[0].record.get("config", {})
-    n_boot = int(n_boot if n_boot is not None else cfg0.get("n_boot", 10000))
-    seed = int(seed if seed is not None else cfg0.get("seed", 0))
-    ci_level = float(ci_level if ci_level is not None else cfg0.get("ci_level", 0.95))
-    leaky = [r.name for r in runs if (r.path / "leakage_audit.json").exists()
-             and not read_json_file(r.path / "leakage_audit.json").get("passed", True)]
+    cfg0 = runs[0].record.config
+    n_boot = int(n_boot if n_boot is not None else cfg0.n_boot)
+    seed = int(seed if seed is not None else cfg0.seed)
+    ci_level = float(ci_level if ci_level is not None else cfg0.ci_level)
+    leaky = [r.name for r in runs if r.run.plan_audit_failed()]
     kwargs = dict(reference=reference, n_boot=n_boot, seed=seed, ci_level=ci_level, audit_failed=bool(leaky))
     if ci_method is not None:
         kwargs["ci_method"] = ci_method
@@ -171,15 +183,15 @@ def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str
         result = analyze(preds, **kwargs)
     except ValueError as exc:  # the engine's word on bad options or predictions
         raise InputError(f"cannot analyse the stacked predictions: {exc}") from None
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "predictions.csv", preds.to_csv(index=False))
-    write_stats(result, out / "stats.json")
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_predictions(preds)
+    write_stats(result, out.stats_json)
     meta = dict(plan_hash=plan_hash, reference=reference, models=models, n_boot=n_boot, seed=seed,
                 ci_level=ci_level, ci_method=ci_method, leaky_runs=leaky,
                 runs=[dict(name=r.name, path=str(r.path.resolve()), models=models, plan_hash=r.plan_hash,
-                           data_hash=r.record.get("data_hash"), config_hash=r.record.get("config_hash"),
-                           key=r.record.get("key"), config=r.record.get("config", {}), environment=r.environment)
+                           data_hash=r.record.data_hash, config_hash=r.record.config_hash,
+                           key=r.record.key, config=r.record.config.to_dict(), environment=r.environment)
                       for r in runs],
                 config_differences=config_differences(runs))
-    atomic_write_json(out / "compare.json", meta)
-    return write_report(out)
+    out.write_compare_meta(meta)
+    return write_report(out.path)

@@ -13,8 +13,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from icpcv.stats.results import AnalysisResult, Comparison, ModelStats
+from icpcv.util import atomic_write_bytes, fmt_p, is_finite_number
+
+from icpcv.writable import check_output_dir
 
 #: seaborn's colour-blind palette (Wong-like, 10 colours); markers extend it past 10 monkeys
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -38,9 +49,6 @@ class Figure:
 def style():
     """The report's look, without touching the caller's matplotlib settings (or backend: the
     figures are built without pyplot, so a report renders the same in a notebook or a batch job)."""
-    import matplotlib
-    import seaborn as sns
-
     with matplotlib.rc_context():
         sns.set_theme(**STYLE)
         yield
@@ -48,15 +56,11 @@ def style():
 
 def subplots(nrows=1, ncols=1, **kw):
     """Like pyplot.subplots, but the figure belongs to no pyplot state and needs no backend."""
-    from matplotlib.figure import Figure as MplFigure
-
     fig = MplFigure(figsize=kw.pop("figsize", None))
     return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def palette(n: int) -> list:
-    import seaborn as sns
-
     return sns.color_palette("colorblind", max(n, 1))
 
 
@@ -86,13 +90,14 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def render(figures: list[Figure], out_dir: Path) -> list[Figure]:
-    """PNG bytes and data URIs for every figure; the PNGs also go to ``out_dir/figures/``
-    (stale PNGs of an earlier report are removed)."""
-    fig_dir = Path(out_dir) / "figures"
+def render(figures: list[Figure], fig_dir: Path) -> list[Figure]:
+    """PNG bytes and data URIs for every figure; the PNGs also go to ``fig_dir`` (a directory's
+    ``figures/``; stale PNGs of an earlier report are removed)."""
+    fig_dir = Path(fig_dir)
+    # a read-only folder is said once, naming it, before any figure is drawn (not as OSError at the first PNG)
+    check_output_dir(fig_dir, what="report's figures", option=None,
+                     hint="copy the folder somewhere writable and run `icpcv report` on the copy")
     fig_dir.mkdir(parents=True, exist_ok=True)
-    from icpcv.util import atomic_write_bytes
-
     names = set()
     for f in figures:
         stem, i = f.name, 1
@@ -132,13 +137,9 @@ def _label_panels(axes, n: int, xlabel: str, ylabel: str) -> None:
         ax.set_ylabel(ylabel, fontsize="small")
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
 
 
-def _subject_legend(ax, styles: dict, subjects: list[str], title="monkey"):
-    from matplotlib.lines import Line2D
-
+def subject_legend(ax, styles: dict, subjects: list[str], title="monkey"):
     handles = [Line2D([], [], ls="", marker=styles[s]["marker"], color=styles[s]["color"], ms=6, label=s)
                for s in subjects]
     ax.legend(handles=handles, title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
@@ -186,7 +187,7 @@ def cohort_figure(quality: pd.DataFrame, scans: pd.DataFrame, subjects: list[str
         _scatter_by_subject(ax, d["iop"].to_numpy(float), d["icp"].to_numpy(float), d["subject"].to_numpy(),
                             styles, s=18)
         ax.set(xlabel="IOP (mmHg)", ylabel="ICP (mmHg)", title="Design: IOP × ICP of the kept scans")
-        _subject_legend(ax, styles, [s for s in subjects if s in set(d["subject"])])
+        subject_legend(ax, styles, [s for s in subjects if s in set(d["subject"])])
     fig.tight_layout()
     return fig
 
@@ -194,40 +195,35 @@ def cohort_figure(quality: pd.DataFrame, scans: pd.DataFrame, subjects: list[str
 # --------------------------------------------------------------------------- comparisons
 
 
-def forest_figure(comparisons: list[dict], ci_level: float):
+def forest_figure(comparisons: list[Comparison], ci_level: float):
     """Paired differences (model − reference) with their monkey-level intervals, one panel per metric."""
-    from matplotlib.ticker import MaxNLocator
-
-    rows = [c for c in comparisons if c.get("delta") is not None]
+    rows = [c for c in comparisons if is_finite_number(c.delta)]
     if not rows:
         return None
-    metrics = list(dict.fromkeys(c["metric"] for c in rows))
-    n = max(sum(c["metric"] == m for c in rows) for m in metrics)
-    labels = {m: [(c["model"], c["reference"]) for c in rows if c["metric"] == m] for m in metrics}
+    metrics = list(dict.fromkeys(c.metric for c in rows))
+    n = max(sum(c.metric == m for c in rows) for m in metrics)
+    labels = {m: [(c.model, c.reference) for c in rows if c.metric == m] for m in metrics}
     same = all(v == labels[metrics[0]] for v in labels.values())
     width = 4.3 * len(metrics) + (2.2 if same else 2.2 * len(metrics))
     fig, axes = subplots(1, len(metrics), figsize=(width, 0.5 * n + 1.7), squeeze=False)
     level = f"{round(ci_level * 100):g}%"
     for ax, metric in zip(axes[0], metrics):
-        sub = [c for c in rows if c["metric"] == metric]
+        sub = [c for c in rows if c.metric == metric]
         y = np.arange(len(sub))[::-1]
         for yi, c in zip(y, sub):
-            lo, hi = (c.get("ci") or [None, None])
-            lo = c["delta"] if lo is None else lo
-            hi = c["delta"] if hi is None else hi
+            lo = c.lower if is_finite_number(c.lower) else c.delta
+            hi = c.upper if is_finite_number(c.upper) else c.delta
             better = hi < 0
             worse = lo > 0
             color = palette(10)[2] if better else palette(10)[3] if worse else palette(10)[7]
             ax.plot([lo, hi], [yi, yi], color=color, lw=2.2, solid_capstyle="butt")
-            ax.plot([c["delta"]], [yi], "o", color=color, ms=7)
-            p = c.get("p_adjusted")
-            shown = "–" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
-            ax.annotate(f"Holm p {shown}",
+            ax.plot([c.delta], [yi], "o", color=color, ms=7)
+            ax.annotate(f"Holm p {fmt_p(c.p_adjusted)}",
                         (1.0, yi), xycoords=("axes fraction", "data"), xytext=(6, 0), textcoords="offset points",
                         va="center", fontsize="small")
         ax.axvline(0, color="0.2", lw=1)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-        ax.set_yticks(y, [f"{c['model']} − {c['reference']}" for c in sub] if not same or ax is axes[0, 0] else [])
+        ax.set_yticks(y, [f"{c.model} − {c.reference}" for c in sub] if not same or ax is axes[0, 0] else [])
         ax.set_ylim(-0.7, len(sub) - 0.3)
         ax.set(xlabel=f"difference in {metric.upper()} (mmHg), {level} CI",
                title=f"{metric.upper()}: model − reference")
@@ -238,10 +234,10 @@ def forest_figure(comparisons: list[dict], ci_level: float):
     return fig
 
 
-def per_subject_figure(stats: dict, subjects: list[str]):
+def per_subject_figure(stats: AnalysisResult, subjects: list[str]):
     """Each monkey's MAE per model (from stats.json per_subject)."""
-    rows = [dict(model=m, subject=str(s), mae=v.get("mae"), n=v.get("n"))
-            for m, ms in stats.get("models", {}).items() for s, v in (ms.get("per_subject") or {}).items()]
+    rows = [dict(model=m, subject=str(s), mae=v.mae, n=v.n)
+            for m, ms in stats.models.items() for s, v in ms.per_subject.items()]
     if not rows:
         return None
     d = pd.DataFrame(rows).dropna(subset=["mae"])
@@ -268,7 +264,7 @@ def per_subject_figure(stats: dict, subjects: list[str]):
 # --------------------------------------------------------------------------- agreement
 
 
-def bland_altman_figure(model: str, preds: pd.DataFrame, mstats: dict, subjects: list[str], ci_level: float):
+def bland_altman_figure(model: str, preds: pd.DataFrame, mstats: ModelStats, subjects: list[str], ci_level: float):
     """Predicted − measured against their mean, coloured by monkey, with stats.json's lines."""
     d = preds[preds["model"] == model]
     if d.empty:
@@ -278,52 +274,49 @@ def bland_altman_figure(model: str, preds: pd.DataFrame, mstats: dict, subjects:
     diff = (d["y_pred"] - d["y_true"]).to_numpy(float)
     fig, ax = subplots(figsize=(9, 4.8))
     _scatter_by_subject(ax, mean, diff, d["subject"].to_numpy(), styles)
-    ba = mstats.get("bland_altman") or {}
+    ba = mstats.bland_altman
     level = f"{round(ci_level * 100):g}%"
     x0, x1 = float(np.nanmin(mean)), float(np.nanmax(mean))
     pad = 0.02 * (x1 - x0 or 1)
     xs = np.array([x0 - pad, x1 + pad])
 
     # monkeys use all ten palette colours, so the lines are black and grey, told apart by style
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     handles = []
-    bias = ba.get("bias")
-    if _finite(bias):
+    bias = ba.bias
+    if is_finite_number(bias):
         ax.axhline(bias, color="0.1", lw=1.5)
         handles.append(Line2D([], [], color="0.1", lw=1.5, label=f"bias {bias:.2f} mmHg"))
-    loa = [y for y in (ba.get("loa") or []) if _finite(y)]
+    loa = [y for y in (ba.loa or []) if is_finite_number(y)]
     for y in loa:
         ax.axhline(y, color="0.1", lw=1.4, ls="--")
     if loa:
         handles.append(Line2D([], [], color="0.1", lw=1.4, ls="--",
                               label="limits of agreement " + " / ".join(f"{y:.1f}" for y in loa)))
-    bands = [b for b in (ba.get("loa_ci") or []) if b and len(b) == 2 and all(_finite(v) for v in b)]
+    bands = [b for b in (ba.loa_ci or []) if b and len(b) == 2 and all(is_finite_number(v) for v in b)]
     for b in bands:
         ax.axhspan(b[0], b[1], color="0.5", alpha=0.15, lw=0)
     if bands:
         handles.append(Patch(color="0.5", alpha=0.3, label=f"{level} CI of those limits"))
-    rloa = [y for y in ((mstats.get("bland_altman_repeated") or {}).get("loa") or []) if _finite(y)]
+    rloa = [y for y in (mstats.bland_altman_repeated.loa or []) if is_finite_number(y)]
     for y in rloa:
         ax.axhline(y, color="0.45", lw=2.2, ls=":")
     if rloa:
         handles.append(Line2D([], [], color="0.45", lw=2.2, ls=":",
                               label="repeated-measures limits " + " / ".join(f"{y:.1f}" for y in rloa)))
-    pb = ba.get("proportional_bias") or {}
-    slope = pb.get("slope")
-    if _finite(slope):
-        intercept = pb.get("intercept")
-        if not _finite(intercept):  # a line of that slope through the centre of the points
+    pb = ba.proportional_bias
+    slope = pb.slope
+    if is_finite_number(slope):
+        intercept = pb.intercept
+        if not is_finite_number(intercept):  # a line of that slope through the centre of the points
             intercept = float(np.mean(diff)) - slope * float(np.mean(mean))
         ax.plot(xs, intercept + slope * xs, color="0.25", lw=1.5, ls="-.")
-        p = pb.get("p")
+        p = pb.p
         handles.append(Line2D([], [], color="0.25", lw=1.5, ls="-.", label=f"proportional bias, slope {slope:.2f}"
-                              + (f", p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}" if _finite(p) else "")))
+                              + (f", p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}" if is_finite_number(p) else "")))
     ax.set_xlim(*xs)
     ax.set(xlabel="mean of predicted and measured ICP (mmHg)", ylabel="predicted − measured ICP (mmHg)",
            title=f"Bland-Altman: {model}")
-    _subject_legend(ax, styles, [s for s in subjects if s in set(d["subject"])])
+    subject_legend(ax, styles, [s for s in subjects if s in set(d["subject"])])
     fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.06, 0.0), ncol=2, fontsize="small")
     fig.tight_layout(rect=(0, 0.05 + 0.045 * ((len(handles) + 1) // 2), 1, 1))
     return fig
@@ -352,8 +345,6 @@ def pred_vs_measured_figure(preds: pd.DataFrame, subjects: list[str], models: li
     axes[0, 0].set_xlim(x0 - padx, x1 + padx)
     axes[0, 0].set_ylim(y0 - pady, y1 + pady)
     _label_panels(axes, len(present), "measured ICP (mmHg)", "predicted ICP (mmHg)")
-    from matplotlib.lines import Line2D
-
     handles = [Line2D([], [], ls="", marker=MARKERS[i % 7], color=colors[m], label=m) for i, m in enumerate(models)]
     handles.append(Line2D([], [], color="0.4", lw=0.8, label="identity"))
     fig.legend(handles=handles, title="model", loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize="small",
@@ -388,8 +379,6 @@ def learning_curves_figure(curves: pd.DataFrame, held_out: dict | None = None):
         held = (held_out or {}).get(k)
         ax.set_title(f"fold {k}" + (f" (monkey {', '.join(map(str, held))})" if held else ""), fontsize="small")
     _label_panels(axes, len(folds), "epoch", "MSE (standardised ICP)")
-    from matplotlib.lines import Line2D
-
     handles = [Line2D([], [], color=colors[m], lw=1.5, label=m) for m in models] + [
         Line2D([], [], color="0.3", ls="-", label="training loss"),
         Line2D([], [], color="0.3", ls="--", label="inner-validation loss"),

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from icpcv.errors import FoldsFailed, InputError
-from icpcv.run.fold import fold_label, fold_summary, run_fold
-from icpcv.run.progress import FoldReporter, Progress
-from icpcv.run.rundir import (fold_complete, fold_dir, read_fold_error, read_fold_record, read_run_record,
-                              read_status, write_fold_error)
+import torch
+from joblib import Parallel, delayed
+
+from icpcv.errors import FoldsFailed, InputError, RunDirError
+from icpcv.progress import Progress
+from icpcv.run.fold import fold_label, fold_summary, run_fold, run_job
+from icpcv.run.slurm import run_slurm
+from icpcv.rundir import RunDir
 
 EXECUTORS = ("local", "processes", "slurm")
 
@@ -51,63 +53,31 @@ def execute(run_dir: Path, folds: list[int], *, executor: str = "local", workers
             raise InputError(f"--workers must be at least 1 (got {workers})")
         failures = _processes(run_dir, folds, workers, device, threads, progress)
     else:
-        from icpcv.run.slurm import run_slurm
-
         failures = run_slurm(run_dir, folds, device=device, threads=threads, options=slurm or {}, progress=progress)
     if failures:
         raise folds_failed(run_dir, failures)
 
 
 def folds_failed(run_dir: Path, failures: list[dict]) -> FoldsFailed:
-    rec = read_run_record(run_dir)
-    n = rec["n_folds"]
-    complete = sum(fold_complete(run_dir, k, rec["key"]) for k in range(n))
+    run = RunDir(run_dir)
+    rec = run.read_record()
+    n = rec.n_folds
+    complete = n - len(run.incomplete_folds(rec))
     lines = []
     for f in sorted(failures, key=lambda f: f["fold"]):
-        held = (read_fold_record(run_dir, f["fold"]) or {}).get("held_out") or _held_out(run_dir, f["fold"])
+        held = (run.fold(f["fold"]).read_record() or {}).get("held_out") or run.held_out(f["fold"])
         lines.append(f"  {fold_label(f['fold'], n, held)}: {f['reason']}\n    log: {f['log']}")
     msg = (f"{len(failures)} of {n} folds failed ({complete} complete folds are kept and will not be rerun):\n"
            + "\n".join(lines) + "\nfix the cause and rerun the same command to run the unfinished folds")
     return FoldsFailed(msg, failures)
 
 
-def _held_out(run_dir: Path, k: int) -> list[str]:
-    from icpcv.util import read_json
-
-    try:
-        return read_json(Path(run_dir) / "fold_plan.json")["folds"][k]["held_out"]
-    except (OSError, ValueError, KeyError, IndexError):
-        return []
-
-
-# ---- one fold as a job ------------------------------------------------------------------------
-
-def run_job(run_dir, k: int, *, device: str = "auto", threads: int | None = None, echo: bool = False) -> dict:
-    """Run fold ``k`` as a job in this process (a worker or a Slurm task); returns its record.
-
-    Sets the torch thread count, reports to the fold's ``fold.log`` / ``status.json`` (and to
-    stderr with ``echo``), and records an exception in ``error.json`` before re-raising it.
-    """
-    import torch
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    parent = Progress("lines", stream=sys.stderr) if echo else None
-    try:
-        return run_fold(run_dir, k, device=device, progress=parent)  # run_fold adds fold.log and status.json
-    except Exception as exc:  # SystemExit (submitit's requeue) and KeyboardInterrupt are not failures
-        write_fold_error(run_dir, k, exc, log=str(fold_dir(run_dir, k) / "fold.log"))
-        FoldReporter(run_dir, k, parent).message(f"fold {k + 1} failed: {type(exc).__name__}: {exc}")
-        raise
-
-
 # ---- local ------------------------------------------------------------------------------------
 
 def _local(run_dir: Path, folds: list[int], device: str, threads: int | None, progress: Progress) -> None:
-    import torch
-
     before = torch.get_num_threads()
-    n = read_run_record(run_dir)["n_folds"]
+    run = RunDir(run_dir)
+    n = run.read_record().n_folds
     done0 = n - len(folds)
     try:
         if threads:
@@ -117,7 +87,7 @@ def _local(run_dir: Path, folds: list[int], device: str, threads: int | None, pr
             try:
                 run_fold(run_dir, k, device=device, progress=progress)
             except Exception as exc:
-                write_fold_error(run_dir, k, exc, log=str(fold_dir(run_dir, k) / "fold.log"))
+                run.fold(k).write_error(exc, log=str(run.fold(k).log))
                 raise
         progress.set_folds(n, n)
     finally:
@@ -161,17 +131,13 @@ def process_task(run_dir: str, k: int, device: str, threads: int, gpus: list[str
         return dict(fold=k, ok=True, record=rec, gpu=gpu, pid=os.getpid())
     except Exception as exc:
         return dict(fold=k, ok=False, reason=f"{type(exc).__name__}: {exc}", gpu=gpu, pid=os.getpid(),
-                    log=str(fold_dir(run_dir, k) / "fold.log"))
+                    log=str(RunDir(run_dir).fold(k).log))
 
 
 def _processes(run_dir: Path, folds: list[int], workers: int, device: str, threads: int | None,
                progress: Progress) -> list[dict]:
-    from joblib import Parallel, delayed
-
     gpus = None
     if device != "cpu":
-        import torch
-
         if torch.cuda.is_available():
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             gpus = ([g.strip() for g in visible.split(",") if g.strip()] if visible
@@ -181,8 +147,6 @@ def _processes(run_dir: Path, folds: list[int], workers: int, device: str, threa
                                  f"using {len(gpus)} workers, one GPU each")
                 workers = len(gpus)
         elif device.startswith("cuda"):
-            from icpcv.errors import RunDirError
-
             raise RunDirError(f"--device {device} asked for, but CUDA is not available here")
     workers = max(1, min(workers, len(folds)))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -192,8 +156,9 @@ def _processes(run_dir: Path, folds: list[int], workers: int, device: str, threa
     progress.message(f"processes: {len(folds)} fold(s) on {workers} worker(s), "
                      + (f"one GPU each (of {', '.join(gpus)}), " if gpus else "")
                      + f"{threads} torch thread(s) each")
-    rec = read_run_record(run_dir)
-    n = rec["n_folds"]
+    run = RunDir(run_dir)
+    rec = run.read_record()
+    n = rec.n_folds
     done0 = n - len(folds)
     results: dict[int, dict] = {}
     failures: list[dict] = []
@@ -202,7 +167,7 @@ def _processes(run_dir: Path, folds: list[int], workers: int, device: str, threa
     def watch():
         while not stop.wait(0.5):
             running = [k for k in folds if k not in results]
-            st = [s for s in (read_status(run_dir, k) for k in running) if s]
+            st = [s for s in (run.fold(k).read_status() for k in running) if s]
             latest = max(st, key=lambda s: s["time"])["text"] if st else "starting workers"
             progress.set_folds(done0 + sum(r["ok"] for r in results.values()), n)
             progress.update(f"{len(running)} to go on {workers} worker(s) | {latest}")
@@ -222,11 +187,11 @@ def _processes(run_dir: Path, folds: list[int], workers: int, device: str, threa
                 progress.message(f"fold {k + 1}/{n} FAILED: {res['reason']} (log: {res['log']})")
     except Exception as exc:  # a worker died (killed, out of memory): loky stops the whole pool
         for k in folds:
-            if k not in results and not fold_complete(run_dir, k, rec["key"]):
-                err = read_fold_error(run_dir, k)
+            if k not in results and not run.fold_complete(k, rec.key):
+                err = run.fold(k).read_error()
                 reason = (f"{err['type']}: {err['message']}" if err else
                           f"the worker process died ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
-                failures.append(dict(fold=k, reason=reason, log=str(fold_dir(run_dir, k) / "fold.log")))
+                failures.append(dict(fold=k, reason=reason, log=str(run.fold(k).log)))
     finally:
         stop.set()
         watcher.join()

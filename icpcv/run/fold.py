@@ -1,85 +1,30 @@
 """One fold's job: train every model on the fold's training monkeys, predict the held-out ones.
 
 Reads everything from the run directory, so any executor (local, processes, Slurm) can run it.
-Baselines are fitted on all training-side scans (training + inner-validation monkeys); CNNs fit
-on the training monkeys and early-stop on the inner-validation monkeys. The held-out scans are
-touched once, for prediction, after fitting.
+Every model is fitted with ``fit(train, val)``: the baselines fit all training-side scans
+(training + inner-validation monkeys), the CNNs fit the training monkeys and early-stop on the
+inner-validation monkeys. The held-out scans are touched once, for prediction, after fitting.
 """
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from icpcv import cohort as cohort_mod
-from icpcv.config import RunConfig
+from icpcv.cohort import ScanSet
 from icpcv.folds import FoldPlan
-from icpcv.models import is_cnn, make_baseline, NEEDS_VOLUMES
-from icpcv.run.progress import FoldReporter
-from icpcv.run.rundir import (FoldLock, checkpoint_epoch, clean_stale_temps, clear_fold_error, file_sha256,
-                              fold_complete, fold_dir, read_run_record)
-from icpcv.util import atomic_write_json, atomic_write_text, read_json
-
-PRED_COLUMNS = ["fold", "subject", "scan_id", "model", "y_true", "y_pred", "iop"]
-
-
-def _train_cnn(name, cfg: RunConfig, fold, frame_of, store, device, ckpt: Path, progress, label):
-    import torch
-
-    from icpcv.models import is_resnet, make_cnn
-    from icpcv.train.augment import AugmentConfig
-    from icpcv.train.datapath import load_compact
-    from icpcv.train.loop import TrainConfig, fit, predict
-
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                       patience=cfg.patience, augment=cfg.augment, seed=cfg.seed * 1000 + fold.index,
-                       optimizer=cfg.optimizer, precision=cfg.precision,
-                       aug=AugmentConfig.light() if name == "cnn" else AugmentConfig())
-    torch.manual_seed(tcfg.seed)
-    model = make_cnn(name, tuple(store.cohort.shape))
-    warm = None
-    if cfg.pretrained and is_resnet(name):
-        from icpcv.models.pretrained import load_pretrained
-
-        warm = load_pretrained(model, cfg.pretrained)  # InputError (naming the file) below 90% of the backbone
-        if progress:
-            progress.message(f"{label} {name}: {warm.summary()}")
-
-    def part(ids):
-        f = frame_of(ids)
-        return load_compact(store.get, list(ids)), f["iop"].to_numpy(float), f["icp"].to_numpy(float)
-
-    def on_epoch(row):
-        if progress:
-            progress.update(f"{label} {name} epoch {row['epoch']}/{cfg.epochs} train {row['train_loss']:.3f} "
-                            f"val {row['val_loss']:.3f} (best {row['best_epoch']})")
-
-    def log(line):
-        if progress:
-            progress.message(f"{label} {name}: {line}")
-
-    data_path: dict = {}
-    model, std, history = fit(model, part(fold.train_scans), part(fold.val_scans), tcfg, device,
-                              checkpoint=ckpt, on_epoch=on_epoch, log=log, details=data_path)
-    test = frame_of(fold.test_scans)
-    y_pred = predict(model, load_compact(store.get, list(fold.test_scans)), test["iop"].to_numpy(float), std, device,
-                     precision=cfg.precision)
-    best = next(h["epoch"] for h in history if h["best"])
-    info = dict(name=name, best_epoch=best, epochs_run=history[-1]["epoch"], device=str(device),
-                parameters=int(sum(p.numel() for p in model.parameters())), data_path=data_path)
-    if warm is not None:
-        info["warm_start"] = warm.to_dict()
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, fold_dir_tmp(ckpt, name))
-    return y_pred, info, pd.DataFrame(history).assign(model=name)
-
-
-def fold_dir_tmp(ckpt: Path, name: str) -> Path:
-    return ckpt.parent / f"{name}_weights.pt"
+from icpcv.models import FitContext, make_model
+from icpcv.progress import FoldReporter, Progress
+from icpcv.rundir import PREDICTION_COLUMNS, FoldDir, RunDir, RunRecord
+from icpcv.train.loop import pick_device
 
 
 def fold_label(k: int, n_folds: int, held_out) -> str:
@@ -93,6 +38,11 @@ def fold_summary(record: dict, n_folds: int) -> str:
     return f"{fold_label(record['fold'], n_folds, record['held_out'])} done in {record['seconds']:.1f} s: {maes}"
 
 
+def training_seed(seed: int, k: int) -> int:
+    """The seed of fold ``k``'s networks: initialisation, batch order and augmentation."""
+    return seed * 1000 + k
+
+
 def run_fold(run_dir, k: int, *, device: str = "auto", progress=None) -> dict:
     """Run fold ``k`` of the run in ``run_dir`` unless it is already complete; returns its record.
 
@@ -100,89 +50,92 @@ def run_fold(run_dir, k: int, *, device: str = "auto", progress=None) -> dict:
     resumes from it. The fold's files are written atomically, ``record.json`` last: until it is
     written (with the predictions' hash) the fold is not complete, whatever else is on disk.
     """
-    run_dir = Path(run_dir)
-    rec = read_run_record(run_dir)
-    key = rec["key"]
-    fdir = fold_dir(run_dir, k)
-    if fold_complete(run_dir, k, key):
-        return read_json(fdir / "record.json")
-    fdir.mkdir(parents=True, exist_ok=True)
-    with FoldLock(run_dir, k):
-        if fold_complete(run_dir, k, key):  # finished by another process while we waited
-            return read_json(fdir / "record.json")
-        clean_stale_temps(fdir)
-        clear_fold_error(run_dir, k)
-        return _run_fold(run_dir, k, rec, device, FoldReporter(run_dir, k, progress))
+    run = RunDir(run_dir)
+    rec = run.read_record()
+    fold = run.fold(k)
+    if fold.complete(rec.key):
+        return fold.read_record()
+    fold.path.mkdir(parents=True, exist_ok=True)
+    with fold.lock():
+        if fold.complete(rec.key):  # finished by another process while we waited
+            return fold.read_record()
+        fold.clean_stale_temps()
+        fold.clear_error()
+        return _run_fold(run, fold, rec, device, FoldReporter(fold, progress))
 
 
-def _run_fold(run_dir: Path, k: int, rec: dict, device: str, progress: FoldReporter) -> dict:
-    import torch
+def run_job(run_dir, k: int, *, device: str = "auto", threads: int | None = None, echo: bool = False) -> dict:
+    """Run fold ``k`` as a job in this process (a worker or a Slurm task); returns its record.
 
-    from icpcv.train.loop import pick_device
+    Sets the torch thread count, reports to the fold's ``fold.log`` / ``status.json`` (and to
+    stderr with ``echo``), and records an exception in ``error.json`` before re-raising it.
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    parent = Progress("lines", stream=sys.stderr) if echo else None
+    fold = RunDir(run_dir).fold(k)
+    try:
+        return run_fold(run_dir, k, device=device, progress=parent)  # run_fold adds fold.log and status.json
+    except Exception as exc:  # SystemExit (submitit's requeue) and KeyboardInterrupt are not failures
+        fold.write_error(exc, log=str(fold.log))
+        FoldReporter(fold, parent).message(f"fold {k + 1} failed: {type(exc).__name__}: {exc}")
+        raise
 
-    key = rec["key"]
-    fdir = fold_dir(run_dir, k)
-    cfg = RunConfig.from_dict(rec["config"])
-    plan = FoldPlan.from_dict(read_json(run_dir / "fold_plan.json"))
-    fold = plan.folds[k]
-    coh = cohort_mod.load(run_dir)
+
+def _run_fold(run: RunDir, fold: FoldDir, rec: RunRecord, device: str, progress: FoldReporter) -> dict:
+    k = fold.k
+    cfg = rec.config
+    plan = FoldPlan.from_dict(run.read_plan_dict())
+    part = plan.folds[k]
+    coh = cohort_mod.load(run.cohort)
     scans = coh.scans.set_index("scan_id", drop=False)
+    get_volumes = cohort_mod.VolumeStore(coh).get if coh.has_volumes else None
 
-    def frame_of(ids):
-        return scans.loc[list(ids)]
+    def scan_set(ids) -> ScanSet:
+        return ScanSet(scans.loc[list(ids)], get_volumes)
 
-    store = cohort_mod.VolumeStore(coh) if coh.has_volumes else None
-    label = fold_label(k, plan.n_folds, fold.held_out)
+    train, val, test = scan_set(part.train_scans), scan_set(part.val_scans), scan_set(part.test_scans)
+    label = fold_label(k, plan.n_folds, part.held_out)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t_fold = time.perf_counter()
-    test = frame_of(fold.test_scans)
-    fit_ids = fold.train_scans + fold.val_scans
-    preds, infos, curves = [], {}, []
     dev = pick_device(device)
     progress.message(f"{label}: starting on {socket.gethostname()} (pid {os.getpid()}, device {dev}, "
                      f"{torch.get_num_threads()} torch threads)")
+    preds, infos, curves = [], {}, []
     for name in cfg.models:
         t0 = time.perf_counter()
-        if is_cnn(name):
-            ckpt = fdir / f"{name}_checkpoint.pt"
-            if ckpt.exists():
-                epoch = checkpoint_epoch(ckpt)
-                progress.message(f"{label} {name}: resuming from the epoch checkpoint {ckpt}"
-                                 + (f" (epoch {epoch} of {cfg.epochs})" if epoch is not None else " (unreadable)"))
-            y_pred, info, curve = _train_cnn(name, cfg, fold, frame_of, store, dev, ckpt, progress, label)
-            curves.append(curve)
-        else:
-            model = make_baseline(name)
-            vols = store.get(list(fit_ids)) if NEEDS_VOLUMES[name] else None
-            model.fit(frame_of(fit_ids), vols)
-            y_pred = model.predict(test, store.get(list(fold.test_scans)) if NEEDS_VOLUMES[name] else None)
-            info = model.describe()
+        context = FitContext(train=cfg.train, seed=training_seed(cfg.seed, k), shape=coh.shape, device=dev,
+                             checkpoint=fold.checkpoint(name), weights=fold.weights(name),
+                             pretrained=cfg.pretrained, shortcut_grad=cfg.shortcut_grad, label=label,
+                             progress=progress)
+        model = make_model(name, context).fit(train, val)
+        y_pred = model.predict(test)
+        info = model.describe()
+        if model.learning_curve_ is not None:
+            curves.append(model.learning_curve_)
         info["seconds"] = time.perf_counter() - t0
         infos[name] = info
-        preds.append(pd.DataFrame(dict(fold=k, subject=test["subject"].to_numpy(), scan_id=test["scan_id"].to_numpy(),
-                                       model=name, y_true=test["icp"].to_numpy(float), y_pred=np.asarray(y_pred, float),
-                                       iop=test["iop"].to_numpy(float))))
-    predictions = pd.concat(preds, ignore_index=True)[PRED_COLUMNS]
+        preds.append(pd.DataFrame(dict(fold=k, subject=test.frame["subject"].to_numpy(),
+                                       scan_id=test.frame["scan_id"].to_numpy(), model=name,
+                                       y_true=test.icp, y_pred=np.asarray(y_pred, float), iop=test.iop)))
+    predictions = pd.concat(preds, ignore_index=True)[PREDICTION_COLUMNS]
     if not np.isfinite(predictions["y_pred"]).all():
         bad = predictions.loc[~np.isfinite(predictions["y_pred"]), "model"].unique()
         raise RuntimeError(f"fold {k}: model(s) {', '.join(bad)} produced non-finite predictions")
-    atomic_write_text(fdir / "predictions.csv", predictions.to_csv(index=False))
+    predictions_sha256 = fold.write_predictions(predictions)
     if curves:
-        atomic_write_text(fdir / "learning_curve.csv", pd.concat(curves, ignore_index=True).to_csv(index=False))
+        fold.write_learning_curve(pd.concat(curves, ignore_index=True))
     err = predictions["y_pred"] - predictions["y_true"]
     metrics = {m: dict(mae=float(np.mean(np.abs(e))), rmse=float(np.sqrt(np.mean(e ** 2))), n=int(len(e)))
                for m, e in err.groupby(predictions["model"], sort=False)}
-    record = dict(fold=k, key=key, status="complete", held_out=list(fold.held_out), inner_val=list(fold.inner_val),
-                  n_train=len(fold.train_scans), n_val=len(fold.val_scans), n_test=len(fold.test_scans),
-                  models=infos, metrics=metrics, predictions_sha256=file_sha256(fdir / "predictions.csv"),
+    record = dict(fold=k, key=rec.key, status="complete", held_out=list(part.held_out),
+                  inner_val=list(part.inner_val), n_train=len(part.train_scans), n_val=len(part.val_scans),
+                  n_test=len(part.test_scans), models=infos, metrics=metrics, predictions_sha256=predictions_sha256,
                   host=socket.gethostname(), pid=os.getpid(), device=str(dev), torch_threads=torch.get_num_threads(),
                   slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=started,
                   finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   seconds=time.perf_counter() - t_fold)
-    atomic_write_json(fdir / "record.json", record)  # written last: the fold is complete only now
-    for name in cfg.models:
-        ck = fdir / f"{name}_checkpoint.pt"
-        if ck.exists():
-            ck.unlink()
+    fold.write_record(record)  # written last: the fold is complete only now
+    fold.remove_checkpoints(cfg.models)
     progress.message(fold_summary(record, plan.n_folds))
     return record

@@ -25,16 +25,17 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import icpcv
 from icpcv.errors import InputError, RunDirError
-from icpcv.run.fold import fold_summary
-from icpcv.run.rundir import (clear_fold_error, fold_complete, fold_dir, read_fold_error, read_fold_record,
-                              read_run_record, read_status)
-from icpcv.util import atomic_write_json, read_json
+from icpcv.progress import FoldReporter
+from icpcv.run.fold import fold_summary, run_job
+from icpcv.rundir import RunDir, RunRecord
 
 try:  # submitit is a dependency, but keep `--fresh` and the other executors working without it
+    import submitit
     from submitit.helpers import Checkpointable, DelayedSubmission
 except ImportError:  # pragma: no cover
-    Checkpointable, DelayedSubmission = object, None
+    submitit, Checkpointable, DelayedSubmission = None, object, None
 
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "SUSPENDED", "RESV_DEL_HOLD",
@@ -57,17 +58,13 @@ class FoldJob(Checkpointable):
         self.run_dir, self.device, self.threads = str(run_dir), device, threads
 
     def __call__(self, k: int) -> dict:
-        from icpcv.run.executors import run_job
-
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0) or None
         rec = run_job(self.run_dir, k, device=self.device, threads=threads, echo=True)
         return dict(fold=k, status=rec["status"])  # the head reads the run directory, not this
 
     def checkpoint(self, k: int):
         """Preempted or about to time out: requeue the same fold; it resumes from its epoch checkpoint."""
-        from icpcv.run.progress import FoldReporter
-
-        FoldReporter(self.run_dir, k).message(
+        FoldReporter(RunDir(self.run_dir).fold(k)).message(
             f"fold {k + 1}: Slurm task {os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_"
             f"{os.environ.get('SLURM_ARRAY_TASK_ID', '?')} signalled (preemption or time limit): requeueing; "
             "the fold resumes from its last epoch checkpoint")
@@ -108,16 +105,9 @@ def scancel(task_ids) -> None:
             pass
 
 
-def _read_jobs(run_dir: Path) -> dict[int, dict]:
-    try:
-        return {int(k): v for k, v in read_json(Path(run_dir) / "slurm" / "jobs.json").items()}
-    except (OSError, ValueError):
-        return {}
-
-
 def cancel_recorded(run_dir: Path, progress=None, wait_s: float = 60.0) -> list[str]:
     """Cancel this run's Slurm tasks still queued or running (for --fresh); wait until they are gone."""
-    jobs = _read_jobs(run_dir)
+    jobs = RunDir(run_dir).read_slurm_jobs()
     if not jobs or shutil.which("squeue") is None:
         return []
     ids = [j["job_id"] for j in jobs.values()]
@@ -141,8 +131,6 @@ def cancel_recorded(run_dir: Path, progress=None, wait_s: float = 60.0) -> list[
 
 def _source_root() -> str:
     """The folder holding the icpcv package this process runs, for the tasks' PYTHONPATH."""
-    import icpcv
-
     return str(Path(icpcv.__file__).resolve().parent.parent)
 
 
@@ -164,12 +152,13 @@ def run_slurm(run_dir: Path, folds: list[int], *, device: str = "auto", threads:
     if int(o["time"]) < 3:
         raise InputError(f"--time {o['time']}: give each fold task at least 3 minutes (submitit signals a task "
                          "90 s before its time limit to requeue it)")
-    import submitit
-
+    if submitit is None:
+        raise RunDirError("--executor slurm needs the submitit package (pip install submitit)")
     run_dir = Path(run_dir).resolve()
-    rec = read_run_record(run_dir)
-    slurm_dir = run_dir / "slurm"
-    jobs = _read_jobs(run_dir)
+    run = RunDir(run_dir)
+    rec = run.read_record()
+    slurm_dir = run.slurm_dir
+    jobs = run.read_slurm_jobs()
     # adopt tasks of an earlier submission that are still queued or running
     earlier = {k: jobs[k] for k in folds if k in jobs}
     states = squeue_states([j["job_id"] for j in earlier.values()]) if earlier else {}
@@ -181,8 +170,8 @@ def run_slurm(run_dir: Path, folds: list[int], *, device: str = "auto", threads:
     to_submit = [k for k in folds if k not in adopted]
     if to_submit:
         for k in to_submit:
-            clear_fold_error(run_dir, k)
-            fold_dir(run_dir, k).mkdir(parents=True, exist_ok=True)
+            run.fold(k).clear_error()
+            run.fold(k).path.mkdir(parents=True, exist_ok=True)
         # a fresh submitit folder per submission: job ids restart when a cluster is reset
         folder = slurm_dir / f"{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
         ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
@@ -201,7 +190,7 @@ def run_slurm(run_dir: Path, folds: list[int], *, device: str = "auto", threads:
         for k, job in zip(to_submit, submitted):
             jobs[k] = dict(job_id=str(job.job_id), stderr=str(job.paths.stderr), stdout=str(job.paths.stdout),
                            folder=str(folder), submitted=time.time())
-        atomic_write_json(slurm_dir / "jobs.json", {str(k): v for k, v in sorted(jobs.items())})
+        run.write_slurm_jobs(jobs)
         progress.message(f"slurm: submitted {len(submitted)} fold task(s) as array job "
                          f"{str(submitted[0].job_id).split('_')[0]} (at most {o['max_parallel']} at once, "
                          f"{o['cpus']} CPUs, {o['mem']} GB, {o['gpus']} GPUs, {o['time']} min each); logs in {folder}")
@@ -211,9 +200,10 @@ def run_slurm(run_dir: Path, folds: list[int], *, device: str = "auto", threads:
                  float(deadline_min) * 60)
 
 
-def _wait(run_dir: Path, rec: dict, watch: dict[int, dict], progress, poll: float, grace: float,
+def _wait(run_dir: Path, rec: RunRecord, watch: dict[int, dict], progress, poll: float, grace: float,
           deadline_s: float) -> list[dict]:
-    n = rec["n_folds"]
+    run = RunDir(run_dir)
+    n = rec.n_folds
     state = {k: "pending" for k in watch}
     failures: list[dict] = []
     ended_at: dict[int, float] = {}
@@ -239,9 +229,9 @@ def _wait(run_dir: Path, rec: dict, watch: dict[int, dict], progress, poll: floa
             for k, job in watch.items():
                 if state[k] in ("done", "failed"):
                     continue
-                if fold_complete(run_dir, k, rec["key"]):
+                if run.fold_complete(k, rec.key):
                     state[k] = "done"
-                    r = read_fold_record(run_dir, k)
+                    r = run.fold(k).read_record()
                     progress.message(fold_summary(r, n) + f" [Slurm task {job['job_id']} on {r.get('host')}]")
                     continue
                 if q is None:
@@ -251,7 +241,7 @@ def _wait(run_dir: Path, rec: dict, watch: dict[int, dict], progress, poll: floa
                     state[k] = "running" if st in RUNNING else "pending"
                     ended_at.pop(k, None)
                     continue
-                err = read_fold_error(run_dir, k)
+                err = run.fold(k).read_error()
                 ended_at.setdefault(k, now)
                 if err is None and now - ended_at[k] < grace:
                     continue  # the record may show up late on a shared file system
@@ -265,12 +255,12 @@ def _wait(run_dir: Path, rec: dict, watch: dict[int, dict], progress, poll: floa
                               "(killed outside Python: cancelled, out of memory or a node failure?)")
                 state[k] = "failed"
                 failures.append(dict(fold=k, reason=reason, log=job["stderr"], job_id=job["job_id"],
-                                     fold_log=str(fold_dir(run_dir, k) / "fold.log")))
+                                     fold_log=str(run.fold(k).log)))
                 progress.message(f"fold {k + 1}/{n} FAILED: {reason} (log: {job['stderr']})")
             counts = {s: sum(v == s for v in state.values()) for s in ("pending", "running", "done", "failed")}
             line = ", ".join(f"{v} {s}" for s, v in counts.items())
             progress.set_folds(n - len(watch) + counts["done"], n)
-            running = [s for s in (read_status(run_dir, k) for k in watch if state[k] == "running") if s]
+            running = [s for s in (run.fold(k).read_status() for k in watch if state[k] == "running") if s]
             latest = max(running, key=lambda s: s["time"])["text"] if running else ""
             progress.update(f"slurm: {line}" + (f" | {latest}" if latest else ""))
             if counts != last_counts and progress.mode != "bar":

@@ -47,11 +47,25 @@ def bland_altman(method, reference, *, multiplier=LOA_MULTIPLIER, ci_level=0.95)
     the same monkey the limits' CI and the slope's CI/p are too narrow; see
     :func:`bland_altman_repeated` and the cluster-bootstrap intervals.
 
+    Parameters
+    ----------
+    method : array_like, shape (n,)
+        The new method's measurements (for icpcv: ``y_pred``).
+    reference : array_like, shape (n,)
+        The reference method's measurements, paired with ``method``
+        (for icpcv: ``y_true``).
+    multiplier : float, default :data:`LOA_MULTIPLIER` (1.96)
+        k in :math:`\\bar d \\pm k s`; the 1986 paper used 2.
+    ci_level : float, default 0.95
+        Level of the confidence intervals of the bias, the limits and the slope.
+
     Returns
     -------
     dict
         ``bias, sd, n, loa [lo, hi], loa_ci [[lo_lo, lo_hi], [hi_lo, hi_hi]],
         bias_ci, multiplier, proportional_bias {slope, intercept, ci, p, regressor}``.
+        Entries that need more pairs than given (sd and CIs: n >= 2; slope:
+        n >= 3 and a non-constant mean) are NaN.
 
     References
     ----------
@@ -59,6 +73,29 @@ def bland_altman(method, reference, *, multiplier=LOA_MULTIPLIER, ci_level=0.95)
     between two methods of clinical measurement. Lancet 1:307-310.
     Bland JM, Altman DG (1999). Measuring agreement in method comparison
     studies. Stat Methods Med Res 8:135-160.
+
+    Examples
+    --------
+    Peak expiratory flow rate (l/min) of 17 subjects, first reading on the
+    Wright and on the mini-Wright meter (Bland & Altman 1986).
+    Published: mean difference -2.1, SD 38.8, limits (mean ± 2 SD) -79.7 to
+    75.5 -- the paper formed the limits from the rounded mean and SD.
+
+    >>> from icpcv.stats.agreement import bland_altman
+    >>> wright = [494, 395, 516, 434, 476, 557, 413, 442, 650,
+    ...           433, 417, 656, 267, 478, 178, 423, 427]
+    >>> mini = [512, 430, 520, 428, 500, 600, 364, 380, 658,
+    ...         445, 432, 626, 260, 477, 259, 350, 451]
+    >>> res = bland_altman(wright, mini, multiplier=2)
+    >>> print(f"bias {res['bias']:.1f}, SD {res['sd']:.1f}, "
+    ...       f"limits {res['loa'][0]:.1f} to {res['loa'][1]:.1f}")
+    bias -2.1, SD 38.8, limits -79.6 to 75.4
+    >>> (lo_lo, lo_hi), (hi_lo, hi_hi) = res["loa_ci"]  # limit ± t(16) sqrt(3 s²/17)
+    >>> print(f"{lo_lo:.1f} to {lo_hi:.1f}; {hi_lo:.1f} to {hi_hi:.1f}")
+    -114.2 to -45.1; 40.9 to 109.9
+    >>> pb = res["proportional_bias"]
+    >>> print(f"slope {pb['slope']:.3f}, p = {pb['p']:.2f}")
+    slope 0.029, p = 0.75
     """
     x = np.asarray(method, dtype=float)
     r = np.asarray(reference, dtype=float)
@@ -129,15 +166,57 @@ def bland_altman_repeated(method, reference, subject, *, multiplier=LOA_MULTIPLI
     the mean of subject means. ``sd`` is :math:`\\sigma_d`, the SD of a
     single difference between methods on a random subject.
 
+    Parameters
+    ----------
+    method, reference : array_like, shape (n,)
+        Paired measurements (for icpcv: ``y_pred`` and ``y_true``).
+    subject : array_like, shape (n,)
+        Subject label of each pair (compared as strings).
+    multiplier : float, default :data:`LOA_MULTIPLIER` (1.96)
+        k in :math:`\\bar d \\pm k\\,\\sigma_d`.
+
     Returns
     -------
     dict
         ``bias, sd, loa [lo, hi], sd_within, sd_between, n, n_subjects, multiplier``.
+        ``sd_within`` is :math:`\\sqrt{MS_w}`, ``sd_between`` is :math:`\\sigma_b`.
+        With fewer than 2 subjects, or no subject with 2 pairs, everything
+        but the bias is NaN.
 
     References
     ----------
     Bland JM, Altman DG (2007). Agreement between methods of measurement with
     multiple observations per individual. J Biopharm Stat 17:571-582.
+    Bland JM, Altman DG (1999). Measuring agreement in method comparison
+    studies. Stat Methods Med Res 8:135-160.
+
+    Examples
+    --------
+    Cardiac output (l/min) of 12 subjects by radionuclide ventriculography
+    (RV) and impedance cardiography (IC), 3 to 6 pairs each (Bland & Altman
+    1999; 2007, section 3). Published, RV - IC: mean difference
+    0.6021667, SD 0.99062408, limits -1.3394565 to 2.5437899.
+
+    >>> import numpy as np
+    >>> from icpcv.stats.agreement import bland_altman_repeated
+    >>> subject = np.repeat(np.arange(1, 13), [5, 4, 6, 5, 6, 4, 4, 6, 3, 5, 6, 6])
+    >>> rv = [7.83, 7.42, 7.89, 7.12, 7.88, 6.16, 7.26, 6.71, 6.54, 4.75,
+    ...       5.24, 4.86, 4.78, 6.05, 5.42, 4.21, 3.61, 3.72, 3.87, 3.92,
+    ...       3.13, 2.98, 2.85, 3.17, 3.09, 3.12, 5.92, 6.42, 5.92, 6.27,
+    ...       7.13, 6.62, 6.58, 6.93, 4.54, 4.81, 5.11, 5.29, 5.39, 5.57,
+    ...       4.48, 4.92, 3.97, 4.22, 4.65, 4.74, 4.44, 4.50, 6.78, 6.07,
+    ...       6.52, 6.42, 6.41, 5.76, 5.06, 4.72, 4.90, 4.80, 4.90, 5.10]
+    >>> ic = [6.57, 5.62, 6.90, 6.57, 6.35, 4.06, 4.29, 4.26, 4.09, 4.71, 5.50, 5.08,
+    ...       5.02, 6.01, 5.67, 4.14, 4.20, 4.61, 4.68, 5.04, 3.03, 2.86, 2.77, 2.46,
+    ...       2.32, 2.43, 5.90, 5.81, 5.70, 5.76, 5.09, 4.63, 4.61, 5.09, 4.72, 4.61,
+    ...       4.36, 4.20, 4.36, 4.20, 3.17, 3.12, 2.96, 4.35, 4.62, 3.16, 3.53, 3.53,
+    ...       7.20, 6.09, 7.00, 7.10, 7.40, 6.80, 4.50, 4.20, 3.80, 3.80, 4.20, 4.50]
+    >>> res = bland_altman_repeated(rv, ic, subject)
+    >>> print(f"bias {res['bias']:.6f}, SD {res['sd']:.6f}, "
+    ...       f"limits {res['loa'][0]:.6f} to {res['loa'][1]:.6f}")
+    bias 0.602167, SD 0.990624, limits -1.339457 to 2.543790
+    >>> print(f"within-subject SD {res['sd_within']:.4f}, between {res['sd_between']:.4f}")
+    within-subject SD 0.4132, between 0.9003
     """
     x = np.asarray(method, dtype=float)
     r = np.asarray(reference, dtype=float)
@@ -190,15 +269,53 @@ def rmcorr(x, y, subject, *, ci_level=0.95):
     reproduces the published r = -0.5067697, dof = 38, p = 0.0008471,
     95% CI -0.7067 to -0.2319.
 
+    Parameters
+    ----------
+    x, y : array_like, shape (N,)
+        Paired repeated measurements (symmetric: swapping them gives the same r).
+    subject : array_like, shape (N,)
+        Subject label of each pair (compared as strings).
+    ci_level : float, default 0.95
+        Level of the Fisher-z confidence interval.
+
     Returns
     -------
     dict
-        ``r, dof, p, ci [lo, hi], n, n_subjects``.
+        ``r, dof, p, ci [lo, hi], n, n_subjects``. r, p and ci are NaN when
+        dof < 1 or a variable does not vary within subjects.
 
     References
     ----------
     Bakdash JZ, Marusich LR (2017). Repeated measures correlation.
     Front Psychol 8:456.
+    Bland JM, Altman DG (1995). Calculating correlation coefficients with
+    repeated observations: Part 1 -- correlation within subjects. BMJ 310:446.
+
+    Examples
+    --------
+    Intramural pH and PaCO2 of 8 subjects, 3 to 9 observations each
+    (Bland & Altman 1995). Published (rmcorr R package, Bakdash & Marusich
+    2017): r = -0.5067697, df = 38, p = 0.0008471, 95% CI -0.7067146 to
+    -0.2318631.
+
+    >>> import numpy as np
+    >>> from icpcv.stats.agreement import rmcorr
+    >>> subject = np.repeat(np.arange(1, 9), [4, 4, 9, 5, 8, 6, 3, 8])
+    >>> ph = [6.68, 6.53, 6.43, 6.33, 6.85, 7.06, 7.13, 7.17, 7.40, 7.42,
+    ...       7.41, 7.37, 7.34, 7.35, 7.28, 7.30, 7.34, 7.36, 7.33, 7.29,
+    ...       7.30, 7.35, 7.35, 7.30, 7.30, 7.37, 7.27, 7.28, 7.32, 7.32,
+    ...       7.38, 7.30, 7.29, 7.33, 7.31, 7.33, 6.86, 6.94, 6.92, 7.19,
+    ...       7.29, 7.21, 7.25, 7.20, 7.19, 6.77, 6.82]
+    >>> paco2 = [3.97, 4.12, 4.09, 3.97, 5.27, 5.37, 5.41, 5.44, 5.67, 3.64,
+    ...          4.32, 4.73, 4.96, 5.04, 5.22, 4.82, 5.07, 5.67, 5.10, 5.53,
+    ...          4.75, 5.51, 4.28, 4.44, 4.32, 3.23, 4.46, 4.72, 4.75, 4.99,
+    ...          4.78, 4.73, 5.12, 4.93, 5.03, 4.93, 6.85, 6.44, 6.52, 5.28,
+    ...          4.56, 4.34, 4.32, 4.41, 3.69, 6.09, 5.58]
+    >>> res = rmcorr(paco2, ph, subject)
+    >>> print(f"r = {res['r']:.7f}, df = {res['dof']}, p = {res['p']:.7f}")
+    r = -0.5067697, df = 38, p = 0.0008471
+    >>> print(f"95% CI {res['ci'][0]:.7f} to {res['ci'][1]:.7f}")
+    95% CI -0.7067146 to -0.2318631
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)

@@ -1,12 +1,28 @@
 """``analyze``: monkey-level statistics of out-of-fold predictions -> stats.json.
 
+The analysis in documented steps, each usable on its own:
+
+1. :func:`prepare_predictions` -- validate the table, fix the order of the monkeys (the fold
+   plan's natural order) and code them;
+2. :func:`design_warnings` -- what about the design limits the conclusions (few monkeys, few
+   scans, partial coverage, monkeys in two folds, a failed leakage audit);
+3. :func:`bootstrap_estimates` -- every metric's estimate and its monkey-level resamples, in one
+   matrix product (:mod:`icpcv.stats.bootstrap`);
+4. :func:`model_statistics` -- per model: metrics with intervals, Bland-Altman, rmcorr, per-monkey
+   errors, the between/within error decomposition (:class:`~icpcv.stats.results.ModelStats`);
+5. :func:`compare_models` -- each model against the reference on the scans both predicted:
+   difference, interval, exact sign-flip p, Holm across models
+   (:class:`~icpcv.stats.results.Comparison`);
+6. :func:`verdict` -- one sentence, by the rule "interval entirely below zero and Holm-adjusted
+   p below 1 - ci_level".
+
+:func:`analyze` runs them in order and returns an :class:`~icpcv.stats.results.AnalysisResult`.
 See docs/statistics.md for every number in the output and its formula.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -14,7 +30,10 @@ import pandas as pd
 from icpcv.stats import agreement, bootstrap
 from icpcv.stats.bootstrap import CI_METHODS, Estimand, K
 from icpcv.stats.inference import holm, signflip_test
-from icpcv.stats.io import REQUIRED_COLUMNS, to_jsonable, validate_predictions
+from icpcv.stats.io import REQUIRED_COLUMNS, validate_predictions
+from icpcv.stats.results import (MODEL_METRICS, AnalysisResult, BlandAltman, BlandAltmanRepeated, Comparison,
+                                 ErrorDecomposition, Estimate, ModelStats, RMCorr, SubjectError)
+from icpcv.util import fmt_num, fmt_p, natural_sorted
 
 #: Interval method used when ``ci_method=None``: ``"auto"`` picks, for each
 #: quantity, the method whose coverage of the nominal 95% interval came
@@ -37,142 +56,113 @@ AUTO_METHODS = {
     "mae_subject_mean": "studentized",
 }
 
-#: Metrics with a cluster-bootstrap interval in ``models.<name>``.
-MODEL_METRICS = ("mae", "rmse", "bias", "r2", "pearson_r", "mae_subject_mean")
 #: Metrics compared against the reference model.
 COMPARISON_METRICS = ("mae", "rmse")
 
 MIN_SUBJECTS = 10
 MIN_SCANS = 3
 
-
-@dataclass
-class AnalysisResult:
-    """Result of :func:`analyze`. ``to_dict()`` is the content of stats.json."""
-
-    data: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """JSON-ready copy: plain floats/ints/str/lists/dicts, NaN -> None."""
-        return to_jsonable(copy.deepcopy(self.data))
-
-    @property
-    def verdict(self) -> str:
-        return self.data["verdict"]
-
-    @property
-    def warnings(self) -> list:
-        return self.data["warnings"]
-
-    @property
-    def comparisons(self) -> list:
-        return self.data["comparisons"]
-
-    @property
-    def models(self) -> dict:
-        return self.data["models"]
-
-    def __getitem__(self, key):
-        return self.data[key]
-
-
-def _label_sort_key(label: str):
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
+BA_NOTE = ("loa_ci and proportional_bias ci/p treat scans as independent (too narrow with repeated scans per "
+           "monkey); see bland_altman_repeated and proportional_bias.ci_cluster (subject-level).")
 
 
 def _ci(lo_hi):
     return [float(lo_hi[0]), float(lo_hi[1])]
 
 
-def _fmt(x, digits=1):
-    if x is None or not np.isfinite(x):
-        return "n/a"
-    s = f"{x:.{digits}f}"
-    return "0.0" if s in ("-0.0", "-0.00") else s
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _fmt_p(p):
-    if p is None or not np.isfinite(p):
-        return "n/a"
-    if p < 0.001:
-        return "< 0.001"
-    return f"= {p:.3f}"
+# --------------------------------------------------------------------------- 1. the table
 
 
-def _decomposition(e, codes, G):
-    """Split the mean squared error into a per-subject offset and tracking part.
+@dataclass
+class Predictions:
+    """A validated predictions table ready for the analysis (:func:`prepare_predictions`).
 
-    With subject means ē_g and pooled mean ē over N scans:
-
-    * ``mse`` = (1/N) Σ e²
-    * ``between_subject`` (offset) = (1/N) Σ_g n_g ē_g²  — error a per-monkey
-      constant would explain; itself = ``global_bias_sq`` (ē²) +
-      ``offset_spread`` ((1/N) Σ_g n_g (ē_g - ē)²)
-    * ``within_subject`` (tracking) = (1/N) Σ_g Σ_i (e_gi - ē_g)²
-    * ``between_fraction`` + ``within_fraction`` = 1.
+    ``frame`` has the column ``_g``, each row's monkey as an integer code into ``subjects``
+    (natural order, as the fold plan sorts them: ``M1, M2, M10``); ``models`` is in order of
+    first appearance.
     """
-    n = np.bincount(codes, minlength=G).astype(float)
-    s = np.bincount(codes, weights=e, minlength=G)
-    N = e.size
-    has = n > 0
-    means = np.zeros(G)
-    means[has] = s[has] / n[has]
-    mse = float(np.mean(e**2))
-    between = float(np.sum(n * means**2) / N)
-    within = float(np.sum((e - means[codes]) ** 2) / N)
-    ebar = float(e.mean())
-    spread = float(np.sum(n * (means - ebar) ** 2) / N)
-    frac = (lambda x: x / mse) if mse > 0 else (lambda x: float("nan"))
-    return {
-        "mse": mse,
-        "between_subject": between,
-        "within_subject": within,
-        "between_fraction": frac(between),
-        "within_fraction": frac(within),
-        "global_bias_sq": ebar**2,
-        "offset_spread": spread,
-    }
+
+    frame: pd.DataFrame
+    subjects: list[str]
+    models: list[str]
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self.subjects)
+
+    @property
+    def center(self) -> float:
+        return float(self.frame["y_true"].mean())
 
 
-def _verdict(comparisons, model_stats, reference, ref_present, n_subjects, ci_level, unit):
-    level = f"{round(ci_level * 100):g}%"
-    mae_cmp = [c for c in comparisons if c["metric"] == "mae"]
-    if not ref_present:
-        return (f"The reference model {reference} is not in the predictions, so no model "
-                f"was compared against it ({n_subjects} monkey{'' if n_subjects == 1 else 's'}).")
-    if not mae_cmp:
-        return (f"Only the reference model {reference} is present; there is nothing to "
-                f"compare it with ({n_subjects} monkey{'' if n_subjects == 1 else 's'}).")
-    def rank(c):  # best = lowest MAE over all of the model's scans
-        v = model_stats[c["model"]]["mae"]["estimate"]
-        return np.inf if not np.isfinite(v) else v
+def prepare_predictions(predictions) -> Predictions:
+    """Validate a long predictions table (:func:`icpcv.stats.io.validate_predictions`) and code its monkeys.
 
-    best = min(mae_cmp, key=rank)
-    lo, hi = (np.nan if v is None else v for v in best["ci"])
-    reduction = -best["delta"]
-    red_lo, red_hi = -hi, -lo
-    finite = [abs(x) for x in (reduction, red_lo, red_hi) if np.isfinite(x)]
-    digits = 2 if finite and max(finite) < 1 else 1
-    g = best["n_subjects"]
-    tail = (f"sign-flip p {_fmt_p(best['p_signflip'])}, Holm-adjusted p "
-            f"{_fmt_p(best['p_adjusted'])}; {g} monkey{'' if g == 1 else 's'}")
-    evidence = (np.isfinite(hi) and hi < 0 and best["p_adjusted"] is not None
-                and np.isfinite(best["p_adjusted"]) and best["p_adjusted"] < 0.05)
-    if evidence:
-        return (f"The {best['model']} lowers MAE by {_fmt(reduction, digits)} {unit} against "
-                f"{reference} ({level} CI {_fmt(red_lo, digits)} to {_fmt(red_hi, digits)} {unit}; "
-                f"{tail}).")
-    if np.isfinite(best["delta"]) and best["delta"] >= 0:  # no model is even nominally better
-        who = "the other model's" if len(mae_cmp) == 1 else "every model's"
-        return (f"There is no evidence that any model beats {reference} on MAE: {who} MAE is at or above "
-                f"{reference}'s; the closest, {best['model']}, changes MAE by +{_fmt(best['delta'], digits)} "
-                f"{unit} ({level} CI {_fmt(lo, digits)} to {_fmt(hi, digits)} {unit}; {tail}).")
-    return (f"There is no evidence that any model beats {reference} on MAE: the best, "
-            f"{best['model']}, changes MAE by {_fmt(best['delta'], digits)} {unit} "
-            f"({level} CI {_fmt(lo, digits)} to {_fmt(hi, digits)} {unit}; {tail}).")
+    >>> import pandas as pd
+    >>> t = pd.DataFrame(dict(fold=[0, 1, 2], subject=["M10", "M2", "M1"], scan_id=["a", "b", "c"],
+    ...                       model="ols_iop", y_true=[10.0, 12.0, 14.0], y_pred=[11.0, 12.5, 13.0]))
+    >>> p = prepare_predictions(t)
+    >>> p.subjects, p.frame["_g"].tolist()
+    (['M1', 'M2', 'M10'], [2, 1, 0])
+    """
+    df = validate_predictions(pd.DataFrame(predictions), source="predictions")
+    subjects = natural_sorted(df["subject"].unique())
+    code_of = {s: i for i, s in enumerate(subjects)}
+    df["_g"] = df["subject"].map(code_of).astype(np.intp)
+    return Predictions(df, subjects, list(dict.fromkeys(df["model"])))
+
+
+# --------------------------------------------------------------------------- 2. the design
+
+
+def design_warnings(pred: Predictions, reference: str, *, audit_failed: bool = False) -> list[str]:
+    """Sentences on what in the design limits the conclusions.
+
+    Fewer than :data:`MIN_SUBJECTS` monkeys; monkeys with fewer than :data:`MIN_SCANS` scans;
+    models that did not predict every scan (their comparisons use the shared scans); a monkey
+    tested in more than one fold of a model (not leave-one-monkey-out); a failed leakage audit;
+    a reference model that is absent.
+    """
+    df, subjects, models = pred.frame, pred.subjects, pred.models
+    G = pred.n_subjects
+    warnings = []
+    if G < MIN_SUBJECTS:
+        warnings.append(f"Only {_plural(G, 'subject')} (fewer than {MIN_SUBJECTS}): subject-level "
+                        f"intervals and tests have little precision.")
+    scans_per_subject = df.groupby("subject")["scan_id"].nunique()
+    few = [s for s in subjects if scans_per_subject[s] < MIN_SCANS]
+    if few:
+        warnings.append("Subjects with fewer than {} scans: {}.".format(
+            MIN_SCANS, ", ".join(f"{s} ({scans_per_subject[s]})" for s in few)))
+    all_keys = set(zip(df["subject"], df["scan_id"]))
+    per_model_keys = {m: set(zip(g["subject"], g["scan_id"])) for m, g in df.groupby("model")}
+    for m in models:
+        missing = len(all_keys - per_model_keys[m])
+        if missing:
+            warnings.append(
+                f"Model {m} has predictions for {len(per_model_keys[m])} of the {len(all_keys)} "
+                f"scans present for some model ({missing} missing); paired comparisons use the "
+                f"scans both models share.")
+    folds_per_subject = df.groupby(["model", "subject"])["fold"].nunique()
+    multi = folds_per_subject[folds_per_subject > 1]
+    if len(multi):
+        shown = ", ".join(f"{s} ({m})" for (m, s) in multi.index[:10])
+        warnings.append(f"Subjects appear in more than one fold for a model: {shown}; "
+                        f"leave-one-monkey-out should give each monkey exactly one test fold.")
+    if audit_failed:
+        warnings.append("The leakage audit FAILED: information may leak between training and "
+                        "test monkeys, so these out-of-fold numbers may be optimistic.")
+    if reference not in models:
+        warnings.append(f"Reference model {reference!r} not found (models: {', '.join(models)}); "
+                        f"no comparisons were made.")
+    return warnings
+
+
+# --------------------------------------------------------------------------- 3. the bootstrap
 
 
 def build_blocks(df, models, reference, G, center):
@@ -217,9 +207,218 @@ def build_blocks(df, models, reference, G, center):
     return np.hstack(blocks), estimands, model_frames, pairs
 
 
+@dataclass
+class BootstrapEstimates:
+    """Every estimand's estimate and monkey-level resamples (:func:`bootstrap_estimates`)."""
+
+    output: bootstrap.BootstrapOutput
+    index: dict  # estimand key -> column
+    method: str  # the ci_method asked for ("auto" or one of CI_METHODS)
+    ci_level: float
+    model_frames: dict[str, pd.DataFrame]
+    pairs: dict[str, pd.DataFrame]  # model -> its scans joined with the reference's
+
+    def method_for(self, key) -> str:
+        if self.method != "auto":
+            return self.method
+        return AUTO_METHODS["delta" if key[0] == "delta" else key[2]]
+
+    def estimate(self, key) -> Estimate:
+        """The estimate of ``key`` (e.g. ``("model", "cnn", "mae")``) with its interval."""
+        j = self.index[key]
+        m = self.method_for(key)
+        return Estimate(float(self.output.estimate[j]), _ci(bootstrap.interval(self.output, j, m, self.ci_level)), m)
+
+    def value(self, key) -> float:
+        return float(self.output.estimate[self.index[key]])
+
+    def undefined(self) -> list[str]:
+        """``model/metric`` pairs with resamples where the metric was undefined (dropped from its interval)."""
+        bad = {k[1] + "/" + k[2] for k, j in self.index.items()
+               if k[0] == "model" and k[2] in MODEL_METRICS and np.any(~np.isfinite(self.output.boot[:, j]))}
+        return sorted(bad)
+
+
+def bootstrap_estimates(pred: Predictions, reference: str | None, *, n_boot: int = 10000, seed=0,
+                        ci_level: float = 0.95, ci_method: str = DEFAULT_CI_METHOD) -> BootstrapEstimates:
+    """Resample monkeys ``n_boot`` times (``numpy.random.default_rng(seed)``) and compute every
+    model's metrics and every paired difference against ``reference`` on each resample.
+
+    The same resampled monkeys enter every estimand, so the two terms of a difference move
+    together. ``ci_method`` "auto" uses :data:`AUTO_METHODS` per quantity.
+    """
+    G = pred.n_subjects
+    S, estimands, model_frames, pairs = build_blocks(pred.frame, pred.models, reference, G, pred.center)
+    rng = np.random.default_rng(seed)
+    counts = bootstrap.counts_from_indices(bootstrap.resample_indices(G, n_boot, rng), G)
+    est = BootstrapEstimates(None, {em.key: j for j, em in enumerate(estimands)}, ci_method, ci_level,
+                             model_frames, pairs)
+    need_student = any(est.method_for(em.key) == "studentized" for em in estimands)
+    est.output = bootstrap.run_bootstrap(S, estimands, counts, studentized=need_student)
+    return est
+
+
+# --------------------------------------------------------------------------- 4. each model
+
+
+def _decomposition(e, codes, G):
+    """Split the mean squared error into a per-subject offset and tracking part.
+
+    With subject means ē_g and pooled mean ē over N scans:
+
+    * ``mse`` = (1/N) Σ e²
+    * ``between_subject`` (offset) = (1/N) Σ_g n_g ē_g²  — error a per-monkey
+      constant would explain; itself = ``global_bias_sq`` (ē²) +
+      ``offset_spread`` ((1/N) Σ_g n_g (ē_g - ē)²)
+    * ``within_subject`` (tracking) = (1/N) Σ_g Σ_i (e_gi - ē_g)²
+    * ``between_fraction`` + ``within_fraction`` = 1.
+    """
+    n = np.bincount(codes, minlength=G).astype(float)
+    s = np.bincount(codes, weights=e, minlength=G)
+    N = e.size
+    has = n > 0
+    means = np.zeros(G)
+    means[has] = s[has] / n[has]
+    mse = float(np.mean(e**2))
+    between = float(np.sum(n * means**2) / N)
+    within = float(np.sum((e - means[codes]) ** 2) / N)
+    ebar = float(e.mean())
+    spread = float(np.sum(n * (means - ebar) ** 2) / N)
+    frac = (lambda x: x / mse) if mse > 0 else (lambda x: float("nan"))
+    return {
+        "mse": mse,
+        "between_subject": between,
+        "within_subject": within,
+        "between_fraction": frac(between),
+        "within_fraction": frac(within),
+        "global_bias_sq": ebar**2,
+        "offset_spread": spread,
+    }
+
+
+def model_statistics(pred: Predictions, boot: BootstrapEstimates) -> dict[str, ModelStats]:
+    """Per model: metrics with monkey-level intervals, agreement, per-monkey errors, decomposition."""
+    G, ci_level = pred.n_subjects, boot.ci_level
+    code_of = {s: i for i, s in enumerate(pred.subjects)}
+    out = {}
+    for m in pred.models:
+        sub = boot.model_frames[m]
+        y, p, g = sub["y_true"].to_numpy(), sub["y_pred"].to_numpy(), sub["_g"].to_numpy()
+        ba = BlandAltman.from_dict(agreement.bland_altman(p, y, ci_level=ci_level))
+        ba.note = BA_NOTE
+        ba.proportional_bias.ci_cluster = boot.estimate(("model", m, "ba_slope")).ci
+        ba.proportional_bias.ci_cluster_method = boot.method_for(("model", m, "ba_slope"))
+        rc = RMCorr.from_dict(agreement.rmcorr(y, p, sub["subject"], ci_level=ci_level))
+        e = p - y
+        per = {}
+        for s in natural_sorted(set(sub["subject"])):
+            es = e[g == code_of[s]]
+            per[s] = SubjectError(mae=float(np.mean(np.abs(es))), bias=float(np.mean(es)), n=int(es.size))
+        dec = ErrorDecomposition(**_decomposition(e, g, G), within_subject_correlation=rc.r,
+                                 within_subject_correlation_ci=rc.ci)
+        out[m] = ModelStats(name=m, n_scans=int(len(sub)), n_subjects=int(sub["subject"].nunique()),
+                            **{metric: boot.estimate(("model", m, metric)) for metric in MODEL_METRICS},
+                            bland_altman=ba,
+                            bland_altman_repeated=BlandAltmanRepeated.from_dict(
+                                agreement.bland_altman_repeated(p, y, sub["subject"])),
+                            rmcorr=rc, per_subject=per, decomposition=dec)
+    return out
+
+
+# --------------------------------------------------------------------------- 5. against the reference
+
+
+def compare_models(pred: Predictions, boot: BootstrapEstimates, reference: str, *, seed=0,
+                   n_perm: int = 100_000) -> list[Comparison]:
+    """Each model against ``reference`` on the scans both predicted, for MAE and RMSE.
+
+    ``delta`` = model's metric minus the reference's (pooled over the shared scans) with the
+    monkey-level interval; the sign-flip test is over the per-monkey differences of the mean
+    loss (absolute error for MAE, squared error for RMSE); p-values are Holm-adjusted across
+    all comparisons returned.
+    """
+    G = pred.n_subjects
+    comparisons = []
+    for i, (m, joined) in enumerate(boot.pairs.items()):
+        e_m = (joined["y_pred"] - joined["y_true"]).to_numpy()
+        e_r = (joined["y_pred_ref"] - joined["y_true_ref"]).to_numpy()
+        g = joined["_g"].to_numpy()
+        cnt = np.bincount(g, minlength=G)
+        has = cnt > 0
+        for k, metric in enumerate(COMPARISON_METRICS):
+            loss_m = np.abs(e_m) if metric == "mae" else e_m**2
+            loss_r = np.abs(e_r) if metric == "mae" else e_r**2
+            diff = (np.bincount(g, weights=loss_m - loss_r, minlength=G)[has] / cnt[has])
+            test = signflip_test(diff, n_perm=n_perm, seed=[seed, i, k])
+            d = boot.estimate(("delta", m, metric))
+            comparisons.append(Comparison(
+                model=m, reference=reference, metric=metric, delta=d.estimate, ci=d.ci,
+                p_signflip=test["p"], p_adjusted=None,
+                estimate_model=boot.value(("pair_model", m, metric)),
+                estimate_reference=boot.value(("pair_ref", m, metric)),
+                n_subjects=int(has.sum()), n_scans=int(len(joined)),
+                signflip_method=test["method"], signflip_statistic=test["statistic"], ci_method=d.method))
+    for c, a in zip(comparisons, holm([c.p_signflip for c in comparisons])):
+        c.p_adjusted = float(a)
+    return comparisons
+
+
+# --------------------------------------------------------------------------- 6. the verdict
+
+
+def verdict(comparisons: list[Comparison], models: dict[str, ModelStats], reference: str, *, n_subjects: int,
+            ci_level: float = 0.95, unit: str = "mmHg") -> str:
+    """One sentence on the MAE comparisons.
+
+    The model with the lowest MAE is "better" than the reference when its interval of the MAE
+    difference lies entirely below zero and its Holm-adjusted sign-flip p is below 0.05; the
+    sentence states the reduction with its interval and both p-values, or that there is no
+    evidence, naming the closest model.
+    """
+    level = f"{round(ci_level * 100):g}%"
+    mae_cmp = [c for c in comparisons if c.metric == "mae"]
+    if reference not in models:
+        return (f"The reference model {reference} is not in the predictions, so no model "
+                f"was compared against it ({_plural(n_subjects, 'monkey')}).")
+    if not mae_cmp:
+        return (f"Only the reference model {reference} is present; there is nothing to "
+                f"compare it with ({_plural(n_subjects, 'monkey')}).")
+
+    def rank(c):  # best = lowest MAE over all of the model's scans
+        v = models[c.model].mae.estimate
+        return np.inf if not np.isfinite(v) else v
+
+    def fmt(x, digits):
+        return fmt_num(x, digits, "n/a")
+
+    best = min(mae_cmp, key=rank)
+    lo, hi = best.lower, best.upper
+    reduction = -best.delta
+    red_lo, red_hi = -hi, -lo
+    finite = [abs(x) for x in (reduction, red_lo, red_hi) if np.isfinite(x)]
+    digits = 2 if finite and max(finite) < 1 else 1
+    tail = (f"sign-flip p {fmt_p(best.p_signflip, 'n/a', equals=True)}, Holm-adjusted p "
+            f"{fmt_p(best.p_adjusted, 'n/a', equals=True)}; {_plural(best.n_subjects, 'monkey')}")
+    if best.better(0.05):
+        return (f"The {best.model} lowers MAE by {fmt(reduction, digits)} {unit} against "
+                f"{reference} ({level} CI {fmt(red_lo, digits)} to {fmt(red_hi, digits)} {unit}; "
+                f"{tail}).")
+    if np.isfinite(best.delta) and best.delta >= 0:  # no model is even nominally better
+        who = "the other model's" if len(mae_cmp) == 1 else "every model's"
+        return (f"There is no evidence that any model beats {reference} on MAE: {who} MAE is at or above "
+                f"{reference}'s; the closest, {best.model}, changes MAE by +{fmt(best.delta, digits)} "
+                f"{unit} ({level} CI {fmt(lo, digits)} to {fmt(hi, digits)} {unit}; {tail}).")
+    return (f"There is no evidence that any model beats {reference} on MAE: the best, "
+            f"{best.model}, changes MAE by {fmt(best.delta, digits)} {unit} "
+            f"({level} CI {fmt(lo, digits)} to {fmt(hi, digits)} {unit}; {tail}).")
+
+
+# --------------------------------------------------------------------------- all of it
+
+
 def analyze(predictions, reference="ols_iop", n_boot=10000, seed=0, ci_level=0.95,
-            ci_method=None, *, audit_failed=False, unit="mmHg", n_perm=100_000):
-    """Monkey-level statistics of out-of-fold predictions.
+            ci_method=None, *, audit_failed=False, unit="mmHg", n_perm=100_000) -> AnalysisResult:
+    """Monkey-level statistics of out-of-fold predictions: the six steps above, in order.
 
     Parameters
     ----------
@@ -246,7 +445,21 @@ def analyze(predictions, reference="ols_iop", n_boot=10000, seed=0, ci_level=0.9
     Returns
     -------
     AnalysisResult
-        ``to_dict()`` gives the stats.json content (schema in docs/statistics.md).
+        ``to_dict()`` gives the stats.json content (schema in docs/statistics.md);
+        ``summary()`` a text table.
+
+    Examples
+    --------
+    >>> from icpcv.stats.synthetic import synthetic_predictions
+    >>> p = synthetic_predictions(n_subjects=8, seed=1)
+    >>> res = analyze(p[p.model.isin(["ols_iop", "cnn"])], n_boot=500)
+    >>> list(res.models)
+    ['ols_iop', 'cnn']
+    >>> c = res.comparison("cnn")
+    >>> c.metric, c.n_subjects, c.signflip_method, round(c.delta, 2), round(c.p_signflip, 3)
+    ('mae', 8, 'exact', -0.45, 0.203)
+    >>> print(res.verdict)  # doctest: +ELLIPSIS
+    There is no evidence that any model beats ols_iop on MAE: the best, cnn, changes MAE by -0.4 mmHg ...
     """
     method = DEFAULT_CI_METHOD if ci_method is None else ci_method
     if method not in CI_METHODS + ("auto",):
@@ -258,160 +471,31 @@ def analyze(predictions, reference="ols_iop", n_boot=10000, seed=0, ci_level=0.9
     if n_boot < 1:
         raise ValueError(f"n_boot must be at least 1, got {n_boot}")
 
-    df = validate_predictions(pd.DataFrame(predictions), source="predictions")
-    warnings = []
-
-    subjects = sorted(df["subject"].unique(), key=_label_sort_key)
-    G = len(subjects)
-    code_of = {s: i for i, s in enumerate(subjects)}
-    df["_g"] = df["subject"].map(code_of).astype(np.intp)
-    models = list(dict.fromkeys(df["model"]))
-    center = float(df["y_true"].mean())
-
-    # ---- warnings about the design --------------------------------------
-    if G < MIN_SUBJECTS:
-        warnings.append(f"Only {G} subjects (fewer than {MIN_SUBJECTS}): subject-level "
-                        f"intervals and tests have little precision.")
-    scans_per_subject = df.groupby("subject")["scan_id"].nunique()
-    few = [s for s in subjects if scans_per_subject[s] < MIN_SCANS]
-    if few:
-        warnings.append("Subjects with fewer than {} scans: {}.".format(
-            MIN_SCANS, ", ".join(f"{s} ({scans_per_subject[s]})" for s in few)))
-    all_keys = set(zip(df["subject"], df["scan_id"]))
-    per_model_keys = {m: set(zip(g["subject"], g["scan_id"])) for m, g in df.groupby("model")}
-    for m in models:
-        missing = len(all_keys - per_model_keys[m])
-        if missing:
-            warnings.append(
-                f"Model {m} has predictions for {len(per_model_keys[m])} of the {len(all_keys)} "
-                f"scans present for some model ({missing} missing); paired comparisons use the "
-                f"scans both models share.")
-    folds_per_subject = df.groupby(["model", "subject"])["fold"].nunique()
-    multi = folds_per_subject[folds_per_subject > 1]
-    if len(multi):
-        shown = ", ".join(f"{s} ({m})" for (m, s) in multi.index[:10])
-        warnings.append(f"Subjects appear in more than one fold for a model: {shown}; "
-                        f"leave-one-monkey-out should give each monkey exactly one test fold.")
-    if audit_failed:
-        warnings.append("The leakage audit FAILED: information may leak between training and "
-                        "test monkeys, so these out-of-fold numbers may be optimistic.")
-    ref_present = reference in models
-    if not ref_present:
-        warnings.append(f"Reference model {reference!r} not found (models: {', '.join(models)}); "
-                        f"no comparisons were made.")
-
-    S, estimands, model_frames, pairs = build_blocks(df, models, reference if ref_present else None,
-                                                     G, center)
-
-    rng = np.random.default_rng(seed)
-    counts = bootstrap.counts_from_indices(bootstrap.resample_indices(G, n_boot, rng), G)
-
-    def method_for(key):
-        if method != "auto":
-            return method
-        return AUTO_METHODS["delta" if key[0] == "delta" else key[2]]
-
-    need_student = any(method_for(em.key) == "studentized" for em in estimands)
-    out = bootstrap.run_bootstrap(S, estimands, counts, studentized=need_student)
-    index = {em.key: j for j, em in enumerate(estimands)}
-    n_invalid = {em.key: int(np.sum(~np.isfinite(out.boot[:, j]))) for j, em in enumerate(estimands)}
-
-    def est_ci(key):
-        j = index[key]
-        m = method_for(key)
-        return {"estimate": float(out.estimate[j]),
-                "ci": _ci(bootstrap.interval(out, j, m, ci_level)), "method": m}
-
-    bad = sorted({k[1] + "/" + k[2] for k, v in n_invalid.items() if v > 0 and k[0] == "model"
-                  and k[2] in MODEL_METRICS})
+    pred = prepare_predictions(predictions)
+    warnings = design_warnings(pred, reference, audit_failed=audit_failed)
+    ref_present = reference in pred.models
+    boot = bootstrap_estimates(pred, reference if ref_present else None, n_boot=n_boot, seed=seed,
+                               ci_level=ci_level, ci_method=method)
+    bad = boot.undefined()
     if bad:
         warnings.append("Some bootstrap resamples gave an undefined metric and were dropped "
                         f"from its interval: {', '.join(bad)}.")
-
-    # ---- per-model results ------------------------------------------------
-    model_out = {}
-    for m in models:
-        sub = model_frames[m]
-        y, p, g = sub["y_true"].to_numpy(), sub["y_pred"].to_numpy(), sub["_g"].to_numpy()
-        res = {"n_scans": int(len(sub)), "n_subjects": int(sub["subject"].nunique())}
-        for metric in MODEL_METRICS:
-            res[metric] = est_ci(("model", m, metric))
-        ba = agreement.bland_altman(p, y, ci_level=ci_level)
-        ba["note"] = ("loa_ci and proportional_bias ci/p treat scans as independent (too "
-                      "narrow with repeated scans per monkey); see bland_altman_repeated and "
-                      "proportional_bias.ci_cluster (subject-level).")
-        ba["proportional_bias"]["ci_cluster"] = est_ci(("model", m, "ba_slope"))["ci"]
-        ba["proportional_bias"]["ci_cluster_method"] = method_for(("model", m, "ba_slope"))
-        res["bland_altman"] = ba
-        res["bland_altman_repeated"] = agreement.bland_altman_repeated(p, y, sub["subject"])
-        rc = agreement.rmcorr(y, p, sub["subject"], ci_level=ci_level)
-        res["rmcorr"] = rc
-        e = p - y
-        per = {}
-        gs = sub.groupby("subject", sort=False)
-        for s in sorted(gs.groups, key=_label_sort_key):
-            es = e[g == code_of[s]]
-            per[s] = {"mae": float(np.mean(np.abs(es))), "bias": float(np.mean(es)),
-                      "n": int(es.size)}
-        res["per_subject"] = per
-        dec = _decomposition(e, g, G)
-        dec["within_subject_correlation"] = rc["r"]
-        dec["within_subject_correlation_ci"] = rc["ci"]
-        res["decomposition"] = dec
-        model_out[m] = res
-
-    # ---- comparisons -------------------------------------------------------
-    comparisons = []
-    for i, (m, joined) in enumerate(pairs.items()):
+    models = model_statistics(pred, boot)
+    for m, joined in boot.pairs.items():
         if len(joined) == 0:
             warnings.append(f"Model {m} shares no scans with the reference {reference}; "
                             f"its comparison is empty (all values null).")
-        e_m = (joined["y_pred"] - joined["y_true"]).to_numpy()
-        e_r = (joined["y_pred_ref"] - joined["y_true_ref"]).to_numpy()
-        g = joined["_g"].to_numpy()
-        cnt = np.bincount(g, minlength=G)
-        has = cnt > 0
-        for k, metric in enumerate(COMPARISON_METRICS):
-            loss_m = np.abs(e_m) if metric == "mae" else e_m**2
-            loss_r = np.abs(e_r) if metric == "mae" else e_r**2
-            diff = (np.bincount(g, weights=loss_m - loss_r, minlength=G)[has] / cnt[has])
-            test = signflip_test(diff, n_perm=n_perm, seed=[seed, i, k])
-            d = est_ci(("delta", m, metric))
-            comparisons.append({
-                "model": m, "reference": reference, "metric": metric,
-                "delta": d["estimate"], "ci": d["ci"],
-                "p_signflip": test["p"], "p_adjusted": None,
-                "estimate_model": float(out.estimate[index[("pair_model", m, metric)]]),
-                "estimate_reference": float(out.estimate[index[("pair_ref", m, metric)]]),
-                "n_subjects": int(has.sum()), "n_scans": int(len(joined)),
-                "signflip_method": test["method"], "signflip_statistic": test["statistic"],
-                "ci_method": d["method"],
-            })
-    adj = holm([c["p_signflip"] for c in comparisons])
-    for c, a in zip(comparisons, adj):
-        c["p_adjusted"] = float(a)
-
-    verdict = _verdict(comparisons, model_out, reference, ref_present, G, ci_level, unit)
-    data = {
-        "n_subjects": G,
-        "n_scans": int(df["scan_id"].nunique()),
-        "n_rows": int(len(df)),
-        "subjects": list(subjects),
-        "ci_level": float(ci_level),
-        "ci_method": method,
-        "ci_methods": ({k: method_for(("delta", "", "") if k == "delta" else ("model", "", k))
-                        for k in AUTO_METHODS}),
-        "reference": reference,
-        "n_boot": n_boot,
-        "seed": int(seed) if isinstance(seed, (int, np.integer)) else seed,
-        "unit": unit,
-        "resampling_unit": "subject",
-        "models": model_out,
-        "comparisons": comparisons,
-        "verdict": verdict,
-        "warnings": warnings,
-    }
-    return AnalysisResult(data)
+    comparisons = compare_models(pred, boot, reference, seed=seed, n_perm=n_perm)
+    return AnalysisResult(
+        n_subjects=pred.n_subjects, n_scans=int(pred.frame["scan_id"].nunique()), n_rows=int(len(pred.frame)),
+        subjects=list(pred.subjects), ci_level=float(ci_level), ci_method=method,
+        ci_methods={k: boot.method_for(("delta", "", "") if k == "delta" else ("model", "", k)) for k in AUTO_METHODS},
+        reference=reference, n_boot=n_boot, seed=int(seed) if isinstance(seed, (int, np.integer)) else seed,
+        unit=unit, resampling_unit="subject", models=models, comparisons=comparisons,
+        verdict=verdict(comparisons, models, reference, n_subjects=pred.n_subjects, ci_level=ci_level, unit=unit),
+        warnings=warnings)
 
 
-__all__ = ["analyze", "AnalysisResult", "DEFAULT_CI_METHOD", "REQUIRED_COLUMNS"]
+__all__ = ["analyze", "prepare_predictions", "design_warnings", "bootstrap_estimates", "model_statistics",
+           "compare_models", "verdict", "Predictions", "BootstrapEstimates", "AnalysisResult", "DEFAULT_CI_METHOD",
+           "AUTO_METHODS", "REQUIRED_COLUMNS"]

@@ -25,10 +25,11 @@ import numpy as np
 import pandas as pd
 
 from icpcv.stats import bootstrap
-from icpcv.stats.analysis import (AUTO_METHODS, _label_sort_key, analyze,
+from icpcv.stats.analysis import (AUTO_METHODS, analyze,
                                   build_blocks)
 from icpcv.stats.calibrate import REAL_SCANS_PER_SUBJECT
 from icpcv.stats.synthetic import synthetic_predictions
+from icpcv.util import natural_sorted
 
 
 def workload(n_scans=1500, seed=0):
@@ -42,7 +43,7 @@ def _prepare(df, reference="ols_iop"):
     df = df.copy()
     df["subject"] = df["subject"].astype(str)
     df["scan_id"] = df["scan_id"].astype(str)
-    subjects = sorted(df["subject"].unique(), key=_label_sort_key)
+    subjects = natural_sorted(df["subject"].unique())
     code = {s: i for i, s in enumerate(subjects)}
     df["_g"] = df["subject"].map(code).astype(np.intp)
     models = list(dict.fromkeys(df["model"]))

@@ -41,10 +41,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from scipy import integrate, optimize
 from scipy import stats as sps
 
 from icpcv.stats import bootstrap
+from icpcv.stats.analysis import AUTO_METHODS
 from icpcv.stats.bootstrap import CI_METHODS, Estimand, K
 from icpcv.stats.inference import signflip_test
 
@@ -57,7 +59,22 @@ ALPHA = 0.05
 
 @dataclass(frozen=True)
 class ErrorModel:
-    """Error distribution of one simulated model (mmHg)."""
+    """Error distribution of one simulated model (mmHg).
+
+    The model's error on scan i of monkey g is
+    mu + s_g + u_g + w_gi + sigma eps_gi with u_g ~ N(0, tau²) its own
+    monkey offset (s_g and w_gi are shared with the other model; see the
+    module docstring).
+
+    Attributes
+    ----------
+    mu : float, default 0.5
+        Global bias.
+    tau : float, default 1.0
+        SD of the model-specific per-monkey offset.
+    sigma : float, default 3.0
+        SD of the heavy-tailed (t(5), scaled to unit variance) per-scan noise.
+    """
 
     mu: float = 0.5      # global bias
     tau: float = 1.0     # model-specific per-monkey offset SD
@@ -66,6 +83,8 @@ class ErrorModel:
 
 @dataclass(frozen=True)
 class Scenario:
+    """A named pair of error models: the candidate and the reference it is compared with."""
+
     name: str
     candidate: ErrorModel
     reference: ErrorModel
@@ -84,7 +103,47 @@ def _t_pdf(t, nu):
 
 @functools.lru_cache(maxsize=256)
 def true_mae(em: ErrorModel) -> float:
-    """E|e| for one scan under :class:`ErrorModel` ``em`` (numerical integral)."""
+    """E|e| for one scan under :class:`ErrorModel` ``em`` (numerical integral).
+
+    With e = mu + Z s + sigma c T, Z ~ N(0, 1), s² = SHARED_OFFSET² + tau² +
+    SHARED_SCAN², T ~ t(5) and c = sqrt(3/5) (unit variance), conditioning
+    on T leaves a folded normal:
+
+        E|e| = ∫ FN(mu + sigma c t, s) f_5(t) dt,
+        FN(m, s) = s sqrt(2/π) exp(-m²/2s²) + m (1 - 2Φ(-m/s)),
+
+    integrated with ``scipy.integrate.quad`` (absolute and relative
+    tolerance 1e-12).
+
+    Parameters
+    ----------
+    em : ErrorModel
+        The per-scan error model (its offset, spread and noise: mu, tau, sigma).
+
+    Returns
+    -------
+    float
+        The expected absolute error of one scan, mmHg.
+
+    References
+    ----------
+    Leone FC, Nelson LS, Nottingham RB (1961). The folded normal
+    distribution. Technometrics 3:543-550.
+
+    Examples
+    --------
+    Without per-scan noise the error is normal with SD sqrt(2² + 1.5²) = 2.5,
+    so E|e| = 2.5 sqrt(2/π):
+
+    >>> import math
+    >>> from icpcv.stats.calibrate import ErrorModel, true_mae
+    >>> round(true_mae(ErrorModel(mu=0.0, tau=0.0, sigma=0.0)), 6)
+    1.994711
+    >>> round(2.5 * math.sqrt(2 / math.pi), 6)
+    1.994711
+    >>> round(true_mae(ErrorModel()), 4)
+    3.1553
+    """
     s = math.sqrt(SHARED_OFFSET**2 + em.tau**2 + SHARED_SCAN**2)
     c = math.sqrt((T_DF - 2) / T_DF)  # scales t(5) to unit variance
 
@@ -96,11 +155,57 @@ def true_mae(em: ErrorModel) -> float:
 
 
 def true_rmse(em: ErrorModel) -> float:
+    """sqrt(E e²) for one scan: sqrt(mu² + SHARED_OFFSET² + tau² + SHARED_SCAN² + sigma²).
+
+    The four error components are independent with mean 0 (the t(5) noise
+    is scaled to variance sigma²), so E e² = mu² plus their variances.
+
+    Parameters
+    ----------
+    em : ErrorModel
+        The per-scan error model.
+
+    Returns
+    -------
+    float
+        The root of the expected squared error of one scan, mmHg.
+
+    Examples
+    --------
+    >>> from icpcv.stats.calibrate import ErrorModel, true_rmse
+    >>> round(true_rmse(ErrorModel()), 4)      # sqrt(0.25 + 4 + 1 + 2.25 + 9)
+    4.062
+    """
     return math.sqrt(em.mu**2 + SHARED_OFFSET**2 + em.tau**2 + SHARED_SCAN**2 + em.sigma**2)
 
 
 def scaled_to_effect(base: ErrorModel, effect: float) -> ErrorModel:
-    """Scale tau and sigma of ``base`` so that true MAE = true_mae(base) + effect."""
+    """Scale tau and sigma of ``base`` so that true MAE = true_mae(base) + effect.
+
+    Solves true_mae(base with tau, sigma multiplied by λ) = true_mae(base) +
+    effect for λ in [0.001, 10] by Brent's method (``scipy.optimize.brentq``,
+    xtol 1e-12); mu is kept.
+
+    Parameters
+    ----------
+    base : ErrorModel
+    effect : float
+        Wanted change of the true MAE (negative: a better model).
+
+    Returns
+    -------
+    ErrorModel
+
+    Examples
+    --------
+    >>> from icpcv.stats.calibrate import ErrorModel, scaled_to_effect, true_mae
+    >>> base = ErrorModel()
+    >>> better = scaled_to_effect(base, -0.5)
+    >>> round(true_mae(better) - true_mae(base), 9)
+    -0.5
+    >>> round(better.tau, 4), round(better.sigma, 4)
+    (0.7005, 2.1016)
+    """
     target = true_mae(base) + effect
 
     def g(lam):
@@ -121,12 +226,53 @@ def _default_scenarios():
 
 
 def default_scenarios():
-    """Null (equal models) and two alternatives (candidate lowers MAE by 0.5 / 1.0)."""
+    """Null (equal models) and two alternatives (candidate lowers MAE by 0.5 / 1.0).
+
+    The reference is ``ErrorModel()`` in all three; the alternatives'
+    candidates come from :func:`scaled_to_effect`.
+
+    Returns
+    -------
+    list of Scenario
+
+    Examples
+    --------
+    >>> from icpcv.stats.calibrate import default_scenarios
+    >>> [sc.name for sc in default_scenarios()]
+    ['null', 'alt: MAE -0.5', 'alt: MAE -1.0']
+    """
     return list(_default_scenarios())
 
 
 def simulate_cohort(rng, n_subjects, candidate: ErrorModel, reference: ErrorModel):
-    """One simulated cohort: (codes, y_true, pred_candidate, pred_reference)."""
+    """One simulated cohort: (codes, y_true, pred_candidate, pred_reference).
+
+    Draws the data-generating model of the module docstring: scans per
+    monkey from :data:`REAL_SCANS_PER_SUBJECT`, y_true, and the two models'
+    errors e = mu + s_g + u_mg + w_gi + sigma c eps_mgi.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    n_subjects : int
+        G. For 14 the real scan counts are shuffled; otherwise G counts are
+        drawn from them with replacement.
+    candidate, reference : ErrorModel
+
+    Returns
+    -------
+    (codes, y_true, pred_candidate, pred_reference) : tuple of numpy.ndarray
+        Monkey codes 0..G-1 and three float arrays, one entry per scan.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from icpcv.stats.calibrate import ErrorModel, simulate_cohort
+    >>> codes, y, pred_a, pred_b = simulate_cohort(np.random.default_rng(0), 14,
+    ...                                            ErrorModel(), ErrorModel())
+    >>> codes.size, y.shape == pred_a.shape == pred_b.shape, int(codes.max())
+    (1750, True, 13)
+    """
     if n_subjects == len(REAL_SCANS_PER_SUBJECT):
         sizes = rng.permutation(REAL_SCANS_PER_SUBJECT)
     else:
@@ -165,7 +311,30 @@ def true_values(sc: "Scenario") -> dict:
 
     r2 and pearson_r are population quantities over monkeys and scans:
     r2 = 1 - E[e²]/Var(y); pearson_r = Var(y)/sqrt(Var(y) (Var(y) + Var(e))),
-    because e is independent of y.
+    because e is independent of y. Var(y) = 5² + 6² (:data:`Y_VAR`);
+    MAE and RMSE come from :func:`true_mae` and :func:`true_rmse`, the bias
+    is mu.
+
+    Parameters
+    ----------
+    sc : Scenario
+
+    Returns
+    -------
+    dict
+        Target name (see :data:`TARGETS`) -> true value.
+
+    Examples
+    --------
+    >>> from icpcv.stats.calibrate import default_scenarios, true_values
+    >>> null, alt_half, _ = default_scenarios()
+    >>> true_values(null)["MAE difference"]
+    0.0
+    >>> {k: round(v, 4) for k, v in true_values(alt_half).items()}
+    {'MAE difference': -0.5, 'RMSE difference': -0.6846, 'MAE (single model)': 3.1553,
+     'subject-mean MAE (single model)': 3.1553, 'RMSE (single model)': 4.062,
+     'bias (single model)': 0.5, 'r2 (single model)': 0.7295,
+     'pearson_r (single model)': 0.8886}
     """
     ref = sc.reference
     var_e = SHARED_OFFSET**2 + ref.tau**2 + SHARED_SCAN**2 + ref.sigma**2
@@ -230,6 +399,49 @@ def run_calibration(n_sim=1000, n_subjects=14, seed=0, n_boot=999, workers=1, sc
     ``miss_low``: share of intervals entirely above the truth (truth below
     lo); ``miss_high``: entirely below it. Results do not depend on
     ``workers``: every cohort has its own seed ``[seed, scenario, G, i]``.
+
+    Each cohort goes through the same code as :func:`icpcv.stats.analyze`
+    (:func:`~icpcv.stats.bootstrap.subject_sums`,
+    :func:`~icpcv.stats.bootstrap.run_bootstrap`,
+    :func:`~icpcv.stats.bootstrap.interval` for every method in
+    :data:`~icpcv.stats.bootstrap.CI_METHODS`, and
+    :func:`~icpcv.stats.inference.signflip_test` on the per-monkey MAE
+    differences); a naive scan-level normal interval is added for contrast.
+
+    Parameters
+    ----------
+    n_sim : int, default 1000
+        Simulated cohorts per scenario.
+    n_subjects : int, default 14
+        Monkeys per cohort (G).
+    seed : int, default 0
+    n_boot : int, default 999
+        Bootstrap resamples per cohort.
+    workers : int, default 1
+        Parallel processes (joblib); 1 runs in this process.
+    scenarios : list of Scenario or None
+        None for :func:`default_scenarios`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``attrs`` holds ``seconds, n_boot, seed, workers``.
+
+    Examples
+    --------
+    A tiny run (far too small to judge coverage, but it shows the shape):
+
+    >>> from icpcv.stats.calibrate import run_calibration
+    >>> table = run_calibration(n_sim=2, n_subjects=6, n_boot=49)
+    >>> table.shape
+    (105, 11)
+    >>> list(table.columns)
+    ['scenario', 'n_subjects', 'target', 'method', 'truth', 'rate', 'mc_se',
+     'miss_low', 'miss_high', 'mean_width', 'n_sim']
+    >>> table[["scenario", "target", "method"]].iloc[0].tolist()
+    ['null', 'MAE difference', 'percentile']
+    >>> table[table["method"] == "sign-flip"]["scenario"].tolist()
+    ['null', 'alt: MAE -0.5', 'alt: MAE -1.0']
     """
     scenarios = default_scenarios() if scenarios is None else scenarios
     n_sim = int(n_sim)
@@ -238,8 +450,6 @@ def run_calibration(n_sim=1000, n_subjects=14, seed=0, n_boot=999, workers=1, sc
     split = [list(a) for a in np.array_split(np.arange(n_sim), chunks) if len(a)]
     jobs = [(k, sc, ids) for k, sc in enumerate(scenarios) for ids in split]
     if workers and int(workers) > 1:
-        from joblib import Parallel, delayed
-
         parts = Parallel(n_jobs=int(workers))(
             delayed(_run_chunk)(seed, k, sc, ids, n_subjects, n_boot) for k, sc, ids in jobs)
     else:
@@ -283,9 +493,33 @@ def run_calibration(n_sim=1000, n_subjects=14, seed=0, n_boot=999, workers=1, sc
 
 
 def auto_method(target: str) -> str:
-    """Method that ``ci_method="auto"`` (the default) uses for a calibration target."""
-    from icpcv.stats.analysis import AUTO_METHODS
+    """Method that ``ci_method="auto"`` (the default) uses for a calibration target.
 
+    Looks the target's metric up in
+    :data:`icpcv.stats.analysis.AUTO_METHODS` (differences under ``"delta"``).
+
+    Parameters
+    ----------
+    target : str
+        A target name of :data:`TARGETS`.
+
+    Returns
+    -------
+    str
+        One of :data:`~icpcv.stats.bootstrap.CI_METHODS`.
+
+    Raises
+    ------
+    KeyError
+        For an unknown target.
+
+    Examples
+    --------
+    >>> from icpcv.stats.bootstrap import CI_METHODS
+    >>> from icpcv.stats.calibrate import auto_method
+    >>> auto_method("MAE difference") in CI_METHODS
+    True
+    """
     for name, metric, diff in TARGETS:
         if name == target:
             return AUTO_METHODS["delta" if diff else metric]
@@ -297,7 +531,30 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     coverage, the method closest to 95% and whether the default is in 93-97%.
 
     Pooling over scenarios averages coverages (each scenario has its own
-    truth); the MC SE uses the pooled number of cohorts.
+    truth); the MC SE uses the pooled number of cohorts:
+    sqrt(d (1 - d) / n) with d the default's pooled coverage.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        From :func:`run_calibration`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per target: ``target, default_method, default_coverage,
+        default_mc_se, default_within_93_97, closest_method,
+        closest_coverage, closest_gap`` and ``coverage_<method>`` for each
+        method.
+
+    Examples
+    --------
+    >>> from icpcv.stats.calibrate import TARGETS, run_calibration, summarize
+    >>> summary = summarize(run_calibration(n_sim=2, n_subjects=6, n_boot=49))
+    >>> summary["target"].tolist() == [name for name, _, _ in TARGETS]
+    True
+    >>> [c for c in summary.columns if c.startswith("coverage_")]
+    ['coverage_percentile', 'coverage_bca', 'coverage_studentized', 'coverage_t']
     """
     rows = []
     cov = table[table["method"].isin(CI_METHODS)]
@@ -324,7 +581,29 @@ def _pct(x, se=None):
 
 
 def format_markdown(table: pd.DataFrame) -> str:
-    """Markdown rendering of :func:`run_calibration`'s table, with a summary."""
+    """Markdown rendering of :func:`run_calibration`'s table, with a summary.
+
+    A header line, the :func:`summarize` table, the per-scenario coverage
+    table and the sign-flip rejection rates, as written by
+    ``icpcv calibrate --out calibration.md``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        From :func:`run_calibration` (its ``attrs`` fill the header).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> from icpcv.stats.calibrate import format_markdown, run_calibration
+    >>> text = format_markdown(run_calibration(n_sim=2, n_subjects=6, n_boot=49))
+    >>> print(text.splitlines()[0])  # doctest: +ELLIPSIS
+    Calibration: G = 6 subjects, 2 simulated cohorts per scenario (3 scenarios),
+    49 bootstrap resamples each, seed 0, ... s.
+    """
     lines = []
     G = int(table["n_subjects"].iloc[0])
     n_sim = int(table["n_sim"].iloc[0])
@@ -367,21 +646,3 @@ def format_markdown(table: pd.DataFrame) -> str:
     for _, r in table[table["method"] == "sign-flip"].iterrows():
         lines.append(f"| {r.scenario} | {r.truth:.3f} | {_pct(r.rate, r.mc_se)} |")
     return "\n".join(lines)
-
-
-def main(argv=None):
-    import argparse
-
-    from icpcv.stats.commands import add_parsers
-
-    parser = argparse.ArgumentParser(prog="python -m icpcv.stats.calibrate")
-    sub = parser.add_subparsers(dest="command")
-    add_parsers(sub)
-    args = parser.parse_args(["calibrate"] + list(argv if argv is not None else []))
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    import sys
-
-    raise SystemExit(main(sys.argv[1:]))

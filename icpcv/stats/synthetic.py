@@ -18,6 +18,48 @@ def synthetic_predictions(n_subjects=14, scans=(19, 250), models=None, seed=0,
     subject (drawn uniformly) or a sequence of per-subject counts.
     ``models`` maps model name -> (bias, error scale); default five models
     including the reference ``ols_iop``.
+
+    Generating model, for subject g, scan i and model m with (bias_m, scale_m)::
+
+        y_true_gi = round(max(N(15, 5²)_g + N(0, 6²)_gi, 1), 1)
+        e_mgi     = bias_m + scale_m (s_g + u_mg + eps_mgi)
+        y_pred    = y_true + e,   iop_gi = round(clip(N(20, 8²), 5, 50))
+
+    with s_g ~ N(0, offset_sd²) shared by all models, u_mg ~ N(0, (offset_sd/2)²)
+    and eps ~ N(0, noise_sd²). Subject g is held out in fold g - 1 (leave one
+    subject out).
+
+    Parameters
+    ----------
+    n_subjects : int, default 14
+        Subjects, labelled 1..n_subjects.
+    scans : (int, int) or sequence of int, default (19, 250)
+        Inclusive range of scans per subject, or one count per subject. A
+        pair is read as a range unless ``n_subjects`` is 2, when it is two counts.
+    models : dict or None
+        ``{name: (bias, scale)}``; None for the five defaults.
+    seed : int, default 0
+        Seed of ``numpy.random.default_rng``.
+    offset_sd, noise_sd : float, default 2.0 and 3.0
+        SD of the per-subject offset and of the per-scan noise.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (model, scan), models in the order of ``models``.
+
+    Examples
+    --------
+    >>> from icpcv.stats.synthetic import synthetic_predictions
+    >>> df = synthetic_predictions(n_subjects=3, scans=(2, 3, 4), seed=0)
+    >>> df.shape
+    (45, 7)
+    >>> list(df.columns)
+    ['fold', 'subject', 'scan_id', 'model', 'y_true', 'y_pred', 'iop']
+    >>> list(df["model"].unique())
+    ['ols_iop', 'cnn', 'cnn_iop', 'ridge_oct', 'mean']
+    >>> df[df["model"] == "cnn"].groupby("subject").size().tolist()
+    [2, 3, 4]
     """
     rng = np.random.default_rng(seed)
     if models is None:

@@ -1,4 +1,4 @@
-"""The GPU data path of a fold: compact volumes resident on the device (or streamed), one training step.
+"""The GPU data path of a fold: compact volumes resident on the device (or streamed), and the step's precision.
 
 * Storage: a fold's volumes are kept as uint8 when every voxel is an integer in 0-255 (OCT
   exports and the phantom are), else as float16 when that is exact, else float32
@@ -8,10 +8,10 @@
   device memory (``torch.cuda.mem_get_info``), else ``stream``: batches are gathered on the
   host into pinned buffers and copied with ``non_blocking=True`` on a side stream one batch
   ahead, so the copy of batch k+1 overlaps the step of batch k. On a CPU both are plain tensors.
-* The step (:class:`Stepper`): bf16 autocast on CUDA (where supported), channels-last 3D
-  memory format on CUDA, a fused AdamW (or foreach Adam/Adamax) on CUDA, and no host
-  synchronisation: indices and augmentation parameters travel in pinned, non-blocking copies,
-  the loss is accumulated on the device and read once per epoch.
+* The step's settings (:class:`StepSettings`): bf16 autocast on CUDA (where supported) and the
+  channels-last 3D memory format on CUDA; indices and augmentation parameters travel in pinned,
+  non-blocking copies. The step itself (forward, backward, the fused optimiser) is in
+  :mod:`icpcv.train.loop`.
 """
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-RESIDENT_FRACTION = 0.5  # of the free device memory the volumes may take; the rest is for activations
-OPTIMIZERS = ("adamw", "adam", "adamax")
-PRECISIONS = ("auto", "bf16", "fp32")
-DATA_MODES = ("auto", "resident", "stream")
+from icpcv.config import DATA_MODES, PRECISIONS
+
+#: without a count of the step's memory: the share of the free device memory the volumes may take
+RESIDENT_FRACTION = 0.5
+#: with a count: the share of the counted peak kept free for what is not counted (workspaces, fragmentation)
+MARGIN = 0.10
 
 
 # ---------------------------------------------------------------- storage
@@ -83,15 +84,24 @@ def load_compact(get: Callable[[list], np.ndarray], ids, chunk: int = 32) -> np.
 # ---------------------------------------------------------------- device choices
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
+    """The autocast dtype, or None for plain fp32.
+
+    ``auto`` is bf16 only where the GPU runs it natively (compute capability 8.0 or newer, or
+    ROCm): ``torch.cuda.is_bf16_supported()`` also says True where bf16 is only emulated
+    (V100, T4), slower than fp32, so it is asked with ``including_emulation=False``.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return None
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return None
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch without that argument: native bf16 is ROCm or compute capability 8.0+
+            native = bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+        return torch.bfloat16 if native else None
     return torch.bfloat16
 
 
@@ -101,8 +111,37 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-def choose_mode(nbytes: int, device: torch.device, requested: str = "auto") -> tuple[str, str]:
-    """``(mode, why)``: keep ``nbytes`` of volumes on the device, or stream them from the host."""
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f}"
+
+
+def plan_residency(volume_bytes: int, peak_bytes: int, free_bytes: int, margin: float = MARGIN) -> tuple[str, str]:
+    """``(mode, why)``: keep the volumes on the device only if the step (training or prediction)
+    still fits beside them: resident when ``volume_bytes + peak_bytes * (1 + margin) <= free_bytes``,
+    else streamed. ``why`` states the numbers, and says so when even a streamed step does not fit.
+
+    ``peak_bytes`` is the step's counted peak (:mod:`icpcv.models.memory`, on the meta device):
+    the decision is made before any activation exists.
+    """
+    need = peak_bytes * (1 + margin)
+    numbers = (f"{_gib(volume_bytes)} GiB volumes + {_gib(peak_bytes)} GiB step "
+               f"(+{margin:.0%}) = {_gib(volume_bytes + need)} GiB")
+    if volume_bytes + need <= free_bytes:
+        return "resident", f"{numbers} fit in the {_gib(free_bytes)} GiB free"
+    if need <= free_bytes:
+        return "stream", f"{numbers} exceed the {_gib(free_bytes)} GiB free; streamed, the step fits"
+    return "stream", (f"{numbers} exceed the {_gib(free_bytes)} GiB free, and the step alone "
+                      f"({_gib(need)} GiB) does too: it will run out of memory; lower the batch size")
+
+
+def choose_mode(nbytes: int, device: torch.device, requested: str = "auto",
+                peak_bytes: int | None = None) -> tuple[str, str]:
+    """``(mode, why)``: keep ``nbytes`` of volumes on the device, or stream them from the host.
+
+    On CUDA with the step's counted peak (``peak_bytes``): :func:`plan_residency`. Without a
+    count (a network the planner was not asked about): resident when the volumes take at most
+    half of the free memory, and ``why`` says that the step was not counted.
+    """
     if requested not in DATA_MODES:
         raise ValueError(f"data mode {requested!r}: use one of {', '.join(DATA_MODES)}")
     if requested != "auto":
@@ -110,22 +149,13 @@ def choose_mode(nbytes: int, device: torch.device, requested: str = "auto") -> t
     if device.type != "cuda":
         return "resident", f"{device.type} device: the volumes stay in host memory"
     free, total = torch.cuda.mem_get_info(device)
+    if peak_bytes is not None:
+        return plan_residency(nbytes, peak_bytes, free)
     budget = RESIDENT_FRACTION * free
     if nbytes <= budget:
-        return "resident", f"{nbytes / 2**30:.2f} GiB fit in half of the {free / 2**30:.1f} GiB free"
-    return "stream", f"{nbytes / 2**30:.2f} GiB exceed half of the {free / 2**30:.1f} GiB free"
-
-
-def make_optimizer(params, name: str, lr: float, weight_decay: float, device: torch.device):
-    """AdamW fused on CUDA; Adam fused on CUDA; Adamax (the seed's) with foreach on CUDA."""
-    cuda = device.type == "cuda"
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=cuda or None)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=cuda or None)
-    if name == "adamax":
-        return torch.optim.Adamax(params, lr=lr, weight_decay=weight_decay, foreach=cuda or None)
-    raise ValueError(f"optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+        return "resident", (f"{_gib(nbytes)} GiB fit in half of the {free / 2**30:.1f} GiB free "
+                            "(the step's memory was not counted)")
+    return "stream", f"{_gib(nbytes)} GiB exceed half of the {free / 2**30:.1f} GiB free"
 
 
 def _pinned_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -223,22 +253,6 @@ def prepare_model(model: torch.nn.Module, device: torch.device, settings: StepSe
     if settings.channels_last:
         model.to(memory_format=torch.channels_last_3d)
     return model
-
-
-def forward(model, xb, ib, device, settings: StepSettings) -> torch.Tensor:
-    if settings.channels_last:
-        xb = xb.contiguous(memory_format=torch.channels_last_3d)
-    with autocast(device, settings.amp_dtype):
-        return model(xb, ib).float()
-
-
-def train_step(model, opt, xb, ib, tb, device, settings: StepSettings) -> torch.Tensor:
-    """One optimiser step; returns the batch's mean loss as a device tensor (no host sync)."""
-    loss = F.mse_loss(forward(model, xb, ib, device, settings), tb)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.detach()
 
 
 @contextlib.contextmanager

@@ -1,4 +1,9 @@
-"""One readable training loop for the CNNs of one fold.
+"""One readable training loop for the CNNs of one fold: forward, backward, step, evaluation, checkpoint.
+
+Read top to bottom: :func:`forward` (one batch through the network, under the step's precision),
+:func:`train_step` (loss, backward, optimiser step), :func:`train_epoch` (a shuffled, augmented
+pass), :func:`evaluate` (the inner-validation loss), :func:`predict` (the held-out scans, once),
+and :func:`fit`, which runs the epochs, early-stops, checkpoints every epoch and resumes.
 
 Volumes, IOP and targets are standardised with statistics of the fold's *training* scans only.
 The network is fitted on the training monkeys and early-stopped on the inner-validation
@@ -21,7 +26,7 @@ from __future__ import annotations
 import io
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,26 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from icpcv.config import OPTIMIZERS, TrainConfig
 from icpcv.errors import RunDirError
 from icpcv.train import datapath as dp
 from icpcv.train.augment import AugmentConfig, augment as augment_batch
 from icpcv.util import atomic_write_bytes
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    patience: int = 10
-    augment: bool = True
-    seed: int = 0
-    optimizer: str = "adamw"  # adamw | adam | adamax (the seed's)
-    precision: str = "auto"  # auto (bf16 on CUDA), bf16, fp32
-    data_mode: str = "auto"  # auto | resident | stream (does not change the numbers)
-    aug: AugmentConfig = field(default_factory=AugmentConfig)
-
 
 @dataclass
 class Standardiser:
@@ -110,43 +100,83 @@ def _part(volumes, iop, y, std: Standardiser, device, mode: str) -> _Part:
     return _Part(src, i.to(device), None if t is None else t.to(device))
 
 
+def make_optimizer(params, name: str, lr: float, weight_decay: float, device: torch.device):
+    """AdamW fused on CUDA; Adam fused on CUDA; Adamax (the seed's) with foreach on CUDA."""
+    cuda = device.type == "cuda"
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=cuda or None)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=cuda or None)
+    if name == "adamax":
+        return torch.optim.Adamax(params, lr=lr, weight_decay=weight_decay, foreach=cuda or None)
+    raise ValueError(f"optimizer {name!r}: use one of {', '.join(OPTIMIZERS)}")
+
+
+def forward(model, xb, ib, settings: dp.StepSettings) -> torch.Tensor:
+    """One batch through the network, as float32 predictions (standardised units)."""
+    if settings.channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last_3d)
+    with dp.autocast(xb.device, settings.amp_dtype):
+        return model(xb, ib).float()
+
+
+def train_step(model, opt, xb, ib, tb, settings: dp.StepSettings) -> torch.Tensor:
+    """One optimiser step; returns the batch's mean loss as a device tensor (no host sync)."""
+    loss = F.mse_loss(forward(model, xb, ib, settings), tb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def train_epoch(model, opt, part: _Part, cfg: TrainConfig, g: torch.Generator, settings: dp.StepSettings,
+                aug: AugmentConfig, intensity_range=(0.0, 1.0)) -> torch.Tensor:
+    """One pass over ``part`` in an order drawn from ``g``, each batch augmented (draws from ``g``)
+    when ``cfg.augment``; returns the summed loss on the device."""
+    model.train()
+    order = torch.randperm(part.source.n, generator=g)
+    total = torch.zeros((), device=part.source.device)
+    for idx, xb in part.source.batches(order, cfg.batch_size, min_size=2):  # BatchNorm needs two samples
+        if cfg.augment:
+            xb = augment_batch(xb, g, aug, intensity_range)
+        total += train_step(model, opt, xb, part.iop[idx], part.y[idx], settings) * len(idx)
+    return total
+
+
 @torch.no_grad()
-def _evaluate(model, part: _Part, batch_size: int, device, settings: dp.StepSettings) -> float:
+def evaluate(model, part: _Part, batch_size: int, settings: dp.StepSettings) -> float:
+    """Mean squared error on ``part`` (standardised target), read once from the device."""
     model.eval()
-    total = torch.zeros((), device=device, dtype=torch.float64)
+    total = torch.zeros((), device=part.source.device, dtype=torch.float64)
     for idx, xb in part.source.batches(torch.arange(part.source.n), batch_size):
-        p = dp.forward(model, xb, part.iop[idx], device, settings)
+        p = forward(model, xb, part.iop[idx], settings)
         total += F.mse_loss(p, part.y[idx], reduction="sum").double()
     return float(total) / max(part.source.n, 1)  # the one host sync of an evaluation
 
 
 @torch.no_grad()
 def predict(model, volumes, iop, std: Standardiser, device, batch_size: int = 64, *, precision: str = "auto",
-            data_mode: str = "auto") -> np.ndarray:
-    """Predictions in mmHg for ``volumes``, through the same data path and precision as training."""
+            data_mode: str = "auto", peak_bytes: int | None = None) -> np.ndarray:
+    """Predictions in mmHg for ``volumes``, through the same data path and precision as training.
+
+    On a GPU, ``batch_size`` should be the planned prediction batch and ``peak_bytes`` the
+    counted peak of its forward (:mod:`icpcv.models.memory`): the training batch proved only
+    the training step's memory.
+    """
+    device = torch.device(device)
     volumes = _compact(np.asarray(volumes))
-    mode, _ = dp.choose_mode(volumes.nbytes, device, data_mode)
+    mode, _ = dp.choose_mode(volumes.nbytes, device, data_mode, peak_bytes)
     part = _part(volumes, iop, None, std, device, mode)
     settings = dp.step_settings(device, precision)
     model.eval()
-    out = [dp.forward(model, xb, part.iop[idx], device, settings)
+    out = [forward(model, xb, part.iop[idx], settings)
            for idx, xb in part.source.batches(torch.arange(part.source.n), batch_size)]
     if not out:
         return np.empty(0)
     return torch.cat(out).cpu().numpy().astype(np.float64) * std.y_std + std.y_mean
 
 
-def train_epoch(model, opt, part: _Part, cfg: TrainConfig, g: torch.Generator, device,
-                settings: dp.StepSettings, intensity_range=(0.0, 1.0)) -> torch.Tensor:
-    """One pass over ``part`` in an order drawn from ``g``; returns the summed loss on the device."""
-    model.train()
-    order = torch.randperm(part.source.n, generator=g)
-    total = torch.zeros((), device=device)
-    for idx, xb in part.source.batches(order, cfg.batch_size, min_size=2):  # BatchNorm needs two samples
-        if cfg.augment:
-            xb = augment_batch(xb, g, cfg.aug, intensity_range)
-        total += dp.train_step(model, opt, xb, part.iop[idx], part.y[idx], device, settings) * len(idx)
-    return total
+# ---- the epoch checkpoint
 
 
 def _state_bytes(obj) -> bytes:
@@ -177,27 +207,40 @@ def _set_rng_states(st: dict) -> None:
     random.setstate((int(st["python_version"]), tuple(int(x) for x in st["python"]), None))
 
 
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch an epoch checkpoint was written after, or None if it is unreadable."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # corrupt: fit() reports it with what to do
+        return None
+
+
 def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, device: torch.device, *,
-        checkpoint: Path | None = None, on_epoch: Callable[[dict], None] | None = None,
-        log: Callable[[str], None] | None = None, details: dict | None = None):
+        seed: int = 0, aug: AugmentConfig | None = None, checkpoint: Path | None = None,
+        on_epoch: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = None,
+        details: dict | None = None, peak_bytes: int | None = None):
     """Train ``model`` on ``train = (volumes, iop, y)``, early-stop on ``val``.
 
+    ``seed`` seeds the one generator behind shuffling and augmentation (``aug``, default
+    :class:`AugmentConfig`, applied when ``cfg.augment``); the caller seeds the initialisation.
     Returns ``(model, standardiser, history)``; history is a list of per-epoch dicts with
     ``epoch, train_loss, val_loss, seconds`` (losses are MSE on the standardised target).
     With ``checkpoint`` set, the state after every epoch is saved there atomically and an
     existing checkpoint is resumed from. ``log`` receives a line saying which data path ran;
     ``details``, if given, is filled with the same as a dict (for the fold record).
+    ``peak_bytes``: the training step's counted peak on a GPU, for the resident/streamed decision.
     """
     device = torch.device(device)
+    aug = aug if aug is not None else AugmentConfig()
     std = Standardiser.fit(*train)
     nbytes = sum(_compact(np.asarray(p[0])).nbytes for p in (train, val))
-    mode, why = dp.choose_mode(nbytes, device, cfg.data_mode)
+    mode, why = dp.choose_mode(nbytes, device, cfg.data_mode, peak_bytes)
     settings = dp.step_settings(device, cfg.precision)
     tr = _part(*train, std, device, mode)
     va = _part(*val, std, device, mode)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(seed)
     dp.prepare_model(model, device, settings)
-    opt = dp.make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, device)
+    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, device)
     # everything with a state_dict that the epoch checkpoint carries (add a grad scaler / scheduler here)
     stateful = dict(model=model, optimizer=opt)
     fused = bool(opt.defaults.get("fused") or opt.defaults.get("foreach"))
@@ -213,36 +256,19 @@ def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, devi
     with dp.deterministic_cudnn(device):
         history: list[dict] = []
         start = 1
-        best = dict(epoch=0, val_loss=_evaluate(model, va, cfg.batch_size, device, settings),
+        best = dict(epoch=0, val_loss=evaluate(model, va, cfg.batch_size, settings),
                     state={k: x.detach().clone() for k, x in model.state_dict().items()})
         history.append(dict(epoch=0, train_loss=float("nan"), val_loss=best["val_loss"], seconds=0.0))
         if checkpoint is not None and Path(checkpoint).exists():
-            try:
-                ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-                for name, obj in stateful.items():
-                    obj.load_state_dict(ck[name])
-                g.set_state(ck["generator"])
-                if "rng" in ck:
-                    _set_rng_states(ck["rng"])
-                best = dict(epoch=int(ck["best_epoch"]), val_loss=float(ck["best_val_loss"]),
-                            state={k: x.to(device) for k, x in ck["best_state"].items()})
-                history = [dict(zip(("epoch", "train_loss", "val_loss", "seconds"), row))
-                           for row in ck["history"].tolist()]
-                for h in history:
-                    h["epoch"] = int(h["epoch"])
-                start = int(ck["epoch"]) + 1
-            except Exception as exc:
-                raise RunDirError(f"{checkpoint}: corrupt epoch checkpoint ({type(exc).__name__}: "
-                                  f"{(str(exc).strip().splitlines() or [''])[0][:200]}); delete it "
-                                  "to restart this fold from epoch 0, or rerun with --fresh") from None
+            start, best, history = _resume(checkpoint, stateful, g, device)
         n = tr.source.n
         irange = std.intensity_range()
         for epoch in range(start, cfg.epochs + 1):
             if epoch - best["epoch"] > cfg.patience:
                 break
             t0 = time.perf_counter()
-            total = train_epoch(model, opt, tr, cfg, g, device, settings, irange)
-            val_loss = _evaluate(model, va, cfg.batch_size, device, settings)
+            total = train_epoch(model, opt, tr, cfg, g, settings, aug, irange)
+            val_loss = evaluate(model, va, cfg.batch_size, settings)
             row = dict(epoch=epoch, train_loss=float(total) / n, val_loss=val_loss, seconds=time.perf_counter() - t0)
             history.append(row)
             if val_loss < best["val_loss"]:
@@ -264,5 +290,23 @@ def fit(model: torch.nn.Module, train: tuple, val: tuple, cfg: TrainConfig, devi
     return model, std, history
 
 
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
+def _resume(checkpoint: Path, stateful: dict, g: torch.Generator, device) -> tuple[int, dict, list[dict]]:
+    """Load an epoch checkpoint into ``stateful`` and ``g``; returns (next epoch, best, history)."""
+    try:
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        for name, obj in stateful.items():
+            obj.load_state_dict(ck[name])
+        g.set_state(ck["generator"])
+        if "rng" in ck:
+            _set_rng_states(ck["rng"])
+        best = dict(epoch=int(ck["best_epoch"]), val_loss=float(ck["best_val_loss"]),
+                    state={k: x.to(device) for k, x in ck["best_state"].items()})
+        history = [dict(zip(("epoch", "train_loss", "val_loss", "seconds"), row))
+                   for row in ck["history"].tolist()]
+        for h in history:
+            h["epoch"] = int(h["epoch"])
+        return int(ck["epoch"]) + 1, best, history
+    except Exception as exc:
+        raise RunDirError(f"{checkpoint}: corrupt epoch checkpoint ({type(exc).__name__}: "
+                          f"{(str(exc).strip().splitlines() or [''])[0][:200]}); delete it "
+                          "to restart this fold from epoch 0, or rerun with --fresh") from None

@@ -14,7 +14,8 @@ import sys
 import threading
 import time
 from datetime import datetime
-from pathlib import Path
+
+from icpcv.rundir import FoldDir
 
 
 class Progress:
@@ -95,32 +96,26 @@ class FoldReporter:
     ``status.json`` (the latest transient line) is rewritten at most every ``every`` seconds.
     """
 
-    def __init__(self, run_dir, k: int, parent: Progress | None = None, every: float = 0.5):
-        from icpcv.run.rundir import fold_dir
-
-        self.run_dir, self.k, self.parent, self.every = Path(run_dir), k, parent, every
-        self.log_path = fold_dir(run_dir, k) / "fold.log"
+    def __init__(self, fold: FoldDir, parent: Progress | None = None, every: float = 0.5):
+        self.fold, self.parent, self.every = fold, parent, every
+        self.log_path = fold.log
         self._last = 0.0
 
     def update(self, text: str) -> None:
-        from icpcv.run.rundir import write_status
-
         now = time.monotonic()
         if now - self._last >= self.every:
             self._last = now
-            write_status(self.run_dir, self.k, text)
+            self.fold.write_status(text)
         if self.parent:
             self.parent.update(text)
 
     def message(self, text: str) -> None:
-        from icpcv.run.rundir import write_status
-
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 fh.write(f"{datetime.now().isoformat(timespec='seconds')} {text}\n")
         except OSError:  # a full disk must not hide the real error
             pass
-        write_status(self.run_dir, self.k, text)
+        self.fold.write_status(text)
         if self.parent:
             self.parent.message(text)

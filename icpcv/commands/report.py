@@ -1,7 +1,9 @@
-"""The ``report`` and ``compare`` subcommands (registered by icpcv.cli through ``add_parsers``)."""
+"""``icpcv report`` (regenerate the HTML of a run, comparison or analysis directory) and ``icpcv compare``."""
 from __future__ import annotations
 
 from pathlib import Path
+
+from icpcv.writable import check_report_dir
 
 
 def _list(text: str | None) -> list[str] | None:
@@ -12,14 +14,15 @@ def _list(text: str | None) -> list[str] | None:
 
 
 def cmd_report(args) -> int:
-    from icpcv.report import write_report
+    from icpcv.report import write_report  # lazy: start-up time (matplotlib, seaborn)
 
+    check_report_dir(args.run_dir)  # a read-only run directory, before any figure is drawn
     print(f"report: {write_report(Path(args.run_dir))}")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from icpcv.report.compare import compare_runs
+    from icpcv.report.compare import compare_runs  # lazy: start-up time (the statistics and the report)
 
     out = compare_runs(args.runs, args.out, names=_list(args.names), models=_list(args.models),
                        reference=args.reference, n_boot=args.n_boot, seed=args.seed, ci_level=args.ci_level,
@@ -28,7 +31,7 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def add_parsers(subparsers) -> None:
+def add_parser(subparsers) -> None:
     r = subparsers.add_parser("report", help="regenerate the HTML report of a run, comparison or analysis directory",
                               description="Write RUN_DIR/index.html (one self-contained file) and "
                                           "RUN_DIR/figures/*.png from a finished run directory (or a comparison "

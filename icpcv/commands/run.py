@@ -1,25 +1,27 @@
-"""The command line, thin: parse, build a config, call the library.
-
-User mistakes (InputError, RunDirError) are printed as one sentence with exit code 2; failed
-folds (FoldsFailed: the others finished and are kept) with exit code 3; anything else is a bug
-and keeps its traceback.
-"""
+"""``icpcv run``: parse the options, build the RunConfig, call the pipeline (icpcv.run.pipeline)."""
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from icpcv import __version__
-from icpcv.errors import FoldsFailed, InputError, RunDirError
+from icpcv.cohort.table import table_has_volumes
+from icpcv.config import (DEFAULT_MODELS_LABELS, DEFAULT_MODELS_VOLUMES, OPTIMIZERS, PRECISIONS, PRESETS,
+                          SHORTCUT_GRADS, TRAIN_OPTIONS, RunConfig, TrainConfig)
+from icpcv.errors import InputError
+from icpcv.folds import check_val_fraction
+from icpcv.plausible import check_options
+from icpcv.progress import Progress
 from icpcv.util import parse_shape
+from icpcv.writable import check_run_outputs
 
 
 def _shape(text: str) -> tuple[int, int, int]:
     return parse_shape(text, min_size=4, example="20x20x48")
 
 
-def _add_run(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("run", help="cross-validate models leave-one-monkey-out and write a report",
                        description="Train every model once per fold (each monkey held out in turn), then analyse "
                                    "the out-of-fold predictions at the monkey level and write an HTML report. "
@@ -30,9 +32,9 @@ def _add_run(sub) -> None:
     d.add_argument("--scans", dest="scans_dir", help="seed format: folder holding <id>.pt volumes")
     d.add_argument("--phantom", help="synthetic cohort preset: small (CPU, default), tiny, seed (the default of "
                                      "--preset seed/fast)")
-    d.add_argument("--signal", type=float, default=1.0,
+    d.add_argument("--signal", type=float, default=RunConfig.signal,
                    help="synthetic cohort: how much the scan carries about ICP (0 = negative control)")
-    d.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic cohort")
+    d.add_argument("--data-seed", type=int, default=RunConfig.data_seed, help="seed of the synthetic cohort")
     d.add_argument("--shape", type=_shape, help="volume shape X x Y x Z(depth), e.g. 20x20x48")
     d.add_argument("--skip-bad-scans", action="store_true", help="record unreadable volumes as skips, not errors")
     m = p.add_argument_group("models and folds")
@@ -41,32 +43,40 @@ def _add_run(sub) -> None:
                                     "(default: mean,ols_iop,ridge_scan,cnn with volumes; "
                                     "mean,ols_iop,ols_iop2,mixedlm_iop for a labels-only table)")
     m.add_argument("--folds", type=int, help="number of folds (default: one per subject; fewer = grouped K-fold)")
-    m.add_argument("--split", choices=["subjects", "scans"], default="subjects",
-                   help="subjects (default): leave-one-monkey-out; scans: the same, plus the leakage audit: the "
-                        "same models on a scan-level random K-fold (K = the number of folds; leaky on purpose) in "
-                        "OUT/scan_split, set beside it in stats.json and the report with the optimism it shows")
-    m.add_argument("--val-fraction", type=float, default=0.25, help="share of training monkeys for early stopping")
-    m.add_argument("--seed", type=int, default=0, help="seed for folds, initialisation, shuffling, bootstrap")
+    m.add_argument("--leakage-audit", action="store_true",
+                   help="after the leave-one-monkey-out run, run the same models on a scan-level random K-fold "
+                        "(K = the number of folds; leaky on purpose) in OUT/scan_split and set it beside the honest "
+                        "run in stats.json and the report, with the optimism it shows")
+    m.add_argument("--split", choices=["subjects", "scans"], help=argparse.SUPPRESS)  # the old spelling of the audit
+    m.add_argument("--val-fraction", type=float, default=RunConfig.val_fraction,
+                   help="share of training monkeys for early stopping")
+    m.add_argument("--seed", type=int, default=RunConfig.seed, help="seed for folds, initialisation, shuffling, bootstrap")
     t = p.add_argument_group("training")
-    t.add_argument("--preset", choices=["seed", "fast"],
+    t.add_argument("--preset", choices=list(PRESETS),
                    help="GPU defaults: seed = the seed study's ResNet-50 at 128x128x512, Adamax 3e-4, batch 8, fp32; "
                         "fast = ResNet-18 at 64x64x256, bf16, batch 16 (explicit options win; see docs/gpu.md)")
-    t.add_argument("--epochs", type=int, help="default 30")
-    t.add_argument("--batch-size", type=int, help="default 32")
-    t.add_argument("--lr", type=float, help="default 3e-3")
-    t.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 10)")
-    t.add_argument("--optimizer", choices=["adamw", "adam", "adamax"], help="default adamw (fused on CUDA)")
-    t.add_argument("--precision", choices=["auto", "bf16", "fp32"],
-                   help="auto (default): bf16 autocast on CUDA, fp32 on CPU")
+    t.add_argument("--epochs", type=int, help=f"default {TrainConfig.epochs}")
+    t.add_argument("--batch-size", type=int, help=f"default {TrainConfig.batch_size}")
+    t.add_argument("--lr", type=float, help=f"default {TrainConfig.lr:g}")
+    t.add_argument("--weight-decay", type=float, help=f"default {TrainConfig.weight_decay:g}")
+    t.add_argument("--patience", type=int, help=f"early-stopping patience in epochs (default {TrainConfig.patience})")
+    t.add_argument("--optimizer", choices=list(OPTIMIZERS), help=f"default {TrainConfig.optimizer} (fused on CUDA)")
+    t.add_argument("--precision", choices=list(PRECISIONS),
+                   help=f"{TrainConfig.precision} (default): bf16 autocast on CUDA where the GPU has native bf16, "
+                        "fp32 otherwise")
     t.add_argument("--pretrained", metavar="PATH",
                    help="warm-start the 3D ResNets from a MedicalNet checkpoint or a state dict; refused when less "
                         "than 90%% of the backbone's tensors load")
+    t.add_argument("--shortcut-grad", choices=list(SHORTCUT_GRADS), default=RunConfig.shortcut_grad,
+                   help="ResNet-18/34's parameter-free shortcut A in the backward pass: standard (the gradient "
+                        "flows through it, as in every ResNet) or medicalnet (detached, as MedicalNet's code does: "
+                        "for a faithful replication of the seed; see docs/gpu.md)")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
     a = p.add_argument_group("analysis")
-    a.add_argument("--reference", default="ols_iop", help="baseline the others are compared against")
-    a.add_argument("--n-boot", type=int, default=10000)
-    a.add_argument("--ci-level", type=float, default=0.95)
+    a.add_argument("--reference", default=RunConfig.reference, help="baseline the others are compared against")
+    a.add_argument("--n-boot", type=int, default=RunConfig.n_boot)
+    a.add_argument("--ci-level", type=float, default=RunConfig.ci_level)
     o = p.add_argument_group("execution")
     o.add_argument("--out", help="run directory (default: reports/<run-name>)")
     o.add_argument("--fresh", action="store_true", help="discard an existing run in --out and start over")
@@ -91,68 +101,60 @@ def _add_run(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def build_config(args) -> "RunConfig":
-    from icpcv.config import DEFAULT_MODELS_LABELS, DEFAULT_MODELS_VOLUMES, RunConfig
-    from icpcv.models import check_models
-    from icpcv.train.presets import BASE, PRESETS
+def build_config(args) -> RunConfig:
+    from icpcv.models import check_models, is_resnet, make_model  # lazy: start-up time (torch)
+    from icpcv.models.pretrained import check_pretrained  # lazy: start-up time (torch)
 
     if args.manifest is not None and not Path(args.manifest).exists():
         raise InputError(f"{args.manifest}: scan table not found")
-    preset = PRESETS[args.preset] if getattr(args, "preset", None) else {}
+    preset = PRESETS[args.preset] if getattr(args, "preset", None) else None
+    # explicit options win over the preset's training set-up, which replaces TrainConfig's defaults
+    train = replace(preset.train if preset else TrainConfig(),
+                    **{k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k, None) is not None},
+                    augment=not args.no_augment)
 
-    def pick(name):  # an explicit option, else the preset's value, else the base default
-        value = getattr(args, name, None)
-        return value if value is not None else preset.get(name, BASE[name])
-
+    check_options({"--n-boot": args.n_boot, "--ci-level": args.ci_level, "--epochs": train.epochs,
+                   "--batch-size": train.batch_size, "--lr": train.lr, "--patience": train.patience})
     if args.models:
         models = tuple(check_models(args.models.split(",")))
     elif args.manifest is None:
         models = DEFAULT_MODELS_VOLUMES
-    else:
-        from icpcv.cohort.table import detect_format
-        import pandas as pd
-
-        cols = pd.read_csv(args.manifest, nrows=0).columns
-        fmt = detect_format([c.strip() for c in cols], args.manifest)
-        has_vol = args.scans_dir is not None if fmt == "seed" else "path" in cols and \
-            pd.read_csv(args.manifest, usecols=["path"], dtype=str)["path"].notna().any()
-        models = DEFAULT_MODELS_VOLUMES if has_vol else DEFAULT_MODELS_LABELS
+    else:  # through the table reader, so that an unreadable table is an InputError, not a traceback
+        models = DEFAULT_MODELS_VOLUMES if table_has_volumes(args.manifest, args.scans_dir) else DEFAULT_MODELS_LABELS
     if preset and not args.models and "cnn" in models:  # the preset's network takes the light CNN's place
-        models = tuple(preset["model"] if m == "cnn" else m for m in models)
+        models = tuple(preset.model if m == "cnn" else m for m in models)
+    check_val_fraction(args.val_fraction, [m for m in models if make_model(m).stochastic])  # the CNNs early-stop
     pretrained = getattr(args, "pretrained", None)
     if pretrained:
-        from icpcv.models import is_resnet
-
         if not Path(pretrained).is_file():
             raise InputError(f"{pretrained}: pretrained checkpoint not found")
         if not any(is_resnet(m) for m in models):
             raise InputError("--pretrained warm-starts the 3D ResNets (resnet10|18|34|50...), but none is in --models "
                              f"({','.join(models)})")
         pretrained = str(Path(pretrained).resolve())
-        from icpcv.models.pretrained import check_pretrained
-
         check_pretrained(pretrained, [m for m in models if is_resnet(m)])  # refuse a wrong file before any fold
     return RunConfig(manifest=str(Path(args.manifest).resolve()) if args.manifest else None,
                      scans_dir=str(Path(args.scans_dir).resolve()) if args.scans_dir else None,
-                     phantom=args.phantom or preset.get("phantom", "small"), signal=args.signal,
+                     phantom=args.phantom or (preset.phantom if preset else RunConfig.phantom), signal=args.signal,
                      data_seed=args.data_seed, models=models,
                      folds=args.folds, split="subjects", val_fraction=args.val_fraction, seed=args.seed,
-                     shape=args.shape or preset.get("shape"), epochs=pick("epochs"), batch_size=pick("batch_size"),
-                     lr=pick("lr"), weight_decay=pick("weight_decay"), patience=pick("patience"),
-                     augment=not args.no_augment, reference=args.reference,
+                     shape=args.shape or (preset.shape if preset else None), train=train, reference=args.reference,
                      n_boot=args.n_boot, ci_level=args.ci_level, skip_bad_scans=args.skip_bad_scans,
-                     optimizer=pick("optimizer"), precision=pick("precision"), pretrained=pretrained,
+                     pretrained=pretrained, shortcut_grad=getattr(args, "shortcut_grad", RunConfig.shortcut_grad),
                      preset=getattr(args, "preset", None))
 
 
 def cmd_run(args) -> int:
-    from icpcv.run.pipeline import default_run_name, run
-    from icpcv.run.progress import Progress
+    from icpcv.run.pipeline import default_run_name, run  # lazy: start-up time (torch, statsmodels, matplotlib)
 
+    if args.split == "scans":
+        print("note: --split scans is now spelled --leakage-audit", file=sys.stderr)
+    leakage_audit = args.leakage_audit or args.split == "scans"
     cfg = build_config(args)
     if cfg.synthetic and cfg.phantom not in ("small", "tiny", "seed"):
         raise InputError(f"unknown --phantom {cfg.phantom!r}; use small, tiny or seed")
     out = Path(args.out) if args.out else Path("reports") / default_run_name(cfg)
+    check_run_outputs(out, args.log_file, option="--out" if args.out else None)  # before any work
     progress = Progress("quiet" if args.quiet else "auto", log_file=args.log_file)
     slurm = dict(partition=args.partition, time=args.time, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
                  max_parallel=args.max_parallel, deadline=args.deadline)
@@ -160,60 +162,8 @@ def cmd_run(args) -> int:
         progress.message(f"run directory: {out}")
         report = run(cfg, out, device=args.device, executor=args.executor, workers=args.workers, fresh=args.fresh,
                      progress=progress, slurm=slurm, threads=args.threads,
-                     leakage_audit=args.split == "scans")
+                     leakage_audit=leakage_audit)
     finally:
         progress.close()
     print(f"report: {report}")
     return 0
-
-
-def _optional(sub, module: str) -> None:
-    """Subcommands owned by other modules register themselves through add_parsers(subparsers)."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
-            raise  # a missing package *inside* the subcommand's module is a real error
-        return
-    mod.add_parsers(sub)
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="icpcv", description="Do OCT scans plus IOP really predict ICP? "
-                                     "Leave-one-monkey-out cross-validation with monkey-level statistics.")
-    parser.add_argument("--version", action="version", version=f"icpcv {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_run(sub)
-    for module in ("icpcv.stats.commands", "icpcv.report.commands", "icpcv.prepare", "icpcv.bench"):
-        _optional(sub, module)
-    return parser
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
-        from icpcv.bench import main as bench_main
-
-        return bench_main(argv[1:])
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except FoldsFailed as exc:
-        print(f"icpcv: error: {exc}", file=sys.stderr)
-        return 3
-    except (InputError, RunDirError) as exc:
-        print(f"icpcv: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("icpcv: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

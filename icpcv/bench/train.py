@@ -3,7 +3,7 @@
 For one model and one input shape, in one run:
 
 1. **step only**: standardised batches already on the device, no augmentation; the training
-   step of :mod:`icpcv.train.datapath` (bf16 autocast, channels-last 3D, fused AdamW on CUDA);
+   step of :mod:`icpcv.train.loop` (bf16 autocast, channels-last 3D, fused AdamW on CUDA);
 2. **end to end**: the data path :func:`icpcv.train.loop.fit` uses: uint8 volumes resident on
    the device (or streamed, ``--data-mode stream``), batches gathered and standardised there,
    batched augmentation with per-sample parameters, the same step;
@@ -15,7 +15,7 @@ It prints samples/s for each, the ratios between them, the achieved TFLOP/s (tra
 per sample counted with ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matrix
 products, forward and backward), and the peak device memory on CUDA.
 
-    python -m icpcv.train.bench --model resnet18 --shape 128x128x512 --batch-size 8 --steps 20
+    python -m icpcv bench train --model resnet18 --shape 128x128x512 --batch-size 8 --steps 20
 """
 from __future__ import annotations
 
@@ -31,17 +31,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
+from icpcv.config import DATA_MODES, PRECISIONS
+from icpcv.models import make_cnn
+from icpcv.models.resnet3d import build_resnet, parse_name
 from icpcv.train import datapath as dp
 from icpcv.train.augment import AugmentConfig, augment
+from icpcv.train.loop import make_optimizer, pick_device, train_step
+from icpcv.util import parse_shape
 
 CPU_DEFAULTS = dict(shape=(16, 16, 32), batch_size=2, steps=2, warmup=1)
 CUDA_DEFAULTS = dict(shape=(128, 128, 512), batch_size=8, steps=20, warmup=3)
 
 
 def _shape(text: str) -> tuple[int, int, int]:
-    from icpcv.util import parse_shape
-
     return parse_shape(text, min_size=4)
 
 
@@ -53,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="timed steps per phase (default 20 CUDA, 2 CPU)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 3 CUDA, 1 CPU)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
-    p.add_argument("--precision", default="auto", choices=dp.PRECISIONS, help="of phases 1 and 2 (auto: bf16 on CUDA)")
-    p.add_argument("--data-mode", default="auto", choices=dp.DATA_MODES, help="end-to-end phase: resident or stream")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="of phases 1 and 2 (auto: bf16 on CUDA)")
+    p.add_argument("--data-mode", default="auto", choices=DATA_MODES, help="end-to-end phase: resident or stream")
     p.add_argument("--seed-batch-size", type=int, default=4, help="batch of the seed-style loop (the seed's: 4)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the seed-style loop")
     p.add_argument("--no-seed-loop", action="store_true", help="skip the seed-style loop")
@@ -79,9 +83,6 @@ def _peak(device) -> float | None:
 
 
 def _build(name, shape, base_width):
-    from icpcv.models import make_cnn
-    from icpcv.models.resnet3d import build_resnet, parse_name
-
     if name == "cnn":
         return make_cnn(name, shape)
     parse_name(name)
@@ -90,8 +91,6 @@ def _build(name, shape, base_width):
 
 def train_flops_per_sample(name, shape, base_width=64) -> float:
     """Forward + backward FLOPs of one training sample, counted on the meta device (no memory, no time)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.device("meta"):
         model = _build(name, shape, base_width)
         model.train()
@@ -117,13 +116,13 @@ def _phase_step_only(name, shape, batch, steps, warmup, device, precision, base_
     torch.manual_seed(0)
     settings = dp.step_settings(device, precision)
     model = dp.prepare_model(_build(name, shape, base_width), device, settings)
-    opt = dp.make_optimizer(model.parameters(), "adamw", 1e-4, 1e-4, device)
+    opt = make_optimizer(model.parameters(), "adamw", 1e-4, 1e-4, device)
     x = torch.randn((batch, 1) + shape, generator=g).to(device)
     iop = torch.randn(batch, generator=g).to(device)
     y = torch.randn(batch, generator=g).to(device)
     model.train()
     with dp.deterministic_cudnn(device):
-        seconds = _timed(lambda: dp.train_step(model, opt, x, iop, y, device, settings), steps, warmup, device)
+        seconds = _timed(lambda: train_step(model, opt, x, iop, y, settings), steps, warmup, device)
     return dict(samples_per_s=steps * batch / seconds, seconds=seconds, precision=settings.describe(),
                 optimizer="adamw" + (" (fused)" if opt.defaults.get("fused") else ""))
 
@@ -143,7 +142,7 @@ def _phase_end_to_end(name, shape, batch, steps, warmup, device, precision, data
     y = torch.randn(source.n, generator=g).to(device)
     settings = dp.step_settings(device, precision)
     model = dp.prepare_model(_build(name, shape, base_width), device, settings)
-    opt = dp.make_optimizer(model.parameters(), "adamw", 1e-4, 1e-4, device)
+    opt = make_optimizer(model.parameters(), "adamw", 1e-4, 1e-4, device)
     cfg = AugmentConfig()
     irange = ((0 - mean) / std, (255 - mean) / std)
     model.train()
@@ -153,7 +152,7 @@ def _phase_end_to_end(name, shape, batch, steps, warmup, device, precision, data
     def run_step():  # the body of icpcv.train.loop.train_epoch
         idx, xb = next(batches)
         xb = augment(xb, g, cfg, irange)
-        dp.train_step(model, opt, xb, iop[idx], y[idx], device, settings)
+        train_step(model, opt, xb, iop[idx], y[idx], settings)
 
     with dp.deterministic_cudnn(device):
         seconds = _timed(run_step, steps, warmup, device)
@@ -215,8 +214,6 @@ def _phase_seed_style(name, shape, batch, steps, warmup, device, workers, base_w
 def run_bench(model="resnet18", shape=None, batch_size=None, steps=None, warmup=None, device="auto",
               precision="auto", data_mode="auto", seed_batch_size=4, workers=2, seed_loop=True,
               base_width=64) -> dict:
-    from icpcv.train.loop import pick_device
-
     dev = pick_device(device)
     defaults = CUDA_DEFAULTS if dev.type == "cuda" else CPU_DEFAULTS
     shape = tuple(shape or defaults["shape"])

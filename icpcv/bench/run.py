@@ -1,26 +1,14 @@
-"""`python -m icpcv bench [train|run|stats|prepare]`: benchmarks that print figures and ratios.
-
-Each benchmark measures its yardstick in the same run; none of them is a test.
-
-* ``train`` (the default): GPU training throughput, step only vs the real data path vs a
-  seed-style loop (``icpcv.train.bench``).
-* ``run``: wall time of the default ``python -m icpcv run --folds 14`` on this machine, against
-  the 5-minute budget of the walking skeleton.
-* ``stats``: the monkey-level bootstrap against a naive loop (``icpcv.stats.bench``).
-* ``prepare``: raw-volume conversion against load-everything-then-resample (``icpcv.prepare.bench``).
-"""
+"""``icpcv bench run``: wall time of the default ``python -m icpcv run --folds 14`` on this machine,
+against the 5-minute budget of the walking skeleton."""
 from __future__ import annotations
 
-import importlib
+import argparse
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-
-TARGETS = {"train": "icpcv.train.bench", "stats": "icpcv.stats.bench", "prepare": "icpcv.prepare.bench"}
-
 
 def _cpu_name() -> str:
     try:
@@ -32,9 +20,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench_run(argv) -> int:
-    import argparse
-
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="icpcv bench run", description=__doc__)
     p.add_argument("--budget", type=float, default=300.0, help="seconds allowed (the skeleton's 5 minutes)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="extra arguments for `icpcv run`")
@@ -54,21 +40,3 @@ def bench_run(argv) -> int:
     print(f"budget  : {args.budget:.0f} s   ratio wall/budget = {seconds / args.budget:.2f}")
     print(proc.stdout.strip())
     return 0
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    which = argv.pop(0) if argv and argv[0] in (*TARGETS, "run") else "train"
-    if which == "run":
-        return bench_run(argv)
-    mod = importlib.import_module(TARGETS[which])
-    return int(mod.main(argv) or 0)
-
-
-def add_parsers(sub) -> None:
-    # listed in the help; the arguments go to the chosen benchmark untouched (see cli.main)
-    sub.add_parser("bench", help="benchmarks: train (default), run, stats, prepare", add_help=False)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

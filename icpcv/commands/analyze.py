@@ -1,17 +1,17 @@
-"""CLI glue: ``icpcv analyze`` and ``icpcv calibrate``.
-
-The project CLI calls :func:`add_parsers` on its subparsers; for testing,
-``python -m icpcv.stats analyze ...`` works on its own.
-"""
-
+"""``icpcv analyze`` (monkey-level statistics of any predictions table) and ``icpcv calibrate``."""
 from __future__ import annotations
 
-import argparse
+import platform
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
+from icpcv import __version__
+from icpcv.errors import InputError
+from icpcv.rundir import RunDir
 from icpcv.stats.bootstrap import CI_METHODS
-from icpcv.stats.errors import InputError
+from icpcv.util import file_sha256, package_version
+from icpcv.writable import check_output_dir, check_output_file
 
 
 def cmd_analyze(args) -> int:
@@ -31,24 +31,22 @@ def cmd_analyze(args) -> int:
     and the settings, and the report shows what a bare predictions table
     allows (statistics and figures), saying that its folds were not audited.
     """
-    from icpcv.stats.analysis import analyze
-    from icpcv.stats.io import read_predictions, write_stats
+    from icpcv.stats import read_predictions, write_stats  # lazy: start-up time (pandas, scipy)
+    from icpcv.stats.study import analyze_study  # lazy: start-up time
 
-    out = Path(args.out)
-    kind = "run" if (out / "run.json").exists() else "comparison" if (out / "compare.json").exists() else None
-    if kind and Path(args.predictions).resolve() != (out / "predictions.csv").resolve():
+    out = RunDir(check_output_dir(args.out, what="analysis"))  # an unwritable --out, before any work
+    kind = out.kind if out.kind in ("run", "comparison") else None
+    if kind and Path(args.predictions).resolve() != out.predictions_csv.resolve():
         # its report would show these statistics beside the cohort, folds and audit of other predictions
-        print(f"error: {out} is a {kind} directory; analysing another table into it would mix its results with "
-              f"foreign predictions. Use another --out, or re-analyse {out / 'predictions.csv'} itself",
+        print(f"error: {out.path} is a {kind} directory; analysing another table into it would mix its results "
+              f"with foreign predictions. Use another --out, or re-analyse {out.predictions_csv} itself",
               file=sys.stderr)
         return 2
     audit_failed = bool(getattr(args, "audit_failed", False))
-    if kind == "run" and (out / "leakage_audit.json").exists():  # a run's own audit travels with its numbers
-        from icpcv.util import read_json
-
-        audit_failed = audit_failed or not read_json(out / "leakage_audit.json").get("passed", True)
+    if kind == "run":  # a run's own audit travels with its numbers
+        audit_failed = audit_failed or out.plan_audit_failed()
     try:
-        preds = read_predictions(args.predictions)
+        preds = read_predictions(args.predictions, allow_repeats=True)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -61,34 +59,27 @@ def cmd_analyze(args) -> int:
         audit_failed=audit_failed,
     )
     try:
-        result = analyze(preds, **settings)
+        result = analyze_study(preds, **settings)
     except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
-    path = write_stats(result, out / "stats.json")
+    out.path.mkdir(parents=True, exist_ok=True)
+    path = write_stats(result, out.stats_json)
     # the report is a view of its folder: give it the predictions it shows, as analysed
-    src = Path(args.predictions).resolve()
-    if src != (out / "predictions.csv").resolve():
-        from icpcv.util import atomic_write_text
-
-        atomic_write_text(out / "predictions.csv", preds.to_csv(index=False))
-    if not (out / "run.json").exists():
+    if Path(args.predictions).resolve() != out.predictions_csv.resolve():
+        out.write_predictions(preds)
+    if not out.run_json.exists():
         # no cohort, fold plan or audit to show: record what was analysed, for the report and for later
-        from icpcv.util import atomic_write_json
-
-        atomic_write_json(out / "analysis.json", analysis_record(args.predictions, len(preds), settings))
+        out.write_analysis_meta(analysis_record(args.predictions, len(preds), settings))
     print(result.verdict)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {path}")
 
+    from icpcv.report import write_report  # lazy: start-up time (matplotlib, seaborn)
+
     try:
-        from icpcv.report import write_report
-    except ImportError:
-        return 0
-    try:
-        report = write_report(out)
+        report = write_report(out.path)
     except Exception as exc:  # the report is someone else's; keep stats.json
         print(f"error: report failed: {exc}", file=sys.stderr)
         return 1
@@ -99,12 +90,6 @@ def cmd_analyze(args) -> int:
 def analysis_record(predictions, n_rows: int, settings: dict) -> dict:
     """``analysis.json`` of an analysis directory: the source table (as given and resolved, its
     sha256 so that a coauthor can tell which file was analysed, its rows) and the settings."""
-    import platform
-    from datetime import datetime, timezone
-
-    from icpcv import __version__
-    from icpcv.util import file_sha256, package_version
-
     src = Path(predictions)
     return dict(kind="predictions",
                 source=dict(path=str(predictions), resolved=str(src.resolve()), sha256=file_sha256(src),
@@ -121,8 +106,10 @@ def cmd_calibrate(args) -> int:
     ``args``: ``n_sim``, ``n_subjects`` (default 14), ``seed``, ``out``
     (optional: ``.csv`` -> CSV, anything else -> Markdown), ``n_boot``, ``workers``.
     """
-    from icpcv.stats.calibrate import format_markdown, run_calibration
+    from icpcv.stats.calibrate import format_markdown, run_calibration  # lazy: start-up time
 
+    if getattr(args, "out", None):  # an unwritable --out, before the simulations
+        check_output_file(args.out, what="calibration table")
     table = run_calibration(
         n_sim=args.n_sim,
         n_subjects=getattr(args, "n_subjects", 14),
@@ -144,15 +131,18 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
-def add_parsers(subparsers) -> None:
+#: ``icpcv analyze --help``
+DESCRIPTION = (
+    "Analyse a long table of out-of-fold predictions (fold, subject, scan_id, model, y_true, y_pred[, iop]) from "
+    "any model at the monkey level. Writes OUT/stats.json, a copy of the table as OUT/predictions.csv, "
+    "OUT/analysis.json (the source file's sha256 and the settings) and the HTML report OUT/index.html with "
+    "OUT/figures/*.png. In a run directory the report is the run's.")
+
+
+def add_parser(subparsers) -> None:
     """Add the ``analyze`` and ``calibrate`` subcommands to an argparse subparsers object."""
-    a = subparsers.add_parser(
-        "analyze", help="monkey-level statistics of out-of-fold predictions -> stats.json, index.html",
-        description="Analyse a long table of out-of-fold predictions (fold, subject, scan_id, model, y_true, "
-                    "y_pred[, iop]) from any model at the monkey level. Writes OUT/stats.json, a copy of the "
-                    "table as OUT/predictions.csv, OUT/analysis.json (the source file's sha256 and the "
-                    "settings) and the HTML report OUT/index.html with OUT/figures/*.png. In a run directory "
-                    "the report is the run's.")
+    a = subparsers.add_parser("analyze", description=DESCRIPTION,
+                              help="monkey-level statistics of out-of-fold predictions -> stats.json, index.html")
     a.add_argument("predictions", help="predictions table (.csv or .parquet)")
     a.add_argument("--out", required=True, help="output directory (stats.json, index.html go here)")
     a.add_argument("--reference", default="ols_iop", help="reference model (default ols_iop)")
@@ -178,15 +168,3 @@ def add_parsers(subparsers) -> None:
                    help="bootstrap resamples per simulated cohort (default 999)")
     c.add_argument("--workers", type=int, default=2, help="parallel processes (joblib)")
     c.set_defaults(func=cmd_calibrate)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m icpcv.stats")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parsers(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""``icpcv bench gpu-check --out DIR``: the one prepared check for a machine with a GPU.
+
+For whoever has a GPU (one H100/H200 takes a few minutes), in one command, every figure in one
+JSON file (``DIR/gpu_check.json``, rewritten after each step, so a check cut short keeps what it
+measured):
+
+1. ``environment``: torch, CUDA, the device and its memory;
+2. ``gpu_tests``: the tests marked ``gpu`` (``pytest -m gpu``): passed, failed, skipped;
+3. ``bench_train``: training throughput of both presets (:mod:`icpcv.bench.train`), the
+   step-only yardstick beside the end-to-end data path, with their ratio and peak memory;
+4. ``memory_plan``: each preset's meta-device memory plan against ``torch.cuda.max_memory_allocated``
+   of a real training step and a prediction at the planned batch (:func:`icpcv.models.memory.verify_plan_on_cuda`);
+5. ``run_fast``: a 2-fold run of ``resnet18`` at the ``fast`` preset on the tiny phantom, end to
+   end (folds, statistics, report), with its wall time and each fold's memory plan.
+
+Each step records ``ok`` (true, false, or null when skipped), its seconds and its error (if any),
+and the check goes on; the exit code is 1 when a step failed. ``--cpu`` rehearses the steps on
+the CPU at tiny shapes, with the light CNN in the run (how the check itself is tested); without
+CUDA and without ``--cpu`` it says that this is not a GPU machine and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+import icpcv
+from icpcv.bench.train import run_bench
+from icpcv.config import PRESETS
+from icpcv.models.memory import verify_plan_on_cuda
+from icpcv.util import atomic_write_json
+
+REPO = Path(icpcv.__file__).resolve().parents[1]
+#: the shapes and step counts of the CPU rehearsal (--cpu)
+CPU_SHAPE = {"seed": (16, 16, 32), "fast": (12, 12, 24)}
+
+
+def _environment(device: str) -> dict:
+    env = dict(python=platform.python_version(), torch=torch.__version__, device=device,
+               cuda=torch.version.cuda if torch.cuda.is_available() else None, cpu_count=os.cpu_count())
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                   capability=".".join(map(str, torch.cuda.get_device_capability(0))),
+                   bf16_native=torch.cuda.is_bf16_supported())
+    return env
+
+
+def _gpu_tests(out: Path, tests: list[str]) -> dict:
+    xml = out / "gpu_tests.xml"
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "--no-header",
+           f"--junitxml={xml}", *tests]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    summary = (proc.stdout.strip().splitlines() or [""])[-1]
+    counts = {word.rstrip("s"): int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|deselected|errors?)",
+                                                                   summary)}
+    return dict(command=" ".join(cmd[1:]), returncode=proc.returncode, summary=summary, counts=counts,
+                junit=str(xml), ok=proc.returncode in (0, 5))  # 5: no test collected
+
+
+def _bench_train(preset: str, cpu: bool) -> dict:
+    p = PRESETS[preset]
+    kw = dict(model=p.model, shape=p.shape, batch_size=p.train.batch_size,
+              precision=p.train.precision, seed_loop=False)
+    if cpu:
+        kw.update(shape=CPU_SHAPE[preset], batch_size=2, steps=1, warmup=0, device="cpu", base_width=4,
+                  precision="fp32")
+    r = run_bench(**kw)
+    ph = r["phases"]
+    return dict(model=r["model"], shape=r["shape"], batch_size=r["batch_size"], device=r["device_name"],
+                step_only_samples_per_s=ph["step_only"]["samples_per_s"],
+                end_to_end_samples_per_s=ph["end_to_end"]["samples_per_s"],
+                end_to_end_over_step_only=r["ratios"]["end_to_end / step_only"],
+                step_only_tflops=ph["step_only"]["tflops"], end_to_end_tflops=ph["end_to_end"]["tflops"],
+                step_only_peak_gib=ph["step_only"]["peak_gib"], end_to_end_peak_gib=ph["end_to_end"]["peak_gib"],
+                data_mode=ph["end_to_end"]["data_mode"], precision=ph["step_only"]["precision"], ok=True)
+
+
+def _memory_plan(preset: str, cpu: bool) -> dict:
+    """The plan against max_memory_allocated; within 10% is the issue's bar."""
+    if cpu:
+        return {"skipped": "no CUDA (--cpu): the plan is checked against the CPU heap in tests/test_memory.py"}
+    r = verify_plan_on_cuda(preset)
+    r["ok"] = all(0.9 <= r[k] <= 1.1 for k in ("train_ratio", "eval_ratio"))
+    return r
+
+
+def _run_fast(out: Path, cpu: bool) -> dict:
+    run_dir = out / "run_fast"
+    # the CPU rehearsal trains the light CNN: a ResNet-18 takes minutes a fold on a CPU
+    network = "cnn" if cpu else "resnet18"
+    cmd = [sys.executable, "-m", "icpcv", "run", "--preset", "fast", "--phantom", "tiny", "--folds", "2",
+           "--models", f"mean,ols_iop,{network}", "--epochs", "2" if cpu else "5", "--n-boot", "1000",
+           "--out", str(run_dir), "--fresh", "--quiet"]
+    if cpu:
+        cmd += ["--shape", "16x16x32", "--device", "cpu", "--precision", "fp32", "--batch-size", "8"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
+                                                                                         os.environ.get("PYTHONPATH")]))))
+    seconds = time.perf_counter() - t0
+    res = dict(command=" ".join(cmd[1:]), returncode=proc.returncode, wall_seconds=seconds,
+               ok=proc.returncode == 0, stderr_tail=proc.stderr[-2000:])
+    stats = run_dir / "stats.json"
+    if stats.exists():
+        s = json.loads(stats.read_text())
+        res.update(verdict=s.get("verdict"), mae={m: v["mae"]["estimate"] for m, v in s.get("models", {}).items()})
+        records = [json.loads(p.read_text()) for p in sorted((run_dir / "folds").glob("fold_*/record.json"))]
+        res["folds"] = [dict(fold=r["fold"], seconds=r["seconds"], device=r["device"],
+                             memory_plan=r["models"].get(network, {}).get("memory_plan")) for r in records]
+    return res
+
+
+def check(out, *, cpu: bool = False, tests: list[str] | None = None, steps: list[str] | None = None) -> dict:
+    """Run the check's steps (all, or ``steps``), writing ``out/gpu_check.json`` after each; returns it."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cpu" if cpu else "cuda"
+    result: dict = dict(icpcv=icpcv.__version__, started=time.strftime("%Y-%m-%dT%H:%M:%S"), mode=device, steps={})
+    plan = [("environment", lambda: _environment(device)),
+            ("gpu_tests", lambda: _gpu_tests(out, tests or ["tests"])),
+            ("bench_train_seed", lambda: _bench_train("seed", cpu)),
+            ("bench_train_fast", lambda: _bench_train("fast", cpu)),
+            ("memory_plan_fast", lambda: _memory_plan("fast", cpu)),
+            ("memory_plan_seed", lambda: _memory_plan("seed", cpu)),
+            ("run_fast", lambda: _run_fast(out, cpu))]
+    for name, step in plan:
+        if steps and name not in steps:
+            continue
+        t0 = time.perf_counter()
+        try:
+            res = step()
+            res.setdefault("ok", None if "skipped" in res else True)
+        except Exception as exc:  # a failed step is a finding: record it and go on
+            res = dict(ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-3000:])
+        res["seconds"] = time.perf_counter() - t0
+        result["steps"][name] = res
+        atomic_write_json(out / "gpu_check.json", result)
+        status = {True: "ok", False: "FAILED", None: "skipped"}[res["ok"]]
+        print(f"{name}: {status} ({res['seconds']:.1f} s)", flush=True)
+    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    atomic_write_json(out / "gpu_check.json", result)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="icpcv bench gpu-check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=None, help="folder for gpu_check.json and the run (default: a new temporary one)")
+    p.add_argument("--cpu", action="store_true", help="rehearse every step on the CPU at tiny shapes")
+    p.add_argument("--tests", nargs="+", help="test paths for pytest -m gpu (default: tests)")
+    p.add_argument("--steps", nargs="+", help="only these steps (environment, gpu_tests, bench_train_seed, "
+                                              "bench_train_fast, memory_plan_fast, memory_plan_seed, run_fast)")
+    args = p.parse_args(argv)
+    if not args.cpu and not torch.cuda.is_available():
+        print("icpcv bench gpu-check: no CUDA device here; run it on a GPU machine (or --cpu to rehearse it)",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="icpcv-gpu-check-"))
+    result = check(out, cpu=args.cpu, tests=args.tests, steps=args.steps)
+    failed = [k for k, v in result["steps"].items() if v.get("ok") is False]
+    print(f"wrote {out / 'gpu_check.json'}" + (f"; failed: {', '.join(failed)}" if failed else "; every step ok"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The command line, thin: every subcommand parses its options, builds a config and calls the rooms.
+
+One module per subcommand (``run``, ``analyze``/``calibrate``, ``report``/``compare``, ``prepare``,
+``bench``), each with ``add_parser(subparsers)``. No room imports this wing. The rooms a command
+needs are imported when it runs (``# lazy: start-up time``): ``icpcv --help`` must not load torch.
+
+User mistakes (InputError, RunDirError) are printed as one sentence with exit code 2; failed
+folds (FoldsFailed: the others finished and are kept) with exit code 3; anything else is a bug
+and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from icpcv import __version__
+from icpcv.commands import analyze, bench, prepare, report, run
+from icpcv.errors import FoldsFailed, InputError, RunDirError
+
+SUBCOMMANDS = (run, analyze, report, prepare, bench)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icpcv", description="Do OCT scans plus IOP really predict ICP? "
+                                     "Leave-one-monkey-out cross-validation with monkey-level statistics.")
+    parser.add_argument("--version", action="version", version=f"icpcv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the benchmark's own parser takes every option after its name
+        return bench.main(argv[1:])
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FoldsFailed as exc:
+        print(f"icpcv: error: {exc}", file=sys.stderr)
+        return 3
+    except (InputError, RunDirError) as exc:
+        print(f"icpcv: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("icpcv: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,501 @@
+"""The run directory: the one place that knows the names of a run's files and folders.
+
+Everything else asks a :class:`RunDir` (or its :class:`FoldDir` and :class:`CohortDir`) for a
+path, and reads and writes through it; every write is atomic. Layout::
+
+    run.json            the run record (RunRecord): config, its hash, fold plan and data hashes, the key
+    config.json         the configuration as given
+    environment.json    versions, git hash, hardware
+    cohort/             scans.csv, cohort.json (+ volumes.npy, volumes.json, truth.json, volumes/)
+    data_quality.csv    every input row: kept or dropped, and why
+    fold_plan.json      frozen before training, with its hash
+    leakage_audit.json  the fold plan's audit: no monkey on both sides of a fold
+    folds/fold_NN/      record.json (complete when it says so), predictions.csv, learning_curve.csv,
+                        <model>_checkpoint.pt (last epoch; deleted once complete), <model>_weights.pt,
+                        fold.log, status.json, error.json (why the last attempt failed), .lock
+    slurm/              jobs.json (the fold -> Slurm task map), one submitit folder per submission
+    predictions.csv     out-of-fold predictions, long format
+    stats.json          the analysis
+    figures/*.png, index.html
+    leakage.json, scan_split/   with the leakage audit: the scan-level twin (a run directory itself)
+
+A comparison directory (``icpcv compare``) holds compare.json, and an analysis directory
+(``icpcv analyze TABLE --out DIR`` outside a run) analysis.json, each beside predictions.csv,
+stats.json, figures/ and index.html.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from icpcv.config import RunConfig
+from icpcv.errors import RunDirError
+from icpcv.util import atomic_write_json, atomic_write_text, canonical_hash, file_sha256, read_json
+
+#: the columns of a predictions table, in order (``iop`` where known)
+PREDICTION_COLUMNS = ["fold", "subject", "scan_id", "model", "y_true", "y_pred", "iop"]
+#: how the pipeline reads the tables it wrote: labels as text
+_LABELS = {"subject": str, "scan_id": str, "model": str}
+
+
+def run_key(config_hash: str, plan_hash: str, data_hash: str) -> str:
+    return canonical_hash([config_hash, plan_hash, data_hash])
+
+
+@dataclass
+class RunRecord:
+    """``run.json``: what this run is (its config and the hashes that name it) and when it ran."""
+
+    config: RunConfig
+    config_hash: str
+    plan_hash: str
+    data_hash: str
+    key: str  # run_key(config_hash, plan_hash, data_hash): a fold is complete only for this key
+    n_folds: int
+    created: str
+    sessions: list[dict] = field(default_factory=list)  # one entry per (re)start: time, host, git, torch, gpu
+
+    def to_dict(self) -> dict:
+        return dict(config=self.config.to_dict(), config_hash=self.config_hash, plan_hash=self.plan_hash,
+                    data_hash=self.data_hash, key=self.key, n_folds=self.n_folds, created=self.created,
+                    sessions=list(self.sessions))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunRecord":
+        return cls(config=RunConfig.from_dict(d["config"]), config_hash=d["config_hash"], plan_hash=d["plan_hash"],
+                   data_hash=d["data_hash"], key=d["key"], n_folds=int(d["n_folds"]), created=d.get("created", ""),
+                   sessions=list(d.get("sessions") or []))
+
+
+# --------------------------------------------------------------------------- locks
+
+
+class _ExclusiveLock:
+    """An exclusive, non-blocking flock on a file that records who holds it."""
+
+    path: Path
+
+    def _busy(self, who: str) -> str:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            who = self.fh.read().strip() or "another process"
+            self.fh.close()
+            self.fh = None
+            raise RunDirError(self._busy(who)) from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()} on {platform.node()}")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self.fh:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None
+
+
+class RunLock(_ExclusiveLock):
+    """One run at a time per directory: an exclusive flock on ``DIR/.lock``."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / ".lock"
+        self.fh = None
+
+    def _busy(self, who: str) -> str:
+        return (f"{self.path.parent}: another icpcv run ({who}) is using this run directory; "
+                "wait for it to finish or choose another --out")
+
+
+class FoldLock(_ExclusiveLock):
+    """One process per fold: an exclusive flock on ``folds/fold_NN/.lock`` while the fold runs.
+
+    Guards against two executors (say a Slurm task left from an earlier submission and a local
+    rerun) writing the same fold's checkpoints at once.
+    """
+
+    def __init__(self, fold: "FoldDir"):
+        self.path = fold.path / ".lock"
+        self.k = fold.k
+        self.fh = None
+
+    def _busy(self, who: str) -> str:
+        return (f"{self.path.parent}: fold {self.k} is being run by {who}; wait for it to end "
+                "(or cancel it, e.g. scancel its Slurm task) and rerun")
+
+
+class _Folder:
+    """A folder whose files are named in one table, ``FILES`` (attribute -> path inside the folder)."""
+
+    FILES: dict[str, str] = {}
+    path: Path
+
+    def __getattr__(self, name: str) -> Path:
+        files = type(self).FILES
+        if name in files:
+            return self.path / files[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------- a fold's folder
+
+
+class FoldDir(_Folder):
+    """``folds/fold_NN/``: one fold's files."""
+
+    FILES = {"record_json": "record.json", "predictions_csv": "predictions.csv",
+             "learning_curve_csv": "learning_curve.csv", "log": "fold.log", "status_json": "status.json",
+             "error_json": "error.json"}
+
+    def __init__(self, run_path: Path, k: int):
+        self.k = int(k)
+        self.path = Path(run_path) / "folds" / f"fold_{self.k:02d}"
+
+    def checkpoint(self, model: str) -> Path:
+        """The epoch checkpoint of a network (deleted once the fold is complete)."""
+        return self.path / f"{model}_checkpoint.pt"
+
+    def weights(self, model: str) -> Path:
+        """The trained network's weights (state dict of tensors)."""
+        return self.path / f"{model}_weights.pt"
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.path.glob("*_checkpoint.pt"))
+
+    @staticmethod
+    def model_of_checkpoint(path: Path) -> str:
+        return Path(path).name.replace("_checkpoint.pt", "")
+
+    def lock(self) -> FoldLock:
+        return FoldLock(self)
+
+    def read_record(self) -> dict | None:
+        try:
+            return read_json(self.record_json)
+        except (OSError, ValueError):
+            return None
+
+    def write_record(self, record: dict) -> None:
+        atomic_write_json(self.record_json, record)  # written last: the fold is complete only now
+
+    def complete(self, key: str) -> bool:
+        """Complete = record.json says so for this run key, and the predictions it names are on disk unchanged."""
+        r = self.read_record()
+        if not r or r.get("status") != "complete" or r.get("key") != key:
+            return False
+        if not self.predictions_csv.exists():
+            return False
+        want = r.get("predictions_sha256")
+        if want is not None:
+            try:
+                return file_sha256(self.predictions_csv) == want
+            except OSError:
+                return False
+        return True
+
+    def write_predictions(self, predictions: pd.DataFrame) -> str:
+        """Write the fold's predictions; returns their sha256 (for the record)."""
+        atomic_write_text(self.predictions_csv, predictions.to_csv(index=False))
+        return file_sha256(self.predictions_csv)
+
+    def read_predictions(self) -> pd.DataFrame:
+        return pd.read_csv(self.predictions_csv, dtype={"subject": str, "scan_id": str})
+
+    def write_learning_curve(self, curves: pd.DataFrame) -> None:
+        atomic_write_text(self.learning_curve_csv, curves.to_csv(index=False))
+
+    def read_learning_curve(self) -> pd.DataFrame | None:
+        if not self.learning_curve_csv.exists():
+            return None
+        return read_csv_file(self.learning_curve_csv, dtype={"model": str})
+
+    def clean_stale_temps(self) -> None:
+        """Remove temporary files of atomic writes that a killed process left behind (never a final name)."""
+        for p in self.path.glob(".*.tmp"):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+    def remove_checkpoints(self, models) -> None:
+        for name in models:
+            ck = self.checkpoint(name)
+            if ck.exists():
+                ck.unlink()
+
+    # ---- why the last attempt failed
+    def write_error(self, exc: BaseException, log: str | None = None) -> dict:
+        """Record why the fold failed (error.json); never raises (the disk may be full)."""
+        err = dict(fold=self.k, type=type(exc).__name__, message=str(exc), host=socket.gethostname(), pid=os.getpid(),
+                   time=datetime.now(timezone.utc).isoformat(timespec="seconds"), log=log,
+                   traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        try:
+            atomic_write_json(self.error_json, err)
+        except Exception:
+            pass
+        return err
+
+    def read_error(self) -> dict | None:
+        try:
+            return read_json(self.error_json)
+        except (OSError, ValueError):
+            return None
+
+    def clear_error(self) -> None:
+        try:
+            self.error_json.unlink()
+        except FileNotFoundError:
+            pass
+
+    # ---- the latest progress line, for executors that watch from another process
+    def write_status(self, text: str) -> None:
+        """Replaced atomically but not fsynced: it is a display, not a result."""
+        tmp = self.path / f".status.json.{os.getpid()}.tmp"
+        try:
+            tmp.write_text(json.dumps(dict(text=text, time=time.time(), host=socket.gethostname(), pid=os.getpid())))
+            os.replace(tmp, self.status_json)
+        except OSError:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+    def read_status(self) -> dict | None:
+        try:
+            return json.loads(self.status_json.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+# --------------------------------------------------------------------------- the cohort's folder
+
+
+class CohortDir(_Folder):
+    """``cohort/``: the scans a run uses and, where icpcv holds them, their volumes."""
+
+    FILES = {"scans_csv": "scans.csv", "meta_json": "cohort.json", "volumes_npy": "volumes.npy",
+             "volumes_json": "volumes.json", "truth_json": "truth.json",
+             "volumes_dir": "volumes"}  # volumes/: the seed-scale phantom, one file per scan
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def read_scans(self) -> pd.DataFrame:
+        return pd.read_csv(self.scans_csv, dtype={"scan_id": str, "subject": str, "path": str},
+                           keep_default_na=False, na_values={"iop": [""], "icp": [""]})
+
+    def read_meta(self) -> dict:
+        return read_json(self.meta_json)
+
+
+# --------------------------------------------------------------------------- the run directory
+
+
+class RunDir(_Folder):
+    """A run directory (or a comparison or analysis directory): names, reads and writes its files."""
+
+    FILES = {"run_json": "run.json", "config_json": "config.json", "environment_json": "environment.json",
+             "data_quality_csv": "data_quality.csv", "fold_plan_json": "fold_plan.json",
+             "plan_audit_json": "leakage_audit.json", "predictions_csv": "predictions.csv",
+             "stats_json": "stats.json", "index_html": "index.html", "figures_dir": "figures",
+             "slurm_dir": "slurm", "slurm_jobs_json": "slurm/jobs.json", "leakage_json": "leakage.json",
+             "compare_json": "compare.json", "analysis_json": "analysis.json"}
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def cohort(self) -> CohortDir:
+        return CohortDir(self.path / "cohort")
+
+    #: where ``run --leakage-audit`` puts the scan-level twin of a run
+    SCAN_SPLIT = "scan_split"
+    CALIBRATION_FILES = ("calibration.json", "calibration.csv")
+
+    @property
+    def scan_split(self) -> "RunDir":
+        return RunDir(self.path / self.SCAN_SPLIT)
+
+    def fold(self, k: int) -> FoldDir:
+        return FoldDir(self.path, k)
+
+    def figure_png(self, stem: str) -> Path:
+        return self.figures_dir / f"{stem}.png"
+
+    def lock(self) -> RunLock:
+        return RunLock(self.path)
+
+    # ---- what kind of directory
+    @property
+    def kind(self) -> str | None:
+        """"run", "comparison", "analysis" (a predictions table analysed outside a run) or None."""
+        if self.run_json.exists():
+            return "run"
+        if self.compare_json.exists():
+            return "comparison"
+        if self.analysis_json.exists():
+            return "analysis"
+        return None
+
+    def has_results(self) -> bool:
+        """A run record or fold results (what ``--fresh`` discards)."""
+        return self.run_json.exists() or (self.path / "folds").exists()
+
+    # ---- the run record
+    def read_record(self) -> RunRecord:
+        if not self.run_json.exists():
+            raise RunDirError(f"{self.path}: not a run directory (no run.json)")
+        try:
+            return RunRecord.from_dict(read_json(self.run_json))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunDirError(f"{self.run_json}: cannot read the run record ({exc}); rerun with --fresh to start this "
+                              "run directory over, or use another --out") from None
+
+    def write_record(self, record: RunRecord) -> None:
+        atomic_write_json(self.run_json, record.to_dict())
+
+    def write_config(self, cfg: RunConfig) -> None:
+        atomic_write_json(self.config_json, cfg.to_dict())
+
+    def write_environment(self, env: dict) -> None:
+        atomic_write_json(self.environment_json, env)
+
+    # ---- the cohort, the plan and its audit
+    def write_quality(self, quality: pd.DataFrame) -> None:
+        atomic_write_text(self.data_quality_csv, quality.to_csv(index=False))
+
+    def read_quality(self) -> pd.DataFrame:
+        return read_csv_file(self.data_quality_csv, dtype=str, keep_default_na=False)
+
+    def write_plan(self, plan_dict: dict) -> None:
+        atomic_write_json(self.fold_plan_json, plan_dict)
+
+    def read_plan_dict(self) -> dict:
+        return read_json_file(self.fold_plan_json)
+
+    def write_plan_audit(self, audit: dict) -> None:
+        atomic_write_json(self.plan_audit_json, audit)
+
+    def read_plan_audit(self) -> dict:
+        return read_json_file(self.plan_audit_json)
+
+    def plan_audit_failed(self) -> bool:
+        """The run's fold-plan audit exists and failed (its numbers then carry a warning)."""
+        return self.plan_audit_json.exists() and not self.read_plan_audit().get("passed", True)
+
+    def held_out(self, k: int) -> list[str]:
+        """The monkeys fold ``k`` holds out, from the fold plan ([] when it cannot be read)."""
+        try:
+            return self.read_plan_dict()["folds"][k]["held_out"]
+        except (RunDirError, KeyError, IndexError, TypeError):
+            return []
+
+    # ---- folds
+    def fold_complete(self, k: int, key: str) -> bool:
+        return self.fold(k).complete(key)
+
+    def incomplete_folds(self, record: RunRecord) -> list[int]:
+        return [k for k in range(record.n_folds) if not self.fold_complete(k, record.key)]
+
+    # ---- predictions and statistics
+    def read_predictions(self, path: Path | None = None) -> pd.DataFrame:
+        """A predictions table icpcv wrote (this directory's, or ``path``), labels as text; RunDirError
+        names the file when it cannot be read or lacks a column."""
+        path = Path(path) if path is not None else self.predictions_csv
+        preds = read_csv_file(path, dtype=_LABELS)
+        need = {"subject", "scan_id", "model", "y_true", "y_pred"}
+        if not need <= set(preds.columns):
+            raise RunDirError(f"{path}: lacks the column(s) {', '.join(sorted(need - set(preds.columns)))}")
+        return preds
+
+    def write_predictions(self, predictions: pd.DataFrame) -> None:
+        atomic_write_text(self.predictions_csv, predictions.to_csv(index=False))
+
+    def gather_predictions(self, record: RunRecord) -> pd.DataFrame:
+        """The folds' predictions in fold order; every fold must be complete."""
+        missing = self.incomplete_folds(record)
+        if missing:
+            raise RunDirError(f"{self.path}: folds {missing} are not complete; rerun the same command to finish them")
+        return pd.concat([self.fold(k).read_predictions() for k in range(record.n_folds)],
+                         ignore_index=True)[PREDICTION_COLUMNS]
+
+    def read_stats(self) -> dict:
+        return read_json_file(self.stats_json)
+
+    def write_report_html(self, html: str) -> Path:
+        atomic_write_text(self.index_html, html)
+        return self.index_html
+
+    # ---- the leakage audit of `run --leakage-audit`
+    def write_scan_split_audit(self, data: dict) -> None:
+        atomic_write_json(self.leakage_json, data)
+
+    def scan_split_audit(self, record: RunRecord | None = None) -> dict | None:
+        """``leakage.json`` when it belongs to this run (same run key, twin still as audited), else None."""
+        if not self.leakage_json.exists():
+            return None
+        data = read_json(self.leakage_json)
+        key = (record or self.read_record()).key
+        twin = RunDir(self.path / data.get("scan_split_dir", self.SCAN_SPLIT))
+        if data.get("run_key") != key or not twin.run_json.exists() or \
+                read_json(twin.run_json).get("key") != data.get("scan_split_run_key"):
+            return None
+        return data
+
+    # ---- comparison and analysis directories
+    def read_meta(self) -> dict:
+        """compare.json or analysis.json, whichever this directory has."""
+        return read_json_file(self.compare_json if self.compare_json.exists() else self.analysis_json)
+
+    def write_compare_meta(self, meta: dict) -> None:
+        atomic_write_json(self.compare_json, meta)
+
+    def write_analysis_meta(self, meta: dict) -> None:
+        atomic_write_json(self.analysis_json, meta)
+
+    # ---- Slurm
+    def read_slurm_jobs(self) -> dict[int, dict]:
+        try:
+            return {int(k): v for k, v in read_json(self.slurm_jobs_json).items()}
+        except (OSError, ValueError):
+            return {}
+
+    def write_slurm_jobs(self, jobs: dict[int, dict]) -> None:
+        atomic_write_json(self.slurm_jobs_json, {str(k): v for k, v in sorted(jobs.items())})
+
+
+def read_json_file(path: Path):
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{path}: cannot read as JSON ({exc})") from None
+
+
+def read_csv_file(path: Path, **kw) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kw)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise RunDirError(f"{path}: cannot read as CSV ({exc})") from None

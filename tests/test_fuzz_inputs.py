@@ -1,0 +1,326 @@
+"""Fuzz: generated bad tables and volumes through ``run`` and ``analyze`` (issue 11).
+
+Each case breaks a small good input at random (columns dropped or renamed, cells of the wrong
+type, extreme and non-finite values, duplicated rows, unreadable encodings, truncated files,
+volumes of other shapes, types and values, links that go nowhere) and calls the command line
+in-process. For every case: the exit code is 0 or 2, stderr never holds a traceback, and a run
+or analysis directory that existed before keeps its stats.json and predictions.csv byte for byte
+unless the command completed. A new output directory of a refused command holds neither file.
+
+The generator is seeded: a failure names its case number and what was broken, and
+``ICPCV_FUZZ_SEED`` / ``ICPCV_FUZZ_CASES`` rerun or widen it (``ICPCV_FUZZ_CASES=2000`` for a
+deeper search than CI's). Labels-only and ridge_scan models on 6x6x12 volumes keep it fast: the
+CNN is not needed for input handling.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cli_support import icpcv
+
+SEED = int(os.environ.get("ICPCV_FUZZ_SEED", "11"))
+N_CASES = int(os.environ.get("ICPCV_FUZZ_CASES", "250"))
+SHAPE = (6, 6, 12)
+VOLUME_MODELS = "mean,ols_iop,ridge_scan"
+LABEL_MODELS = "mean,ols_iop"
+
+BAD_CELLS = ["", " ", "nan", "NaN", "NA", "inf", "-inf", "1e300", "-1e300", "1e-300", "1e999", "abc", "0-2",
+             "5,5", "\u0665", "\u00a05", "0x10", "TRUE", "x" * 300, "<b>5</b>", "5e", "--5", "+5", "NULL", "-0",
+             "\t", '"', "\u00e9", "-5", "150", "-25", "4000", "1e15", "\x00"]
+LABELS = ["", " ", "1.0", "01", "<script>alert(1)</script>", "m\u00fcnchen", "\U0001F435", "a,b", "x" * 200,
+          "../../etc", "NaN", "None", "0", "-1", "1e3"]
+ENCODINGS = ["utf-8", "utf-8", "utf-8", "utf-8-sig", "utf-16", "latin-1", "crlf", "semicolon", "truncated",
+             "garbage", "empty", "header_only"]
+
+
+@dataclass
+class Case:
+    number: int
+    command: str
+    broken: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"case {self.number} ({self.command}): " + "; ".join(self.broken)
+
+
+# --------------------------------------------------------------------------- good inputs
+
+
+def _good_volumes(folder: Path, n: int, rng: np.random.Generator) -> list[str]:
+    """n small OCT-like volumes: a bright band at a scan-dependent depth over speckle."""
+    folder.mkdir(parents=True, exist_ok=True)
+    z = np.arange(SHAPE[2])
+    names = []
+    for i in range(n):
+        band = 40 * np.exp(-0.5 * ((z - 4 - i % 5) / 1.5) ** 2)
+        vol = 60 + band[None, None, :] + rng.normal(0, 8, SHAPE)
+        np.save(folder / f"v{i:02d}.npy", np.clip(vol, 0, 255).astype(np.uint8))
+        names.append(f"vol/v{i:02d}.npy")
+    return names
+
+
+def _good_table(paths: list[str]) -> pd.DataFrame:
+    rows = []
+    for k, p in enumerate(paths):
+        s, i = divmod(k, 4)
+        rows.append(dict(scan_id=f"s{k:02d}", subject=str(s + 1), iop=f"{10 + 5 * i:g}", icp=f"{4 + 2 * s + 0.5 * i:g}",
+                         path=p))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- breaking them
+
+
+def _break_table(df: pd.DataFrame, rng: np.random.Generator, case: Case, numeric: tuple[str, ...],
+                 labels: tuple[str, ...], least: int = 1, most: int = 3) -> pd.DataFrame:
+    df = df.copy()
+    for _ in range(int(rng.integers(least, most + 1))):
+        kind = rng.choice(["cells", "cells", "cells", "drop_column", "rename_column", "whole_column", "duplicate",
+                           "shuffle", "extra_column", "labels", "few_subjects", "no_rows"])
+        if kind == "cells" and len(df):
+            for _ in range(int(rng.integers(1, 4))):
+                r, c = int(rng.integers(len(df))), str(rng.choice(list(df.columns)))
+                v = str(rng.choice(BAD_CELLS))
+                df.iloc[r, df.columns.get_loc(c)] = v
+                case.broken.append(f"row {r + 1} {c}={v[:20]!r}")
+        elif kind == "drop_column" and len(df.columns) > 1:
+            c = str(rng.choice(list(df.columns)))
+            df = df.drop(columns=[c])
+            case.broken.append(f"no column {c}")
+        elif kind == "rename_column":
+            c = str(rng.choice(list(df.columns)))
+            new = str(rng.choice([c.upper(), c + " ", c[:-1], "\ufeff" + c, c + "_x"]))
+            df = df.rename(columns={c: new})
+            case.broken.append(f"column {c} renamed {new!r}")
+        elif kind == "whole_column":
+            c = str(rng.choice([c for c in df.columns if c in numeric] or list(df.columns)))
+            v = str(rng.choice(BAD_CELLS))
+            df[c] = v
+            case.broken.append(f"every {c}={v[:20]!r}")
+        elif kind == "duplicate" and len(df):
+            df = pd.concat([df, df.sample(int(rng.integers(1, 4)), random_state=int(rng.integers(1 << 30)))])
+            case.broken.append("duplicated rows")
+        elif kind == "shuffle":
+            df = df.sample(frac=1, random_state=int(rng.integers(1 << 30)))[list(rng.permutation(df.columns))]
+            case.broken.append("rows and columns shuffled")
+        elif kind == "extra_column":
+            df["notes"] = [str(rng.choice(BAD_CELLS)) for _ in range(len(df))]
+            case.broken.append("extra column of junk")
+        elif kind == "labels" and len(df):
+            c = str(rng.choice([c for c in labels if c in df.columns] or list(df.columns)))
+            r = int(rng.integers(len(df)))
+            v = str(rng.choice(LABELS))
+            df.iloc[r, df.columns.get_loc(c)] = v
+            case.broken.append(f"row {r + 1} {c}={v[:20]!r}")
+        elif kind == "few_subjects" and "subject" in df.columns:
+            keep = list(df["subject"].unique())[: int(rng.integers(1, 3))]
+            df = df[df["subject"].isin(keep)]
+            case.broken.append(f"only subjects {keep}")
+        elif kind == "no_rows":
+            df = df.iloc[:0]
+            case.broken.append("no rows")
+    return df
+
+
+def _write_table(df: pd.DataFrame, path: Path, rng: np.random.Generator, case: Case) -> None:
+    how = str(rng.choice(ENCODINGS))
+    if how != "utf-8":
+        case.broken.append(f"written as {how}")
+    text = df.to_csv(index=False)
+    if how in ("utf-8", "utf-8-sig", "utf-16", "latin-1"):
+        path.write_bytes(text.encode(how, errors="replace"))
+    elif how == "crlf":
+        path.write_bytes(text.replace("\n", "\r\n").encode())
+    elif how == "semicolon":
+        path.write_text(df.to_csv(index=False, sep=";"))
+    elif how == "truncated":
+        data = text.encode()
+        path.write_bytes(data[: int(rng.integers(1, max(len(data), 2)))])
+    elif how == "garbage":
+        path.write_bytes(rng.bytes(int(rng.integers(1, 400))))
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "header_only":
+        path.write_text(",".join(df.columns) + "\n")
+
+
+def _bad_volume(path: Path, rng: np.random.Generator) -> str:
+    kind = str(rng.choice(["extreme", "nan", "inf", "one_voxel", "transposed", "flat", "five_d", "empty", "bool",
+                           "complex", "object", "truncated", "garbage", "folder", "loop", "int64", "float16",
+                           "constant", "missing", "other_scale", "quarter_depth", "fortran"]))
+    good = np.load(path)
+    path.unlink()
+    if kind == "extreme":
+        np.save(path, np.full(SHAPE, 1e38, np.float32))
+    elif kind in ("nan", "inf"):
+        v = good.astype(np.float32)
+        v.flat[int(rng.integers(v.size))] = np.nan if kind == "nan" else np.inf
+        np.save(path, v)
+    elif kind == "one_voxel":
+        np.save(path, good[:1, :1, :1])
+    elif kind == "transposed":
+        np.save(path, np.ascontiguousarray(good.transpose(2, 0, 1)))
+    elif kind == "flat":
+        np.save(path, good[:, :, 0])
+    elif kind == "five_d":
+        np.save(path, good[None, None])
+    elif kind == "empty":
+        np.save(path, good[:0])
+    elif kind == "bool":
+        np.save(path, good > 60)
+    elif kind == "complex":
+        np.save(path, good.astype(np.complex64))
+    elif kind == "object":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif kind == "truncated":
+        np.save(path, good)
+        path.write_bytes(path.read_bytes()[: int(rng.integers(1, 120))])
+    elif kind == "garbage":
+        path.write_bytes(rng.bytes(200))
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "loop":
+        path.symlink_to(path)
+    elif kind == "int64":
+        np.save(path, good.astype(np.int64) * (2 ** 55))
+    elif kind == "float16":
+        np.save(path, good.astype(np.float16))
+    elif kind == "constant":
+        np.save(path, np.full(SHAPE, 7, np.uint8))
+    elif kind == "other_scale":
+        np.save(path, good.astype(np.float64) * 1e6)
+    elif kind == "quarter_depth":
+        np.save(path, good[:, :, :3])
+    elif kind == "fortran":
+        np.save(path, np.asfortranarray(good))  # fine: the same volume in another memory order
+    # "missing": the file is gone
+    return kind
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def _outputs(folder: Path) -> dict[str, bytes | None]:
+    return {name: (folder / name).read_bytes() if (folder / name).is_file() else None
+            for name in ("stats.json", "predictions.csv")}
+
+
+def _check(case: Case, rc: int, err: str) -> None:
+    assert "Traceback" not in err, f"{case}\n{err}"
+    assert rc in (0, 2), f"{case}: exit code {rc}\n{err}"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A good table with volumes, its complete run, and that run's predictions analysed once."""
+    root = tmp_path_factory.mktemp("fuzz")
+    rng = np.random.default_rng(SEED)
+    paths = _good_volumes(root / "data" / "vol", 16, rng)
+    table = _good_table(paths)
+    table.to_csv(root / "data" / "scans.csv", index=False)
+    run_dir = root / "run"
+    rc, _, err = icpcv("run", "--manifest", root / "data" / "scans.csv", "--models", VOLUME_MODELS, "--shape",
+                       "x".join(map(str, SHAPE)), "--n-boot", "10", "--out", run_dir, "--quiet")
+    assert rc == 0, err
+    analysis = root / "analysis"
+    rc, _, err = icpcv("analyze", run_dir / "predictions.csv", "--out", analysis, "--n-boot", "10")
+    assert rc == 0, err
+    return root, table, run_dir, analysis
+
+
+def _run_case(base, number: int, rng: np.random.Generator) -> tuple[Case, int]:
+    root, good, run_dir, _ = base
+    case = Case(number, "run")
+    # into the complete run (same table path: refused fast once the table is read and checked), or into a
+    # new folder (the whole way: every completion costs folds and a report, so fewer of these)
+    existing = bool(rng.random() < 0.7)
+    data = root / "data" if existing else root / f"case{number}"
+    saved = None
+    if existing:
+        saved = {p: p.read_bytes() for p in (data / "vol").iterdir()} | {data / "scans.csv": (data / "scans.csv")
+                                                                         .read_bytes()}
+    else:
+        shutil.copytree(root / "data", data)
+    with_volumes = bool(rng.random() < 0.5)
+    try:
+        if not with_volumes or rng.random() < 0.7:  # every case breaks something
+            _write_table(_break_table(good, rng, case, ("iop", "icp"), ("scan_id", "subject", "path")),
+                         data / "scans.csv", rng, case)
+        if with_volumes:
+            for i in rng.choice(16, size=int(rng.integers(1, 3)), replace=False):
+                case.broken.append(f"v{i:02d}.npy {_bad_volume(data / 'vol' / f'v{i:02d}.npy', rng)}")
+        args = ["run", "--manifest", data / "scans.csv", "--n-boot", "10", "--quiet"]
+        if existing or with_volumes:  # the complete run's own options: only its inputs differ
+            args += ["--models", VOLUME_MODELS, "--shape", "x".join(map(str, SHAPE))]
+        else:
+            args += ["--models", LABEL_MODELS]
+        if not existing and rng.random() < 0.5:
+            args.append("--skip-bad-scans")
+        if not existing and rng.random() < 0.15:
+            folds = str(rng.choice(["1", "2", "3", "0", "-1", "100"]))
+            args += ["--folds", folds]
+            case.broken.append(f"--folds {folds}")
+        out = run_dir if existing else root / f"out{number}"
+        case.command = "run into the complete run" if existing else "run"
+        before = _outputs(out)
+        rc, _, err = icpcv(*args, "--out", out)
+        _check(case, rc, err)
+        if rc != 0:
+            assert _outputs(out) == before, f"{case}: a refused run changed stats.json or predictions.csv"
+        if not existing and rc == 0:  # what was dropped is on record, with a reason
+            q = pd.read_csv(out / "data_quality.csv", dtype=str, keep_default_na=False)
+            assert ((q["status"] == "kept") == (q["reason"] == "")).all(), f"{case}: a row dropped without a reason"
+    finally:
+        if saved is not None:  # restore the complete run's inputs for the next case
+            vol = data / "vol"
+            for p in list(vol.iterdir()):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+            for p, b in saved.items():
+                p.write_bytes(b)
+    return case, rc
+
+
+def _analyze_case(base, number: int, rng: np.random.Generator) -> tuple[Case, int]:
+    root, _, run_dir, analysis = base
+    case = Case(number, "analyze")
+    good = pd.read_csv(run_dir / "predictions.csv", dtype=str, keep_default_na=False)
+    path = root / f"preds{number}.csv"
+    # 2 to 4 breaks: a predictions table has no rows to drop, so few of these complete (each costs a report)
+    _write_table(_break_table(good, rng, case, ("y_true", "y_pred", "iop"), ("fold", "subject", "scan_id", "model"),
+                              least=2, most=4), path, rng, case)
+    existing = bool(rng.random() < 0.5)
+    out = analysis if existing else root / f"analysis{number}"
+    case.command = "analyze into an analysis directory" if existing else "analyze"
+    before = _outputs(out)
+    args = ["analyze", path, "--out", out, "--n-boot", "10"]
+    if rng.random() < 0.2:
+        ref = str(rng.choice(["mean", "nope", ""]))
+        args += ["--reference", ref]
+        case.broken.append(f"--reference {ref!r}")
+    rc, _, err = icpcv(*args)
+    _check(case, rc, err)
+    if rc != 0:
+        assert _outputs(out) == before, f"{case}: a refused analysis changed stats.json or predictions.csv"
+    return case, rc
+
+
+def test_generated_bad_inputs_never_end_in_a_traceback(base):
+    rng = np.random.default_rng(SEED)
+    outcomes = {"run": [], "analyze": []}
+    for number in range(N_CASES):
+        kind = "run" if number % 5 else "analyze"
+        case, rc = (_run_case if kind == "run" else _analyze_case)(base, number, rng)
+        outcomes[kind].append(rc)
+    # not a degenerate generator: each command both completes and refuses
+    for kind, rcs in outcomes.items():
+        assert 0 in rcs and 2 in rcs, (kind, rcs)
