@@ -15,7 +15,8 @@ from icpcv.explain.align import align, mean_abs_map, phantom_offsets, region_pro
 from icpcv.explain.attribution import AttributionMaps, attribute_scans
 from icpcv.explain.sanity import randomisation_check, randomised_copy, rank_correlations, weighted_layers
 from icpcv.explain.scoring import region_table
-from icpcv.explain.study import fit_cnn, phantom_attribution_study, predict_cnn, write_study
+from icpcv.cohort import ScanSet
+from icpcv.explain.study import fit_cnn, phantom_attribution_study, write_study
 from icpcv.folds import make_plan
 from icpcv.report.attribution_figures import orthogonal_slices_figure, scan_maps_figure, slice_centre
 from icpcv.report.figures import style, to_png
@@ -34,13 +35,14 @@ def shortcut_fold():
 
     def part(ids):
         rows = [index[x] for x in ids]
-        return volumes[rows], scans["iop"].to_numpy(float)[rows], scans["icp"].to_numpy(float)[rows]
+        return ScanSet.from_arrays(scans.iloc[rows][["scan_id", "subject", "iop", "icp"]], volumes[rows])
 
-    net, std = fit_cnn("cnn", volumes.shape[1:], part(fold.train_scans), part(fold.val_scans), seed=0, epochs=6,
-                       batch_size=8, augment=False)
-    test = part(fold.test_scans)
+    fitted = fit_cnn("cnn", volumes.shape[1:], part(fold.train_scans), part(fold.val_scans), seed=0, epochs=6,
+                     batch_size=8, augment=False)
     rows = [index[x] for x in fold.test_scans]
-    yield dict(net=net, std=std, test=test, ids=list(fold.test_scans), rows=rows, scans=scans, truth=truth,
+    test = (volumes[rows], scans["iop"].to_numpy(float)[rows], scans["icp"].to_numpy(float)[rows])
+    yield dict(net=fitted.network_, std=fitted.standardiser_, test=test, prediction=fitted.predict(part(fold.test_scans)),
+               ids=list(fold.test_scans), rows=rows, scans=scans, truth=truth,
                labels=phantom_labels(scans.iloc[rows], truth), subjects=scans["subject"].to_numpy()[rows])
     torch.set_num_threads(threads)  # leave the session's setting as it was
 
@@ -48,8 +50,7 @@ def shortcut_fold():
 def test_maps_find_the_planted_shortcut(shortcut_fold):
     f = shortcut_fold
     vol, iop, icp = f["test"]
-    pred = predict_cnn(f["net"], vol, iop, f["std"], "cpu")
-    assert np.corrcoef(pred, icp)[0, 1] > 0.8  # the network took the shortcut: ICP from a scan without it
+    assert np.corrcoef(f["prediction"], icp)[0, 1] > 0.8  # the network took the shortcut: ICP from a scan without it
     maps = attribute_scans(f["net"], vol, iop, f["std"], scan_ids=f["ids"], subjects=f["subjects"],
                            methods=("integrated_gradients", "occlusion"))
     for method, times in (("integrated_gradients", 5), ("occlusion", 5)):

@@ -2,7 +2,6 @@
 an enumerated sign-flip test."""
 from __future__ import annotations
 
-import doctest
 import itertools
 import json
 
@@ -124,10 +123,6 @@ def test_region_table_sums_absolute_attribution_per_label_and_score_regions_grou
         score_regions(both, regions=("optic_disc",))
     with pytest.raises(ValueError, match="label codes"):
         region_table(maps, labels + 9, scan_ids=["a", "b"], subjects=["1", "2"])
-
-
-def test_docstring_examples_run():
-    assert doctest.testmod(attribution_stats).failed == 0
 
 
 def test_t_interval_covers_the_known_truth_at_about_the_nominal_rate():

@@ -5,9 +5,11 @@ same steps on its own, for checking and for the figures of the README:
 
 1. the phantom (``--signal``, optional planted shortcut) and a leave-one-monkey-out fold plan
    with inner-validation monkeys (:func:`icpcv.folds.make_plan`, as a run makes it);
-2. per fold, the CNN trained on the training monkeys and early-stopped on the inner-validation
-   ones (:func:`fit_cnn`, the one place that calls the training loop), the held-out monkey
-   predicted, and up to ``n_scans`` of its scans mapped (:func:`icpcv.explain.attribution.sample_scans`);
+2. per fold, the CNN fitted as the run fits it (:func:`fit_cnn`: the estimator
+   :class:`~icpcv.models.network.NetworkModel`, trained on the training monkeys and early-stopped
+   on the inner-validation ones), the held-out monkey predicted, and up to ``n_scans`` of its scans
+   mapped (:func:`icpcv.explain.attribution.sample_scans`) by the fitted ``network_`` with its
+   ``standardiser_``;
 3. the maps reduced to attribution per region (:func:`icpcv.explain.scoring.region_table`) and
    scored over monkeys (:func:`icpcv.explain.scoring.score_regions`), the lamina and, with a
    shortcut, the marker;
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,30 +34,24 @@ from icpcv.explain.align import mean_abs_map, phantom_offsets, region_probabilit
 from icpcv.explain.attribution import DEFAULT_METHODS, AttributionMaps, attribute_scans, sample_scans
 from icpcv.explain.sanity import RandomisationCheck, randomisation_check, randomised_copy, weighted_layers
 from icpcv.explain.scoring import RANDOMISED_SUFFIX, AttributionScores, region_table, score_regions
-from icpcv.config import RunConfig
+from icpcv.cohort import ScanSet
+from icpcv.config import RunConfig, TrainConfig
 from icpcv.folds import make_plan
-from icpcv.models import make_cnn
-from icpcv.train.augment import AugmentConfig
-from icpcv.train.loop import TrainConfig, fit, pick_device, predict
+from icpcv.models.base import FitContext
+from icpcv.models.network import NetworkModel
+from icpcv.run.fold import training_seed
+from icpcv.train.loop import pick_device
 from icpcv.util import atomic_write_json, atomic_write_text, to_jsonable
 
 
-def fit_cnn(name: str, shape, train: tuple, val: tuple, *, seed: int = 0, epochs: int = 30, device="cpu",
-            **train_kw):
-    """Train CNN ``name`` on ``train = (volumes, iop, icp)``, early-stopped on ``val``; returns
-    ``(model, standardiser)``. The settings are a run's defaults for the light ``cnn`` (light
-    augmentation). The only use of :mod:`icpcv.train.loop` in this package: port it here when the
-    CNNs become estimators."""
-    cfg = TrainConfig(epochs=epochs, seed=seed, aug=AugmentConfig.light() if name == "cnn" else AugmentConfig(),
-                      **train_kw)
-    torch.manual_seed(cfg.seed)
-    model = make_cnn(name, tuple(shape))
-    model, std, _ = fit(model, train, val, cfg, torch.device(device))
-    return model, std
-
-
-def predict_cnn(model, volumes, iop, std, device) -> np.ndarray:
-    return predict(model, volumes, iop, std, torch.device(device))
+def fit_cnn(name: str, shape, train: ScanSet, val: ScanSet, *, seed: int = 0, device="cpu",
+            **train_kw) -> NetworkModel:
+    """The CNN ``name`` fitted as a run fits it (:class:`~icpcv.models.network.NetworkModel`: seeded
+    initialisation, the network's augmentation, early stopping on ``val``), with the run's default
+    :class:`~icpcv.config.TrainConfig` changed by ``train_kw``. The fitted network is ``.network_``,
+    the fold's training statistics ``.standardiser_``."""
+    context = FitContext(train=replace(TrainConfig(), **train_kw), seed=seed, shape=tuple(shape), device=device)
+    return NetworkModel(name, context).fit(train, val)
 
 
 @dataclass
@@ -107,7 +103,7 @@ def phantom_attribution_study(*, preset: str = "small", signal: float = 1.0, sho
                               model: str = "cnn", folds=None, n_scans: int = 8, methods=DEFAULT_METHODS,
                               data_seed: int = 0, seed: int = 0, epochs: int = 30, device: str = "auto",
                               n_subjects: int | None = None, shape=None, sanity: bool = False,
-                              randomised_reference: bool = True, n_boot: int = 10_000, progress=None,
+                                                randomised_reference: bool = True, n_boot: int = 10_000, progress=None,
                               **train_kw) -> PhantomStudy:
     """Leave-one-monkey-out CNNs on the phantom, their maps of held-out scans, scored (see the module).
 
@@ -116,9 +112,10 @@ def phantom_attribution_study(*, preset: str = "small", signal: float = 1.0, sho
     with the trained network monkey by monkey: the region share that the input alone gives a
     method (see :mod:`icpcv.explain.sanity`).
 
-    ``folds``: indices of the folds to run (default all, one per monkey). The sample of mapped
-    scans, the training seeds (``seed * 1000 + fold``, as a run's) and the fold plan follow from the
-    seeds, so the study is reproducible on the same hardware.
+    ``folds``: indices of the folds to run (default all, one per monkey). The fold plan, the
+    training seeds (:func:`icpcv.run.fold.training_seed`) and the sample of mapped scans follow
+    from the seeds as in a run, so the study is reproducible on the same hardware; ``train_kw``
+    change the run's default :class:`~icpcv.config.TrainConfig`.
     """
     dev = pick_device(device)
     scans, volumes, truth = make_cohort(preset, signal=signal, seed=data_seed, n_subjects=n_subjects, shape=shape,
@@ -137,12 +134,13 @@ def phantom_attribution_study(*, preset: str = "small", signal: float = 1.0, sho
 
         def part(ids):
             rows = pick(ids)
-            return volumes[rows], scans["iop"].to_numpy(float)[rows], scans["icp"].to_numpy(float)[rows]
+            return ScanSet.from_arrays(scans.iloc[rows][["scan_id", "subject", "iop", "icp"]], volumes[rows])
 
-        net, std = fit_cnn(model, shape, part(fold.train_scans), part(fold.val_scans), seed=seed * 1000 + fold.index,
-                           epochs=epochs, device=dev, **train_kw)
+        fitted = fit_cnn(model, shape, part(fold.train_scans), part(fold.val_scans),
+                         seed=training_seed(seed, fold.index), device=dev, epochs=epochs, **train_kw)
+        net, std = fitted.network_, fitted.standardiser_
         test_rows = pick(fold.test_scans)
-        y_pred = predict_cnn(net, volumes[test_rows], scans["iop"].to_numpy(float)[test_rows], std, dev)
+        y_pred = fitted.predict(part(fold.test_scans))
         chosen = set(sample_scans(fold.test_scans, scans["subject"].to_numpy()[test_rows], n_scans, seed=seed,
                                   fold=fold.index))
         preds.append(pd.DataFrame(dict(fold=fold.index, subject=scans["subject"].to_numpy()[test_rows],
@@ -173,7 +171,7 @@ def phantom_attribution_study(*, preset: str = "small", signal: float = 1.0, sho
             checks = [randomisation_check(net, vol_std, iop_std, method=m, seed=seed) for m in methods]
         if progress:
             progress(f"fold {fold.index + 1}/{len(plan.folds)} (held out {', '.join(fold.held_out)}): "
-                     f"MAE {np.mean(np.abs(y_pred - part(fold.test_scans)[2])):.2f} mmHg, "
+                     f"MAE {np.mean(np.abs(y_pred - scans['icp'].to_numpy(float)[test_rows])):.2f} mmHg, "
                      f"{len(ids)} scans mapped, {time.perf_counter() - t0:.1f} s")
     region_rows = pd.concat(tables, ignore_index=True)
     scores = score_regions(region_rows, regions=regions, n_boot=n_boot, seed=seed)
@@ -215,7 +213,7 @@ def write_study(study: PhantomStudy, out: Path) -> None:
                           f"(signal {study.settings['signal']:g}{', shortcut' if study.settings['shortcut'] else ''})")
                 name = f"attribution_{F.file_stem(study.settings['model'])}_{method}" + ("_projection" * projection)
                 figures.append(F.Figure(name, method, "", fig))
-    F.render(figures, out)
+    F.render(figures, out / "figures")
 
 
 def main(argv=None) -> int:
