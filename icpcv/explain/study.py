@@ -191,9 +191,8 @@ def phantom_attribution_study(*, preset: str = "small", signal: float = 1.0, sho
 
 def write_study(study: PhantomStudy, out: Path) -> None:
     """Files as a run would hold them: maps per fold, the region table, the scores, the figures."""
-    # lazy: the figures need matplotlib, the study itself does not
-    from icpcv.report import attribution_figures as AF
-    from icpcv.report import figures as F
+    from icpcv.report import attribution_figures as AF  # lazy: the figures need matplotlib, the study does not
+    from icpcv.report import figures as F  # lazy: as above
 
     out = Path(out)
     for k, m in study.maps.items():
