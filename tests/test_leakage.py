@@ -106,7 +106,7 @@ def test_split_scans_adds_a_scan_level_twin_beside_the_honest_run(tmp_path):
     # the honest folds were reused, not retrained (their records would carry new timings)
     assert {p: p.read_bytes() for p in records} == records
     honest_plan, twin_plan = read_json(out / "fold_plan.json"), read_json(out / "scan_split" / "fold_plan.json")
-    assert honest_plan["kind"] == "subject" and twin_plan["kind"] == "scans"
+    assert honest_plan["kind"] == "subjects" and twin_plan["kind"] == "scans"
     assert twin_plan["n_folds"] == honest_plan["n_folds"] == 6
     assert read_json(out / "leakage_audit.json")["passed"]
     assert not read_json(out / "scan_split" / "leakage_audit.json")["passed"]  # monkeys on both sides
