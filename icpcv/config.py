@@ -25,6 +25,12 @@ PRECISIONS = ("auto", "bf16", "fp32")
 DATA_MODES = ("auto", "resident", "stream")
 #: shortcut A's backward: the standard ResNet's, or MedicalNet's, which detaches the shortcut's input
 SHORTCUT_GRADS = ("standard", "medicalnet")
+#: ``run --saliency N`` (issue 14): the attribution methods a fold computes by default, one gradient
+#: method and the perturbation one (icpcv.explain.attribution.DEFAULT_METHODS is this tuple)
+SALIENCY_METHODS = ("integrated_gradients", "occlusion")
+#: RunConfig fields (issue 14) left out of ``to_dict`` at their defaults, so that a run without them
+#: keeps the config hash (and run directory) it had before they existed
+_OPTIONAL_DEFAULTS = {"saliency": 0, "saliency_methods": SALIENCY_METHODS, "shortcut": False}
 
 
 @dataclass(frozen=True)
@@ -97,11 +103,22 @@ class RunConfig:
     pretrained: str | None = None  # warm-start checkpoint for the 3D ResNets (MedicalNet or a state dict)
     shortcut_grad: str = "standard"  # SHORTCUT_GRADS: "medicalnet" replicates the seed's ResNet-18/34 exactly
     preset: str | None = None  # the --preset that filled in the defaults (recorded only)
+    # ---- issue 14: attribution maps and the planted shortcut (absent from to_dict at their defaults)
+    saliency: int = 0  # held-out scans mapped per monkey and network model after each fold trains; 0 = off
+    saliency_methods: tuple[str, ...] = SALIENCY_METHODS
+    shortcut: bool = False  # synthetic cohort: plant the phantom's ShortcutMarker (its defaults)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["models"] = list(self.models)
         d["shape"] = list(self.shape) if self.shape else None
+        # ---- issue 14: optional fields at their defaults are not written (the hash stays as before)
+        off = not d["saliency"]
+        for k, default in _OPTIONAL_DEFAULTS.items():
+            if d[k] == default or (k == "saliency_methods" and off):
+                del d[k]
+        if "saliency_methods" in d:
+            d["saliency_methods"] = list(d["saliency_methods"])
         return d
 
     @classmethod
@@ -116,6 +133,8 @@ class RunConfig:
             d["models"] = tuple(d["models"])
         if d.get("shape") is not None:
             d["shape"] = tuple(int(s) for s in d["shape"])
+        if d.get("saliency_methods") is not None:  # issue 14
+            d["saliency_methods"] = tuple(d["saliency_methods"])
         return cls(**d, train=TrainConfig(**{k: v for k, v in train.items() if k in train_known}))
 
     @property

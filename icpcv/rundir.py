@@ -13,12 +13,14 @@ path, and reads and writes through it; every write is atomic. Layout::
     folds/fold_NN/      record.json (complete when it says so), predictions.csv, learning_curve.csv,
                         <model>_checkpoint.pt (last epoch; deleted once complete), <model>_weights.pt,
                         fold.log, status.json, error.json (why the last attempt failed), .lock
+                        saliency_<model>.npz (run --saliency N: attribution maps of held-out scans)
     slurm/              jobs.json (the fold -> Slurm task map), one submitit folder per submission
     predictions.csv     out-of-fold predictions, long format
     stats.json          the analysis
     figures/*.png, index.html
     leakage.json, scan_split/   with the leakage audit: the scan-level twin (a run directory itself)
     power.json          `icpcv power`: the power of a new study, for this run's predictions (figures/power.png)
+    attribution.json, attribution_maps.npz   run --saliency N: region shares, sanity check, cost; mean maps
 
 A comparison directory (``icpcv compare``) holds compare.json, and an analysis directory
 (``icpcv analyze TABLE --out DIR`` outside a run) analysis.json, each beside predictions.csv,
@@ -177,6 +179,21 @@ class FoldDir(_Folder):
         """The trained network's weights (state dict of tensors)."""
         return self.path / f"{model}_weights.pt"
 
+    # ---- issue 14: attribution maps (run --saliency N), written before record.json like the predictions
+    def saliency(self, model: str) -> Path:
+        """A network's attribution maps of the fold's held-out scans (``AttributionMaps`` npz)."""
+        return self.path / f"saliency_{model}.npz"
+
+    def _saliency_intact(self, record: dict) -> bool:
+        """The maps the record names (``saliency``: model -> {sha256}) are on disk unchanged."""
+        for model, info in (record.get("saliency") or {}).items():
+            try:
+                if file_sha256(self.saliency(model)) != info.get("sha256"):
+                    return False
+            except OSError:
+                return False
+        return True
+
     def checkpoints(self) -> list[Path]:
         return sorted(self.path.glob("*_checkpoint.pt"))
 
@@ -202,6 +219,8 @@ class FoldDir(_Folder):
         if not r or r.get("status") != "complete" or r.get("key") != key:
             return False
         if not self.predictions_csv.exists():
+            return False
+        if not self._saliency_intact(r):  # issue 14
             return False
         want = r.get("predictions_sha256")
         if want is not None:
@@ -317,7 +336,8 @@ class RunDir(_Folder):
              "plan_audit_json": "leakage_audit.json", "predictions_csv": "predictions.csv",
              "stats_json": "stats.json", "index_html": "index.html", "figures_dir": "figures",
              "slurm_dir": "slurm", "slurm_jobs_json": "slurm/jobs.json", "leakage_json": "leakage.json",
-             "compare_json": "compare.json", "analysis_json": "analysis.json", "power_json": "power.json"}
+             "compare_json": "compare.json", "analysis_json": "analysis.json", "power_json": "power.json",
+             "attribution_json": "attribution.json", "attribution_maps_npz": "attribution_maps.npz"}  # issue 14
 
     def __init__(self, path):
         self.path = Path(path)

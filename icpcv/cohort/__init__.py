@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from icpcv.cohort.phantom import PRESETS as PHANTOM_PRESETS, make_cohort
+from icpcv.cohort.phantom import PRESETS as PHANTOM_PRESETS, ShortcutMarker, make_cohort
 from icpcv.cohort.table import STEP_COLUMNS, read_scan_table
 from icpcv.cohort import volumes as volume_io
 from icpcv.config import RunConfig
@@ -69,7 +69,8 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
         if big:
             vol_dir.mkdir(parents=True, exist_ok=True)
         scans, volumes, truth = make_cohort(cfg.phantom, signal=cfg.signal, seed=cfg.data_seed, shape=shape,
-                                            out=vol_dir if big else None)
+                                            out=vol_dir if big else None,
+                                            shortcut=ShortcutMarker() if cfg.shortcut else None)
         if big:
             scans["path"] = [str(vol_dir / f"{x}.npy") for x in scans["scan_id"]]
         else:
@@ -80,7 +81,8 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
         # the set levels name each scan's pressure step (trending's change pairs); not hashed: no model reads them
         table = scans[["scan_id", "subject", "iop", "icp", "path", "row", "iop_set", "icp_set"]].rename(
             columns={"iop_set": STEP_COLUMNS[0], "icp_set": STEP_COLUMNS[1]})
-        source, has_volumes = f"synthetic phantom ({cfg.phantom}, signal {cfg.signal}, seed {cfg.data_seed})", True
+        source, has_volumes = (f"synthetic phantom ({cfg.phantom}, signal {cfg.signal}, seed {cfg.data_seed}"
+                               + (", planted shortcut marker" if cfg.shortcut else "") + ")"), True
         data_hash = hashlib.sha256(pd.util.hash_pandas_object(table[["scan_id", "subject", "iop", "icp"]])
                                    .to_numpy().tobytes() + (volumes.tobytes() if volumes is not None else b"")
                                    ).hexdigest()[:16]

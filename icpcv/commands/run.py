@@ -8,13 +8,34 @@ from pathlib import Path
 
 from icpcv.cohort.table import table_has_volumes
 from icpcv.config import (DEFAULT_MODELS_LABELS, DEFAULT_MODELS_VOLUMES, OPTIMIZERS, PRECISIONS, PRESETS,
-                          SHORTCUT_GRADS, TRAIN_OPTIONS, RunConfig, TrainConfig)
+                          SALIENCY_METHODS, SHORTCUT_GRADS, TRAIN_OPTIONS, RunConfig, TrainConfig)
 from icpcv.errors import InputError
 from icpcv.folds import check_val_fraction
 from icpcv.plausible import check_options
 from icpcv.progress import Progress
 from icpcv.util import parse_shape
 from icpcv.writable import check_run_outputs
+
+
+#: the attribution methods (icpcv.explain.attribution.METHODS, spelled here: that module imports torch)
+ATTRIBUTION_METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "occlusion")
+
+
+def _saliency_options(args) -> dict:
+    """Issue 14: ``--saliency N``, ``--saliency-methods`` and ``--shortcut`` as RunConfig fields."""
+    n = getattr(args, "saliency", 0) or 0
+    if n < 0:
+        raise InputError(f"--saliency {n}: give the number of held-out scans to map per monkey (0 = off)")
+    methods = tuple(m.strip() for m in str(getattr(args, "saliency_methods", None) or ",".join(SALIENCY_METHODS))
+                    .split(",") if m.strip())
+    unknown = [m for m in methods if m not in ATTRIBUTION_METHODS]
+    if unknown or not methods:
+        raise InputError(f"--saliency-methods: unknown method(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(ATTRIBUTION_METHODS)}")
+    shortcut = bool(getattr(args, "shortcut", False))
+    if shortcut and args.manifest is not None:
+        raise InputError("--shortcut plants a marker in the synthetic phantom; it does not apply to --manifest")
+    return dict(saliency=int(n), saliency_methods=methods, shortcut=shortcut)
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -73,6 +94,17 @@ def add_parser(sub) -> None:
                         "for a faithful replication of the seed; see docs/gpu.md)")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1")
+    # ---- issue 14: attribution maps
+    x = p.add_argument_group("where the CNN looks (attribution maps)")
+    x.add_argument("--saliency", type=int, default=RunConfig.saliency, metavar="N",
+                   help="after each fold trains, map up to N held-out scans per monkey with every CNN (attribution "
+                        "maps saved in the fold folder; on the phantom scored against the lamina band; report "
+                        "section 'Where the CNN looks'); 0 (default) = off")
+    x.add_argument("--saliency-methods", default=",".join(SALIENCY_METHODS),
+                   help=f"comma-separated, from {', '.join(ATTRIBUTION_METHODS)} (default {','.join(SALIENCY_METHODS)})")
+    x.add_argument("--shortcut", action="store_true",
+                   help="synthetic cohort: plant the phantom's shortcut marker (a deep-corner box whose brightness "
+                        "tracks ICP in half of the monkeys), to check that the maps find it")
     a = p.add_argument_group("analysis")
     a.add_argument("--reference", default=RunConfig.reference, help="baseline the others are compared against")
     a.add_argument("--n-boot", type=int, default=RunConfig.n_boot)
@@ -141,7 +173,8 @@ def build_config(args) -> RunConfig:
                      shape=args.shape or (preset.shape if preset else None), train=train, reference=args.reference,
                      n_boot=args.n_boot, ci_level=args.ci_level, skip_bad_scans=args.skip_bad_scans,
                      pretrained=pretrained, shortcut_grad=getattr(args, "shortcut_grad", RunConfig.shortcut_grad),
-                     preset=getattr(args, "preset", None))
+                     preset=getattr(args, "preset", None),
+                     **_saliency_options(args))  # issue 14
 
 
 def cmd_run(args) -> int:

@@ -57,13 +57,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 
+from icpcv.config import SALIENCY_METHODS
 from icpcv.util import atomic_write_bytes, natural_sorted, to_jsonable
 
 METHODS = ("gradient", "gradient_x_input", "integrated_gradients", "occlusion")
-#: the methods a fold computes by default: one gradient method and the perturbation method
-DEFAULT_METHODS = ("integrated_gradients", "occlusion")
+#: the methods a fold computes by default (``run --saliency N``): one gradient method and the perturbation method
+DEFAULT_METHODS = SALIENCY_METHODS
 
 
 def sample_scans(scan_ids, subjects, n: int, *, seed: int = 0, fold: int = 0) -> list[str]:
@@ -261,14 +263,24 @@ class AttributionMaps:
     seconds: dict[str, float] = field(default_factory=dict)
     baseline_intensity: float = float("nan")  # the reference volume's raw intensity (training mean)
     settings: dict = field(default_factory=dict)
+    #: absolute attribution per scan and labelled region (icpcv.explain.scoring.region_table, with model,
+    #: method, fold), where the cohort has labels; None otherwise
+    regions: pd.DataFrame | None = None
+    #: anything else the fold found, as JSON (the run's fold job: the sanity check, the randomised copy's cost)
+    extra: dict = field(default_factory=dict)
 
     def save(self, path) -> None:
         """One ``.npz`` (no pickles): ``scan_id``, ``subject``, ``map_<method>`` as float16, each scan
         scaled by its largest absolute value, which is stored as ``scale_<method>`` (float32);
-        ``seconds_<method>``, ``baseline_intensity`` and ``settings_json`` (the settings as JSON text)."""
+        ``seconds_<method>``, ``baseline_intensity`` and ``settings_json`` (the settings as JSON text);
+        ``regions_csv`` (the region table as CSV text) and ``extra_json`` when there are any."""
         arrays = dict(scan_id=np.asarray(self.scan_ids, dtype=str), subject=np.asarray(self.subjects, dtype=str),
                       baseline_intensity=np.float64(self.baseline_intensity),
                       settings_json=np.asarray(json.dumps(to_jsonable(self.settings))))
+        if self.regions is not None:
+            arrays["regions_csv"] = np.asarray(self.regions.to_csv(index=False))
+        if self.extra:
+            arrays["extra_json"] = np.asarray(json.dumps(to_jsonable(self.extra)))
         for name, m in self.maps.items():
             m = np.asarray(m, dtype=np.float32)
             scale = np.abs(m.reshape(len(m), -1)).max(axis=1) if len(m) else np.zeros(0, np.float32)
@@ -286,8 +298,13 @@ class AttributionMaps:
             names = [k[len("map_"):] for k in z.files if k.startswith("map_")]
             maps = {n: z[f"map_{n}"].astype(np.float32) * z[f"scale_{n}"].reshape(-1, 1, 1, 1) for n in names}
             settings = json.loads(str(z["settings_json"])) if "settings_json" in z.files else {}
+            regions = (pd.read_csv(io.StringIO(str(z["regions_csv"])), dtype={"scan_id": str, "subject": str,
+                                                                               "model": str})
+                       if "regions_csv" in z.files else None)
+            extra = json.loads(str(z["extra_json"])) if "extra_json" in z.files else {}
             return cls([str(s) for s in z["scan_id"]], [str(s) for s in z["subject"]], maps,
-                       {n: float(z[f"seconds_{n}"]) for n in names}, float(z["baseline_intensity"]), settings)
+                       {n: float(z[f"seconds_{n}"]) for n in names}, float(z["baseline_intensity"]), settings,
+                       regions, extra)
 
 
 def attribute_scans(model, volumes, iop_mmHg, standardiser, *, scan_ids, subjects,

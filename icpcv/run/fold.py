@@ -20,6 +20,7 @@ import torch
 
 from icpcv import cohort as cohort_mod
 from icpcv.cohort import ScanSet
+from icpcv.explain.fold import is_network, write_fold_saliency  # issue 14: run --saliency N
 from icpcv.folds import FoldPlan
 from icpcv.models import FitContext, make_model
 from icpcv.progress import FoldReporter, Progress
@@ -102,6 +103,7 @@ def _run_fold(run: RunDir, fold: FoldDir, rec: RunRecord, device: str, progress:
     progress.message(f"{label}: starting on {socket.gethostname()} (pid {os.getpid()}, device {dev}, "
                      f"{torch.get_num_threads()} torch threads)")
     preds, infos, curves = [], {}, []
+    saliency = {}  # issue 14: model -> its maps file (run --saliency N)
     for name in cfg.models:
         t0 = time.perf_counter()
         context = FitContext(train=cfg.train, seed=training_seed(cfg.seed, k), shape=coh.shape, device=dev,
@@ -115,6 +117,11 @@ def _run_fold(run: RunDir, fold: FoldDir, rec: RunRecord, device: str, progress:
             curves.append(model.learning_curve_)
         info["seconds"] = time.perf_counter() - t0
         infos[name] = info
+        if cfg.saliency and is_network(model):  # issue 14: maps of held-out scans, written before record.json
+            saliency[name] = write_fold_saliency(fold, run.cohort, name, model, test, n=cfg.saliency, seed=cfg.seed,
+                                                 methods=cfg.saliency_methods)
+            progress.message(f"{label} {name}: {saliency[name]['n_scans']} held-out scans mapped in "
+                             f"{saliency[name]['wall_seconds']:.1f} s")
         preds.append(pd.DataFrame(dict(fold=k, subject=test.frame["subject"].to_numpy(),
                                        scan_id=test.frame["scan_id"].to_numpy(), model=name,
                                        y_true=test.icp, y_pred=np.asarray(y_pred, float), iop=test.iop)))
@@ -135,6 +142,8 @@ def _run_fold(run: RunDir, fold: FoldDir, rec: RunRecord, device: str, progress:
                   slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=started,
                   finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   seconds=time.perf_counter() - t_fold)
+    if saliency:  # issue 14: FoldDir.complete checks these files like the predictions
+        record["saliency"] = saliency
     fold.write_record(record)  # written last: the fold is complete only now
     fold.remove_checkpoints(cfg.models)
     progress.message(fold_summary(record, plan.n_folds))

@@ -9,6 +9,7 @@ from icpcv import cohort as cohort_mod
 from icpcv.cohort.table import read_scan_table
 from icpcv.config import RunConfig
 from icpcv.errors import InputError, RunDirError
+from icpcv.explain.summary import write_attribution  # issue 14
 from icpcv.folds import audit, make_plan
 from icpcv.models import check_models, make_model
 from icpcv.progress import Progress
@@ -128,6 +129,8 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
     if scan_audit is not None:
         result.extra["scan_split_audit"] = {k: scan_audit[k] for k in ("statement", "n_folds", "ci_level", "models")}
     write_stats(result, run.stats_json)
+    if cfg.saliency:  # issue 14: the folds' attribution maps scored (attribution.json) before the report
+        write_attribution(run.path, progress)
     report = write_report(run.path)
     if progress:
         if cfg.split == "scans":
