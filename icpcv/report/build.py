@@ -13,6 +13,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from icpcv.cohort.table import REASONS
 from icpcv.config import flatten
+from icpcv.cohort.phantom import LAMINA
+from icpcv.report import attribution_figures as AF
 from icpcv.report import figures as F
 from icpcv.report import trend_figures as TF
 from icpcv.report.rundata import CompareData, PredictionsData, RunData, read_trending
@@ -362,8 +364,81 @@ def run_figures(run: RunData, stats: AnalysisResult) -> dict[str, list[F.Figure]
             "the ring marks the epoch whose weights were restored for prediction. Epoch 0 is the untrained network.",
             F.learning_curves_figure(run.curves, {r.get("fold"): r.get("held_out", []) for r in run.fold_records}))
         power_figure(add, run.power)
+        attribution_figures(add, run.attribution, run.attribution_maps)  # issue 14
     F.render([f for figs in out.values() for f in figs], run.run.figures_dir)
     return out
+
+
+# ---- issue 14: where the CNN looks (run --saliency N)
+
+def _method_text(method: str) -> str:
+    return str(method).replace("_", " ")
+
+
+def attribution_figures(add, attribution: dict | None, maps: dict | None) -> None:
+    """Per network and method the mean absolute map as orthogonal slices and as projections (the phantom's
+    frame when known, the lamina band outlined), and a few individual scans with their maps."""
+    if not attribution or not maps:
+        return
+    outline = maps.get("outline__lamina")
+    frame = ("in the phantom's reference frame (each scan moved by its known misregistration, Bruch's membrane at "
+             "one depth)" if attribution.get("aligned") else "in scan coordinates (no reference frame is known)")
+    marker = " The planted marker sits in the deep corner (x, y = 0): the projections show it." \
+        if attribution.get("shortcut") else ""
+    for m in attribution.get("models", []):
+        model = m["model"]
+        stem = F.file_stem(model)
+        for method in m.get("methods", []):
+            mean = maps.get(f"mean__{model}__{method}")
+            if mean is None:
+                continue
+            for projection in (False, True):
+                add("attribution", f"attribution_{stem}_{method}" + ("_projection" if projection else ""),
+                    f"Mean absolute attribution: {model}, {_method_text(method)}"
+                    + (" (projections)" if projection else ""),
+                    f"{m['n_scans']} held-out scans of {m['n_subjects']} monkeys, each map scaled to sum 1, then "
+                    f"averaged {frame}; " + ("each panel the mean along the axis it looks down." if projection else
+                                           "three orthogonal slices through the optic nerve head.")
+                    + (" Blue line: the lamina band where at least half of the scans have it." if outline is not None
+                       else "") + marker,
+                    AF.orthogonal_slices_figure(mean, outline=outline, projection=projection,
+                                                title=f"{model}, {_method_text(method)}"))
+        volumes = maps.get(f"example_volume__{model}")
+        method = (m.get("methods") or [None])[0]
+        emap = maps.get(f"example_map__{model}__{method}")
+        if volumes is not None and emap is not None and len(volumes):
+            names = [f"{sid} (monkey {sub})" for sid, sub in zip(maps[f"example_scan_id__{model}"],
+                                                                  maps[f"example_subject__{model}"])]
+            labels = maps.get(f"example_labels__{model}")
+            add("attribution", f"attribution_scans_{stem}", f"Individual scans: {model}, {_method_text(method)}",
+                "Each row one held-out scan: its B-scan, the absolute attribution on the same B-scan and en-face"
+                + (" at the lamina's depth, the lamina band outlined in blue." if labels is not None else "."),
+                AF.scan_maps_figure(volumes, emap, labels=labels, outline_code=LAMINA if labels is not None else None,
+                                    scan_names=names, title=f"{model}, {_method_text(method)}"))
+
+
+def attribution_context(attribution: dict | None) -> dict | None:
+    """The section's tables, read from attribution.json (nothing recomputed)."""
+    if not attribution:
+        return None
+    scores = attribution.get("scores") or {}
+    results = scores.get("results") or []
+    rows = [dict(model=r["model"], method=_method_text(r["method"]), region=r["region"], monkeys=r["n_subjects"],
+                 scans=r["n_scans"], left_out=r.get("n_scans_without_attribution") or 0,
+                 share=r["attribution_share"]["estimate"], share_ci=r["attribution_share"]["ci"],
+                 volume=r["volume_share"], enrichment=r["enrichment"]["estimate"], enrichment_ci=r["enrichment"]["ci"],
+                 p=r["p_signflip"], randomised=str(r["model"]).endswith("_randomised")) for r in results]
+    sanity = [s for m in attribution.get("models", []) for s in m.get("sanity", [])]
+    cost = [dict(model=m["model"], method=_method_text(meth), seconds=sec)
+            for m in attribution.get("models", []) for meth, sec in m["cost"]["seconds_per_scan"].items()]
+    extra = [dict(model=m["model"], randomised=m["cost"].get("randomised_wall_seconds_per_fold"),
+                  sanity=m["cost"].get("sanity_wall_seconds_per_fold")) for m in attribution.get("models", [])]
+    return dict(data=attribution, scored=bool(attribution.get("scoring_available")), rows=rows,
+                comparisons=[c["sentence"] for c in scores.get("against_randomised") or []], sanity=sanity,
+                cost=cost, extra=extra, note=attribution.get("note"),
+                methods=", ".join(_method_text(m) for m in attribution.get("methods", [])),
+                models=", ".join(m["model"] for m in attribution.get("models", [])),
+                marker=bool(attribution.get("shortcut")))
 
 
 def trending_figures(add, trend: TrendingResult | None, subjects: list[str]) -> None:
@@ -464,6 +539,7 @@ def render_run(run: RunData) -> str:
                calibration=table_context(run.calibration),
                config=[(k, fmt_value(v)) for k, v in flatten(run.config).items()], env=env_items(run.environment),
                record=run.record, timing=timing_table(run), power=run.power,
+               attribution=attribution_context(run.attribution),  # issue 14
                warnings=list(stats.warnings), notes=run.notes)
     return environment().get_template("report.html.j2").render(**ctx)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from icpcv.errors import RunDirError
@@ -162,6 +163,9 @@ class RunData(_Shown):
     scan_audit: dict | None = None  # leakage.json of `run --leakage-audit`, when it belongs to this run
     notes: list[str] = field(default_factory=list)  # what the report could not show, and why
     power: PowerResult | None = None  # power.json of `icpcv power`, when it was made for these predictions
+    # issue 14: attribution.json and attribution_maps.npz of `run --saliency N`, when they belong to this run
+    attribution: dict | None = None
+    attribution_maps: dict | None = field(default=None, repr=False)
 
     @property
     def subjects(self) -> list[str]:
@@ -203,11 +207,36 @@ def load_run(run_dir) -> RunData:
                 notes.append("leakage.json belongs to an earlier version of this run or of its scan_split twin; "
                              "the scan-split audit is not shown (rerun with --leakage-audit to refresh it)")
     power = read_power(run, notes)
+    attribution, attribution_maps = read_attribution(run, record, notes)  # issue 14
     return RunData(run=run, record=record, config=config, environment=env, stats=read_stats(run),
                    predictions=run.read_predictions(), quality=run.read_quality(), scans=scans,
                    cohort=cohort, plan=plan, audit=run.read_plan_audit(), fold_records=folds,
                    curves=pd.concat(curves, ignore_index=True) if curves else None,
-                   calibration=read_calibration(run), scan_audit=scan_audit, notes=notes, power=power)
+                   calibration=read_calibration(run), scan_audit=scan_audit, notes=notes, power=power,
+                   attribution=attribution, attribution_maps=attribution_maps)
+
+
+def read_attribution(run: RunDir, record: RunRecord, notes: list[str]) -> tuple[dict | None, dict | None]:
+    """Issue 14: ``attribution.json`` and ``attribution_maps.npz`` (``run --saliency N``) when they were made
+    for this run (same run key); otherwise (None, None), with a note saying why they are not shown."""
+    if not run.attribution_json.exists():
+        return None, None
+    try:
+        data = read_json_file(run.attribution_json)
+    except RunDirError as exc:
+        notes.append(f"attribution.json cannot be read ({exc}); the attribution section is not shown")
+        return None, None
+    if not isinstance(data, dict) or data.get("run_key") != record.key:
+        notes.append("attribution.json belongs to another version of this run; the attribution section is not shown")
+        return None, None
+    maps = None
+    if run.attribution_maps_npz.exists():
+        try:
+            with np.load(run.attribution_maps_npz, allow_pickle=False) as z:
+                maps = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            notes.append(f"attribution_maps.npz cannot be read ({exc}); the attribution figures are not shown")
+    return data, maps
 
 
 @dataclass
