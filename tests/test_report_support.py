@@ -20,6 +20,8 @@ MONKEY_TABLE = REPO.parent / "shared" / "data" / "monkey_data.csv"
 TINY = make_config(phantom="tiny", epochs=2, n_boot=300)
 #: a second run on the same fold plan (same cohort, folds and seed), another CNN schedule; no report
 TINY_B = make_config(phantom="tiny", epochs=1, n_boot=300, models=("ols_iop", "cnn"))
+#: issue 14: a tiny run with `--saliency 2` (maps of 2 held-out scans per monkey, attribution.json, the section)
+TINY_SALIENCY = make_config(phantom="tiny", epochs=2, n_boot=300, models=("ols_iop", "cnn"), saliency=2)
 #: the real label table, labels only; made with `--leakage-audit` (a scan-level twin in scan_split/)
 LABELS = make_config(manifest=str(MONKEY_TABLE), models=("mean", "ols_iop"), n_boot=300)
 
@@ -51,7 +53,7 @@ def shared_run(name: str, base: Path) -> Path:
             run(LABELS, Path(base) / name, device="cpu", leakage_audit=True)
             _made[name] = Path(base) / name
         else:
-            cfg = {"tiny": TINY, "tiny_b": TINY_B}[name]
+            cfg = {"tiny": TINY, "tiny_b": TINY_B, "tiny_saliency": TINY_SALIENCY}[name]
             _made[name] = make_run(cfg, Path(base) / name, report=name != "tiny_b")
     return _made[name]
 
