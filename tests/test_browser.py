@@ -237,6 +237,17 @@ def test_synthetic_run_report_renders(browser, tmp_path_factory):
                                "training", "provenance", "warnings"]
 
 
+def test_saliency_run_report_renders(browser, tmp_path_factory):
+    """Issue 14: `run --saliency 2` adds "Where the CNN looks" (tables and map figures) after trending."""
+    run = shared_run("tiny_saliency", tmp_path_factory.getbasetemp() / "report_runs")
+    res = check_in_browser(browser, run / "index.html", "screenshot_saliency.png")
+    assert_renders(res, min_images=12)
+    assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "trending",
+                               "attribution", "training", "provenance", "warnings"]
+    alts = [i["alt"] for i in res["images"]]
+    assert "Mean absolute attribution: cnn, occlusion" in alts and "Individual scans: cnn, integrated gradients" in alts
+
+
 def test_labels_only_real_table_report_renders(browser, tmp_path_factory):
     from test_report_support import MONKEY_TABLE
 
