@@ -52,6 +52,7 @@ def test_one_run_notebook(tmp_path_factory, monkeypatch):
 
     stats = read_json(run / "stats.json")
     assert stats["verdict"] in text
+    assert "this run has no attribution maps" in text  # issue 14: section 9 without `--saliency`
     assert "scans as independent (wrong)" in text and "percentile CI" in text
     assert "between_subject" in text and "monkeys where the model beats the reference" in text
     # trending, read from stats.json: its table and sentence; power, planned anew for the verdict's model
@@ -61,6 +62,16 @@ def test_one_run_notebook(tmp_path_factory, monkeypatch):
     assert f"sign-flip p × {len(stats['comparisons'])} comparisons < 0.05" in text
     # 4 figures before, then a four-quadrant and a polar plot of two models, and the power curve
     assert sum(1 for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})) >= 9
+
+
+def test_one_run_notebook_browses_a_monkeys_maps(tmp_path_factory, monkeypatch):
+    """Issue 14: with `run --saliency N` maps, section 9 shows one monkeys' maps (without them it says so)."""
+    run = shared_run("tiny_saliency", tmp_path_factory.getbasetemp() / "report_runs")
+    nb = execute(REPO / "analysis" / "01_one_run.ipynb", {"ICPCV_RUN": run, "ICPCV_NBOOT": 100, "ICPCV_NSIM": 100,
+                                                          "ICPCV_MONKEY": "2"}, monkeypatch)
+    text = outputs_text(nb)
+    assert "this run has no attribution maps" not in text
+    assert "scans of monkey 2" in text and "times its volume share" in text
 
 
 def test_compare_runs_notebook(tmp_path_factory, tmp_path, monkeypatch):
