@@ -16,7 +16,7 @@ from icpcv.explain.attribution import AttributionMaps, attribute_scans
 from icpcv.explain.sanity import randomisation_check, randomised_copy, rank_correlations, weighted_layers
 from icpcv.explain.scoring import region_table
 from icpcv.cohort import ScanSet
-from icpcv.explain.study import fit_cnn, phantom_attribution_study, write_study
+from icpcv.explain.study import fit_cnn, phantom_attribution_study
 from icpcv.folds import make_plan
 from icpcv.report.attribution_figures import orthogonal_slices_figure, scan_maps_figure, slice_centre
 from icpcv.report.figures import style, to_png
@@ -158,18 +158,21 @@ def test_figures_draw_slices_with_the_lamina_outline():
         orthogonal_slices_figure(np.ones((4, 4, 4)), outline=np.ones((4, 4, 5)))
 
 
-def test_standalone_study_writes_maps_scores_and_figures(tmp_path):
-    study = phantom_attribution_study(preset="tiny", signal=1.0, folds=[0, 1], n_scans=3, epochs=2, n_boot=200,
-                                      shortcut=ShortcutMarker(), methods=("gradient", "occlusion"))
-    assert set(study.regions["model"]) == {"cnn", "cnn_randomised"}
-    assert study.regions.groupby(["model", "method", "fold"])["scan_id"].nunique().max() == 3
-    assert {r.region for r in study.scores.results} == {"lamina", "marker"}
-    write_study(study, tmp_path)
-    back = AttributionMaps.load(tmp_path / "folds" / "fold_00" / "saliency_cnn.npz")
+def test_the_study_runs_through_icpcv_run(tmp_path):
+    """explain.study is a thin driver of `icpcv run --saliency N` (no CNN fitting of its own)."""
+    from icpcv.explain.study import summary
+
+    data = phantom_attribution_study(tmp_path / "run", device="cpu", preset="tiny", signal=1.0, n_scans=3, epochs=2,
+                                     n_boot=200, shortcut=True, methods=("gradient", "occlusion"))
+    assert {r["region"] for r in data["scores"]["results"]} == {"lamina", "marker"}
+    assert {r["model"] for r in data["scores"]["results"]} == {"cnn", "cnn_randomised"}
+    assert len(data["mae_by_subject"]) == 6 and sum(r["marker_tracks_icp"] for r in data["mae_by_subject"]) == 3
+    back = AttributionMaps.load(tmp_path / "run" / "folds" / "fold_00" / "saliency_cnn.npz")
     assert len(back.scan_ids) == 3 and back.maps["occlusion"].shape == (3, 12, 12, 32)
-    for name in ("attribution.json", "attribution_regions.csv", "summary.md",
-                 "figures/attribution_cnn_occlusion.png"):
-        assert (tmp_path / name).exists(), name
+    for name in ("attribution.json", "attribution_maps.npz", "index.html", "figures/attribution_cnn_occlusion.png"):
+        assert (tmp_path / "run" / name).exists(), name
+    text = summary(data)
+    assert "monkeys whose marker tracks ICP" in text and "Cost per scan" in text
 
 
 def test_randomisation_check_of_a_network_that_ignores_the_scan_is_not_applicable():

@@ -10,8 +10,13 @@
 * :mod:`icpcv.explain.sanity` -- the model-randomisation check of Adebayo et al. (2018);
 * :mod:`icpcv.explain.align` -- maps moved into the phantom's reference frame and averaged;
 * :mod:`icpcv.explain.bench` -- the cost of each method per scan (``python -m icpcv.explain.bench``);
-* :mod:`icpcv.explain.study` -- the whole thing on the phantom, leave-one-monkey-out, standalone
-  until ``icpcv run --saliency N`` does it inside the folds (``python -m icpcv.explain.study``).
+* :mod:`icpcv.explain.fold` -- inside a run's fold job (``icpcv run --saliency N``): up to N held-out
+  scans per monkey mapped by each fitted network, its randomised copy and the sanity check, saved
+  in the fold's folder before its record;
+* :mod:`icpcv.explain.summary` -- after the folds: ``attribution.json`` (region shares with
+  monkey-level intervals, sanity check, cost) and ``attribution_maps.npz`` (mean maps for the report);
+* :mod:`icpcv.explain.study` -- the study on the phantom as a thin driver of ``icpcv run --saliency N``
+  (``python -m icpcv.explain.study``).
 
 Nothing is imported here (torch is heavy; the scoring and statistics need none).
 """
