@@ -146,7 +146,7 @@ def scan_split_config(cfg: RunConfig, n_folds: int) -> RunConfig:
     """The twin of an honest run for the leakage audit: the same models, data and settings on a
     scan-level random K-fold with as many folds as the honest plan, so that both train on a
     similar share of the scans and differ only in whether a monkey can be on both sides."""
-    return replace(cfg, split="scans", folds=int(n_folds))
+    return replace(cfg, split="scans", folds=int(n_folds), saliency=0)  # issue 14: the twin maps nothing
 
 
 def write_scan_split_audit(run_dir: Path, progress: Progress | None = None) -> dict:
