@@ -131,3 +131,42 @@ def test_a_shortcut_run_scores_the_marker(tmp_path):
     assert {(r["model"], r["region"]) for r in data["scores"]["results"]} >= {("cnn", "lamina"), ("cnn", "marker")}
     with np.load(run.attribution_maps_npz) as z:
         assert "outline__marker" in z.files
+
+
+def test_a_cohort_without_labels_keeps_the_maps_and_says_the_scoring_is_not_available(saliency_run, tmp_path):
+    """A real cohort has no phantom truth: the maps are saved and drawn unaligned, nothing is scored."""
+    from icpcv.explain.fold import attribute_fold
+    from icpcv.explain.summary import write_attribution
+    from icpcv.report import write_report
+
+    copy = tmp_path / "run"
+    shutil.copytree(saliency_run, copy)
+    run = RunDir(copy)
+    run.cohort.truth_json.unlink()
+    data = write_attribution(copy)
+    assert data["scores"] is None and not data["scoring_available"] and not data["aligned"]
+    assert "cannot be scored" in data["note"] and data["models"][0]["n_scans"] == 2 * run.read_record().n_folds
+    with np.load(run.attribution_maps_npz) as z:
+        assert "mean__cnn__occlusion" in z.files and "outline__lamina" not in z.files
+    html = write_report(copy).read_text()
+    assert "cannot be scored" in html and "in scan coordinates" in html
+
+    class Fitted:  # a fitted network model as the fold job holds it: the restored weights, the standardiser
+        def __init__(self, net, std):
+            self.network_, self.standardiser_ = net, std
+
+    import torch
+
+    from icpcv.cohort import ScanSet, VolumeStore, load
+    from icpcv.models.cnn import LightCNN3D
+    from icpcv.train.loop import Standardiser
+
+    coh = load(run.cohort)
+    test = ScanSet(coh.scans[coh.scans["subject"] == "1"].set_index("scan_id", drop=False), VolumeStore(coh).get)
+    torch.manual_seed(0)
+    net = LightCNN3D((12, 12, 32))
+    torch.nn.init.normal_(net.head.weight)
+    maps = attribute_fold(Fitted(net, Standardiser(40.0, 30.0, 20.0, 5.0, 15.0, 8.0)), test, 2, name="cnn", fold=0,
+                          methods=("gradient",), truth=None, sanity_scans=1)
+    assert maps.regions is None and len(maps.scan_ids) == 2 and maps.extra["labels"] is False
+    assert maps.extra["sanity"][0]["method"] == "gradient"
