@@ -34,10 +34,28 @@ from icpcv.util import atomic_write_bytes, atomic_write_json, to_jsonable
 EXAMPLE_SCANS = 3
 
 
-def read_fold_maps(run: RunDir, n_folds: int, model: str) -> list[AttributionMaps]:
-    """Every fold's maps of ``model`` that exist, in fold order."""
-    return [AttributionMaps.load(run.fold(k).saliency(model)) for k in range(n_folds)
-            if run.fold(k).saliency(model).exists()]
+def read_fold_maps(run: RunDir, n_folds: int, model: str):
+    """Every fold's maps of ``model`` that exist, in fold order, one at a time (a generator: at the seed's
+    scale a fold's maps are hundreds of MB)."""
+    for k in range(n_folds):
+        if run.fold(k).saliency(model).exists():
+            yield AttributionMaps.load(run.fold(k).saliency(model))
+
+
+class _RunningMean:
+    """:func:`mean_abs_map` (and :func:`region_probability`) over folds without holding every fold's maps:
+    the per-fold means weighted by the scans they kept."""
+
+    def __init__(self):
+        self.total, self.n = None, 0
+
+    def add(self, mean: np.ndarray, n: int) -> None:
+        if n:
+            self.total = mean.astype(np.float64) * n + (0 if self.total is None else self.total)
+            self.n += n
+
+    def value(self, shape) -> np.ndarray:
+        return np.zeros(shape, np.float32) if self.total is None else (self.total / self.n).astype(np.float32)
 
 
 def _sanity_rows(maps: list[AttributionMaps], model: str) -> list[dict]:
@@ -76,7 +94,7 @@ def _cost(maps: list[AttributionMaps]) -> dict:
     """Seconds per scan per method, weighted by the scans each fold mapped; the randomised copy's and
     the sanity check's wall time per fold."""
     n = np.array([len(m.scan_ids) for m in maps], float)
-    methods = list(maps[0].maps) if maps else []
+    methods = list(maps[0].seconds) if maps else []
     per_scan = {meth: float(np.average([m.seconds.get(meth, np.nan) for m in maps], weights=n))
                 for meth in methods} if n.sum() else {}
     return dict(seconds_per_scan=per_scan,
@@ -101,44 +119,54 @@ def write_attribution(run_dir, progress=None) -> dict | None:
     scored = truth is not None and "scans" in truth
     arrays: dict[str, np.ndarray] = {}
     models, tables = [], []
+    scan_rows = None
+    if scored:
+        scan_rows = pd.DataFrame(truth["scans"])
+        scan_rows["scan_id"] = scan_rows["scan_id"].astype(str)
+        scan_rows = scan_rows.set_index("scan_id", drop=False)
+    outlines = {"lamina": (LAMINA, _RunningMean()), "marker": (MARKER, _RunningMean())} if scored else {}
     for model in networks:
-        maps = read_fold_maps(run, rec.n_folds, model)
-        ids = [x for m in maps for x in m.scan_ids]
-        subjects = [s for m in maps for s in m.subjects]
-        methods = list(maps[0].maps)
-        tables += [m.regions for m in maps if m.regions is not None]
-        offsets = None
-        if scored:
-            rows = pd.DataFrame(truth["scans"])
-            rows["scan_id"] = rows["scan_id"].astype(str)
-            offsets = phantom_offsets(rows.set_index("scan_id", drop=False).loc[ids], truth)
-        for method in methods:
-            stack = np.concatenate([m.maps[method] for m in maps])
-            arrays[f"mean__{model}__{method}"] = mean_abs_map(stack, offsets).astype(np.float32)
-        # a few scans to show one by one: the first mapped scan of the first monkeys
-        seen, pick = set(), []
-        for i, s in enumerate(subjects):
-            if s not in seen and len(pick) < EXAMPLE_SCANS:
-                seen.add(s)
-                pick.append(i)
-        ex_ids = [ids[i] for i in pick]
+        folds, ids, subjects, examples = [], [], [], {}
+        means: dict[str, _RunningMean] = {}
+        for fm in read_fold_maps(run, rec.n_folds, model):
+            shape = next(iter(fm.maps.values())).shape[1:]
+            offsets = phantom_offsets(scan_rows.loc[fm.scan_ids], truth) if scored else None
+            for method, stack in fm.maps.items():
+                kept = int((np.abs(stack).reshape(len(stack), -1).sum(axis=1) > 0).sum())
+                means.setdefault(method, _RunningMean()).add(mean_abs_map(stack, offsets), kept)
+            if scored and model == networks[0]:
+                labels = labels_of(truth, fm.scan_ids)
+                for name, (code, acc) in outlines.items():
+                    acc.add(region_probability(labels, offsets, code), len(labels))
+            # a few scans to show one by one: the first mapped scan of the first monkeys
+            for i, s in enumerate(fm.subjects):
+                if len(examples) < EXAMPLE_SCANS and s not in {e[1] for e in examples.values()}:
+                    examples[fm.scan_ids[i]] = (i, s, {meth: m[i].astype(np.float32) for meth, m in fm.maps.items()})
+            ids += fm.scan_ids
+            subjects += fm.subjects
+            if fm.regions is not None:
+                tables.append(fm.regions)
+            fm.maps = {}  # what follows needs the times, the checks and the ids only
+            folds.append(fm)
+        methods = list(means)
+        for method, acc in means.items():
+            arrays[f"mean__{model}__{method}"] = acc.value(shape)
+        ex_ids = list(examples)
         arrays[f"example_scan_id__{model}"] = np.asarray(ex_ids, dtype=str)
-        arrays[f"example_subject__{model}"] = np.asarray([subjects[i] for i in pick], dtype=str)
+        arrays[f"example_subject__{model}"] = np.asarray([examples[x][1] for x in ex_ids], dtype=str)
         if coh.has_volumes and ex_ids:
             arrays[f"example_volume__{model}"] = np.asarray(cohort_mod.VolumeStore(coh).get(ex_ids), np.float32)
             for method in methods:
-                stack = np.concatenate([m.maps[method] for m in maps])
-                arrays[f"example_map__{model}__{method}"] = stack[pick].astype(np.float32)
+                arrays[f"example_map__{model}__{method}"] = np.stack([examples[x][2][method] for x in ex_ids])
             if scored:
                 arrays[f"example_labels__{model}"] = labels_of(truth, ex_ids)
-        if scored and "outline__lamina" not in arrays:
-            labels = labels_of(truth, ids)
-            arrays["outline__lamina"] = region_probability(labels, offsets, LAMINA)
-            if "marker" in regions:
-                arrays["outline__marker"] = region_probability(labels, offsets, MARKER)
+        maps = folds
         models.append(dict(model=model, methods=methods, n_scans=len(ids), n_subjects=len(set(subjects)),
                            folds=[m.extra.get("fold") for m in maps], sanity=_sanity_rows(maps, model),
                            cost=_cost(maps), settings=maps[0].settings))
+    for name, (code, acc) in outlines.items():
+        if name in regions or name == "lamina":
+            arrays[f"outline__{name}"] = acc.value(shape)
     out = dict(run_key=rec.key, n_per_monkey=cfg.saliency, methods=list(cfg.saliency_methods),
                models=models, regions=regions, scoring_available=bool(scored and tables),
                aligned=bool(scored), shortcut=(truth or {}).get("shortcut"),
