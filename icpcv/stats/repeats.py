@@ -485,6 +485,22 @@ class TrainingVariance:
         """JSON-ready copy: plain floats/ints/str/lists/dicts, NaN -> None."""
         return to_jsonable(copy.deepcopy(asdict(self)))
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingVariance":
+        """stats.json's ``training_variance`` read back (the report reads it so, never recomputing it)."""
+        d = dict(d)
+        models = {}
+        for name, m in (d.pop("models", None) or {}).items():
+            m = dict(m)
+            v = m.get("variance")
+            models[name] = ModelTrainingVariance(
+                **{**m, "per_repeat": [RepeatComparison(**c) for c in m.get("per_repeat") or []],
+                   "ensemble": RepeatComparison(**m["ensemble"]) if m.get("ensemble") else None,
+                   "variance": VarianceDecomposition(**v) if v else None,
+                   "per_fold": [FoldSpread(**f) for f in m.get("per_fold") or []]})
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known}, models=models)
+
     def summary(self) -> str:
         """Plain-text table of the per-repeat differences, their spread and the decomposition."""
         u = self.unit

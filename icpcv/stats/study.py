@@ -58,7 +58,8 @@ def analyze_study(predictions, *, reference: str = "ols_iop", n_boot: int = 1000
         tv = training_variance(table, unit=unit, ensemble_result=result, **settings)
         result.extra["training_variance"] = tv.to_dict()
         if tv.measured and tv.verdict_suffix:
-            result.verdict = f"{result.verdict} {tv.verdict_suffix}"
+            v = result.verdict
+            result.verdict = (f"{v[:-1]} {tv.verdict_suffix}." if v.endswith(".") else f"{v} {tv.verdict_suffix}")
     if "iop" in plain.columns or steps is not None:
         best = verdict_comparison(result.models, result.comparisons)
         try:
