@@ -185,7 +185,7 @@ def _prepare_and_execute(cfg: RunConfig, run_dir: Path, *, device, executor, wor
     todo = run.incomplete_units(rec)
     if len(todo) < len(units):
         what = "folds" if R == 1 else "units (fold, repeat)"
-        done = [u.key if R > 1 else str(u.fold + 1) for u in units if u not in todo]
+        done = [u.label(R) if R > 1 else str(u.fold + 1) for u in units if u not in todo]
         shown = ", ".join(done[:20]) + (", ..." if len(done) > 20 else "")
         progress.message(f"resuming: {len(units) - len(todo)} of {len(units)} {what} already complete "
                          f"({shown}); they are not rerun")
