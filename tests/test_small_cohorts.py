@@ -221,3 +221,16 @@ def test_every_subject_keyed_part_of_stats_json_is_in_natural_order():
     for path, labels in orders:
         assert labels == sorted(labels, key=natural_key), (path, labels)
     assert d["subjects"] == ["M1", "M2", "M3", "M10", "M11", "M20"]
+
+
+def test_the_seed_agreement_follows_the_sentence_it_is_about():
+    """With repeats, "(k of R training seeds alone agree)" stays on the best model's sentence."""
+    base = synthetic_predictions(n_subjects=14, scans=(10, 30), seed=4,
+                                 models={"ols_iop": (0.0, 1.0), "cnn": (0.0, 0.3), "bad": (0.0, 1.8)})
+    cnn = base[base["model"] == "cnn"]
+    rng = np.random.default_rng(0)
+    reps = [cnn.assign(repeat=r, y_pred=cnn["y_pred"] + rng.normal(0, 0.3, len(cnn))) for r in range(3)]
+    table = pd.concat([base[base["model"] != "cnn"]] + reps, ignore_index=True)
+    v = analyze_study(table, n_boot=300).verdict
+    assert v.startswith("The cnn lowers MAE by")
+    assert "14 monkeys). (3 of 3 training seeds alone agree) The bad is worse than ols_iop on MAE" in v

@@ -38,6 +38,10 @@ Interval methods (``CI_METHODS``)
     where f is the metric as a function of the totals T and s_g subject g's
     statistics. All metrics are ratios of totals (homogeneous of degree 0),
     so :math:`\\nabla f\\cdot T = 0` and no centring term is needed.
+    A resample that drew fewer than 2 distinct monkeys has an SE of 0 up to
+    rounding, so its t* is undefined (as for an SE below ``SE_RTOL`` of the
+    data's); see :func:`interval_with_reason` for when the interval is then
+    not reported at all.
     Interval :math:`[\\hat\\theta - q^*_{1-\\alpha/2}\\,\\widehat{se},\\ \\hat\\theta - q^*_{\\alpha/2}\\,\\widehat{se}]`
     with :math:`q^*` quantiles of :math:`(\\theta^*-\\hat\\theta)/se^*`.
 ``t``
