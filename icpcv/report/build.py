@@ -97,7 +97,10 @@ def agreement_rows(stats: AnalysisResult) -> list[dict]:
         rows.append(dict(model=name, bias=ba.bias, sd=ba.sd, loa=ba.loa,
                          loa_lo_ci=loa_ci[0] if loa_ci else None, loa_hi_ci=loa_ci[1] if len(loa_ci) > 1 else None,
                          rep_bias=rep.bias, rep_sd=rep.sd, rep_loa=rep.loa,
-                         slope=pb.slope, slope_ci=pb.ci_cluster or pb.ci, slope_p=pb.p))
+                         slope=pb.slope, slope_p=pb.p,
+                         # the monkey-level interval; null when it could not be computed (never the
+                         # scan-level one in its place, which treats scans as independent)
+                         slope_ci=pb.ci_cluster if pb.ci_cluster is not None or pb.ci_cluster_method else pb.ci))
     return rows
 
 
