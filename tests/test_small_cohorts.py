@@ -233,4 +233,4 @@ def test_the_seed_agreement_follows_the_sentence_it_is_about():
     table = pd.concat([base[base["model"] != "cnn"]] + reps, ignore_index=True)
     v = analyze_study(table, n_boot=300).verdict
     assert v.startswith("The cnn lowers MAE by")
-    assert "14 monkeys). (3 of 3 training seeds alone agree) The bad is worse than ols_iop on MAE" in v
+    assert "14 monkeys) (3 of 3 training seeds alone agree). The bad is worse than ols_iop on MAE" in v
