@@ -172,3 +172,17 @@ def _once() -> pd.DataFrame:
     from orch_support import reference as plain_reference
 
     return plain_reference("quick")
+
+
+def test_bench_repeats_prints_the_cost_against_training_once_and_the_readme_row(tmp_path_factory, capsys):
+    from icpcv.commands import main
+    from test_report_support import shared_run
+
+    run = shared_run("tiny_repeats", tmp_path_factory.getbasetemp() / "report_runs")
+    assert main(["bench", "repeats", str(run), "--n-boot", "200"]) == 0
+    out = capsys.readouterr().out
+    rec = RunDir(run).read_record()
+    once = sum(read_json(RunDir(run).unit(u).record_json)["seconds"] for u in RunDir.units(rec) if u.repeat == 0)
+    assert f"training: repeat 0 alone (= --repeats 1) {once:.0f} s" in out
+    assert "cost of --repeats 3 against --repeats 1: x" in out
+    assert "cnn - ols_iop: per repeat " in out and "called better alone" in out and "verdict: " in out
