@@ -76,7 +76,7 @@ def test_run_with_repeats_writes_every_repeat_the_ensemble_training_variance_and
     assert [c["repeat"] for c in per] == [0, 1, 2]
     deltas = [c["delta"] for c in per]
     assert tv["models"]["cnn"]["delta_mean"] == pytest_approx(float(np.mean(deltas)))
-    assert stats["verdict"].endswith(f"({tv['n_agree']} of 3 training seeds alone agree).")
+    assert f"({tv['n_agree']} of 3 training seeds alone agree)." in stats["verdict"]
 
     html = (out / "index.html").read_text()
     assert 'id="repeats"' in html and "Training randomness" in html
