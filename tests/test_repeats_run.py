@@ -186,3 +186,21 @@ def test_bench_repeats_prints_the_cost_against_training_once_and_the_readme_row(
     assert f"training: repeat 0 alone (= --repeats 1) {once:.0f} s" in out
     assert "cost of --repeats 3 against --repeats 1: x" in out
     assert "cnn - ols_iop: per repeat " in out and "called better alone" in out and "verdict: " in out
+
+
+def test_compare_takes_a_run_with_repeats_by_its_seed_ensemble(tmp_path_factory, tmp_path):
+    from icpcv.report.compare import compare_runs
+    from rundir_support import make_config
+    from test_report_support import make_run, shared_run
+
+    with_repeats = shared_run("tiny_repeats", tmp_path_factory.getbasetemp() / "report_runs")
+    once = make_run(make_config(phantom="tiny", epochs=1, n_boot=200, models=("ols_iop", "cnn"), folds=3),
+                    tmp_path / "once", report=False)
+    compare_runs([with_repeats, once], tmp_path / "cmp", names=["r3", "once"], models=["cnn"], n_boot=200)
+    stacked = pd.read_csv(tmp_path / "cmp" / "predictions.csv", dtype={"scan_id": str, "subject": str})
+    assert "repeat" not in stacked.columns
+    ens = pd.read_csv(with_repeats / "predictions_ensemble.csv", dtype={"scan_id": str, "subject": str})
+    mine = stacked[stacked["model"] == "r3:cnn"].set_index("scan_id")["y_pred"]
+    want = ens[ens["model"] == "cnn"].set_index("scan_id")["y_pred"]
+    np.testing.assert_allclose(mine.loc[want.index].to_numpy(), want.to_numpy(), rtol=1e-12)
+    assert read_json(tmp_path / "cmp" / "stats.json")["n_rows"] == 2 * len(want)
