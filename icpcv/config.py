@@ -64,6 +64,7 @@ class Preset:
     shape: tuple[int, int, int]
     phantom: str
     train: TrainConfig
+    repeats: int = 1  # trainings per fold of each network (seed ensemble; issue 10)
 
 
 PRESETS = {
@@ -78,7 +79,8 @@ PRESETS = {
     # 64 x 64 x 256 in bf16; 10.9x fewer FLOPs per sample than "seed" (docs/gpu.md)
     "fast": Preset("fast", "resnet18", (64, 64, 256), "seed",
                    replace(TrainConfig(), batch_size=16, lr=1e-3, weight_decay=1e-4, optimizer="adamw",
-                           precision="bf16", epochs=60, patience=15)),
+                           precision="bf16", epochs=60, patience=15),
+                   repeats=5),  # cheap enough to measure what a training seed changes (docs/statistics.md)
 }
 
 
@@ -103,6 +105,7 @@ class RunConfig:
     pretrained: str | None = None  # warm-start checkpoint for the 3D ResNets (MedicalNet or a state dict)
     shortcut_grad: str = "standard"  # SHORTCUT_GRADS: "medicalnet" replicates the seed's ResNet-18/34 exactly
     preset: str | None = None  # the --preset that filled in the defaults (recorded only)
+    repeats: int = 1  # trainings per fold of each network (initialisation, batch order, augmentation); 1 = once
     # ---- issue 14: attribution maps and the planted shortcut (absent from to_dict at their defaults)
     saliency: int = 0  # held-out scans mapped per monkey and network model after each fold trains; 0 = off
     saliency_methods: tuple[str, ...] = SALIENCY_METHODS

@@ -83,6 +83,7 @@ OPTION_RANGES = {
     "--batch-size": (1, math.inf, False, "scans per training step"),
     "--lr": (0.0, math.inf, True, "a learning rate, e.g. 3e-3"),
     "--patience": (0, math.inf, False, "epochs without improvement before early stopping"),
+    "--repeats": (1, 1000, False, "trainings of each network per fold; 1 trains once"),
 }
 
 

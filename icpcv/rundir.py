@@ -14,8 +14,11 @@ path, and reads and writes through it; every write is atomic. Layout::
                         <model>_checkpoint.pt (last epoch; deleted once complete), <model>_weights.pt,
                         fold.log, status.json, error.json (why the last attempt failed), .lock
                         saliency_<model>.npz (run --saliency N: attribution maps of held-out scans)
-    slurm/              jobs.json (the fold -> Slurm task map), one submitit folder per submission
-    predictions.csv     out-of-fold predictions, long format
+    folds/fold_NN/repeat_RR/   with ``--repeats R``: repeat RR (1 to R-1) of the fold's networks, the
+                        same files; repeat 0 is the fold's own folder, which also trains the baselines
+    slurm/              jobs.json (the unit -> Slurm task map), one submitit folder per submission
+    predictions.csv     out-of-fold predictions, long format (with ``repeat`` when networks were repeated)
+    predictions_ensemble.csv   with repeats: the seed ensemble (per model and scan, the mean of its repeats)
     stats.json          the analysis
     figures/*.png, index.html
     leakage.json, scan_split/   with the leakage audit: the scan-level twin (a run directory itself)
@@ -47,8 +50,34 @@ from icpcv.util import atomic_write_json, atomic_write_text, canonical_hash, fil
 
 #: the columns of a predictions table, in order (``iop`` where known)
 PREDICTION_COLUMNS = ["fold", "subject", "scan_id", "model", "y_true", "y_pred", "iop"]
+#: with ``--repeats R`` > 1: the training repeat of a network's row (0 to R-1; empty for the baselines)
+REPEAT_COLUMN = "repeat"
 #: how the pipeline reads the tables it wrote: labels as text
 _LABELS = {"subject": str, "scan_id": str, "model": str}
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    """One unit of work: repeat ``repeat`` of fold ``fold``. Repeat 0 trains every model of the fold;
+    repeats 1 to R-1 (``--repeats R``) train its networks again with other seeds. Each unit is run,
+    locked, resumed and recorded on its own, by every executor."""
+
+    fold: int
+    repeat: int = 0
+
+    @property
+    def key(self) -> str:
+        """``"7"`` for fold 7 (repeat 0), ``"7.2"`` for its repeat 2 (the keys of slurm/jobs.json)."""
+        return str(self.fold) if self.repeat == 0 else f"{self.fold}.{self.repeat}"
+
+    @classmethod
+    def parse(cls, key) -> "Unit":
+        fold, _, repeat = str(key).partition(".")
+        return cls(int(fold), int(repeat or 0))
+
+    def label(self, n_repeats: int) -> str:
+        """``"fold 8"`` or, with repeats, ``"fold 8 repeat 3/5"`` (1-based, for people)."""
+        return f"fold {self.fold + 1}" + (f" repeat {self.repeat + 1}/{n_repeats}" if n_repeats > 1 else "")
 
 
 def run_key(config_hash: str, plan_hash: str, data_hash: str) -> str:
@@ -137,10 +166,12 @@ class FoldLock(_ExclusiveLock):
     def __init__(self, fold: "FoldDir"):
         self.path = fold.path / ".lock"
         self.k = fold.k
+        self.repeat = fold.repeat
         self.fh = None
 
     def _busy(self, who: str) -> str:
-        return (f"{self.path.parent}: fold {self.k} is being run by {who}; wait for it to end "
+        what = f"fold {self.k}" + (f" repeat {self.repeat}" if self.repeat else "")
+        return (f"{self.path.parent}: {what} is being run by {who}; wait for it to end "
                 "(or cancel it, e.g. scancel its Slurm task) and rerun")
 
 
@@ -161,15 +192,22 @@ class _Folder:
 
 
 class FoldDir(_Folder):
-    """``folds/fold_NN/``: one fold's files."""
+    """``folds/fold_NN/`` (repeat 0) or ``folds/fold_NN/repeat_RR/``: one unit's files."""
 
     FILES = {"record_json": "record.json", "predictions_csv": "predictions.csv",
              "learning_curve_csv": "learning_curve.csv", "log": "fold.log", "status_json": "status.json",
              "error_json": "error.json"}
 
-    def __init__(self, run_path: Path, k: int):
+    def __init__(self, run_path: Path, k: int, repeat: int = 0):
         self.k = int(k)
+        self.repeat = int(repeat)
         self.path = Path(run_path) / "folds" / f"fold_{self.k:02d}"
+        if self.repeat:
+            self.path = self.path / f"repeat_{self.repeat:02d}"
+
+    @property
+    def unit(self) -> Unit:
+        return Unit(self.k, self.repeat)
 
     def checkpoint(self, model: str) -> Path:
         """The epoch checkpoint of a network (deleted once the fold is complete)."""
@@ -236,7 +274,7 @@ class FoldDir(_Folder):
         return file_sha256(self.predictions_csv)
 
     def read_predictions(self) -> pd.DataFrame:
-        return pd.read_csv(self.predictions_csv, dtype={"subject": str, "scan_id": str})
+        return pd.read_csv(self.predictions_csv, dtype={"subject": str, "scan_id": str, REPEAT_COLUMN: "Int64"})
 
     def write_learning_curve(self, curves: pd.DataFrame) -> None:
         atomic_write_text(self.learning_curve_csv, curves.to_csv(index=False))
@@ -263,7 +301,7 @@ class FoldDir(_Folder):
     # ---- why the last attempt failed
     def write_error(self, exc: BaseException, log: str | None = None) -> dict:
         """Record why the fold failed (error.json); never raises (the disk may be full)."""
-        err = dict(fold=self.k, type=type(exc).__name__, message=str(exc), host=socket.gethostname(), pid=os.getpid(),
+        err = dict(fold=self.k, **({"repeat": self.repeat} if self.repeat else {}), type=type(exc).__name__, message=str(exc), host=socket.gethostname(), pid=os.getpid(),
                    time=datetime.now(timezone.utc).isoformat(timespec="seconds"), log=log,
                    traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         try:
@@ -337,6 +375,7 @@ class RunDir(_Folder):
              "stats_json": "stats.json", "index_html": "index.html", "figures_dir": "figures",
              "slurm_dir": "slurm", "slurm_jobs_json": "slurm/jobs.json", "leakage_json": "leakage.json",
              "compare_json": "compare.json", "analysis_json": "analysis.json", "power_json": "power.json",
+             "predictions_ensemble_csv": "predictions_ensemble.csv",
              "attribution_json": "attribution.json", "attribution_maps_npz": "attribution_maps.npz"}  # issue 14
 
     def __init__(self, path):
@@ -360,8 +399,11 @@ class RunDir(_Folder):
     def scan_split(self) -> "RunDir":
         return RunDir(self.path / self.SCAN_SPLIT)
 
-    def fold(self, k: int) -> FoldDir:
-        return FoldDir(self.path, k)
+    def fold(self, k: int, repeat: int = 0) -> FoldDir:
+        return FoldDir(self.path, k, repeat)
+
+    def unit(self, unit: Unit) -> FoldDir:
+        return FoldDir(self.path, unit.fold, unit.repeat)
 
     def figure_png(self, stem: str) -> Path:
         return self.figures_dir / f"{stem}.png"
@@ -441,6 +483,17 @@ class RunDir(_Folder):
     def incomplete_folds(self, record: RunRecord) -> list[int]:
         return [k for k in range(record.n_folds) if not self.fold_complete(k, record.key)]
 
+    @staticmethod
+    def units(record: RunRecord) -> list[Unit]:
+        """Every unit of the run, fold by fold: (0, 0), (0, 1), ..., (1, 0), ..."""
+        return [Unit(k, r) for k in range(record.n_folds) for r in range(record.config.repeats)]
+
+    def unit_complete(self, unit: Unit, key: str) -> bool:
+        return self.unit(unit).complete(key)
+
+    def incomplete_units(self, record: RunRecord) -> list[Unit]:
+        return [u for u in self.units(record) if not self.unit_complete(u, record.key)]
+
     # ---- predictions and statistics
     def read_predictions(self, path: Path | None = None) -> pd.DataFrame:
         """A predictions table icpcv wrote (this directory's, or ``path``), labels as text; RunDirError
@@ -455,13 +508,24 @@ class RunDir(_Folder):
     def write_predictions(self, predictions: pd.DataFrame) -> None:
         atomic_write_text(self.predictions_csv, predictions.to_csv(index=False))
 
+    def write_ensemble(self, ensemble: pd.DataFrame | None) -> None:
+        """``predictions_ensemble.csv`` (the seed ensemble); None removes a stale one."""
+        if ensemble is None:
+            self.predictions_ensemble_csv.unlink(missing_ok=True)
+        else:
+            atomic_write_text(self.predictions_ensemble_csv, ensemble.to_csv(index=False))
+
     def gather_predictions(self, record: RunRecord) -> pd.DataFrame:
-        """The folds' predictions in fold order; every fold must be complete."""
-        missing = self.incomplete_folds(record)
+        """The units' predictions in unit order (fold by fold, repeat by repeat); every unit must be
+        complete. With repeats, the column ``repeat`` (nullable integer: empty for the baselines)."""
+        missing = self.incomplete_units(record)
         if missing:
-            raise RunDirError(f"{self.path}: folds {missing} are not complete; rerun the same command to finish them")
-        return pd.concat([self.fold(k).read_predictions() for k in range(record.n_folds)],
-                         ignore_index=True)[PREDICTION_COLUMNS]
+            shown = ", ".join(u.label(record.config.repeats) for u in missing[:10])
+            raise RunDirError(f"{self.path}: not complete: {shown}{', ...' if len(missing) > 10 else ''}; "
+                              "rerun the same command to finish them")
+        columns = PREDICTION_COLUMNS + ([REPEAT_COLUMN] if record.config.repeats > 1 else [])
+        return pd.concat([self.unit(u).read_predictions() for u in self.units(record)],
+                         ignore_index=True)[columns]
 
     def read_stats(self) -> dict:
         return read_json_file(self.stats_json)
@@ -518,14 +582,14 @@ class RunDir(_Folder):
         atomic_write_json(self.analysis_json, meta)
 
     # ---- Slurm
-    def read_slurm_jobs(self) -> dict[int, dict]:
+    def read_slurm_jobs(self) -> dict[Unit, dict]:
         try:
-            return {int(k): v for k, v in read_json(self.slurm_jobs_json).items()}
+            return {Unit.parse(k): v for k, v in read_json(self.slurm_jobs_json).items()}
         except (OSError, ValueError):
             return {}
 
-    def write_slurm_jobs(self, jobs: dict[int, dict]) -> None:
-        atomic_write_json(self.slurm_jobs_json, {str(k): v for k, v in sorted(jobs.items())})
+    def write_slurm_jobs(self, jobs: dict[Unit, dict]) -> None:
+        atomic_write_json(self.slurm_jobs_json, {u.key: v for u, v in sorted(jobs.items())})
 
 
 def read_json_file(path: Path):

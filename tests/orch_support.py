@@ -79,6 +79,36 @@ def reference(kind: str = "quick") -> pd.DataFrame:
     return _reference(kind).copy()
 
 
+def repeats_predictions(run_dir: Path) -> pd.DataFrame:
+    from icpcv.run.pipeline import gather
+
+    return gather(run_dir).sort_values(["model", "scan_id", "repeat"]).reset_index(drop=True)
+
+
+@functools.cache
+def _repeats_reference(kind: str, repeats: int) -> pd.DataFrame:
+    from icpcv.run.executors import execute
+    from icpcv.run.pipeline import prepare
+    from icpcv.rundir import RunDir
+
+    run_dir = Path(tempfile.mkdtemp(prefix=f"icpcv-reference-{kind}-r{repeats}-"))
+    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
+    rec = prepare(config(kind, repeats=repeats), run_dir)
+    execute(run_dir, RunDir.units(rec), executor="local", device="cpu", threads=1)
+    return repeats_predictions(run_dir)
+
+
+def repeats_reference(kind: str = "quick", repeats: int = 2) -> pd.DataFrame:
+    """Predictions of an uninterrupted local run with ``--repeats`` (one torch thread per unit)."""
+    return _repeats_reference(kind, repeats).copy()
+
+
+def assert_same_repeats(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    key = ["model", "scan_id", "repeat"]
+    got, want = got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
 def assert_same_predictions(got: pd.DataFrame, want: pd.DataFrame) -> None:
     got = got.sort_values(["model", "scan_id"]).reset_index(drop=True)
     want = want.sort_values(["model", "scan_id"]).reset_index(drop=True)

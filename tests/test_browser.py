@@ -234,7 +234,18 @@ def test_synthetic_run_report_renders(browser, tmp_path_factory):
     res = check_in_browser(browser, run / "index.html", "screenshot_synthetic.png")
     assert_renders(res, min_images=8)
     assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "trending",
-                               "training", "provenance", "warnings"]
+                               "repeats", "training", "provenance", "warnings"]
+
+
+def test_report_of_a_run_with_repeats_renders_its_training_randomness_section(browser, tmp_path_factory):
+    run = shared_run("tiny_repeats", tmp_path_factory.getbasetemp() / "report_runs")
+    res = check_in_browser(browser, run / "index.html", "screenshot_repeats.png")
+    assert_renders(res, min_images=10)
+    assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "trending",
+                               "repeats", "training", "provenance", "warnings"]
+    alts = [i["alt"] for i in res["images"]]
+    assert any("Per-repeat differences beside the seed ensemble" in a for a in alts), alts
+    assert any("MAE of each repeat per fold: cnn" in a for a in alts), alts
 
 
 def test_saliency_run_report_renders(browser, tmp_path_factory):
@@ -243,7 +254,7 @@ def test_saliency_run_report_renders(browser, tmp_path_factory):
     res = check_in_browser(browser, run / "index.html", "screenshot_saliency.png")
     assert_renders(res, min_images=12)
     assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "trending",
-                               "attribution", "training", "provenance", "warnings"]
+                               "repeats", "attribution", "training", "provenance", "warnings"]
     alts = [i["alt"] for i in res["images"]]
     assert "Mean absolute attribution: cnn, occlusion" in alts and "Individual scans: cnn, integrated gradients" in alts
 

@@ -52,7 +52,7 @@ def test_one_run_notebook(tmp_path_factory, monkeypatch):
 
     stats = read_json(run / "stats.json")
     assert stats["verdict"] in text
-    assert "this run has no attribution maps" in text  # issue 14: section 9 without `--saliency`
+    assert "this run has no attribution maps" in text  # issue 14: section 10 without `--saliency`
     assert "scans as independent (wrong)" in text and "percentile CI" in text
     assert "between_subject" in text and "monkeys where the model beats the reference" in text
     # trending, read from stats.json: its table and sentence; power, planned anew for the verdict's model
@@ -60,12 +60,26 @@ def test_one_run_notebook(tmp_path_factory, monkeypatch):
     assert "models whose prediction barely moves at a fixed IOP step: mean, ols_iop" in text
     assert f"Power of a new study to find {stats['trending']['verdict_model']} better than ols_iop" in text
     assert f"sign-flip p × {len(stats['comparisons'])} comparisons < 0.05" in text
+    assert "Training randomness was not measured: each network (cnn) was trained once per fold" in text
     # 4 figures before, then a four-quadrant and a polar plot of two models, and the power curve
     assert sum(1 for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})) >= 9
 
 
+def test_one_run_notebook_reads_training_randomness_of_a_run_with_repeats(tmp_path_factory, monkeypatch):
+    from icpcv.util import read_json
+
+    run = shared_run("tiny_repeats", tmp_path_factory.getbasetemp() / "report_runs")
+    nb = execute(REPO / "analysis" / "01_one_run.ipynb", {"ICPCV_RUN": run, "ICPCV_NBOOT": 200, "ICPCV_NSIM": 200},
+                 monkeypatch)
+    text = outputs_text(nb)
+    tv = read_json(run / "stats.json")["training_variance"]
+    assert "Training randomness: 3 repeats per fold of cnn" in text
+    assert f"called better alone in {tv['models']['cnn']['n_called_better']} of 3 repeats" in text
+    assert "MAE of each repeat alone" in text
+
+
 def test_one_run_notebook_browses_a_monkeys_maps(tmp_path_factory, monkeypatch):
-    """Issue 14: with `run --saliency N` maps, section 9 shows one monkeys' maps (without them it says so)."""
+    """Issue 14: with `run --saliency N` maps, section 10 shows one monkey's maps (without them it says so)."""
     run = shared_run("tiny_saliency", tmp_path_factory.getbasetemp() / "report_runs")
     nb = execute(REPO / "analysis" / "01_one_run.ipynb", {"ICPCV_RUN": run, "ICPCV_NBOOT": 100, "ICPCV_NSIM": 100,
                                                           "ICPCV_MONKEY": "2"}, monkeypatch)

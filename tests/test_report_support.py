@@ -12,6 +12,7 @@ from icpcv.config import RunConfig
 from rundir_support import make_config
 from icpcv.run.executors import execute
 from icpcv.run.pipeline import finish, gather, prepare
+from icpcv.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 MONKEY_TABLE = REPO.parent / "shared" / "data" / "monkey_data.csv"
@@ -20,6 +21,9 @@ MONKEY_TABLE = REPO.parent / "shared" / "data" / "monkey_data.csv"
 TINY = make_config(phantom="tiny", epochs=2, n_boot=300)
 #: a second run on the same fold plan (same cohort, folds and seed), another CNN schedule; no report
 TINY_B = make_config(phantom="tiny", epochs=1, n_boot=300, models=("ols_iop", "cnn"))
+#: the tiny run with its networks trained 3 times per fold (``--repeats 3``): the Training randomness section
+TINY_REPEATS = make_config(phantom="tiny", epochs=2, n_boot=300, models=("mean", "ols_iop", "cnn"), folds=3,
+                           repeats=3)
 #: issue 14: a tiny run with `--saliency 2` (maps of 2 held-out scans per monkey, attribution.json, the section)
 TINY_SALIENCY = make_config(phantom="tiny", epochs=2, n_boot=300, models=("ols_iop", "cnn"), saliency=2)
 #: the real label table, labels only; made with `--leakage-audit` (a scan-level twin in scan_split/)
@@ -32,7 +36,7 @@ def make_run(cfg: RunConfig, run_dir: Path, report: bool = True) -> Path:
     """A complete run directory as ``icpcv run`` leaves it: folds, predictions, stats.json and, with
     ``report``, index.html (the pipeline's own last step)."""
     rec = prepare(cfg, run_dir)
-    execute(run_dir, list(range(rec.n_folds)), executor="local", workers=1, device="cpu", progress=None)
+    execute(run_dir, RunDir.units(rec), executor="local", workers=1, device="cpu", progress=None)
     if report:
         finish(run_dir)
     else:
@@ -53,7 +57,8 @@ def shared_run(name: str, base: Path) -> Path:
             run(LABELS, Path(base) / name, device="cpu", leakage_audit=True)
             _made[name] = Path(base) / name
         else:
-            cfg = {"tiny": TINY, "tiny_b": TINY_B, "tiny_saliency": TINY_SALIENCY}[name]
+            cfg = {"tiny": TINY, "tiny_b": TINY_B, "tiny_repeats": TINY_REPEATS,
+                   "tiny_saliency": TINY_SALIENCY}[name]
             _made[name] = make_run(cfg, Path(base) / name, report=name != "tiny_b")
     return _made[name]
 

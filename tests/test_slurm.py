@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from orch_support import REPO, assert_same_predictions, config, predictions, reference, wait_for
+from orch_support import (REPO, assert_same_predictions, assert_same_repeats, config, predictions, reference,
+                          repeats_predictions, repeats_reference, wait_for)
 from icpcv.errors import FoldsFailed
 from icpcv.run.executors import execute
 from icpcv.run.pipeline import prepare
 from icpcv.progress import Progress
+from icpcv.rundir import RunDir, Unit
 from rundir_support import fold_complete, fold_dir
 from icpcv.run.slurm import squeue_states
 from icpcv.util import read_json
@@ -142,3 +144,20 @@ def test_failed_tasks_are_reported_by_fold_and_log_path_and_completed_folds_are_
     execute(out, [1, 2], executor="local", device="cpu", threads=1)
     assert (fold_dir(out, 0) / "record.json").read_bytes() == rec0
     assert_same_predictions(predictions(out), reference())
+
+
+def test_slurm_runs_each_fold_and_repeat_as_its_own_task_with_the_local_numbers(tmp_path, slurm_cluster):
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    rec = prepare(config(repeats=2), out)
+    progress = Progress("quiet", log_file=log)
+    try:
+        execute(out, RunDir.units(rec), executor="slurm", device="cpu", threads=1, progress=progress,
+                slurm=OPTIONS | dict(max_parallel=2))
+    finally:
+        progress.close()
+    assert_same_repeats(repeats_predictions(out), repeats_reference("quick", 2))
+    jobs = read_json(out / "slurm" / "jobs.json")
+    assert sorted(jobs) == ["0", "0.1", "1", "1.1", "2", "2.1"]  # one task per (fold, repeat)
+    assert len({j["job_id"] for j in jobs.values()}) == 6
+    assert read_json(RunDir(out).unit(Unit(2, 1)).record_json)["slurm_job_id"]
+    assert "slurm: submitted 6 (fold, repeat) task(s) as array job" in log.read_text()

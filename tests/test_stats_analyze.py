@@ -222,8 +222,10 @@ def test_single_subject_gives_no_interval_and_no_overlap_does_not_crash():
                                 models={"ols_iop": (0, 1), "cnn": (0, 1)})
     for method in ("percentile", "bca", "studentized", "t", "auto"):
         d = analyze(one, n_boot=100, ci_method=method).to_dict()
-        assert d["models"]["cnn"]["mae"]["ci"] == [None, None], method  # never zero-width
-        assert d["comparisons"][0]["ci"] == [None, None]
+        assert d["models"]["cnn"]["mae"]["ci"] is None, method  # never zero-width: null, with a warning
+        assert d["comparisons"][0]["ci"] is None
+        assert any("No 95% interval (ci null) for model cnn: mae" in w and "fewer than 2 monkeys contribute" in w
+                   for w in d["warnings"]), method
     apart = synthetic_predictions(n_subjects=4, scans=(3, 6), seed=2,
                                   models={"ols_iop": (0, 1), "cnn": (0, 1)})
     apart.loc[apart.model == "cnn", "scan_id"] += "x"

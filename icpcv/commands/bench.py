@@ -1,4 +1,4 @@
-"""``icpcv bench [train|run|stats|prepare]``: benchmarks that print figures and ratios.
+"""``icpcv bench [train|run|stats|prepare|repeats|memory|gpu-check]``: benchmarks that print figures and ratios.
 
 Each benchmark measures its yardstick in the same run; none of them is a test.
 
@@ -8,6 +8,9 @@ Each benchmark measures its yardstick in the same run; none of them is a test.
   the 5-minute budget of the walking skeleton (:mod:`icpcv.bench.run`).
 * ``stats``: the monkey-level bootstrap against a naive loop (:mod:`icpcv.stats.bench`).
 * ``prepare``: raw-volume conversion against load-everything-then-resample (:mod:`icpcv.prepare.bench`).
+* ``repeats``: the cost of ``--repeats R`` against training once, from a run with repeats (its
+  repeat-0 units are the run ``--repeats 1`` makes), with the row of the README's table
+  (:mod:`icpcv.bench.repeats`).
 * ``memory``: the GPU memory plan of a preset on a card, counted on the meta device
   (:mod:`icpcv.models.memory`): training, validation and prediction peaks, volumes, resident or streamed.
 * ``gpu-check``: the one prepared check for a GPU machine, every figure in one JSON
@@ -20,7 +23,8 @@ import sys
 
 #: benchmark name -> the module whose ``main(argv)`` runs it (imported when asked: start-up time)
 TARGETS = {"train": "icpcv.bench.train", "run": "icpcv.bench.run", "stats": "icpcv.stats.bench",
-           "prepare": "icpcv.prepare.bench", "memory": "icpcv.models.memory", "gpu-check": "icpcv.bench.gpu_check"}
+           "prepare": "icpcv.prepare.bench", "memory": "icpcv.models.memory", "gpu-check": "icpcv.bench.gpu_check",
+           "repeats": "icpcv.bench.repeats"}
 
 
 def main(argv=None) -> int:

@@ -44,7 +44,8 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="cross-validate models leave-one-monkey-out and write a report",
-                       description="Train every model once per fold (each monkey held out in turn), then analyse "
+                       description="Train every model once per fold (each monkey held out in turn; the networks "
+                                   "--repeats times), then analyse "
                                    "the out-of-fold predictions at the monkey level and write an HTML report. "
                                    "Without --manifest, runs on the built-in synthetic OCT cohort.")
     d = p.add_argument_group("data")
@@ -72,6 +73,12 @@ def add_parser(sub) -> None:
     m.add_argument("--val-fraction", type=float, default=RunConfig.val_fraction,
                    help="share of training monkeys for early stopping")
     m.add_argument("--seed", type=int, default=RunConfig.seed, help="seed for folds, initialisation, shuffling, bootstrap")
+    m.add_argument("--repeats", type=int,
+                   help="train each network R times per fold (seeds from seed, fold and repeat; the baselines are "
+                        "deterministic and trained once): every repeat's predictions are kept, the seed ensemble "
+                        "(their mean) is analysed, and stats.json's training_variance says how much the verdict "
+                        f"depends on the training seed (default {RunConfig.repeats}; --preset fast: "
+                        f"{PRESETS['fast'].repeats})")
     t = p.add_argument_group("training")
     t.add_argument("--preset", choices=list(PRESETS),
                    help="GPU defaults: seed = the seed study's ResNet-50 at 128x128x512, Adamax 3e-4, batch 8, fp32; "
@@ -145,8 +152,10 @@ def build_config(args) -> RunConfig:
                     **{k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k, None) is not None},
                     augment=not args.no_augment)
 
+    repeats = getattr(args, "repeats", None)
     check_options({"--n-boot": args.n_boot, "--ci-level": args.ci_level, "--epochs": train.epochs,
-                   "--batch-size": train.batch_size, "--lr": train.lr, "--patience": train.patience})
+                   "--batch-size": train.batch_size, "--lr": train.lr, "--patience": train.patience,
+                   "--repeats": repeats})
     if args.models:
         models = tuple(check_models(args.models.split(",")))
     elif args.manifest is None:
@@ -155,7 +164,14 @@ def build_config(args) -> RunConfig:
         models = DEFAULT_MODELS_VOLUMES if table_has_volumes(args.manifest, args.scans_dir) else DEFAULT_MODELS_LABELS
     if preset and not args.models and "cnn" in models:  # the preset's network takes the light CNN's place
         models = tuple(preset.model if m == "cnn" else m for m in models)
-    check_val_fraction(args.val_fraction, [m for m in models if make_model(m).stochastic])  # the CNNs early-stop
+    stochastic = [m for m in models if make_model(m).stochastic]
+    check_val_fraction(args.val_fraction, stochastic)  # the CNNs early-stop
+    if repeats is None:
+        repeats = preset.repeats if preset else RunConfig.repeats
+    if repeats > 1 and not stochastic:
+        print(f"note: --repeats {repeats} ignored: no model in --models ({','.join(models)}) depends on training "
+              "randomness, so each is trained once", file=sys.stderr)
+        repeats = 1
     pretrained = getattr(args, "pretrained", None)
     if pretrained:
         if not Path(pretrained).is_file():
@@ -173,7 +189,7 @@ def build_config(args) -> RunConfig:
                      shape=args.shape or (preset.shape if preset else None), train=train, reference=args.reference,
                      n_boot=args.n_boot, ci_level=args.ci_level, skip_bad_scans=args.skip_bad_scans,
                      pretrained=pretrained, shortcut_grad=getattr(args, "shortcut_grad", RunConfig.shortcut_grad),
-                     preset=getattr(args, "preset", None),
+                     preset=getattr(args, "preset", None), repeats=int(repeats),
                      **_saliency_options(args))  # issue 14
 
 

@@ -16,9 +16,11 @@ from icpcv.config import flatten
 from icpcv.cohort.phantom import LAMINA
 from icpcv.report import attribution_figures as AF
 from icpcv.report import figures as F
+from icpcv.report import repeat_figures as RF
 from icpcv.report import trend_figures as TF
-from icpcv.report.rundata import CompareData, PredictionsData, RunData, read_trending
+from icpcv.report.rundata import CompareData, PredictionsData, RunData, read_training_variance, read_trending
 from icpcv.stats.power import PowerResult
+from icpcv.stats.repeats import TrainingVariance
 from icpcv.stats.results import AnalysisResult
 from icpcv.stats.trending import STILL_RATIO, TrendingResult
 from icpcv.util import fmt_num, fmt_p, is_finite_number, natural_sorted
@@ -97,7 +99,10 @@ def agreement_rows(stats: AnalysisResult) -> list[dict]:
         rows.append(dict(model=name, bias=ba.bias, sd=ba.sd, loa=ba.loa,
                          loa_lo_ci=loa_ci[0] if loa_ci else None, loa_hi_ci=loa_ci[1] if len(loa_ci) > 1 else None,
                          rep_bias=rep.bias, rep_sd=rep.sd, rep_loa=rep.loa,
-                         slope=pb.slope, slope_ci=pb.ci_cluster or pb.ci, slope_p=pb.p))
+                         slope=pb.slope, slope_p=pb.p,
+                         # the monkey-level interval; null when it could not be computed (never the
+                         # scan-level one in its place, which treats scans as independent)
+                         slope_ci=pb.ci_cluster if pb.ci_cluster is not None or pb.ci_cluster_method else pb.ci))
     return rows
 
 
@@ -165,6 +170,36 @@ def trending_context(trend: TrendingResult | None) -> dict | None:
     return dict(result=trend, rows=rows, contrast=trending_contrast(trend), n_pairs=first.n_pairs,
                 n_subjects=len(trend.pairs.subjects),
                 ci_pct=f"{round(trend.ci_level * 100):g}%", accept=first.polar.accept_deg)
+
+
+def training_randomness_context(tv: TrainingVariance | None, networks: list[str] | None = None,
+                                repeats: int | None = None) -> dict | None:
+    """The "Training randomness" section from stats.json's ``training_variance``; without it, for a
+    run whose networks were trained once, the plain statement that it was not measured. None (no
+    section) when nothing was trained with randomness or nothing is known about it."""
+    if tv is None:
+        if not networks:
+            return None
+        return dict(measured=False, reason=(
+            f"Each network ({', '.join(networks)}) was trained once per fold (--repeats {repeats or 1}), so "
+            "training randomness was not measured: another training seed could change its difference against "
+            "the reference by an unknown amount. Rerun with --repeats 5 to measure it."))
+    if not tv.measured:
+        return dict(measured=False, reason=tv.reason)
+    level = f"{round(tv.ci_level * 100):g}%"
+    rows = []
+    for m in tv.models.values():
+        v = m.variance
+        rows.append(dict(model=m.model, ensemble=m.ensemble, per_repeat=m.per_repeat, mean=m.delta_mean,
+                         sd=m.delta_sd, lo=m.delta_min, hi=m.delta_max, called=m.n_called_better,
+                         n=m.n_repeats, variance=v,
+                         shares=None if v is None or v.single_seed_total is None else
+                         dict(total=v.single_seed_total, monkey=v.monkey_sampling, training=v.training_noise,
+                              monkey_pct=100 * v.monkey_share if is_finite_number(v.monkey_share) else None,
+                              training_pct=100 * v.training_share if is_finite_number(v.training_share) else None,
+                              ensemble=v.ensemble_total, truncated=v.truncated)))
+    return dict(measured=True, result=tv, rows=rows, ci_pct=level,
+                agree=f"{tv.n_agree} of {tv.n_repeats}" if tv.n_agree is not None else None)
 
 
 def trending_contrast(trend: TrendingResult) -> list[str]:
@@ -492,6 +527,18 @@ def common_figures(add, stats, preds, subjects, models, ci_level):
         "One panel per held-out monkey (out-of-fold predictions), one colour and marker per model; the grey "
         "line is identity.", F.pred_vs_measured_figure(preds, subjects, models))
     trending_figures(add, read_trending(stats), subjects)
+    tv = read_training_variance(stats)
+    if tv is not None and tv.measured:
+        add("repeats", "repeat_differences", "Per-repeat differences beside the seed ensemble",
+            f"Each repeated model's MAE difference against {tv.reference}: the seed ensemble (diamond, with its "
+            f"{level} monkey-level interval) and each training repeat analysed alone as a single-seed study "
+            "(circles, with their intervals in grey; filled when the verdict's rule alone calls that repeat better).",
+            RF.repeat_differences_figure(tv))
+        for m in tv.models:
+            add("repeats", f"repeat_folds_{F.file_stem(m)}", f"MAE of each repeat per fold: {m}",
+                f"Per fold, the MAE of each training repeat of {m} on the held-out monkey's scans (circles; the "
+                f"line spans them), the seed ensemble's (diamond) and {tv.reference}'s (bar).",
+                RF.fold_spread_figure(tv, m))
 
 
 # --------------------------------------------------------------------------- the report
@@ -525,12 +572,15 @@ def _base_context(stats: AnalysisResult, subjects: list[str]) -> dict:
                 metric_names=[label for _, label in MODEL_METRICS], comparisons=comps,
                 agreement=agreement_rows(stats), decomposition=decomposition_table(stats),
                 per_subject=per_subject_table(stats, subjects), trending=trending_context(read_trending(stats)),
+                repeats=training_randomness_context(read_training_variance(stats)),
                 generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def render_run(run: RunData) -> str:
     stats = run.stats
     ctx = _base_context(stats, run.subjects)
+    if ctx["repeats"] is None:  # a run knows which of its models were trained with randomness
+        ctx["repeats"] = training_randomness_context(None, run.networks, run.record.config.repeats)
     figs = run_figures(run, stats)
     ctx.update(kind="run", title=f"icpcv report: {run.name}", run_name=run.name, run_path=str(run.path.resolve()),
                figures=figs, cohort=cohort_context(run), plan=plan_context(run), warm_start=warm_start_rows(run),

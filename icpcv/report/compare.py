@@ -3,7 +3,9 @@
 The runs' out-of-fold predictions are stacked with each model renamed ``<run>:<model>`` and handed
 to :func:`icpcv.stats.analyze`, so the paired monkey-level intervals and sign-flip tests are the
 statistics engine's own. Runs on different fold plans are refused: their held-out monkeys were
-predicted by models trained on different monkeys, so scans would not pair.
+predicted by models trained on different monkeys, so scans would not pair. A run trained with
+``--repeats`` enters with its seed ensemble (per model and scan, the mean of the repeats: the
+predictions its own analysis speaks of).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pandas as pd
 
 from icpcv.errors import InputError, RunDirError
 from icpcv.report import write_report
+from icpcv.report.rundata import primary_predictions
 from icpcv.rundir import RunDir, RunRecord, read_json_file
 from icpcv.stats import analyze, write_stats
 from icpcv.writable import check_output_dir
@@ -49,7 +52,7 @@ def read_run_input(path: Path, name: str) -> RunInput:
         raise RunDirError(f"{run.fold_plan_json}: has no hash; was it written by `icpcv run`?")
     env = read_json_file(run.environment_json) if run.environment_json.exists() else {}
     return RunInput(run=run, name=name, record=run.read_record(), plan_hash=plan["hash"],
-                    predictions=run.read_predictions(), environment=env)
+                    predictions=primary_predictions(run.read_predictions()), environment=env)
 
 
 def run_names(paths: list[Path], names: list[str] | None) -> list[str]:

@@ -23,7 +23,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from icpcv.stats.results import AnalysisResult, Comparison, ModelStats
-from icpcv.util import atomic_write_bytes, fmt_p, is_finite_number
+from icpcv.util import atomic_write_bytes, fmt_p, is_finite_number, natural_sorted
 
 from icpcv.writable import check_output_dir
 
@@ -241,7 +241,7 @@ def per_subject_figure(stats: AnalysisResult, subjects: list[str]):
     if not rows:
         return None
     d = pd.DataFrame(rows).dropna(subset=["mae"])
-    order = [s for s in subjects if s in set(d["subject"])] + sorted(set(d["subject"]) - set(subjects))
+    order = [s for s in subjects if s in set(d["subject"])] + natural_sorted(set(d["subject"]) - set(subjects))
     models = list(dict.fromkeys(d["model"]))
     colors = model_colors(models)
     fig, ax = subplots(figsize=(8.5, 0.32 * len(order) + 1.6))

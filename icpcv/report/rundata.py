@@ -15,7 +15,9 @@ import pandas as pd
 from icpcv.errors import RunDirError
 from icpcv.rundir import RunDir, RunRecord, read_csv_file, read_json_file
 from icpcv.stats.power import PowerResult
+from icpcv.stats.repeats import TrainingVariance, ensemble
 from icpcv.stats.results import AnalysisResult
+from icpcv.stats.study import has_repeats
 from icpcv.stats.trending import TrendingResult
 from icpcv.util import file_sha256, natural_sorted
 
@@ -84,6 +86,18 @@ def read_calibration(run: RunDir) -> pd.DataFrame | None:
                 return pd.DataFrame([data])
         return pd.DataFrame(data)
     return None
+
+
+def read_training_variance(stats: AnalysisResult) -> TrainingVariance | None:
+    """stats.json's ``training_variance`` section (``--repeats``), read back (None when absent)."""
+    block = stats.extra.get("training_variance")
+    return None if block is None else TrainingVariance.from_dict(block)
+
+
+def primary_predictions(table: pd.DataFrame) -> pd.DataFrame:
+    """The predictions the statistics speak of: with repeats (a ``repeat`` column), the seed ensemble
+    (:func:`icpcv.stats.repeats.ensemble`), else the table itself. The figures draw these."""
+    return ensemble(table) if has_repeats(table) else table
 
 
 def read_trending(stats: AnalysisResult) -> TrendingResult | None:
@@ -168,6 +182,15 @@ class RunData(_Shown):
     attribution_maps: dict | None = field(default=None, repr=False)
 
     @property
+    def networks(self) -> list[str]:
+        """The models trained with randomness (the networks), from the fold records."""
+        seen: dict[str, bool] = {}
+        for r in self.fold_records:
+            for m, info in (r.get("models") or {}).items():
+                seen.setdefault(m, bool(info.get("stochastic", "epochs_run" in info)))
+        return [m for m, yes in seen.items() if yes]
+
+    @property
     def subjects(self) -> list[str]:
         """Every subject the report colours: the kept scans' and the predictions' monkeys."""
         return natural_sorted(set(self.scans["subject"]) | set(self.predictions["subject"]))
@@ -209,7 +232,7 @@ def load_run(run_dir) -> RunData:
     power = read_power(run, notes)
     attribution, attribution_maps = read_attribution(run, record, notes)  # issue 14
     return RunData(run=run, record=record, config=config, environment=env, stats=read_stats(run),
-                   predictions=run.read_predictions(), quality=run.read_quality(), scans=scans,
+                   predictions=primary_predictions(run.read_predictions()), quality=run.read_quality(), scans=scans,
                    cohort=cohort, plan=plan, audit=run.read_plan_audit(), fold_records=folds,
                    curves=pd.concat(curves, ignore_index=True) if curves else None,
                    calibration=read_calibration(run), scan_audit=scan_audit, notes=notes, power=power,
@@ -259,7 +282,7 @@ def load_compare(out_dir) -> CompareData:
     notes: list[str] = []
     power = read_power(run, notes)
     return CompareData(run=run, meta=read_json_file(run.compare_json), stats=read_stats(run),
-                       predictions=run.read_predictions(), notes=notes, power=power)
+                       predictions=primary_predictions(run.read_predictions()), notes=notes, power=power)
 
 
 class PredictionsData(_AnalysedTable):
@@ -298,5 +321,6 @@ def load_predictions_dir(out_dir) -> PredictionsData:
         raise RunDirError(f"{run.analysis_json}: not a JSON object; rerun `icpcv analyze` with the same --out")
     notes = _source_notes(meta)
     power = read_power(run, notes)
-    return PredictionsData(run=run, meta=meta, stats=read_stats(run), predictions=run.read_predictions(),
+    return PredictionsData(run=run, meta=meta, stats=read_stats(run),
+                           predictions=primary_predictions(run.read_predictions()),
                            notes=notes, power=power)

@@ -16,9 +16,11 @@ from icpcv.progress import Progress
 from icpcv.report import write_report
 from icpcv.run.environment import environment
 from icpcv.run.executors import execute
+from icpcv.run.fold import unit_name
 from icpcv.run.slurm import cancel_recorded
 from icpcv.rundir import FoldDir, RunDir, RunRecord, run_key
 from icpcv.stats import leakage_summary, write_stats
+from icpcv.stats.repeats import ensemble
 from icpcv.stats.study import analyze_study
 from icpcv.train.loop import checkpoint_epoch
 
@@ -105,10 +107,17 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
 
 
 def gather(run_dir: Path):
-    """Collect the folds' predictions into the run's predictions.csv; every fold must be complete."""
+    """Collect the units' predictions into the run's predictions.csv; every unit must be complete.
+
+    With repeats, also ``predictions_ensemble.csv``: the seed ensemble, per model and scan the
+    mean of its repeats (:func:`icpcv.stats.repeats.ensemble`), which the analysis uses as each
+    repeated model's prediction.
+    """
     run = RunDir(run_dir)
-    preds = run.gather_predictions(run.read_record())
+    rec = run.read_record()
+    preds = run.gather_predictions(rec)
     run.write_predictions(preds)
+    run.write_ensemble(ensemble(preds, source=str(run.predictions_csv)) if rec.config.repeats > 1 else None)
     return preds
 
 
@@ -174,17 +183,22 @@ def _prepare_and_execute(cfg: RunConfig, run_dir: Path, *, device, executor, wor
                          threads) -> RunRecord:
     run = RunDir(run_dir)
     rec = prepare(cfg, run.path, fresh=fresh, progress=progress)
-    n = rec.n_folds
-    todo = run.incomplete_folds(rec)
-    if len(todo) < n:
-        progress.message(f"resuming: {n - len(todo)} of {n} folds already complete "
-                         f"({', '.join(str(k + 1) for k in range(n) if k not in todo)}); they are not rerun")
-    for k in todo:
-        for ck in run.fold(k).checkpoints():
+    n, R = rec.n_folds, rec.config.repeats
+    units = run.units(rec)
+    todo = run.incomplete_units(rec)
+    if len(todo) < len(units):
+        what = "folds" if R == 1 else "units (fold, repeat)"
+        done = [u.label(R) if R > 1 else str(u.fold + 1) for u in units if u not in todo]
+        shown = ", ".join(done[:20]) + (", ..." if len(done) > 20 else "")
+        progress.message(f"resuming: {len(units) - len(todo)} of {len(units)} {what} already complete "
+                         f"({shown}); they are not rerun")
+    for u in todo:
+        for ck in run.unit(u).checkpoints():
             epoch = checkpoint_epoch(ck)
-            progress.message(f"fold {k + 1}/{n}: will resume {FoldDir.model_of_checkpoint(ck)} from its "
-                             + (f"epoch {epoch} checkpoint" if epoch is not None else "checkpoint (unreadable)"))
-    progress.set_folds(n - len(todo), n)
+            progress.message(f"{unit_name(u.fold, n, u.repeat, R)}: will resume {FoldDir.model_of_checkpoint(ck)} "
+                             f"from its " + (f"epoch {epoch} checkpoint" if epoch is not None else
+                                             "checkpoint (unreadable)"))
+    progress.set_folds(len(units) - len(todo), len(units))
     execute(run.path, todo, executor=executor, workers=workers, device=device, progress=progress, slurm=slurm,
             threads=threads)
     return rec

@@ -1,6 +1,6 @@
-"""The Slurm executor: one fold per job-array task through submitit; the run directory is the truth.
+"""The Slurm executor: one unit (fold, repeat) per job-array task through submitit; the run directory is the truth.
 
-The head submits one array (``--max-parallel`` tasks at once), records the fold -> task map in
+The head submits one array (``--max-parallel`` tasks at once), records the unit -> task map in
 ``slurm/jobs.json`` and then polls, with a deadline, two things only: the run directory (a fold
 is done when its record says complete) and ``squeue`` (is the task still pending or running?).
 It never waits on submitit's result pickles, so a task that Slurm kills outside Python
@@ -28,8 +28,8 @@ from pathlib import Path
 import icpcv
 from icpcv.errors import InputError, RunDirError
 from icpcv.progress import FoldReporter
-from icpcv.run.fold import fold_summary, run_job
-from icpcv.rundir import RunDir, RunRecord
+from icpcv.run.fold import fold_summary, run_job, unit_name
+from icpcv.rundir import RunDir, RunRecord, Unit
 
 try:  # submitit is a dependency, but keep `--fresh` and the other executors working without it
     import submitit
@@ -52,23 +52,25 @@ MAX_TIMEOUTS = 3
 
 
 class FoldJob(Checkpointable):
-    """One fold as a submitit job; picklable (paths and settings only)."""
+    """One unit (a fold, a training repeat) as a submitit job; picklable (paths and settings only)."""
 
     def __init__(self, run_dir: str, device: str = "auto", threads: int | None = None):
         self.run_dir, self.device, self.threads = str(run_dir), device, threads
 
-    def __call__(self, k: int) -> dict:
+    def __call__(self, unit) -> dict:
+        unit = unit if isinstance(unit, Unit) else Unit(int(unit))
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0) or None
-        rec = run_job(self.run_dir, k, device=self.device, threads=threads, echo=True)
-        return dict(fold=k, status=rec["status"])  # the head reads the run directory, not this
+        rec = run_job(self.run_dir, unit.fold, repeat=unit.repeat, device=self.device, threads=threads, echo=True)
+        return dict(fold=unit.fold, repeat=unit.repeat, status=rec["status"])  # the head reads the run directory
 
-    def checkpoint(self, k: int):
-        """Preempted or about to time out: requeue the same fold; it resumes from its epoch checkpoint."""
-        FoldReporter(RunDir(self.run_dir).fold(k)).message(
-            f"fold {k + 1}: Slurm task {os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_"
-            f"{os.environ.get('SLURM_ARRAY_TASK_ID', '?')} signalled (preemption or time limit): requeueing; "
-            "the fold resumes from its last epoch checkpoint")
-        return DelayedSubmission(FoldJob(self.run_dir, self.device, self.threads), k)
+    def checkpoint(self, unit):
+        """Preempted or about to time out: requeue the same unit; it resumes from its epoch checkpoint."""
+        unit = unit if isinstance(unit, Unit) else Unit(int(unit))
+        FoldReporter(RunDir(self.run_dir).unit(unit)).message(
+            f"fold {unit.fold + 1}{f' repeat {unit.repeat + 1}' if unit.repeat else ''}: Slurm task "
+            f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{os.environ.get('SLURM_ARRAY_TASK_ID', '?')} signalled "
+            "(preemption or time limit): requeueing; it resumes from its last epoch checkpoint")
+        return DelayedSubmission(FoldJob(self.run_dir, self.device, self.threads), unit)
 
 
 # ---- Slurm queries ----------------------------------------------------------------------------
@@ -134,9 +136,9 @@ def _source_root() -> str:
     return str(Path(icpcv.__file__).resolve().parent.parent)
 
 
-def run_slurm(run_dir: Path, folds: list[int], *, device: str = "auto", threads: int | None = None,
+def run_slurm(run_dir: Path, units: list[Unit], *, device: str = "auto", threads: int | None = None,
               options: dict | None = None, progress=None) -> list[dict]:
-    """Run ``folds`` as Slurm array tasks and wait (with a deadline) until each is done or failed.
+    """Run ``units`` (plain ints are folds, repeat 0) as Slurm array tasks and wait (with a deadline) until each is done or failed.
 
     ``options``: partition, time (minutes per task), gpus, cpus, mem (GB), max_parallel, and for
     the wait: poll (s), grace (s), deadline (minutes; default: every array wave using its time
@@ -154,24 +156,26 @@ def run_slurm(run_dir: Path, folds: list[int], *, device: str = "auto", threads:
                          "90 s before its time limit to requeue it)")
     if submitit is None:
         raise RunDirError("--executor slurm needs the submitit package (pip install submitit)")
+    units = [u if isinstance(u, Unit) else Unit(int(u)) for u in units]
     run_dir = Path(run_dir).resolve()
     run = RunDir(run_dir)
     rec = run.read_record()
+    R = rec.config.repeats
     slurm_dir = run.slurm_dir
     jobs = run.read_slurm_jobs()
     # adopt tasks of an earlier submission that are still queued or running
-    earlier = {k: jobs[k] for k in folds if k in jobs}
+    earlier = {u: jobs[u] for u in units if u in jobs}
     states = squeue_states([j["job_id"] for j in earlier.values()]) if earlier else {}
-    adopted = {k: j for k, j in earlier.items() if (states or {}).get(j["job_id"], ("",))[0] in ACTIVE}
+    adopted = {u: j for u, j in earlier.items() if (states or {}).get(j["job_id"], ("",))[0] in ACTIVE}
     if adopted:
-        progress.message(f"slurm: {len(adopted)} fold task(s) of an earlier submission are still queued or running; "
+        progress.message(f"slurm: {len(adopted)} task(s) of an earlier submission are still queued or running; "
                          f"watching them instead of submitting again: "
-                         + ", ".join(f"fold {k + 1} = {j['job_id']}" for k, j in sorted(adopted.items())))
-    to_submit = [k for k in folds if k not in adopted]
+                         + ", ".join(f"{u.label(R)} = {j['job_id']}" for u, j in sorted(adopted.items())))
+    to_submit = [u for u in units if u not in adopted]
     if to_submit:
-        for k in to_submit:
-            run.fold(k).clear_error()
-            run.fold(k).path.mkdir(parents=True, exist_ok=True)
+        for u in to_submit:
+            run.unit(u).clear_error()
+            run.unit(u).path.mkdir(parents=True, exist_ok=True)
         # a fresh submitit folder per submission: job ids restart when a cluster is reset
         folder = slurm_dir / f"{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
         ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
@@ -187,23 +191,25 @@ def run_slurm(run_dir: Path, folds: list[int], *, device: str = "auto", threads:
             submitted = ex.map_array(FoldJob(str(run_dir), device, threads), to_submit)
         except Exception as exc:
             raise RunDirError(f"--executor slurm: sbatch refused the fold tasks: {exc}".strip()) from None
-        for k, job in zip(to_submit, submitted):
-            jobs[k] = dict(job_id=str(job.job_id), stderr=str(job.paths.stderr), stdout=str(job.paths.stdout),
+        for u, job in zip(to_submit, submitted):
+            jobs[u] = dict(job_id=str(job.job_id), stderr=str(job.paths.stderr), stdout=str(job.paths.stdout),
                            folder=str(folder), submitted=time.time())
         run.write_slurm_jobs(jobs)
-        progress.message(f"slurm: submitted {len(submitted)} fold task(s) as array job "
+        progress.message(f"slurm: submitted {len(submitted)} {'fold' if R == 1 else '(fold, repeat)'} task(s) as array job "
                          f"{str(submitted[0].job_id).split('_')[0]} (at most {o['max_parallel']} at once, "
                          f"{o['cpus']} CPUs, {o['mem']} GB, {o['gpus']} GPUs, {o['time']} min each); logs in {folder}")
-    waves = math.ceil(len(folds) / max(1, int(o["max_parallel"])))
+    waves = math.ceil(len(units) / max(1, int(o["max_parallel"])))
     deadline_min = o["deadline"] or waves * int(o["time"]) * (1 + MAX_TIMEOUTS) + 60
-    return _wait(run_dir, rec, {k: jobs[k] for k in folds}, progress, float(o["poll"]), float(o["grace"]),
+    return _wait(run_dir, rec, {u: jobs[u] for u in units}, progress, float(o["poll"]), float(o["grace"]),
                  float(deadline_min) * 60)
 
 
-def _wait(run_dir: Path, rec: RunRecord, watch: dict[int, dict], progress, poll: float, grace: float,
+def _wait(run_dir: Path, rec: RunRecord, watch: dict[Unit, dict], progress, poll: float, grace: float,
           deadline_s: float) -> list[dict]:
     run = RunDir(run_dir)
-    n = rec.n_folds
+    watch = {(u if isinstance(u, Unit) else Unit(int(u))): j for u, j in watch.items()}
+    n, R = rec.n_folds, rec.config.repeats
+    n_units = len(run.units(rec))
     state = {k: "pending" for k in watch}
     failures: list[dict] = []
     ended_at: dict[int, float] = {}
@@ -229,9 +235,9 @@ def _wait(run_dir: Path, rec: RunRecord, watch: dict[int, dict], progress, poll:
             for k, job in watch.items():
                 if state[k] in ("done", "failed"):
                     continue
-                if run.fold_complete(k, rec.key):
+                if run.unit_complete(k, rec.key):
                     state[k] = "done"
-                    r = run.fold(k).read_record()
+                    r = run.unit(k).read_record()
                     progress.message(fold_summary(r, n) + f" [Slurm task {job['job_id']} on {r.get('host')}]")
                     continue
                 if q is None:
@@ -241,7 +247,7 @@ def _wait(run_dir: Path, rec: RunRecord, watch: dict[int, dict], progress, poll:
                     state[k] = "running" if st in RUNNING else "pending"
                     ended_at.pop(k, None)
                     continue
-                err = run.fold(k).read_error()
+                err = run.unit(k).read_error()
                 ended_at.setdefault(k, now)
                 if err is None and now - ended_at[k] < grace:
                     continue  # the record may show up late on a shared file system
@@ -254,13 +260,13 @@ def _wait(run_dir: Path, rec: RunRecord, watch: dict[int, dict], progress, poll:
                     reason = (f"Slurm task {job['job_id']} left the queue without completing the fold "
                               "(killed outside Python: cancelled, out of memory or a node failure?)")
                 state[k] = "failed"
-                failures.append(dict(fold=k, reason=reason, log=job["stderr"], job_id=job["job_id"],
-                                     fold_log=str(run.fold(k).log)))
-                progress.message(f"fold {k + 1}/{n} FAILED: {reason} (log: {job['stderr']})")
+                failures.append(dict(fold=k.fold, repeat=k.repeat, reason=reason, log=job["stderr"],
+                                     job_id=job["job_id"], fold_log=str(run.unit(k).log)))
+                progress.message(f"{unit_name(k.fold, n, k.repeat, R)} FAILED: {reason} (log: {job['stderr']})")
             counts = {s: sum(v == s for v in state.values()) for s in ("pending", "running", "done", "failed")}
             line = ", ".join(f"{v} {s}" for s, v in counts.items())
-            progress.set_folds(n - len(watch) + counts["done"], n)
-            running = [s for s in (run.fold(k).read_status() for k in watch if state[k] == "running") if s]
+            progress.set_folds(n_units - len(watch) + counts["done"], n_units)
+            running = [s for s in (run.unit(k).read_status() for k in watch if state[k] == "running") if s]
             latest = max(running, key=lambda s: s["time"])["text"] if running else ""
             progress.update(f"slurm: {line}" + (f" | {latest}" if latest else ""))
             if counts != last_counts and progress.mode != "bar":

@@ -22,7 +22,7 @@ See docs/statistics.md for every number in the output and its formula.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -147,6 +147,17 @@ def design_warnings(pred: Predictions, reference: str, *, audit_failed: bool = F
                 f"Model {m} has predictions for {len(per_model_keys[m])} of the {len(all_keys)} "
                 f"scans present for some model ({missing} missing); paired comparisons use the "
                 f"scans both models share.")
+    subjects_of = df.groupby("model")["subject"].unique()
+    for m in models:
+        have = set(subjects_of[m])
+        if len(have) < G:
+            lacking = [s for s in subjects if s not in have]
+            shown = ", ".join(lacking[:10]) + (", ..." if len(lacking) > 10 else "")
+            warnings.append(
+                f"Model {m} covers only {len(have)} of the {G} monkeys (none for {shown}): its "
+                f"metrics are over fewer monkeys than the others' and not comparable with them; "
+                f"the verdict ranks models by their paired comparison with the reference on the "
+                f"monkeys both predicted.")
     folds_per_subject = df.groupby(["model", "subject"])["fold"].nunique()
     multi = folds_per_subject[folds_per_subject > 1]
     if len(multi):
@@ -217,6 +228,8 @@ class BootstrapEstimates:
     ci_level: float
     model_frames: dict[str, pd.DataFrame]
     pairs: dict[str, pd.DataFrame]  # model -> its scans joined with the reference's
+    #: estimand key -> why its interval is not reported (``ci`` None), filled by :meth:`estimate`
+    no_interval: dict = field(default_factory=dict)
 
     def method_for(self, key) -> str:
         if self.method != "auto":
@@ -224,19 +237,47 @@ class BootstrapEstimates:
         return AUTO_METHODS["delta" if key[0] == "delta" else key[2]]
 
     def estimate(self, key) -> Estimate:
-        """The estimate of ``key`` (e.g. ``("model", "cnn", "mae")``) with its interval."""
+        """The estimate of ``key`` (e.g. ``("model", "cnn", "mae")``) with its interval.
+
+        Where the interval cannot be computed honestly
+        (:func:`icpcv.stats.bootstrap.interval_with_reason`) ``ci`` is None and the reason is
+        kept in :attr:`no_interval` (the analysis turns it into a warning).
+        """
         j = self.index[key]
         m = self.method_for(key)
-        return Estimate(float(self.output.estimate[j]), _ci(bootstrap.interval(self.output, j, m, self.ci_level)), m)
+        lo_hi, why = bootstrap.interval_with_reason(self.output, j, m, self.ci_level)
+        if why is not None:
+            self.no_interval[key] = why
+            return Estimate(float(self.output.estimate[j]), None, m)
+        return Estimate(float(self.output.estimate[j]), _ci(lo_hi), m)
 
     def value(self, key) -> float:
         return float(self.output.estimate[self.index[key]])
 
     def undefined(self) -> list[str]:
-        """``model/metric`` pairs with resamples where the metric was undefined (dropped from its interval)."""
+        """``model/metric`` pairs with resamples where the metric was undefined (dropped from its
+        interval; not those whose interval is not reported at all, see :attr:`no_interval`)."""
         bad = {k[1] + "/" + k[2] for k, j in self.index.items()
-               if k[0] == "model" and k[2] in MODEL_METRICS and np.any(~np.isfinite(self.output.boot[:, j]))}
+               if k[0] == "model" and k[2] in MODEL_METRICS and k not in self.no_interval
+               and np.any(~np.isfinite(self.output.boot[:, j]))}
         return sorted(bad)
+
+    def interval_warnings(self, reference: str | None) -> list[str]:
+        """One warning per model (and per comparison) whose intervals are not reported, naming
+        each metric, its method and why. Estimates that are themselves undefined (e.g. a
+        comparison without shared scans) are left to the other warnings."""
+        level = f"{round(self.ci_level * 100):g}%"
+        groups: dict[tuple, dict[tuple, list[str]]] = {}
+        for key, why in sorted(self.no_interval.items(), key=lambda kv: self.index[kv[0]]):
+            if key[0] not in ("model", "delta") or not np.isfinite(self.output.estimate[self.index[key]]):
+                continue
+            groups.setdefault(key[:2], {}).setdefault((self.method_for(key), why), []).append(key[2])
+        out = []
+        for (kind, m), reasons in groups.items():
+            who = f"model {m}" if kind == "model" else f"the comparison of {m} with {reference}"
+            items = "; ".join(f"{', '.join(metrics)} ({method}: {why})" for (method, why), metrics in reasons.items())
+            out.append(f"No {level} interval (ci null) for {who}: {items}.")
+        return out
 
 
 def bootstrap_estimates(pred: Predictions, reference: str | None, *, n_boot: int = 10000, seed=0,
@@ -366,61 +407,147 @@ def compare_models(pred: Predictions, boot: BootstrapEstimates, reference: str, 
 # --------------------------------------------------------------------------- 6. the verdict
 
 
-def verdict_comparison(models: dict[str, ModelStats], comparisons: list[Comparison]) -> Comparison | None:
-    """The MAE comparison the verdict speaks of: the model with the lowest MAE over all of its scans
-    (the first on ties), or None without MAE comparisons."""
-    mae_cmp = [c for c in comparisons if c.metric == "mae"]
-    if not mae_cmp:
-        return None
-
-    def rank(c):
-        v = models[c.model].mae.estimate
-        return np.inf if not np.isfinite(v) else v
-
-    return min(mae_cmp, key=rank)
+#: The verdict's threshold on the Holm-adjusted sign-flip p (and the rule of :meth:`Comparison.better`).
+RULE_ALPHA = 0.05
 
 
-def verdict(comparisons: list[Comparison], models: dict[str, ModelStats], reference: str, *, n_subjects: int,
-            ci_level: float = 0.95, unit: str = "mmHg") -> str:
-    """One sentence on the MAE comparisons.
+def _finite(x) -> bool:
+    return x is not None and bool(np.isfinite(x))
 
-    The model with the lowest MAE is "better" than the reference when its interval of the MAE
-    difference lies entirely below zero and its Holm-adjusted sign-flip p is below 0.05; the
-    sentence states the reduction with its interval and both p-values, or that there is no
-    evidence, naming the closest model.
+
+def _compared(comparisons: list[Comparison]) -> list[Comparison]:
+    """The MAE comparisons with shared scans and a defined difference (those that can be ranked)."""
+    return [c for c in comparisons if c.metric == "mae" and c.n_scans > 0 and _finite(c.delta)]
+
+
+def verdict_comparison(models: dict[str, ModelStats] | None, comparisons: list[Comparison],
+                       alpha: float = RULE_ALPHA) -> Comparison | None:
+    """The MAE comparison the verdict speaks of, ranked on the paired comparisons with the reference.
+
+    Among the models the rule calls better (:meth:`Comparison.better`), the one with the largest
+    reduction (most negative paired ``delta``, over the scans it shares with the reference);
+    when none is, the one with the lowest paired ``delta``. A comparison without shared scans
+    (or with an undefined difference) is never chosen; first in order on ties; None without a
+    comparison that can be chosen. ``models`` is not used (pooled MAEs over each model's own
+    scans are not comparable between models that predicted different monkeys); it is kept for
+    the callers' signature.
     """
+    cand = _compared(comparisons)
+    if not cand:
+        return None
+    better = [c for c in cand if c.better(alpha)]
+    return min(better or cand, key=lambda c: c.delta)
+
+
+def smallest_p(c: Comparison) -> float:
+    """The smallest sign-flip p the comparison's test could give: 2 / 2^G for the exact test over
+    G monkeys (the observed signs and their mirror image), 0 for the Monte Carlo test (G > 20)."""
+    if c.signflip_method == "exact" and c.n_subjects > 0:
+        return min(1.0, 2.0 / 2.0 ** c.n_subjects)
+    return 0.0
+
+
+def unreachable(comparisons: list[Comparison], alpha: float = RULE_ALPHA) -> str | None:
+    """Why no model can be called better whatever the data, or None when one could.
+
+    A comparison's Holm-adjusted p is at least its own smallest possible p (:func:`smallest_p`)
+    and at least m times the smallest possible p of any comparison in the Holm family of m
+    (every comparison of the analysis with a p-value, both metrics). When that bound reaches ``alpha`` for
+    every MAE comparison, no verdict of "better" is possible.
+    """
+    cand = [c for c in _compared(comparisons) if _finite(c.p_signflip)]
+    family = [c for c in comparisons if _finite(c.p_signflip)]  # Holm counts the finite p-values
+    if not cand:
+        return None
+    m = len(family)
+    floor = min(smallest_p(c) for c in family)
+    if any(max(smallest_p(c), m * floor) < alpha for c in cand):
+        return None
+    G = max(c.n_subjects for c in cand)
+    p_min = smallest_p(max(cand, key=lambda c: c.n_subjects))
+    if p_min >= alpha:
+        return (f"With {_plural(G, 'monkey')} the exact sign-flip test cannot reach p < {alpha:g} "
+                f"(smallest possible p = 2/2^{G} = {p_min:.3g}), so no verdict of better is possible.")
+    return (f"With {_plural(G, 'monkey')} and {m} comparisons in the Holm family the Holm-adjusted "
+            f"sign-flip p cannot fall below {alpha:g} (smallest possible {m} × 2/2^{G} = "
+            f"{m * floor:.3g}), so no verdict of better is possible.")
+
+
+def _digits(*xs) -> int:
+    finite = [abs(x) for x in xs if np.isfinite(x)]
+    return 2 if finite and max(finite) < 1 else 1
+
+
+def verdict_sentences(comparisons: list[Comparison], models: dict[str, ModelStats], reference: str, *,
+                      n_subjects: int, ci_level: float = 0.95, unit: str = "mmHg") -> list[str]:
+    """The sentences of :func:`verdict`: the statement on the best model first, then (when
+    neither it nor any model can be called better) why, then one sentence per model clearly
+    worse than the reference."""
     level = f"{round(ci_level * 100):g}%"
     mae_cmp = [c for c in comparisons if c.metric == "mae"]
     if reference not in models:
-        return (f"The reference model {reference} is not in the predictions, so no model "
-                f"was compared against it ({_plural(n_subjects, 'monkey')}).")
+        return [f"The reference model {reference} is not in the predictions, so no model "
+                f"was compared against it ({_plural(n_subjects, 'monkey')})."]
     if not mae_cmp:
-        return (f"Only the reference model {reference} is present; there is nothing to "
-                f"compare it with ({_plural(n_subjects, 'monkey')}).")
+        return [f"Only the reference model {reference} is present; there is nothing to "
+                f"compare it with ({_plural(n_subjects, 'monkey')})."]
 
     def fmt(x, digits):
         return fmt_num(x, digits, "n/a")
 
+    def tail(c):
+        return (f"sign-flip p {fmt_p(c.p_signflip, 'n/a', equals=True)}, Holm-adjusted p "
+                f"{fmt_p(c.p_adjusted, 'n/a', equals=True)}; {_plural(c.n_subjects, 'monkey')}")
+
     best = verdict_comparison(models, comparisons)
+    if best is None:
+        return [f"No model shares scans with the reference {reference}, so no model was compared "
+                f"with it ({_plural(n_subjects, 'monkey')})."]
     lo, hi = best.lower, best.upper
     reduction = -best.delta
     red_lo, red_hi = -hi, -lo
-    finite = [abs(x) for x in (reduction, red_lo, red_hi) if np.isfinite(x)]
-    digits = 2 if finite and max(finite) < 1 else 1
-    tail = (f"sign-flip p {fmt_p(best.p_signflip, 'n/a', equals=True)}, Holm-adjusted p "
-            f"{fmt_p(best.p_adjusted, 'n/a', equals=True)}; {_plural(best.n_subjects, 'monkey')}")
-    if best.better(0.05):
-        return (f"The {best.model} lowers MAE by {fmt(reduction, digits)} {unit} against "
-                f"{reference} ({level} CI {fmt(red_lo, digits)} to {fmt(red_hi, digits)} {unit}; "
-                f"{tail}).")
-    if np.isfinite(best.delta) and best.delta >= 0:  # no model is even nominally better
+    digits = _digits(reduction, red_lo, red_hi)
+    if best.better(RULE_ALPHA):
+        out = [f"The {best.model} lowers MAE by {fmt(reduction, digits)} {unit} against "
+               f"{reference} ({level} CI {fmt(red_lo, digits)} to {fmt(red_hi, digits)} {unit}; "
+               f"{tail(best)})."]
+    elif np.isfinite(best.delta) and best.delta >= 0:  # no model is even nominally better
         who = "the other model's" if len(mae_cmp) == 1 else "every model's"
-        return (f"There is no evidence that any model beats {reference} on MAE: {who} MAE is at or above "
-                f"{reference}'s; the closest, {best.model}, changes MAE by +{fmt(best.delta, digits)} "
-                f"{unit} ({level} CI {fmt(lo, digits)} to {fmt(hi, digits)} {unit}; {tail}).")
-    return (f"There is no evidence that any model beats {reference} on MAE: the best, "
-            f"{best.model}, changes MAE by {fmt(best.delta, digits)} {unit} "
-            f"({level} CI {fmt(lo, digits)} to {fmt(hi, digits)} {unit}; {tail}).")
+        out = [f"There is no evidence that any model beats {reference} on MAE: {who} MAE is at or above "
+               f"{reference}'s; the closest, {best.model}, changes MAE by +{fmt(best.delta, digits)} "
+               f"{unit} ({level} CI {fmt(lo, digits)} to {fmt(hi, digits)} {unit}; {tail(best)})."]
+    else:
+        out = [f"There is no evidence that any model beats {reference} on MAE: the best, "
+               f"{best.model}, changes MAE by {fmt(best.delta, digits)} {unit} "
+               f"({level} CI {fmt(lo, digits)} to {fmt(hi, digits)} {unit}; {tail(best)})."]
+    if not best.better(RULE_ALPHA):
+        why = unreachable(comparisons, RULE_ALPHA)
+        if why:
+            out.append(why)
+    for c in _compared(comparisons):
+        if c.worse(RULE_ALPHA):
+            d = _digits(c.delta, c.lower, c.upper)
+            out.append(f"The {c.model} is worse than {reference} on MAE: it raises MAE by "
+                       f"{fmt(c.delta, d)} {unit} ({level} CI {fmt(c.lower, d)} to {fmt(c.upper, d)} "
+                       f"{unit}; {tail(c)}).")
+    return out
+
+
+def verdict(comparisons: list[Comparison], models: dict[str, ModelStats], reference: str, *, n_subjects: int,
+            ci_level: float = 0.95, unit: str = "mmHg") -> str:
+    """The verdict on the MAE comparisons, in one to a few sentences (:func:`verdict_sentences`).
+
+    The model it speaks of is chosen on the paired comparisons with the reference
+    (:func:`verdict_comparison`). It is "better" than the reference when its interval of the
+    MAE difference lies entirely below zero and its Holm-adjusted sign-flip p is below 0.05;
+    the sentence states the reduction with its interval and both p-values, or that there is no
+    evidence, naming the closest model -- and, when the design cannot give a p below 0.05 at
+    all (few monkeys, :func:`unreachable`), says so. Each model clearly worse than the
+    reference (interval entirely above zero, Holm-adjusted p below 0.05) gets a sentence of
+    its own.
+    """
+    return " ".join(verdict_sentences(comparisons, models, reference, n_subjects=n_subjects,
+                                      ci_level=ci_level, unit=unit))
 
 
 # --------------------------------------------------------------------------- all of it
@@ -486,16 +613,17 @@ def analyze(predictions, reference="ols_iop", n_boot=10000, seed=0, ci_level=0.9
     ref_present = reference in pred.models
     boot = bootstrap_estimates(pred, reference if ref_present else None, n_boot=n_boot, seed=seed,
                                ci_level=ci_level, ci_method=method)
-    bad = boot.undefined()
-    if bad:
-        warnings.append("Some bootstrap resamples gave an undefined metric and were dropped "
-                        f"from its interval: {', '.join(bad)}.")
     models = model_statistics(pred, boot)
     for m, joined in boot.pairs.items():
         if len(joined) == 0:
             warnings.append(f"Model {m} shares no scans with the reference {reference}; "
                             f"its comparison is empty (all values null).")
     comparisons = compare_models(pred, boot, reference, seed=seed, n_perm=n_perm)
+    bad = boot.undefined()
+    if bad:
+        warnings.append("Some bootstrap resamples gave an undefined metric and were dropped "
+                        f"from its interval: {', '.join(bad)}.")
+    warnings += boot.interval_warnings(reference)
     return AnalysisResult(
         n_subjects=pred.n_subjects, n_scans=int(pred.frame["scan_id"].nunique()), n_rows=int(len(pred.frame)),
         subjects=list(pred.subjects), ci_level=float(ci_level), ci_method=method,
@@ -507,5 +635,6 @@ def analyze(predictions, reference="ols_iop", n_boot=10000, seed=0, ci_level=0.9
 
 
 __all__ = ["analyze", "prepare_predictions", "design_warnings", "bootstrap_estimates", "model_statistics",
-           "compare_models", "verdict", "Predictions", "BootstrapEstimates", "AnalysisResult", "DEFAULT_CI_METHOD",
+           "compare_models", "verdict", "verdict_sentences", "verdict_comparison", "unreachable", "smallest_p",
+           "RULE_ALPHA", "Predictions", "BootstrapEstimates", "AnalysisResult", "DEFAULT_CI_METHOD",
            "AUTO_METHODS", "REQUIRED_COLUMNS"]

@@ -38,6 +38,10 @@ Interval methods (``CI_METHODS``)
     where f is the metric as a function of the totals T and s_g subject g's
     statistics. All metrics are ratios of totals (homogeneous of degree 0),
     so :math:`\\nabla f\\cdot T = 0` and no centring term is needed.
+    A resample that drew fewer than 2 distinct monkeys has an SE of 0 up to
+    rounding, so its t* is undefined (as for an SE below ``SE_RTOL`` of the
+    data's); see :func:`interval_with_reason` for when the interval is then
+    not reported at all.
     Interval :math:`[\\hat\\theta - q^*_{1-\\alpha/2}\\,\\widehat{se},\\ \\hat\\theta - q^*_{\\alpha/2}\\,\\widehat{se}]`
     with :math:`q^*` quantiles of :math:`(\\theta^*-\\hat\\theta)/se^*`.
 ``t``
@@ -69,6 +73,15 @@ K = len(COLS)
 (N, SA, SE, SE2, SY, SYY, SP, SPP, SYP, SMAE, ONE) = range(K)
 
 CI_METHODS = ("percentile", "bca", "studentized", "t")
+
+#: A resample's cluster-robust SE below this fraction of the data's SE is degenerate
+#: (:func:`run_bootstrap` sets it to NaN: that resample's t* is undefined).
+SE_RTOL = 1e-6
+
+#: A studentized interval wider than this many times the spread of the values the metric took
+#: (on the data, the resamples and the leave-one-monkey-out samples) is not reported
+#: (:func:`interval_with_reason`).
+MAX_WIDTH_RATIO = 10.0
 
 #: Metrics available from the sufficient statistics.
 METRICS = ("mae", "rmse", "bias", "r2", "pearson_r", "mae_subject_mean", "ba_slope")
@@ -521,7 +534,13 @@ def run_bootstrap(S, estimands, counts, studentized=False):
             boot[:, j] = vb
             infl_b = em.influence(T_boot, S, gb)          # (B, G)
             with np.errstate(invalid="ignore"):
-                se_boot[:, j] = np.sqrt(np.einsum("bg,bg->b", counts, infl_b**2))
+                se_b = np.sqrt(np.einsum("bg,bg->b", counts, infl_b**2))
+                # Fewer than 2 distinct contributing monkeys drawn: no between-monkey variation,
+                # the linearised SE is 0 up to rounding (~1e-16) and t* is undefined, as it is
+                # for an SE below SE_RTOL of the data's.
+                drawn = (counts[:, active] > 0).sum(axis=1)
+                se_b[(drawn < 2) | ~(se_b > SE_RTOL * se_hat[j])] = np.nan
+            se_boot[:, j] = se_b
         else:
             est[j] = em.value(T_hat)
             boot[:, j] = em.value(T_boot)
@@ -842,17 +861,89 @@ def interval(out: BootstrapOutput, j, method, ci_level=0.95):
     studentized  -0.41  0.99
     t             0.47  1.08
     """
+    return interval_with_reason(out, j, method, ci_level)[0]
+
+
+def _spread(*arrays) -> float:
+    x = np.concatenate([_finite(np.atleast_1d(a)) for a in arrays])
+    return float(x.max() - x.min()) if x.size else float("nan")
+
+
+def interval_with_reason(out: BootstrapOutput, j, method, ci_level=0.95):
+    """:func:`interval`, and why there is none: ``((lo, hi), reason)``.
+
+    ``reason`` is None when the interval is reported, else a phrase saying why it is
+    ``(NaN, NaN)``. An interval is not reported (rather than reported wrong) when
+
+    * the estimate is undefined, or fewer than 2 monkeys contribute to it;
+    * (``percentile``, ``bca``, ``studentized``) a share of at least α/2 of the resamples
+      (α = 1 - ci_level) is undefined -- for ``studentized`` a resample is undefined also when
+      it drew fewer than 2 distinct contributing monkeys or its SE is degenerate
+      (:func:`run_bootstrap`): dropping them conditions the bootstrap distribution on the
+      other resamples, and with that much mass missing its α/2 tail is not determined;
+    * the interval has a non-finite end;
+    * (``studentized``) it is more than :data:`MAX_WIDTH_RATIO` times as wide as the spread
+      (max - min) of the values the metric took on the data, the resamples and the
+      leave-one-monkey-out samples: the ratio (θ* - θ̂)/se* exploded on resamples whose SE
+      was tiny but not degenerate, so the interval reflects the SEs, not the data.
+
+    Examples
+    --------
+    Three monkeys: one resample in nine draws a single monkey three times, whose
+    bootstrap-t is undefined (its SE is 0 up to rounding), far more than α/2 = 2.5%:
+
+    >>> import numpy as np
+    >>> from icpcv.stats.bootstrap import (Estimand, counts_from_indices, interval_with_reason,
+    ...                                    resample_indices, run_bootstrap, subject_sums)
+    >>> S = subject_sums([0, 0, 1, 1, 2, 2], [10.0, 12, 20, 14, 9, 11], [11.0, 15, 18, 14, 9.5, 13], 3)
+    >>> counts = counts_from_indices(resample_indices(3, 1000, np.random.default_rng(0)), 3)
+    >>> out = run_bootstrap(S, [Estimand("mae", "mae", block=0)], counts, studentized=True)
+    >>> (lo, hi), why = interval_with_reason(out, 0, "studentized")
+    >>> bool(np.isnan(lo)), why.split(" (")[0]
+    (True, '117 of 1000 resamples')
+    >>> interval_with_reason(out, 0, "t")[1] is None
+    True
+    """
+    nan = (np.nan, np.nan)
+    if method not in CI_METHODS:
+        raise ValueError(f"unknown ci_method {method!r}; choose from {', '.join(CI_METHODS)}")
+    if method == "studentized" and out.se_boot is None:
+        raise ValueError("run_bootstrap(..., studentized=True) is needed for this method")
     theta = out.estimate[j]
+    if not np.isfinite(theta):
+        return nan, "the estimate is undefined"
     if out.n_active is not None and out.n_active[j] < 2:
-        return (np.nan, np.nan)
+        return nan, f"fewer than 2 monkeys contribute ({int(out.n_active[j])})"
+    alpha = 1 - ci_level
+    boot = np.asarray(out.boot[:, j], dtype=float)
+    if method != "t" and not (boot.size and np.all(boot == theta)):  # all equal: [θ̂, θ̂] below
+        if method == "studentized":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bad = ~np.isfinite((boot - theta) / out.se_boot[:, j])
+            what = ("no defined value or standard error (fewer than 2 distinct monkeys drawn, "
+                    "or a degenerate standard error)")
+        else:
+            bad = ~np.isfinite(boot)
+            what = "an undefined value"
+        u, B = int(bad.sum()), bad.size
+        if B == 0 or u >= alpha / 2 * B:
+            return nan, (f"{u} of {B} resamples ({100 * u / max(B, 1):.1f}%) have {what}, at least "
+                         f"α/2 = {100 * alpha / 2:.3g}% of them, so the interval's tails are not "
+                         f"determined")
     if method == "percentile":
-        return percentile_interval(theta, out.boot[:, j], ci_level)
-    if method == "bca":
-        return bca_interval(theta, out.boot[:, j], out.jack[j], ci_level)
+        lo, hi = percentile_interval(theta, boot, ci_level)
+    elif method == "bca":
+        lo, hi = bca_interval(theta, boot, out.jack[j], ci_level)
+    elif method == "studentized":
+        lo, hi = studentized_interval(theta, out.se_hat[j], boot, out.se_boot[:, j], ci_level)
+    else:
+        lo, hi = t_interval(theta, out.jack[j], ci_level)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return nan, "the interval is not finite"
     if method == "studentized":
-        if out.se_boot is None:
-            raise ValueError("run_bootstrap(..., studentized=True) is needed for this method")
-        return studentized_interval(theta, out.se_hat[j], out.boot[:, j], out.se_boot[:, j], ci_level)
-    if method == "t":
-        return t_interval(theta, out.jack[j], ci_level)
-    raise ValueError(f"unknown ci_method {method!r}; choose from {', '.join(CI_METHODS)}")
+        spread = _spread([theta], boot, out.jack[j])
+        if hi - lo > MAX_WIDTH_RATIO * spread:
+            return nan, (f"the interval ({lo:.3g} to {hi:.3g}) is more than {MAX_WIDTH_RATIO:g} "
+                         f"times as wide as the spread of the values the metric took on the "
+                         f"resamples ({spread:.3g}): the bootstrap-t's standard errors are unstable")
+    return (float(lo), float(hi)), None

@@ -1,7 +1,7 @@
 """Power for the next study: how likely is a new study of G monkeys to get the verdict "better"?
 
 The run's verdict calls a model better than the reference on MAE when both hold
-(:func:`icpcv.stats.analysis._verdict`, docs/statistics.md):
+(:func:`icpcv.stats.analysis.verdict`, docs/statistics.md):
 
 * the monkey-level interval of the pooled MAE difference lies below 0. Its method is ``t``
   (``AUTO_METHODS["delta"]``): θ̂ ± t_{G−1, 1−α/2} · SE_jack with θ̂ = Σ_g Δ_g / Σ_g n_g, Δ_g the
@@ -23,8 +23,8 @@ Approximations, all stated in the result:
 * Holm: a single comparison has p_adjusted = p. With ``n_comparisons = m`` the planner asks
   m·p < α (Bonferroni), which is Holm's adjustment of the smallest of m p-values and conservative
   for the others. The run's verdict adjusts across 2 metrics × (models − 1) comparisons.
-* The verdict also needs the model to have the lowest MAE among the non-reference models; the
-  planner studies one model against the reference.
+* The verdict names, among the models the rule calls better, the one with the largest paired
+  reduction (``analysis.verdict_comparison``); the planner studies one model against the reference.
 * Above G = 20 the sign-flip p of every simulated study is estimated from ``n_perm`` random sign
   patterns shared by all studies of that G (p = (1 + hits)/(1 + n_perm), as the engine does with
   its 100,000 patterns per study).
@@ -63,7 +63,7 @@ DEFAULT_N_SIM = 2000
 #: Random sign patterns per G above :data:`MAX_EXACT` monkeys (shared by that G's studies).
 DEFAULT_N_PERM = 4000
 TARGET_POWER = 0.8
-#: The verdict's fixed threshold on the Holm-adjusted p (analysis._verdict).
+#: The verdict's fixed threshold on the Holm-adjusted p (analysis.RULE_ALPHA).
 VERDICT_ALPHA = 0.05
 #: Bisection stops when the detectable effect is known to this many mmHg.
 EFFECT_TOLERANCE = 0.005

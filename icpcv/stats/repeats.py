@@ -27,28 +27,21 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from icpcv.stats.analysis import analyze
+from icpcv.stats.analysis import RULE_ALPHA, analyze, verdict_comparison
 from icpcv.errors import InputError
-from icpcv.util import to_jsonable
+from icpcv.stats.results import Comparison
+from icpcv.util import natural_key, to_jsonable
 from icpcv.stats.io import (OPTIONAL_NUMERIC, REPEAT_COLUMN, REQUIRED_COLUMNS,
                             validate_predictions)
 
-#: The verdict's rule (``_verdict`` in icpcv/stats/analysis.py): a model is called better than
-#: the reference when its MAE difference has an interval entirely below 0 and a Holm-adjusted
-#: sign-flip p below this level.
-RULE_ALPHA = 0.05
+#: The verdict's rule (:data:`icpcv.stats.analysis.RULE_ALPHA`, ``Comparison.better``): a model
+#: is called better than the reference when its MAE difference has an interval entirely below 0
+#: and a Holm-adjusted sign-flip p below RULE_ALPHA (0.05).
 RULE = "interval of the MAE difference entirely below 0 and Holm-adjusted sign-flip p < 0.05"
 
 ESTIMATOR = ("weighted one-way random-effects method of moments on the per-monkey, per-repeat "
              "MAE differences (DerSimonian & Kacker 2007 general weights; reduces to the "
              "balanced one-way ANOVA estimator, Searle, Casella & McCulloch 1992, ch. 3)")
-
-
-def _label_sort_key(label: str):
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
 
 
 def _span(repeats) -> str:
@@ -398,7 +391,7 @@ class RepeatComparison:
 
     repeat: int | None  # None: the seed ensemble
     delta: float | None
-    ci: list
+    ci: list | None
     p_signflip: float | None
     p_adjusted: float | None
     n_subjects: int
@@ -485,6 +478,22 @@ class TrainingVariance:
         """JSON-ready copy: plain floats/ints/str/lists/dicts, NaN -> None."""
         return to_jsonable(copy.deepcopy(asdict(self)))
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainingVariance":
+        """stats.json's ``training_variance`` read back (the report reads it so, never recomputing it)."""
+        d = dict(d)
+        models = {}
+        for name, m in (d.pop("models", None) or {}).items():
+            m = dict(m)
+            v = m.get("variance")
+            models[name] = ModelTrainingVariance(
+                **{**m, "per_repeat": [RepeatComparison(**c) for c in m.get("per_repeat") or []],
+                   "ensemble": RepeatComparison(**m["ensemble"]) if m.get("ensemble") else None,
+                   "variance": VarianceDecomposition(**v) if v else None,
+                   "per_fold": [FoldSpread(**f) for f in m.get("per_fold") or []]})
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known}, models=models)
+
     def summary(self) -> str:
         """Plain-text table of the per-repeat differences, their spread and the decomposition."""
         u = self.unit
@@ -541,7 +550,7 @@ def called_better(comparison: dict) -> bool:
     """The verdict's rule on one comparison dict of ``analyze(...).to_dict()["comparisons"]``.
 
     True when the interval lies entirely below 0 and the Holm-adjusted p is below
-    :data:`RULE_ALPHA` (as ``_verdict`` in icpcv/stats/analysis.py decides).
+    :data:`RULE_ALPHA` (as ``Comparison.better`` in icpcv/stats/results.py decides for the verdict).
     """
     hi = comparison["ci"][1] if comparison["ci"] else None
     p = comparison["p_adjusted"]
@@ -551,20 +560,13 @@ def called_better(comparison: dict) -> bool:
 def verdict_winner(stats: dict) -> str | None:
     """The model the verdict calls better than the reference, or None (no evidence).
 
-    ``stats`` is ``analyze(...).to_dict()``. As the verdict: the best model is the one with the
-    lowest MAE over all its scans among the MAE comparisons (first on ties), and it wins when
-    :func:`called_better` holds for its comparison.
+    ``stats`` is ``analyze(...).to_dict()``. The verdict's own choice
+    (:func:`icpcv.stats.analysis.verdict_comparison` on the comparisons read back): among the
+    models :func:`called_better` holds for, the one with the most negative paired MAE
+    difference (first on ties); None when it holds for none.
     """
-    mae_cmp = [c for c in stats["comparisons"] if c["metric"] == "mae"]
-    if not mae_cmp:
-        return None
-
-    def rank(c):
-        v = stats["models"][c["model"]]["mae"]["estimate"]
-        return v if _finite(v) else np.inf
-
-    best = min(mae_cmp, key=rank)
-    return best["model"] if called_better(best) else None
+    best = verdict_comparison(None, [Comparison.from_dict(c) for c in stats["comparisons"]], RULE_ALPHA)
+    return best.model if best is not None and called_better(best.to_dict()) else None
 
 
 def _agrees(stats: dict, ensemble_winner: str | None) -> bool:
@@ -581,7 +583,7 @@ def _agrees(stats: dict, ensemble_winner: str | None) -> bool:
 
 def _comparison(stats: dict, model: str, repeat) -> RepeatComparison:
     c = next(c for c in stats["comparisons"] if c["model"] == model and c["metric"] == "mae")
-    return RepeatComparison(repeat=repeat, delta=c["delta"], ci=list(c["ci"]),
+    return RepeatComparison(repeat=repeat, delta=c["delta"], ci=list(c["ci"]) if c["ci"] else None,
                             p_signflip=c["p_signflip"], p_adjusted=c["p_adjusted"],
                             n_subjects=c["n_subjects"], n_scans=c["n_scans"],
                             called_better=called_better(c))
@@ -606,7 +608,7 @@ def _loss_differences(table, model, reference, repeats, plan):
         pairs |= set(zip(j["subject"], j["fold"]))
         if reference in plan:
             pairs |= set(zip(j["subject"], j["fold_ref"]))
-    subjects = sorted(counts.index, key=_label_sort_key)
+    subjects = sorted(counts.index, key=natural_key)
     n = counts.reindex(subjects).to_numpy(dtype=float)
     D = np.column_stack([s.reindex(subjects).to_numpy() for s in sums]) / n[:, None]
     unit_of = _units(pairs)
@@ -644,7 +646,7 @@ def _per_fold(table, ens, model, reference, repeats, plan) -> list:
     rows = table[table["model"] == model]
     ens_m = ens[ens["model"] == model]
     ens_ref = ens[ens["model"] == reference].set_index("scan_id")
-    for fold in sorted(rows["fold"].unique(), key=_label_sort_key):
+    for fold in sorted(rows["fold"].unique(), key=natural_key):
         maes = []
         for r in repeats:
             sub = _model_rows(rows, model, r, plan)
@@ -653,7 +655,7 @@ def _per_fold(table, ens, model, reference, repeats, plan) -> list:
         e = ens_m[ens_m["fold"] == fold]
         ref = ens_ref.reindex(e["scan_id"]).dropna(subset=["y_pred"])
         out.append(FoldSpread(
-            fold=fold, subjects=sorted(e["subject"].unique(), key=_label_sort_key),
+            fold=fold, subjects=sorted(e["subject"].unique(), key=natural_key),
             n_scans=int(len(e)), mae=maes, mae_mean=float(np.mean(maes)),
             mae_sd=float(np.std(maes, ddof=1)) if len(maes) > 1 else None,
             ensemble_mae=float((e["y_pred"] - e["y_true"]).abs().mean()),

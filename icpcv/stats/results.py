@@ -232,6 +232,11 @@ class Comparison(_Interval, _Record):
         p = self.p_adjusted
         return math.isfinite(self.upper) and self.upper < 0 and p is not None and math.isfinite(p) and p < alpha
 
+    def worse(self, alpha: float = 0.05) -> bool:
+        """Clearly worse: interval entirely above zero and Holm-adjusted p below ``alpha``."""
+        p = self.p_adjusted
+        return math.isfinite(self.lower) and self.lower > 0 and p is not None and math.isfinite(p) and p < alpha
+
 
 @dataclass
 class AnalysisResult(_Record):

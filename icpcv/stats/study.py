@@ -18,7 +18,7 @@ from __future__ import annotations
 import pandas as pd
 
 from icpcv.errors import InputError
-from icpcv.stats.analysis import analyze, verdict_comparison
+from icpcv.stats.analysis import analyze, verdict_comparison, verdict_sentences
 from icpcv.stats.repeats import REPEAT_COLUMN, ensemble, training_variance
 from icpcv.stats.results import AnalysisResult
 from icpcv.stats.trending import trending
@@ -57,8 +57,12 @@ def analyze_study(predictions, *, reference: str = "ols_iop", n_boot: int = 1000
     if repeated:
         tv = training_variance(table, unit=unit, ensemble_result=result, **settings)
         result.extra["training_variance"] = tv.to_dict()
-        if tv.measured and tv.verdict_suffix:
-            result.verdict = f"{result.verdict} {tv.verdict_suffix}"
+        if tv.measured and tv.verdict_suffix:  # after the sentence on the best model, before any others
+            parts = verdict_sentences(result.comparisons, result.models, reference,
+                                      n_subjects=result.n_subjects, ci_level=ci_level, unit=unit)
+            first = parts[0]
+            parts[0] = f"{first[:-1]} {tv.verdict_suffix}." if first.endswith(".") else f"{first} {tv.verdict_suffix}"
+            result.verdict = " ".join(parts)
     if "iop" in plain.columns or steps is not None:
         best = verdict_comparison(result.models, result.comparisons)
         try:
