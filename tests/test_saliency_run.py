@@ -170,3 +170,15 @@ def test_a_cohort_without_labels_keeps_the_maps_and_says_the_scoring_is_not_avai
                           methods=("gradient",), truth=None, sanity_scans=1)
     assert maps.regions is None and len(maps.scan_ids) == 2 and maps.extra["labels"] is False
     assert maps.extra["sanity"][0]["method"] == "gradient"
+
+
+def test_with_repeats_only_repeat_0_is_mapped(tmp_path):
+    """`--repeats R --saliency N`: the maps are of the fold's repeat-0 network (the run trained once)."""
+    cfg = make_config(phantom="tiny", epochs=1, n_boot=100, models=("cnn",), folds=2, repeats=2, saliency=1,
+                      saliency_methods=("gradient",))
+    run = RunDir(make_run(cfg, tmp_path / "run"))
+    rec = run.read_record()
+    for k in range(rec.n_folds):
+        assert run.fold(k).saliency("cnn").exists() and "saliency" in run.fold(k).read_record()
+        assert not run.fold(k, 1).saliency("cnn").exists() and "saliency" not in run.fold(k, 1).read_record()
+    assert read_json(run.attribution_json)["models"][0]["n_scans"] == 6  # 1 scan of each of the 6 monkeys
