@@ -86,8 +86,12 @@ def test_resume_recomputes_a_fold_whose_record_is_gone_and_checks_the_maps(salie
     assert read_json(run.attribution_json)["models"][0]["n_scans"] == 2 * rec.n_folds
 
 
-def test_saliency_0_writes_nothing_new(tmp_path):
-    cfg = make_config(phantom="tiny", epochs=1, n_boot=100, models=("ols_iop", "cnn"))
+def test_saliency_0_writes_nothing_new_and_mapping_changes_no_prediction(tmp_path, saliency_run):
+    from dataclasses import replace
+
+    from test_report_support import TINY_SALIENCY
+
+    cfg = replace(TINY_SALIENCY, saliency=0)
     assert cfg.saliency == 0 and cfg.hash == RunConfig.from_dict(cfg.to_dict()).hash
     assert not {"saliency", "saliency_methods", "shortcut"} & set(cfg.to_dict())  # the config hash is as before
     run = RunDir(make_run(cfg, tmp_path / "run"))
@@ -95,6 +99,8 @@ def test_saliency_0_writes_nothing_new(tmp_path):
     assert not run.attribution_json.exists() and not run.attribution_maps_npz.exists()
     assert all("saliency" not in run.fold(k).read_record() for k in range(run.read_record().n_folds))
     assert '<section id="attribution">' not in run.index_html.read_text()
+    # the maps are made after each network has predicted: the same run with them predicts the same bytes
+    assert run.predictions_csv.read_bytes() == RunDir(saliency_run).predictions_csv.read_bytes()
 
 
 def test_the_command_line_options():
