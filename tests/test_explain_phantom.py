@@ -16,7 +16,8 @@ from icpcv.explain.attribution import AttributionMaps, attribute_scans
 from icpcv.explain.sanity import randomisation_check, randomised_copy, rank_correlations, weighted_layers
 from icpcv.explain.scoring import region_table
 from icpcv.cohort import ScanSet
-from icpcv.explain.study import fit_cnn, phantom_attribution_study
+from icpcv.explain.study import fit_cnn
+from icpcv.run.attribution_study import phantom_attribution_study
 from icpcv.folds import make_plan
 from icpcv.report.attribution_figures import orthogonal_slices_figure, scan_maps_figure, slice_centre
 from icpcv.report.figures import style, to_png
@@ -159,8 +160,8 @@ def test_figures_draw_slices_with_the_lamina_outline():
 
 
 def test_the_study_runs_through_icpcv_run(tmp_path):
-    """explain.study is a thin driver of `icpcv run --saliency N` (no CNN fitting of its own)."""
-    from icpcv.explain.study import summary
+    """run.attribution_study is a thin driver of `icpcv run --saliency N` (no CNN fitting of its own)."""
+    from icpcv.run.attribution_study import summary
 
     data = phantom_attribution_study(tmp_path / "run", device="cpu", preset="tiny", signal=1.0, n_scans=3, epochs=2,
                                      n_boot=200, shortcut=True, methods=("gradient", "occlusion"))

@@ -15,8 +15,9 @@
   in the fold's folder before its record;
 * :mod:`icpcv.explain.summary` -- after the folds: ``attribution.json`` (region shares with
   monkey-level intervals, sanity check, cost) and ``attribution_maps.npz`` (mean maps for the report);
-* :mod:`icpcv.explain.study` -- the study on the phantom as a thin driver of ``icpcv run --saliency N``
-  (``python -m icpcv.explain.study``).
+* :mod:`icpcv.explain.study` -- :func:`~icpcv.explain.study.fit_cnn`: one fold's network fitted as the run
+  fits it, without a run directory (the study itself is ``icpcv run --saliency N``; its driver is
+  ``python -m icpcv.run.attribution_study``).
 
 Nothing is imported here (torch is heavy; the scoring and statistics need none).
 """

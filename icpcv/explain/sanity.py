@@ -12,7 +12,7 @@ integrated gradients. On a CNN trained on the tiny phantom (tests/test_explain_p
 measured rho (absolute) about 0.45 for those two and about 0.25 for the plain gradient and
 occlusion after full randomisation, and rho (signed) about 0 for all four. A region share of
 input-multiplied maps is therefore partly the region's contrast: score the randomised network's
-maps as well (the randomised reference of :mod:`icpcv.explain.study`). Independent
+maps as well (the randomised reference of the run's attribution, :mod:`icpcv.explain.fold`). Independent
 randomisation re-initialises one layer at a time, the others trained.
 
 Layers are re-initialised with their own ``reset_parameters()`` (PyTorch's default initialisation,
