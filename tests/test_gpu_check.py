@@ -18,10 +18,11 @@ GiB = 2**30
 
 def test_gpu_check_rehearsal_on_the_cpu_writes_one_json(tmp_path):
     result = gpu_check.check(tmp_path, cpu=True, tests=["tests/test_precision.py"],
-                             steps=["environment", "gpu_tests", "bench_train_fast", "memory_plan_fast", "run_fast"])
+                             steps=["environment", "gpu_tests", "bench_train_fast", "memory_plan_fast",
+                                    "attribution_cost", "run_fast"])
     on_disk = json.loads((tmp_path / "gpu_check.json").read_text())
     assert on_disk["steps"].keys() == result["steps"].keys() == {"environment", "gpu_tests", "bench_train_fast",
-                                                                 "memory_plan_fast", "run_fast"}
+                                                                 "memory_plan_fast", "attribution_cost", "run_fast"}
     steps = on_disk["steps"]
     assert steps["environment"]["device"] == "cpu" and steps["environment"]["torch"] == torch.__version__
     assert steps["gpu_tests"]["ok"] and "deselected" in steps["gpu_tests"]["counts"]  # no CUDA: nothing selected runs
@@ -29,10 +30,14 @@ def test_gpu_check_rehearsal_on_the_cpu_writes_one_json(tmp_path):
     assert b["model"] == "resnet18" and b["step_only_samples_per_s"] > 0 and b["end_to_end_samples_per_s"] > 0
     assert b["end_to_end_over_step_only"] == pytest.approx(b["end_to_end_samples_per_s"] / b["step_only_samples_per_s"])
     assert steps["memory_plan_fast"]["ok"] is None and "skipped" in steps["memory_plan_fast"]
+    cost = steps["attribution_cost"]
+    assert cost["ok"] and {r["method"] for r in cost["rows"]} >= {"integrated_gradients", "occlusion"}
+    assert all(r["seconds_per_scan"] > 0 and r["device"] == "cpu" for r in cost["rows"])
     run = steps["run_fast"]
     assert run["ok"] and run["returncode"] == 0 and [f["fold"] for f in run["folds"]] == [0, 1]
     assert set(run["mae"]) == {"mean", "ols_iop", "cnn"} and run["verdict"]
     assert (tmp_path / "run_fast" / "index.html").exists()
+    assert set(run["attribution_seconds_per_scan"]) == {"cnn"}  # the run's maps (--saliency 1) and their cost
 
 
 def test_gpu_check_refuses_a_machine_without_cuda_unless_rehearsing(capsys):

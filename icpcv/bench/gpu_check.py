@@ -10,8 +10,11 @@ measured):
    step-only yardstick beside the end-to-end data path, with their ratio and peak memory;
 4. ``memory_plan``: each preset's meta-device memory plan against ``torch.cuda.max_memory_allocated``
    of a real training step and a prediction at the planned batch (:func:`icpcv.models.memory.verify_plan_on_cuda`);
-5. ``run_fast``: a 2-fold run of ``resnet18`` at the ``fast`` preset on the tiny phantom, end to
-   end (folds, statistics, report), with its wall time and each fold's memory plan.
+5. ``attribution_cost``: seconds per scan of each attribution method (:mod:`icpcv.explain.bench`)
+   for ``resnet18`` at the ``fast`` preset's shape and the light ``cnn`` at the small phantom's;
+6. ``run_fast``: a 2-fold run of ``resnet18`` at the ``fast`` preset on the tiny phantom, end to
+   end (folds with ``--saliency 1`` maps, statistics, report), with its wall time, each fold's
+   memory plan and its attribution cost per scan.
 
 Each step records ``ok`` (true, false, or null when skipped), its seconds and its error (if any),
 and the check goes on; the exit code is 1 when a step failed. ``--cpu`` rehearses the steps on
@@ -37,6 +40,7 @@ import torch
 import icpcv
 from icpcv.bench.train import run_bench
 from icpcv.config import PRESETS
+from icpcv.explain.bench import bench_case
 from icpcv.models.memory import verify_plan_on_cuda
 from icpcv.util import atomic_write_json
 
@@ -95,13 +99,23 @@ def _memory_plan(preset: str, cpu: bool) -> dict:
     return r
 
 
+def _attribution_cost(cpu: bool) -> dict:
+    """Seconds per scan of each method: resnet18 at the fast preset's shape, the light cnn at 20x20x48."""
+    cases = [("cnn", (12, 12, 24))] if cpu else [("resnet18", PRESETS["fast"].shape), ("cnn", (20, 20, 48))]
+    rows = []
+    for name, shape in cases:
+        rows += bench_case(name, shape, device="cpu" if cpu else "cuda", n_scans=2, repeat=1 if cpu else 3,
+                           steps=4 if cpu else 32)
+    return dict(rows=rows, ok=True)
+
+
 def _run_fast(out: Path, cpu: bool) -> dict:
     run_dir = out / "run_fast"
     # the CPU rehearsal trains the light CNN: a ResNet-18 takes minutes a fold on a CPU
     network = "cnn" if cpu else "resnet18"
     cmd = [sys.executable, "-m", "icpcv", "run", "--preset", "fast", "--phantom", "tiny", "--folds", "2",
            "--models", f"mean,ols_iop,{network}", "--epochs", "2" if cpu else "5", "--n-boot", "1000",
-           "--out", str(run_dir), "--fresh", "--quiet"]
+           "--saliency", "1", "--out", str(run_dir), "--fresh", "--quiet"]
     if cpu:
         cmd += ["--shape", "16x16x32", "--device", "cpu", "--precision", "fp32", "--batch-size", "8"]
     t0 = time.perf_counter()
@@ -118,6 +132,11 @@ def _run_fast(out: Path, cpu: bool) -> dict:
         records = [json.loads(p.read_text()) for p in sorted((run_dir / "folds").glob("fold_*/record.json"))]
         res["folds"] = [dict(fold=r["fold"], seconds=r["seconds"], device=r["device"],
                              memory_plan=r["models"].get(network, {}).get("memory_plan")) for r in records]
+    attribution = run_dir / "attribution.json"
+    if attribution.exists():
+        a = json.loads(attribution.read_text())
+        res["attribution_seconds_per_scan"] = {m["model"]: m.get("cost", {}).get("seconds_per_scan")
+                                               for m in a.get("models", [])}
     return res
 
 
@@ -133,6 +152,7 @@ def check(out, *, cpu: bool = False, tests: list[str] | None = None, steps: list
             ("bench_train_fast", lambda: _bench_train("fast", cpu)),
             ("memory_plan_fast", lambda: _memory_plan("fast", cpu)),
             ("memory_plan_seed", lambda: _memory_plan("seed", cpu)),
+            ("attribution_cost", lambda: _attribution_cost(cpu)),
             ("run_fast", lambda: _run_fast(out, cpu))]
     for name, step in plan:
         if steps and name not in steps:
@@ -159,7 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", action="store_true", help="rehearse every step on the CPU at tiny shapes")
     p.add_argument("--tests", nargs="+", help="test paths for pytest -m gpu (default: tests)")
     p.add_argument("--steps", nargs="+", help="only these steps (environment, gpu_tests, bench_train_seed, "
-                                              "bench_train_fast, memory_plan_fast, memory_plan_seed, run_fast)")
+                                              "bench_train_fast, memory_plan_fast, memory_plan_seed, attribution_cost, run_fast)")
     args = p.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
         print("icpcv bench gpu-check: no CUDA device here; run it on a GPU machine (or --cpu to rehearse it)",
