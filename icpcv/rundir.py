@@ -75,9 +75,19 @@ class Unit:
         fold, _, repeat = str(key).partition(".")
         return cls(int(fold), int(repeat or 0))
 
-    def label(self, n_repeats: int) -> str:
-        """``"fold 8"`` or, with repeats, ``"fold 8 repeat 3/5"`` (1-based, for people)."""
-        return f"fold {self.fold + 1}" + (f" repeat {self.repeat + 1}/{n_repeats}" if n_repeats > 1 else "")
+    @classmethod
+    def of(cls, unit) -> "Unit":
+        """A Unit as it is, or a plain fold number as that fold's repeat 0 (how callers before repeats said it)."""
+        return unit if isinstance(unit, Unit) else cls(int(unit))
+
+    def label(self, n_repeats: int | None = None, n_folds: int | None = None) -> str:
+        """For people, 1-based: ``"fold 8"``; with the run's repeats ``"fold 8 repeat 3/5"`` (no repeat when
+        R = 1); with its folds ``"fold 8/14 repeat 3/5"``; without ``n_repeats``, ``"fold 8 repeat 3"``
+        for a repeat above 0 (where R is not at hand)."""
+        text = f"fold {self.fold + 1}" + (f"/{n_folds}" if n_folds else "")
+        if n_repeats is None:
+            return text + (f" repeat {self.repeat + 1}" if self.repeat else "")
+        return text + (f" repeat {self.repeat + 1}/{n_repeats}" if n_repeats > 1 else "")
 
 
 def run_key(config_hash: str, plan_hash: str, data_hash: str) -> str:
@@ -477,12 +487,6 @@ class RunDir(_Folder):
             return []
 
     # ---- folds
-    def fold_complete(self, k: int, key: str) -> bool:
-        return self.fold(k).complete(key)
-
-    def incomplete_folds(self, record: RunRecord) -> list[int]:
-        return [k for k in range(record.n_folds) if not self.fold_complete(k, record.key)]
-
     @staticmethod
     def units(record: RunRecord) -> list[Unit]:
         """Every unit of the run, fold by fold: (0, 0), (0, 1), ..., (1, 0), ..."""

@@ -1,7 +1,7 @@
 """Short names for the run directory's parts, as the tests use them (through icpcv.rundir.RunDir)."""
 from __future__ import annotations
 
-from icpcv.rundir import RunDir
+from icpcv.rundir import RunDir, Unit
 
 
 def fold_dir(run_dir, k):
@@ -9,7 +9,7 @@ def fold_dir(run_dir, k):
 
 
 def fold_complete(run_dir, k, key) -> bool:
-    return RunDir(run_dir).fold_complete(k, key)
+    return RunDir(run_dir).unit_complete(Unit(k), key)
 
 
 def read_fold_error(run_dir, k):

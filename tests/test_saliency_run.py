@@ -13,7 +13,7 @@ from icpcv.config import SALIENCY_METHODS, RunConfig
 from icpcv.explain.attribution import DEFAULT_METHODS, AttributionMaps
 from icpcv.run.executors import execute
 from icpcv.run.pipeline import finish, prepare
-from icpcv.rundir import RunDir
+from icpcv.rundir import RunDir, Unit
 from icpcv.util import read_json
 from rundir_support import make_config
 from test_report_support import make_run, shared_run
@@ -68,14 +68,14 @@ def test_resume_recomputes_a_fold_whose_record_is_gone_and_checks_the_maps(salie
     shutil.copytree(saliency_run, copy)
     run = RunDir(copy)
     rec = run.read_record()
-    assert run.incomplete_folds(rec) == []
+    assert run.incomplete_units(rec) == []
     before = {k: run.fold(k).saliency("cnn").read_bytes() for k in range(rec.n_folds)}
     run.fold(1).record_json.unlink()
     run.fold(2).saliency("cnn").unlink()  # a map file gone: the fold is not complete, like missing predictions
-    assert run.incomplete_folds(rec) == [1, 2]
+    assert run.incomplete_units(rec) == [Unit(1), Unit(2)]
     stamp = run.fold(0).record_json.stat().st_mtime_ns
-    execute(copy, run.incomplete_folds(rec), executor="local", workers=1, device="cpu", progress=None)
-    assert run.incomplete_folds(rec) == []
+    execute(copy, run.incomplete_units(rec), executor="local", workers=1, device="cpu", progress=None)
+    assert run.incomplete_units(rec) == []
     assert run.fold(0).record_json.stat().st_mtime_ns == stamp  # complete folds are not rerun
     for k in (1, 2):
         again = AttributionMaps.load(run.fold(k).saliency("cnn"))

@@ -16,7 +16,7 @@ import pandas as pd
 
 from icpcv.errors import InputError, RunDirError
 from icpcv.report import write_report
-from icpcv.report.rundata import primary_predictions
+from icpcv.stats.study import primary_predictions
 from icpcv.rundir import RunDir, RunRecord, read_json_file
 from icpcv.stats import analyze, write_stats
 from icpcv.writable import check_output_dir

@@ -15,9 +15,9 @@ import pandas as pd
 from icpcv.errors import RunDirError
 from icpcv.rundir import RunDir, RunRecord, read_csv_file, read_json_file
 from icpcv.stats.power import PowerResult
-from icpcv.stats.repeats import TrainingVariance, ensemble
+from icpcv.stats.repeats import TrainingVariance
 from icpcv.stats.results import AnalysisResult
-from icpcv.stats.study import has_repeats
+from icpcv.stats.study import primary_predictions  # the figures draw what the statistics speak of
 from icpcv.stats.trending import TrendingResult
 from icpcv.util import file_sha256, natural_sorted
 
@@ -92,12 +92,6 @@ def read_training_variance(stats: AnalysisResult) -> TrainingVariance | None:
     """stats.json's ``training_variance`` section (``--repeats``), read back (None when absent)."""
     block = stats.extra.get("training_variance")
     return None if block is None else TrainingVariance.from_dict(block)
-
-
-def primary_predictions(table: pd.DataFrame) -> pd.DataFrame:
-    """The predictions the statistics speak of: with repeats (a ``repeat`` column), the seed ensemble
-    (:func:`icpcv.stats.repeats.ensemble`), else the table itself. The figures draw these."""
-    return ensemble(table) if has_repeats(table) else table
 
 
 def read_trending(stats: AnalysisResult) -> TrendingResult | None:

@@ -30,7 +30,7 @@ from joblib import Parallel, delayed
 
 from icpcv.errors import FoldsFailed, InputError, RunDirError
 from icpcv.progress import Progress
-from icpcv.run.fold import fold_label, fold_summary, run_fold, run_job, unit_name
+from icpcv.run.fold import fold_label, fold_summary, run_fold, run_job
 from icpcv.run.slurm import run_slurm
 from icpcv.rundir import RunDir, Unit
 
@@ -47,7 +47,7 @@ def execute(run_dir: Path, units: list[Unit], *, executor: str = "local", worker
         raise InputError(f"--threads must be at least 1 (got {threads})")
     if not units:
         return
-    units = [u if isinstance(u, Unit) else Unit(int(u)) for u in units]
+    units = [Unit.of(u) for u in units]
     run_dir = Path(run_dir).resolve()
     progress = progress or Progress("quiet")
     if executor == "local":
@@ -129,18 +129,17 @@ def _pin_gpu(gpus: list[str], slot_dir: str) -> str:
 def process_task(run_dir: str, unit: Unit, device: str, threads: int, gpus: list[str] | None,
                  slot_dir: str | None) -> dict:
     """The processes executor's job (runs in a loky worker): never raises for a failed unit."""
-    k, repeat = unit.fold, unit.repeat
     gpu = None
     try:
         if gpus:
             gpu = _pin_gpu(gpus, slot_dir)
             if device.startswith("cuda"):
                 device = "cuda"  # the one visible GPU
-        rec = run_job(run_dir, k, repeat=repeat, device=device, threads=threads)
-        return dict(unit=unit, fold=k, repeat=repeat, ok=True, record=rec, gpu=gpu, pid=os.getpid())
+        rec = run_job(run_dir, unit.fold, repeat=unit.repeat, device=device, threads=threads)
+        return dict(unit=unit, ok=True, record=rec, gpu=gpu, pid=os.getpid())
     except Exception as exc:
-        return dict(unit=unit, fold=k, repeat=repeat, ok=False, reason=f"{type(exc).__name__}: {exc}", gpu=gpu,
-                    pid=os.getpid(), log=str(RunDir(run_dir).unit(unit).log))
+        return dict(unit=unit, ok=False, reason=f"{type(exc).__name__}: {exc}", gpu=gpu, pid=os.getpid(),
+                    log=str(RunDir(run_dir).unit(unit).log))
 
 
 def _processes(run_dir: Path, units: list[Unit], workers: int, device: str, threads: int | None,
@@ -162,13 +161,12 @@ def _processes(run_dir: Path, units: list[Unit], workers: int, device: str, thre
     threads = threads or max(1, cpus // workers)
     # one slot folder per head process: reused loky workers keep the slot they hold
     slot_dir = str(Path(tempfile.gettempdir()) / f"icpcv-gpu-slots-{os.getpid()}") if gpus else None
-    what = "fold(s)" if all(u.repeat == 0 for u in units) and RunDir(run_dir).read_record().config.repeats == 1 \
-        else "unit(s) (fold, repeat)"
+    run = RunDir(run_dir)
+    rec = run.read_record()
+    what = "fold(s)" if rec.config.repeats == 1 else "unit(s) (fold, repeat)"
     progress.message(f"processes: {len(units)} {what} on {workers} worker(s), "
                      + (f"one GPU each (of {', '.join(gpus)}), " if gpus else "")
                      + f"{threads} torch thread(s) each")
-    run = RunDir(run_dir)
-    rec = run.read_record()
     n, n_units = rec.n_folds, len(run.units(rec))
     done0 = n_units - len(units)
     results: dict[Unit, dict] = {}
@@ -195,7 +193,7 @@ def _processes(run_dir: Path, units: list[Unit], workers: int, device: str, thre
                 progress.message(fold_summary(res["record"], n) + (f" [GPU {res['gpu']}]" if res["gpu"] else ""))
             else:
                 failures.append(dict(fold=u.fold, repeat=u.repeat, reason=res["reason"], log=res["log"]))
-                progress.message(f"{unit_name(u.fold, n, u.repeat, rec.config.repeats)} FAILED: {res['reason']} "
+                progress.message(f"{u.label(rec.config.repeats, n)} FAILED: {res['reason']} "
                                  f"(log: {res['log']})")
     except Exception as exc:  # a worker died (killed, out of memory): loky stops the whole pool
         for u in units:

@@ -29,18 +29,13 @@ from icpcv.explain.fold import is_network, write_fold_saliency  # issue 14: run 
 from icpcv.folds import FoldPlan
 from icpcv.models import FitContext, make_model
 from icpcv.progress import FoldReporter, Progress
-from icpcv.rundir import PREDICTION_COLUMNS, REPEAT_COLUMN, FoldDir, RunDir, RunRecord
+from icpcv.rundir import PREDICTION_COLUMNS, REPEAT_COLUMN, FoldDir, RunDir, RunRecord, Unit
 from icpcv.train.loop import pick_device
-
-
-def unit_name(k: int, n_folds: int, repeat: int = 0, n_repeats: int = 1) -> str:
-    """``"fold 8/14"``, or ``"fold 8/14 repeat 3/5"`` in a run with repeats (1-based, for people)."""
-    return f"fold {k + 1}/{n_folds}" + (f" repeat {repeat + 1}/{n_repeats}" if n_repeats > 1 else "")
 
 
 def fold_label(k: int, n_folds: int, held_out, repeat: int = 0, n_repeats: int = 1) -> str:
     held_out = list(held_out)
-    return (f"{unit_name(k, n_folds, repeat, n_repeats)} (held out {', '.join(held_out[:3])}"
+    return (f"{Unit(k, repeat).label(n_repeats, n_folds)} (held out {', '.join(held_out[:3])}"
             f"{'...' if len(held_out) > 3 else ''})")
 
 
@@ -101,8 +96,7 @@ def run_job(run_dir, k: int, *, repeat: int = 0, device: str = "auto", threads: 
         return run_fold(run_dir, k, repeat=repeat, device=device, progress=parent)  # adds fold.log, status.json
     except Exception as exc:  # SystemExit (submitit's requeue) and KeyboardInterrupt are not failures
         fold.write_error(exc, log=str(fold.log))
-        what = f"fold {k + 1}" + (f" repeat {repeat + 1}" if repeat else "")
-        FoldReporter(fold, parent).message(f"{what} failed: {type(exc).__name__}: {exc}")
+        FoldReporter(fold, parent).message(f"{fold.unit.label()} failed: {type(exc).__name__}: {exc}")
         raise
 
 

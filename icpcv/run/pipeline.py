@@ -16,7 +16,6 @@ from icpcv.progress import Progress
 from icpcv.report import write_report
 from icpcv.run.environment import environment
 from icpcv.run.executors import execute
-from icpcv.run.fold import unit_name
 from icpcv.run.slurm import cancel_recorded
 from icpcv.rundir import FoldDir, RunDir, RunRecord, run_key
 from icpcv.stats import leakage_summary, write_stats
@@ -195,7 +194,7 @@ def _prepare_and_execute(cfg: RunConfig, run_dir: Path, *, device, executor, wor
     for u in todo:
         for ck in run.unit(u).checkpoints():
             epoch = checkpoint_epoch(ck)
-            progress.message(f"{unit_name(u.fold, n, u.repeat, R)}: will resume {FoldDir.model_of_checkpoint(ck)} "
+            progress.message(f"{u.label(R, n)}: will resume {FoldDir.model_of_checkpoint(ck)} "
                              f"from its " + (f"epoch {epoch} checkpoint" if epoch is not None else
                                              "checkpoint (unreadable)"))
     progress.set_folds(len(units) - len(todo), len(units))

@@ -28,7 +28,7 @@ from pathlib import Path
 import icpcv
 from icpcv.errors import InputError, RunDirError
 from icpcv.progress import FoldReporter
-from icpcv.run.fold import fold_summary, run_job, unit_name
+from icpcv.run.fold import fold_summary, run_job
 from icpcv.rundir import RunDir, RunRecord, Unit
 
 try:  # submitit is a dependency, but keep `--fresh` and the other executors working without it
@@ -58,16 +58,16 @@ class FoldJob(Checkpointable):
         self.run_dir, self.device, self.threads = str(run_dir), device, threads
 
     def __call__(self, unit) -> dict:
-        unit = unit if isinstance(unit, Unit) else Unit(int(unit))
+        unit = Unit.of(unit)
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0) or None
         rec = run_job(self.run_dir, unit.fold, repeat=unit.repeat, device=self.device, threads=threads, echo=True)
         return dict(fold=unit.fold, repeat=unit.repeat, status=rec["status"])  # the head reads the run directory
 
     def checkpoint(self, unit):
         """Preempted or about to time out: requeue the same unit; it resumes from its epoch checkpoint."""
-        unit = unit if isinstance(unit, Unit) else Unit(int(unit))
+        unit = Unit.of(unit)
         FoldReporter(RunDir(self.run_dir).unit(unit)).message(
-            f"fold {unit.fold + 1}{f' repeat {unit.repeat + 1}' if unit.repeat else ''}: Slurm task "
+            f"{unit.label()}: Slurm task "
             f"{os.environ.get('SLURM_ARRAY_JOB_ID', '?')}_{os.environ.get('SLURM_ARRAY_TASK_ID', '?')} signalled "
             "(preemption or time limit): requeueing; it resumes from its last epoch checkpoint")
         return DelayedSubmission(FoldJob(self.run_dir, self.device, self.threads), unit)
@@ -156,7 +156,7 @@ def run_slurm(run_dir: Path, units: list[Unit], *, device: str = "auto", threads
                          "90 s before its time limit to requeue it)")
     if submitit is None:
         raise RunDirError("--executor slurm needs the submitit package (pip install submitit)")
-    units = [u if isinstance(u, Unit) else Unit(int(u)) for u in units]
+    units = [Unit.of(u) for u in units]
     run_dir = Path(run_dir).resolve()
     run = RunDir(run_dir)
     rec = run.read_record()
@@ -207,7 +207,7 @@ def run_slurm(run_dir: Path, units: list[Unit], *, device: str = "auto", threads
 def _wait(run_dir: Path, rec: RunRecord, watch: dict[Unit, dict], progress, poll: float, grace: float,
           deadline_s: float) -> list[dict]:
     run = RunDir(run_dir)
-    watch = {(u if isinstance(u, Unit) else Unit(int(u))): j for u, j in watch.items()}
+    watch = {Unit.of(u): j for u, j in watch.items()}
     n, R = rec.n_folds, rec.config.repeats
     n_units = len(run.units(rec))
     state = {k: "pending" for k in watch}
@@ -262,7 +262,7 @@ def _wait(run_dir: Path, rec: RunRecord, watch: dict[Unit, dict], progress, poll
                 state[k] = "failed"
                 failures.append(dict(fold=k.fold, repeat=k.repeat, reason=reason, log=job["stderr"],
                                      job_id=job["job_id"], fold_log=str(run.unit(k).log)))
-                progress.message(f"{unit_name(k.fold, n, k.repeat, R)} FAILED: {reason} (log: {job['stderr']})")
+                progress.message(f"{k.label(R, n)} FAILED: {reason} (log: {job['stderr']})")
             counts = {s: sum(v == s for v in state.values()) for s in ("pending", "running", "done", "failed")}
             line = ", ".join(f"{v} {s}" for s, v in counts.items())
             progress.set_folds(n_units - len(watch) + counts["done"], n_units)

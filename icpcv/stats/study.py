@@ -32,6 +32,12 @@ def has_repeats(predictions: pd.DataFrame) -> bool:
     return bool(col.astype(str).str.strip().replace({"nan": "", "<NA>": "", "None": ""}).ne("").any())
 
 
+def primary_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The predictions the statistics speak of: with repeats (a ``repeat`` column with values), the seed
+    ensemble (:func:`icpcv.stats.repeats.ensemble`); otherwise the table itself."""
+    return ensemble(predictions) if has_repeats(predictions) else predictions
+
+
 def analyze_study(predictions, *, reference: str = "ols_iop", n_boot: int = 10000, seed=0, ci_level: float = 0.95,
                   ci_method: str | None = None, audit_failed: bool = False, steps: pd.DataFrame | None = None,
                   unit: str = "mmHg") -> AnalysisResult:
@@ -52,7 +58,7 @@ def analyze_study(predictions, *, reference: str = "ols_iop", n_boot: int = 1000
     table = pd.DataFrame(predictions)
     settings = dict(reference=reference, n_boot=n_boot, seed=seed, ci_level=ci_level, ci_method=ci_method)
     repeated = has_repeats(table)
-    plain = ensemble(table) if repeated else table
+    plain = primary_predictions(table)
     result = analyze(plain, audit_failed=audit_failed, unit=unit, **settings)
     if repeated:
         tv = training_variance(table, unit=unit, ensemble_result=result, **settings)
