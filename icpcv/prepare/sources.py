@@ -114,6 +114,12 @@ class Source:
     stream: int  # slab axis along which slabs follow each other
     files: list  # the file(s) whose content defines the volume
     notes: list = field(default_factory=list)
+    #: physical geometry the file itself gives (None = it gives none): voxel spacing in mm along
+    #: (X, Y, Z), the eye ("OD"/"OS") and the device or format; the acquisition record
+    #: (icpcv.cohort.geometry.ACQ_COLUMNS) takes them, and a disagreement with the table is a warning
+    spacing_mm: tuple | None = None
+    eye: str | None = None
+    device: str | None = None
 
     def slabs(self) -> Iterator[tuple[int, np.ndarray]]:  # pragma: no cover - overridden
         raise NotImplementedError
