@@ -30,7 +30,10 @@ SHORTCUT_GRADS = ("standard", "medicalnet")
 SALIENCY_METHODS = ("integrated_gradients", "occlusion")
 #: RunConfig fields (issue 14) left out of ``to_dict`` at their defaults, so that a run without them
 #: keeps the config hash (and run directory) it had before they existed
-_OPTIONAL_DEFAULTS = {"saliency": 0, "saliency_methods": SALIENCY_METHODS, "shortcut": False}
+_OPTIONAL_DEFAULTS = {"saliency": 0, "saliency_methods": SALIENCY_METHODS, "shortcut": False,
+                      # issue 19: geometry and acquisition (absent at their defaults: old hashes hold)
+                      "fov_mm": None, "depth_mm": None, "mirror_os": False, "axes": None,
+                      "acquisition": "off", "confound": "none", "covariates": ()}
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,14 @@ class RunConfig:
     saliency: int = 0  # held-out scans mapped per monkey and network model after each fold trains; 0 = off
     saliency_methods: tuple[str, ...] = SALIENCY_METHODS
     shortcut: bool = False  # synthetic cohort: plant the phantom's ShortcutMarker (its defaults)
+    # ---- issue 19: scan geometry (icpcv.cohort.geometry) and acquisition (absent from to_dict at defaults)
+    fov_mm: tuple[float, float] | None = None  # crop every volume to this field of view (X, Y) in mm
+    depth_mm: float | None = None  # ... and to this depth (Z) in mm
+    mirror_os: bool = False  # flip left eyes (OS) along X into the right eye's orientation
+    axes: str | None = None  # the raw volumes' layout when it is not X, Y, Z (e.g. "YZX" for TIFF-like stacks)
+    acquisition: str = "off"  # synthetic cohort: "off" (one protocol) or "realistic" (the seed table's mix)
+    confound: str = "none"  # synthetic cohort: "none" or "brightness" (brightness drifts with the ICP order)
+    covariates: tuple[str, ...] = ()  # extra table columns for the acq nuisance baseline
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -122,6 +133,9 @@ class RunConfig:
                 del d[k]
         if "saliency_methods" in d:
             d["saliency_methods"] = list(d["saliency_methods"])
+        for k in ("fov_mm", "covariates"):  # issue 19: tuples as lists in JSON
+            if k in d:
+                d[k] = list(d[k])
         return d
 
     @classmethod
@@ -138,6 +152,10 @@ class RunConfig:
             d["shape"] = tuple(int(s) for s in d["shape"])
         if d.get("saliency_methods") is not None:  # issue 14
             d["saliency_methods"] = tuple(d["saliency_methods"])
+        if d.get("fov_mm") is not None:  # issue 19
+            d["fov_mm"] = tuple(float(v) for v in d["fov_mm"])
+        if d.get("covariates") is not None:
+            d["covariates"] = tuple(d["covariates"])
         return cls(**d, train=TrainConfig(**{k: v for k, v in train.items() if k in train_known}))
 
     @property
