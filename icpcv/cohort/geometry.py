@@ -216,6 +216,8 @@ def mixed_fov_warning(scans, fov_mm=None) -> str | None:
     if fov_mm is not None or "fov_x_mm" not in getattr(scans, "columns", ()):
         return None
     known = scans[scans["fov_x_mm"].notna() & scans["fov_y_mm"].notna()]
+    if known.empty:
+        return None
     labels = known["fov_x_mm"].map("{:g}".format) + "x" + known["fov_y_mm"].map("{:g}".format)
     if labels.nunique() < 2:
         return None
