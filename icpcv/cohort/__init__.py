@@ -394,16 +394,13 @@ def _apply_geometry(table: pd.DataFrame, quality: pd.DataFrame, meta: dict):
         entry = f"spacing_fov_mismatch (column path, value {msg!r})"
         for j in i:
             quality.at[j, "warnings"] = "; ".join(w for w in (quality.at[j, "warnings"], entry) if w)
-            if not quality.at[j, "reason"]:
-                quality.loc[j, ["reason", "column", "value", "all_reasons", "detail"]] = \
-                    ["spacing_fov_mismatch", "path", msg, "spacing_fov_mismatch",
-                     f"{REASONS['spacing_fov_mismatch']}: {msg}"]
     table = table.copy()
     for col in ("spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "voxel_x_um", "voxel_y_um", "voxel_z_um", "mirrored"):
         values = [per_scan.get(str(x), {}).get(col) for x in table["scan_id"]]
         if any(v is not None for v in values) or col in table.columns:
-            old = table[col] if col in table.columns else pd.Series([None] * len(table), index=table.index)
-            table[col] = [v if v is not None else o for v, o in zip(values, old)]
+            blank = "" if col == "mirrored" else None
+            old = table[col] if col in table.columns else pd.Series([blank] * len(table), index=table.index)
+            table[col] = [v if v is not None else (blank if pd.isna(o) else o) for v, o in zip(values, old)]
     table = table[~table["scan_id"].astype(str).isin(skips)].reset_index(drop=True)
     if table.empty:
         first = next(iter(skips.values()))
