@@ -378,10 +378,10 @@ def _apply_geometry(table: pd.DataFrame, quality: pd.DataFrame, meta: dict):
     """Geometry skips dropped with their reason (always: a line scan or a too small field of view is
     not a broken file), spacing disagreements as warnings, per-scan spacing and voxel size as columns."""
     skips, warns, per_scan = meta.get("skips") or {}, meta.get("spacing_warnings") or {}, meta.get("per_scan") or {}
-    if not (skips or warns or per_scan):
+    if not (skips or warns or any(per_scan.values())):  # a table without geometry: as before, byte for byte
         return table, quality
     quality = quality.copy()
-    if "warnings" not in quality.columns:
+    if warns and "warnings" not in quality.columns:
         quality["warnings"] = ""
     sid = quality["scan_id"].astype(str)
     for x, (code, msg) in skips.items():
