@@ -112,6 +112,10 @@ def test_axes_declares_a_raw_layout(tmp_path):
     materialise(cfg, folder, need_iop=True, need_volumes=True)
     np.testing.assert_allclose(np.load(folder.volumes_npy)[0], resample(np.load(tmp_path / "ref00.npy"), (6, 3, 12)),
                                rtol=1e-5, atol=1e-5)
+    # --fov-mm on scans whose size neither the table nor the .npy files give: every one fov_unknown
+    with pytest.raises(InputError, match=r"no volume is left after the geometry skips \(6: fov_unknown\)"):
+        materialise(RunConfig(manifest=str(tmp_path / "t.csv"), shape=(6, 3, 12), models=("ridge_scan",), axes="ZYX",
+                              fov_mm=(3.0, 3.0)), CohortDir(tmp_path / "c3"), need_iop=True, need_volumes=True)
     # without --axes the cohort is refused scan by scan as swapped against --shape's proportions
     with pytest.raises(InputError, match="axes look swapped"):
         materialise(RunConfig(manifest=str(tmp_path / "t.csv"), shape=(6, 3, 12), models=("ridge_scan",)),

@@ -227,6 +227,8 @@ def convert_volume(raw: str | Path, out: str | Path, options: PrepareOptions, ge
                 depth = spacing[2] * view.shape[2]
         if src.device:
             extra["device"] = src.device
+        if not eye and src.eye:  # the table does not say; the file does (Bioptigen: its name's OD / OS)
+            eye = extra["eye"] = src.eye
         problem = geometry.fov_problem(fov, options.fov_mm, depth, options.depth_mm)
         if problem:
             raise VolumeError(problem[0], f"{raw}: {problem[1]}")
@@ -414,7 +416,7 @@ def _geometry_cells(r: Row, q: dict) -> dict:
     fov = (q.get("fov_x_mm"), q.get("fov_y_mm")) if q.get("fov_x_mm") is not None else (r.fov or (None, None))
     warn = [f"{c} (column {col}, value {v!r})" for c, col, v in (r.warnings or [])] + \
         ([q["warnings"]] if q.get("warnings") else [])
-    return dict(fov_x_mm=fov[0], fov_y_mm=fov[1], depth_mm=q.get("depth_mm", r.depth), eye=r.eye,
+    return dict(fov_x_mm=fov[0], fov_y_mm=fov[1], depth_mm=q.get("depth_mm", r.depth), eye=r.eye or q.get("eye", ""),
                 spacing_x_mm=q.get("spacing_x_mm"), spacing_y_mm=q.get("spacing_y_mm"),
                 spacing_z_mm=q.get("spacing_z_mm"), voxel_x_um=q.get("voxel_x_um"), voxel_y_um=q.get("voxel_y_um"),
                 voxel_z_um=q.get("voxel_z_um"), mirrored=q.get("mirrored", ""), warnings="; ".join(warn))

@@ -541,6 +541,7 @@ class OctSource(Source):
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
             raise VolumeError("inconsistent_pages", f"{path}: holds volumes of different shapes {sorted(shapes)}")
+        laterality = getattr(vols[0], "laterality", None) if vols else None  # oct-converter: from the file name
         first = arrays[0]
         if first.ndim != 3:
             raise VolumeError("wrong_axes", f"{path}: oct-converter volume has shape {first.shape}; expected "
@@ -558,6 +559,7 @@ class OctSource(Source):
             raise VolumeError("too_small", f"{path}: volume (Y, X, Z) = {data.shape} has an axis shorter than 2")
         src = cls(path=path, fmt="oct", shape=(X, Y, Z), dtype=np.dtype(data.dtype), native_axes=(1, 0, 2),
                   stream=0, files=[path], notes=notes, device="Bioptigen (.OCT)",
+                  eye={"R": "OD", "L": "OS"}.get(str(laterality or "").upper()),
                   spacing_mm=_bioptigen_header_spacing(BOCT, path, (X, Y, Z)))
         src._data = data  # (Y, X, Z): slabs of B-scans
         return src
