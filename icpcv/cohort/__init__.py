@@ -125,9 +125,9 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
             warned = quality[quality["warnings"] != ""]
             if len(warned):
                 codes = pd.Series([w.split(" ")[0] for ws in warned["warnings"] for w in ws.split("; ")]).value_counts()
-                progress.message(f"cohort: {len(warned)} row(s) with an unreadable acquisition field, kept with the "
-                                 f"field unknown ({', '.join(f'{k} {v}' for k, v in codes.items())}; "
-                                 "data_quality.csv, column warnings)")
+                progress.message(f"cohort: {len(warned)} row(s) with an acquisition warning, the field taken as "
+                                 f"unknown ({', '.join(f'{k} {v}' for k, v in codes.items())}; "
+                                 "data_quality.csv, column warnings; docs/acquisition.md)")
     for w in warnings:
         if progress:
             progress.message(f"WARNING: {w}")
