@@ -148,7 +148,7 @@ def test_tiff_resolution_tags_and_editor_defaults():
 
     def spacing(**kw):
         buf = io.BytesIO()
-        tifffile.imwrite(buf, np.zeros((3, 8, 5), np.uint8), **kw)
+        tifffile.imwrite(buf, np.zeros((3, 8, 5), np.uint8), photometric="minisblack", **kw)
         buf.seek(0)
         with tifffile.TiffFile(buf) as tif:
             from icpcv.cohort.volumes import tiff_spacing
@@ -206,6 +206,10 @@ def test_geometry_options_are_checked_on_the_command_line(tmp_path):
             rc, _, err = icpcv(*argv, "--out", tmp_path / "o", *args)
             assert_clean_refusal(rc, err, text)
             assert not (tmp_path / "o").exists()
+    # a RunConfig made without the command line is checked when its cohort is built
+    with pytest.raises(InputError, match="--depth-mm 99: must be a number from 0.1 to 20 mm"):
+        materialise(RunConfig(manifest=str(tmp_path / "t.csv"), depth_mm=99.0), CohortDir(tmp_path / "c"),
+                    need_iop=True, need_volumes=False)
 
 
 def _bioptigen_file(path, vol, lengths_mm):

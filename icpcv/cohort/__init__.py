@@ -59,6 +59,9 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
     bad scan: bad ones are an InputError listing them, or with ``cfg.skip_bad_scans`` rows
     dropped with reason ``bad_volume`` in the quality table.
     """
+    problem = geometry.check_options(cfg.fov_mm, cfg.depth_mm, cfg.axes)  # a RunConfig not made by the CLI too
+    if problem:
+        raise InputError(problem)
     shape = volume_shape(cfg)
     warnings: list[str] = []  # cohort-level warnings: cohort.json, the log, stats.json's warnings
     if cfg.synthetic and expect_hash is not None:
