@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -247,7 +248,9 @@ def _bioptigen_file(path, vol, lengths_mm):
     path.write_bytes(head + frames)
 
 
-def test_bioptigen_file_through_oct_converter(tmp_path):
+def test_bioptigen_file_through_oct_converter(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m.startswith("oct_converter")]:  # not test_prepare.py's stand-in
+        monkeypatch.delitem(sys.modules, name)
     pytest.importorskip("oct_converter.readers", reason="the oct extra (oct-converter) is not installed")
     rng = np.random.default_rng(3)
     vol = rng.integers(0, 4000, size=(12, 8, 20)).astype(np.uint16)
