@@ -27,6 +27,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from icpcv import __version__
+from icpcv.cohort.geometry import ACQ_COLUMNS
 from icpcv.cohort.table import detect_format, read_scan_csv
 from icpcv.cohort.volumes import shape_problem, typical_shape
 from icpcv.errors import InputError
@@ -190,10 +191,65 @@ def convert_volume(raw: str | Path, out: str | Path, options: PrepareOptions) ->
     size = atomic_save_npy(out, volume)
     (p1, p50, p99), basis = stats.percentiles()
     n = max(stats.n, 1)
-    return dict(format=src.fmt, raw_shape="x".join(str(s) for s in src.shape), raw_dtype=str(src.dtype),
-                p1=p1, p50=p50, p99=p99, percentile_basis=basis, saturation_value=sat,
-                frac_saturated=(stats.saturated / n) if sat is not None else None, frac_zero=stats.zeros / n,
-                notes="; ".join(src.notes), out_size=size)
+    out = dict(format=src.fmt, raw_shape="x".join(str(s) for s in src.shape), raw_dtype=str(src.dtype),
+               p1=p1, p50=p50, p99=p99, percentile_basis=basis, saturation_value=sat,
+               frac_saturated=(stats.saturated / n) if sat is not None else None, frac_zero=stats.zeros / n,
+               notes="; ".join(src.notes), out_size=size)
+    acquisition = file_acquisition(src)
+    if acquisition:  # only formats that give geometry: every other quality record stays as it was
+        out["acquisition"] = acquisition
+    return out
+
+
+def file_acquisition(src) -> dict:
+    """The acquisition fields (icpcv.cohort.geometry.ACQ_COLUMNS) a raw file gives: its voxel spacing,
+    the field of view it spans (spacing x raw size along X, Y and depth), the eye and the device.
+    Never the file's dates or patient fields."""
+    rec = {}
+    if src.spacing_mm is not None:
+        sx, sy, sz = (round(float(v), 9) for v in src.spacing_mm)
+        nx, ny, nz = src.shape
+        rec.update(fov_x_mm=round(sx * nx, 6), fov_y_mm=round(sy * ny, 6), depth_mm=round(sz * nz, 6),
+                   spacing_x_mm=sx, spacing_y_mm=sy, spacing_z_mm=sz)
+    if src.eye:
+        rec["eye"] = src.eye
+    if src.device:
+        rec["device"] = src.device
+    return rec
+
+
+def _same(table_value: str, file_value) -> bool:
+    if isinstance(file_value, str):
+        return table_value.strip().upper() == file_value.strip().upper()
+    try:
+        return abs(float(table_value) - float(file_value)) <= 0.01 * abs(float(file_value))
+    except ValueError:
+        return False
+
+
+def acquisition_columns(rows: list[Row], results: dict[int, dict]) -> tuple[dict, dict]:
+    """``(columns, notes)``: per acquisition column the value of every converted row (the table's own
+    value where it gives one, else the file's), and per row the disagreements between the two.
+
+    Only columns that some file gave are returned, so a prepare run on formats without geometry
+    writes the same table.csv as before."""
+    given = {}
+    for r in rows:
+        acq = (results[r.row].get("quality") or {}).get("acquisition") or {}
+        given[r.row] = acq
+    names = [c for c in ACQ_COLUMNS if any(c in acq for acq in given.values())]
+    columns, notes = {}, {}
+    for c in names:
+        values = []
+        for r in rows:
+            table_value = str(r.record.get(c, "") or "").strip()
+            file_value = given[r.row].get(c)
+            if table_value and file_value is not None and not _same(table_value, file_value):
+                notes.setdefault(r.row, []).append(f"{c}: the table says {table_value}, the file {file_value}; "
+                                                   "the table's value kept")
+            values.append(table_value if table_value else ("" if file_value is None else file_value))
+        columns[c] = values
+    return columns, notes
 
 
 def _task(raw: str, out: str, options: PrepareOptions, previous: dict | None) -> dict:
@@ -465,6 +521,17 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                                      raw_path=[r.raw for r in ok_rows]))
         for c in info["extras"]:
             prepared[c] = [r.record[c] for r in ok_rows]
+        # the geometry the files give (.vol, XML exports) as acquisition columns: until the run records
+        # Source.spacing_mm/eye/device in cohort/scans.csv itself, table.csv carries them to `icpcv run`
+        acq, acq_notes = acquisition_columns(ok_rows, results)
+        for c, values in acq.items():
+            prepared[c] = values
+        if acq_notes:
+            for row, items in acq_notes.items():
+                quality.loc[quality["row"] == row, "notes"] = "; ".join(
+                    [n for n in [quality.loc[quality["row"] == row, "notes"].iloc[0]] if n] + items)
+                for item in items:
+                    err.write(f"icpcv prepare: warning: row {row} (scan {by_row[row].scan_id}): {item}\n")
         atomic_write_text(out / "table.csv", prepared.to_csv(index=False))
         atomic_write_text(out / "quality.csv", quality.to_csv(index=False))
 
