@@ -162,6 +162,28 @@ def test_truncated_vol_and_non_raster_patterns_are_refused(eyepy, tmp_path):
     assert uneven.reason == "not_a_volume" and "not equally spaced" in uneven.detail
 
 
+def edited_export(tmp_path: Path, name: str, old: str, new: str) -> Path:
+    """A copy of the XML export (in tmp_path) with one XML element's text changed."""
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(XML_DIR, folder)
+    xml = folder / XML.name
+    text = xml.read_text(encoding="utf-8")
+    assert old in text
+    xml.chmod(0o644)
+    xml.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return folder
+
+
+def test_xml_laterality_and_series_type_are_read_by_icpcv(eyepy, tmp_path):
+    assert open_source(edited_export(tmp_path, "left", "<Laterality>R<", "<Laterality>L<")).eye == "OS"
+    # eyepy would call this OS: an unknown laterality stays unknown
+    assert open_source(edited_export(tmp_path, "unknown", "<Laterality>R<", "<Laterality>U<")).eye is None
+    err = refusal(edited_export(tmp_path, "circle", "<Type>Volume</Type>", "<Type>Circle</Type>"))
+    assert err.reason == "not_a_volume" and "Circle scan" in err.detail
+
+
 def test_e2e_and_topcon_files_are_refused_with_why(tmp_path):
     for name, words in (("a.E2E", "no reliable A-scan spacing"), ("b.fda", "assumes the scan geometry")):
         (tmp_path / name).write_bytes(b"x")

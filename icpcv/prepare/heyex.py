@@ -196,6 +196,7 @@ def read_vol(path: str | Path) -> HeyexScan:
 
 
 _SERIES_TYPE = re.compile(r"<Series>.*?<Type>\s*([^<]*?)\s*</Type>", re.S)
+_LATERALITY = re.compile(r"<Series>.*?<Laterality>\s*([^<]*?)\s*</Laterality>", re.S)
 
 
 def read_xml(path: str | Path) -> HeyexScan:
@@ -212,12 +213,15 @@ def read_xml(path: str | Path) -> HeyexScan:
         meta = reader.bscan_meta
         scale_x, scale_y = reader.parsed_values["scale_x"], reader.parsed_values["scale_y"]
         size_x, size_y = reader.parsed_values["size_x"], reader.parsed_values["size_y"]
-        eye = _eye(reader.parsed_values["scan_position"])
     except Exception as exc:
         raise Refusal("unreadable", f"{xml}: eyepy cannot parse it as a Heidelberg XML export "
                                     f"({_first_line(exc)})") from None
-    series = _SERIES_TYPE.search(xml.read_text(encoding="utf-8", errors="replace"))
+    text = xml.read_text(encoding="utf-8", errors="replace")
+    series = _SERIES_TYPE.search(text)
     kind = series.group(1) if series else ""
+    # eyepy maps every laterality but R to OS; icpcv takes R -> OD, L -> OS and leaves anything else unknown
+    side = _LATERALITY.search(text)
+    eye = {"R": "OD", "L": "OS"}.get(side.group(1).upper() if side else "")
     if re.search(r"circle|radial|star", kind, re.I):
         raise Refusal("not_a_volume", f"{xml}: the series is a {kind} scan, not a raster volume; never resampled "
                                       "into one")
