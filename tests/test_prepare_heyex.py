@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from icpcv.cohort.table import read_scan_table
 from icpcv.commands import main
 from icpcv.prepare import PrepareOptions, VolumeError, open_source, prepare
 from tests.conftest import SHARED
@@ -262,6 +263,10 @@ def test_prepare_cli_on_the_device_files(eyepy, tmp_path, capsys):
                                (768 * scale_x, 0.5, 496 * scale_y), rtol=1e-6)
     np.testing.assert_allclose(t.loc["xml", ["spacing_x_mm", "spacing_y_mm", "spacing_z_mm"]].to_numpy(float),
                                XML_SPACING, rtol=1e-4)
+    # ... which `icpcv run --manifest` reads into the scans' acquisition record (cohort/scans.csv)
+    scans = read_scan_table(tmp_path / "vol" / "table.csv").scans.set_index("scan_id")
+    assert scans.loc["raster", "device"] == "Heidelberg Spectralis .vol" and scans.loc["raster", "eye"] == "OD"
+    assert scans.loc["raster", ["fov_x_mm", "fov_y_mm"]].to_list() == pytest.approx([768 * scale_x, 0.5])
     # the volumes, at their own size: the raster as built, the XML's B-scan images, in (X, Y, Z)
     np.testing.assert_array_equal(np.load(tmp_path / "vol" / t.loc["raster", "path"]), expected_raster())
     xml_vol = np.stack([tifffile.imread(XML_DIR / n) for n in xml_bscans()])  # (Y, Z, X)
