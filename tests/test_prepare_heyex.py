@@ -192,6 +192,15 @@ def test_e2e_and_topcon_files_are_refused_with_why(tmp_path):
         assert err.reason == "unknown_format" and words in err.detail
 
 
+def test_run_points_a_raw_device_file_to_prepare(tmp_path):
+    from icpcv.cohort.volumes import read_volume
+    from icpcv.errors import InputError
+
+    (tmp_path / "scan.vol").write_bytes(b"HSF-OCT-103")
+    with pytest.raises(InputError, match="is read by `icpcv prepare`"):
+        read_volume(tmp_path / "scan.vol")
+
+
 def test_without_eyepy_heyex_rows_are_skipped_with_the_install_hint(vendor, tmp_path, monkeypatch, capsys):
     for name in ("eyepy", "eyepy.io", "eyepy.io.he"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
