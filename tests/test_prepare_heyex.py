@@ -280,6 +280,12 @@ def test_prepare_cli_on_the_device_files(eyepy, tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "vol" / t.loc["raster", "path"]), expected_raster())
     xml_vol = np.stack([tifffile.imread(XML_DIR / n) for n in xml_bscans()])  # (Y, Z, X)
     np.testing.assert_array_equal(np.load(tmp_path / "xml" / t.loc["xml", "path"]), np.transpose(xml_vol, (2, 0, 1)))
+    # a rerun reuses the volume (no eyepy read) and still writes the file's geometry
+    before = (tmp_path / "xml" / "table.csv").read_bytes()
+    assert main(["prepare", str(tmp_path / "xml.csv"), "--out", str(tmp_path / "xml"), "--shape", "50x10x40",
+                 "--quiet"]) == 0
+    assert "0 converted, 1 unchanged" in capsys.readouterr().out
+    assert (tmp_path / "xml" / "table.csv").read_bytes() == before
     # nothing personal in any file the runs wrote (text or binary), nor on stderr
     secrets = personal_strings(eyepy, raster)
     files = [p for run in ("vol", "xml") for p in (tmp_path / run).rglob("*") if p.is_file()]
