@@ -174,7 +174,8 @@ def read_vol(path: str | Path) -> HeyexScan:
     scale_x, scale_y, distance = float(head.scale_x), float(head.scale_y), float(head.distance)
     shape_xyz = (int(head.size_x), n, int(head.size_y))
     if pattern == 1 or n < 2:
-        _refuse_single(path, 1, shape_xyz[0] * scale_x, f"scan pattern {pattern}, {SCAN_PATTERNS.get(pattern, 'unknown')}")
+        _refuse_single(path, 1, shape_xyz[0] * scale_x,
+                       f"scan pattern {pattern}, {SCAN_PATTERNS.get(pattern, 'unknown')}")
     for name, value in (("A-scan spacing", scale_x), ("depth spacing", scale_y)):
         if not (math.isfinite(value) and value > 0):
             raise Refusal("unreadable", f"{path}: the header's {name} is {value!r}, not a length in mm")
