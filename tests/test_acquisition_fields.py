@@ -51,15 +51,16 @@ def test_seed_fields_parsed_and_each_bad_value_is_a_warning_on_a_kept_scan(seed_
     s = t.scans.set_index("scan_id")
     assert list(s.index) == ["1", "2", "3", "4", "5", "6", "7"]  # no scan dropped for an acquisition field
     assert (q.loc[1:7, "status"] == "kept").all() and q.loc[8, "status"] == "dropped"
-    assert q.loc[3, ["reason", "column", "value"]].tolist() == ["scan_area_invalid", "scan area", "abc"]
-    assert "time_invalid (column scan time, value '25:99')" in q.loc[3, "warnings"]
-    assert q.loc[3, "all_reasons"] == "scan_area_invalid,eye_invalid,time_invalid"
-    assert "eye_invalid (column eyeball (od or os), value 'left')" in q.loc[3, "warnings"]
-    assert "scan_area_invalid (column scan area, value 'abc')" in q.loc[3, "warnings"]
-    assert q.loc[4, "all_reasons"] == "scan_area_invalid,date_invalid,scan_shape_invalid"
-    assert q.loc[5, "reason"] == "scan_area_invalid" and q.loc[5, "value"] == "7x"
-    assert q.loc[6, "reason"] == "scan_area_invalid" and q.loc[6, "value"] == "-3x3"  # NULL eye: unknown, no warning
-    assert q.loc[1, "reason"] == "" and q.loc[7, "reason"] == ""
+    # a kept row's reason stays empty (kept <=> no reason); its warnings name code, column and value
+    assert (q.loc[1:7, "reason"] == "").all()
+    assert q.loc[3, "warnings"] == ("scan_area_invalid (column scan area, value 'abc'); eye_invalid (column eyeball "
+                                    "(od or os), value 'left'); time_invalid (column scan time, value '25:99')")
+    assert q.loc[4, "warnings"] == ("scan_area_invalid (column scan area, value '0x5'); date_invalid (column scan "
+                                    "date, value '13/45/2015'); scan_shape_invalid (column scan_shape, value "
+                                    "'[0, 5, 5]')")
+    assert q.loc[5, "warnings"] == "scan_area_invalid (column scan area, value '7x')"
+    assert q.loc[6, "warnings"] == "scan_area_invalid (column scan area, value '-3x3')"  # NULL eye: unknown, no warning
+    assert q.loc[1, "warnings"] == "" and q.loc[7, "warnings"] == ""
     # a dropped row keeps its drop reason and carries its acquisition warning beside it
     assert q.loc[8, "reason"] == "iop_missing" and "scan_area_invalid" in q.loc[8, "warnings"]
     # the fields, unknown where the value was bad
@@ -95,10 +96,12 @@ def test_plain_format_fields(tmp_path):
     q = t.quality.set_index("scan_id")
     s = t.scans.set_index("scan_id")
     assert len(s) == 5
-    assert q.loc["b", ["reason", "column", "value"]].tolist() == ["fov_invalid", "fov_y_mm", "(empty)"]
-    assert q.loc["c", "all_reasons"] == "fov_invalid,depth_invalid" and q.loc["c", "value"] == "0"
-    assert q.loc["d", ["reason", "value"]].tolist() == ["acquired_at_invalid", "yesterday"]
-    assert q.loc["e", "all_reasons"] == "fov_invalid,depth_invalid,eye_invalid,acquired_at_invalid"
+    assert q.loc["b", "warnings"] == "fov_invalid (column fov_y_mm, value '(empty)')"
+    assert q.loc["c", "warnings"] == "fov_invalid (column fov_x_mm, value '0'); depth_invalid (column depth_mm, value '-1')"
+    assert q.loc["d", "warnings"] == "acquired_at_invalid (column acquired_at, value 'yesterday')"
+    assert [w.split(" ")[0] for w in q.loc["e", "warnings"].split("; ")] == \
+        ["fov_invalid", "depth_invalid", "eye_invalid", "acquired_at_invalid"]
+    assert (q["reason"] == "").all()
     assert s.loc["a", ["fov_x_mm", "fov_y_mm", "depth_mm"]].tolist() == [3.0, 3.0, 2.0]
     assert s["eye"].tolist() == ["OD", "OS", "OS", "OD", ""]
     assert s.loc["a", "protocol"] == "Box 3x3" and s.loc["d", "protocol"] == "7x7" and s.loc["a", "device"] == "Spectralis"
@@ -118,7 +121,7 @@ def test_fill_series_of_dates_is_flagged(tmp_path):
     rows.append((7, 7, 15, 8, "TRUE", "", "6/30/16", "3:00", "OD", "6x6", ""))
     t = read_scan_table(_write(tmp_path / "s.csv", SEED_HEADER, rows))
     q = t.quality.set_index("row")
-    assert q["reason"].tolist() == [""] + ["date_fill_series"] * 5 + [""]
+    assert [w.split(" ")[0] for w in q["warnings"]] == [""] + ["date_fill_series"] * 5 + [""]
     assert t.scans["session"].tolist() == ["7 2016-05-18"] + [""] * 5 + ["7 2016-06-30"]
 
 
@@ -140,13 +143,14 @@ def test_real_table_fields_against_an_independent_reading(tmp_path):
     # every value parses; the only warnings are monkey 7's fill series of dates (5/19/16 to 6/23/16)
     q = t.quality
     warned = q[q["warnings"] != ""]
-    assert set(warned["all_reasons"].where(warned["status"] == "kept", "date_fill_series")) == {"date_fill_series"}
+    assert {w.split(" ")[0] for ws in warned["warnings"] for w in ws.split("; ")} == {"date_fill_series"}
     # monkey 7's dates run 5/18/16 to 6/23/16, one a row, with 6/15 missing: two series whose first rows
     # (5/18 and 6/16) keep their dates
     m7 = raw[raw["monkey_id"] == "7"]
     assert len(m7) == 36 and m7["scan date"].iloc[0] == "5/18/16" and m7["scan date"].iloc[-1] == "6/23/16"
     flagged = set(m7["scan date"]) - {"5/18/16", "6/16/16"}
-    assert len(warned) == len(flagged) == 34 and set(warned["value"].where(warned["status"] == "kept").dropna()) <= flagged
+    values = {w.split("value ")[1].strip("')") for w in warned["warnings"]}
+    assert len(warned) == len(flagged) == 34 and values == flagged
     assert set(warned["subject"]) == {"7"}
     # session minutes: an independent reading of one 24-hour session (monkey 4, 2/19/15)
     m4 = kept[(kept["monkey_id"] == "4") & (kept["scan time"] != "") & (kept["scan time"] != "NULL")]

@@ -51,7 +51,7 @@ def eyepy(vendor):
     return pytest.importorskip("eyepy", reason="eyepy is not installed: pip install 'icpcv[heyex]'")
 
 
-def raster_vol(path: Path, n=5, step=0.1, starts_y=None, tilt_deg=None) -> Path:
+def raster_vol(path: Path, n=5, step=0.4, starts_y=None, tilt_deg=None) -> Path:
     """A raster ``.vol`` of ``n`` B-scans made from the real line scan's bytes: B-scan i is black but for
     A-scans 10 i .. 10 i + 4 at depths 100..109, set to the raw maximum 1.0 (Heyex display 255)."""
     raw = LINE.read_bytes()
@@ -121,7 +121,7 @@ def test_raster_vol_axes_spacing_and_eye(eyepy, tmp_path):
     raw = LINE.read_bytes()
     scale_x, _, scale_y = struct.unpack_from("<3d", raw, 24)
     assert src.fmt == "heyex-vol" and src.shape == (768, 5, 496)
-    assert src.spacing_mm == pytest.approx((scale_x, 0.1, scale_y))  # (A-scan, B-scan distance, depth)
+    assert src.spacing_mm == pytest.approx((scale_x, 0.4, scale_y))  # (A-scan, B-scan distance, depth)
     assert src.eye == "OD" and src.device == "Heidelberg Spectralis .vol"
     native = np.concatenate([s for _, s in src.slabs()])  # (Y, Z, X)
     np.testing.assert_array_equal(np.transpose(native, (2, 0, 1)), expected_raster())
@@ -159,7 +159,7 @@ def test_truncated_vol_and_non_raster_patterns_are_refused(eyepy, tmp_path):
     radial = refusal(raster_vol(tmp_path / "radial.vol", tilt_deg=30))
     assert radial.reason == "not_a_volume" and "not parallel" in radial.detail
     y0 = 4.5
-    uneven = refusal(raster_vol(tmp_path / "uneven.vol", starts_y=[y0, y0 + 0.1, y0 + 0.2, y0 + 0.4, y0 + 0.5]))
+    uneven = refusal(raster_vol(tmp_path / "uneven.vol", starts_y=[y0, y0 + 0.4, y0 + 0.8, y0 + 1.6, y0 + 2.0]))
     assert uneven.reason == "not_a_volume" and "not equally spaced" in uneven.detail
 
 
@@ -239,24 +239,46 @@ def personal_strings(eyepy, raster: Path) -> set[str]:
     return out
 
 
+def scaled_export(tmp_path: Path, name: str = "scaled_export", laterality: str = "R") -> Path:
+    """A copy of the XML export (in tmp_path) with a realistic field of view: ScaleX such that 50 A-scans
+    span the B-scans' own 6.05 mm, and the B-scans 10 times further apart (0.314 mm): 6.2 x 3.1 mm.
+    The vendor export as it is spans 0.59 x 0.31 mm, a line scan by icpcv's acquisition rule."""
+    import shutil
+
+    folder = tmp_path / name
+    shutil.copytree(XML_DIR, folder)
+    xml = folder / XML.name
+    text = xml.read_text(encoding="utf-8").replace("<ScaleX>0.011819</ScaleX>", "<ScaleX>0.1235</ScaleX>")
+    text = re.sub(r"(<Coord>\s*<X>[^<]*</X>\s*<Y>)([^<]*)(</Y>)",
+                  lambda m: f"{m.group(1)}{float(m.group(2)) * 10:.4f}{m.group(3)}", text)
+    text = text.replace("<Laterality>R<", f"<Laterality>{laterality}<")
+    xml.chmod(0o644)
+    xml.write_text(text, encoding="utf-8")
+    return folder
+
+
 def test_prepare_cli_on_the_device_files(eyepy, tmp_path, capsys):
     """Two runs (the raster .vol and the XML export differ too much in shape for one cohort: the shape
-    rule would skip one as ``wrong_shape``): the .vol files with the raster, then the XML export."""
+    rule would skip one as ``wrong_shape``): the .vol files with the raster, then the XML exports."""
     raster = raster_vol(tmp_path / "raster.vol")
     cols = ["scan_id", "subject", "iop", "icp", "path"]
     pd.DataFrame([("line", "m1", "15", "8", str(LINE)), ("circle", "m1", "15", "8", str(CIRCLE)),
                   ("empty", "m2", "15", "8", str(EMPTY)), ("raster", "m3", "15", "8", "raster.vol")],
                  columns=cols).to_csv(tmp_path / "vol.csv", index=False)
-    pd.DataFrame([("xml", "m2", "15", "8", str(XML_DIR))], columns=cols).to_csv(tmp_path / "xml.csv", index=False)
+    pd.DataFrame([("thin", "m2", "15", "8", str(XML_DIR)), ("xml", "m2", "15", "8", str(scaled_export(tmp_path)))],
+                 columns=cols).to_csv(tmp_path / "xml.csv", index=False)
     assert main(["prepare", str(tmp_path / "vol.csv"), "--out", str(tmp_path / "vol"), "--shape", "768x5x496",
                  "--quiet"]) == 3
     assert main(["prepare", str(tmp_path / "xml.csv"), "--out", str(tmp_path / "xml"), "--shape", "50x10x40",
-                 "--quiet"]) == 0
+                 "--quiet"]) == 3
     err = capsys.readouterr().err
-    q = pd.read_csv(tmp_path / "vol" / "quality.csv", keep_default_na=False, dtype=str).set_index("scan_id")
+    q = pd.concat([pd.read_csv(tmp_path / run / "quality.csv", keep_default_na=False, dtype=str)
+                   for run in ("vol", "xml")]).set_index("scan_id")
     assert q["reason"].to_dict() == {"line": "line_scan", "circle": "not_a_volume", "empty": "unreadable",
-                                     "raster": ""}
+                                     "raster": "", "thin": "line_scan", "xml": ""}
+    assert "field of view 0.59095x0.314444 mm is a line scan" in q.loc["thin", "detail"]
     assert q.loc["raster", "format"] == "heyex-vol" and q.loc["raster", "raw_shape"] == "768x5x496"
+    assert q.loc["xml", "format"] == "heyex-xml" and q.loc["xml", "raw_shape"] == "50x10x40"
     assert "skipped row 2 (scan circle): not_a_volume" in err
     # the acquisition record: spacing, field of view, eye and device per converted scan
     t = pd.concat([pd.read_csv(tmp_path / run / "table.csv", dtype={"scan_id": str}) for run in ("vol", "xml")])
@@ -267,15 +289,15 @@ def test_prepare_cli_on_the_device_files(eyepy, tmp_path, capsys):
     assert (t["eye"] == "OD").all()
     scale_x, _, scale_y = struct.unpack_from("<3d", LINE.read_bytes(), 24)
     np.testing.assert_allclose(t.loc["raster", ["spacing_x_mm", "spacing_y_mm", "spacing_z_mm"]].to_numpy(float),
-                               (scale_x, 0.1, scale_y), rtol=1e-6)
+                               (scale_x, 0.4, scale_y), rtol=1e-6)
     np.testing.assert_allclose(t.loc["raster", ["fov_x_mm", "fov_y_mm", "depth_mm"]].to_numpy(float),
-                               (768 * scale_x, 0.5, 496 * scale_y), rtol=1e-6)
+                               (768 * scale_x, 2.0, 496 * scale_y), rtol=1e-6)
     np.testing.assert_allclose(t.loc["xml", ["spacing_x_mm", "spacing_y_mm", "spacing_z_mm"]].to_numpy(float),
-                               XML_SPACING, rtol=1e-4)
+                               (0.1235, 10 * XML_SPACING[1], XML_SPACING[2]), rtol=1e-3)
     # ... which `icpcv run --manifest` reads into the scans' acquisition record (cohort/scans.csv)
     scans = read_scan_table(tmp_path / "vol" / "table.csv").scans.set_index("scan_id")
     assert scans.loc["raster", "device"] == "Heidelberg Spectralis .vol" and scans.loc["raster", "eye"] == "OD"
-    assert scans.loc["raster", ["fov_x_mm", "fov_y_mm"]].to_list() == pytest.approx([768 * scale_x, 0.5])
+    assert scans.loc["raster", ["fov_x_mm", "fov_y_mm"]].to_list() == pytest.approx([768 * scale_x, 2.0])
     # the volumes, at their own size: the raster as built, the XML's B-scan images, in (X, Y, Z)
     np.testing.assert_array_equal(np.load(tmp_path / "vol" / t.loc["raster", "path"]), expected_raster())
     xml_vol = np.stack([tifffile.imread(XML_DIR / n) for n in xml_bscans()])  # (Y, Z, X)
@@ -283,8 +305,8 @@ def test_prepare_cli_on_the_device_files(eyepy, tmp_path, capsys):
     # a rerun reuses the volume (no eyepy read) and still writes the file's geometry
     before = (tmp_path / "xml" / "table.csv").read_bytes()
     assert main(["prepare", str(tmp_path / "xml.csv"), "--out", str(tmp_path / "xml"), "--shape", "50x10x40",
-                 "--quiet"]) == 0
-    assert "0 converted, 1 unchanged" in capsys.readouterr().out
+                 "--quiet"]) == 3
+    assert "0 converted, 1 unchanged, 1 skipped" in capsys.readouterr().out
     assert (tmp_path / "xml" / "table.csv").read_bytes() == before
     # nothing personal in any file the runs wrote (text or binary), nor on stderr
     secrets = personal_strings(eyepy, raster)
@@ -297,15 +319,26 @@ def test_prepare_cli_on_the_device_files(eyepy, tmp_path, capsys):
 
 def test_table_values_win_over_the_file_with_a_warning(eyepy, tmp_path):
     table = tmp_path / "scans.csv"
-    pd.DataFrame([("xml", "m2", "15", "8", str(XML_DIR), "OS", "")],
+    pd.DataFrame([("xml", "m2", "15", "8", str(scaled_export(tmp_path)), "OS", "")],
                  columns=["scan_id", "subject", "iop", "icp", "path", "eye", "device"]).to_csv(table, index=False)
-    import io
-
-    err = io.StringIO()
-    prepare(table, tmp_path, tmp_path / "out", PrepareOptions(shape=(5, 2, 4)), err=err)
+    prepare(table, tmp_path, tmp_path / "out", PrepareOptions(shape=(5, 2, 4)))
     t = pd.read_csv(tmp_path / "out" / "table.csv", keep_default_na=False).set_index("scan_id")
     assert t.loc["xml", "eye"] == "OS"  # the table's value kept ...
     assert t.loc["xml", "device"] == "Heidelberg Spectralis XML export"  # ... an empty cell filled from the file
     q = pd.read_csv(tmp_path / "out" / "quality.csv", keep_default_na=False).set_index("scan_id")
-    assert "eye: the table says OS, the file OD" in q.loc["xml", "notes"]
-    assert "eye: the table says OS, the file OD" in err.getvalue()
+    assert "eye_mismatch (column eye, value 'OS'; the file says 'OD'" in q.loc["xml", "warnings"]
+    assert q.loc["xml", "eye"] == "OS"
+
+
+def test_the_files_eye_drives_mirror_os_when_the_table_has_none(eyepy, tmp_path):
+    """A left eye known only from the file is flipped along X by --mirror-os, as a table's OS would be."""
+    scaled = scaled_export(tmp_path, "left", laterality="L")
+    table = tmp_path / "scans.csv"
+    pd.DataFrame([("left", "m1", "15", "8", str(scaled))], columns=["scan_id", "subject", "iop", "icp", "path"]).to_csv(
+        table, index=False)
+    prepare(table, tmp_path, tmp_path / "out", PrepareOptions(shape=(50, 10, 40), mirror_os=True))
+    t = pd.read_csv(tmp_path / "out" / "table.csv", keep_default_na=False).set_index("scan_id")
+    assert t.loc["left", "eye"] == "OS" and t.loc["left", "mirrored"] == "OS->OD"
+    xml_vol = np.stack([tifffile.imread(XML_DIR / n) for n in xml_bscans()])  # (Y, Z, X)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / t.loc["left", "path"]),
+                                  np.transpose(xml_vol, (2, 0, 1))[::-1])

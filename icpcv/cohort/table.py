@@ -67,7 +67,7 @@ REASONS = {
                          "cohort's voxel standard deviations from its typical voxel, or one value everywhere "
                          "(skipped with --skip-bad-scans, detail says which)",
     **GEOMETRY_REASONS,  # a volume that cannot be one field of view (docs/acquisition.md)
-    **acq.WARNINGS,  # an unreadable acquisition field: a warning on a kept scan (column warnings)
+    **acq.WARNINGS,  # an unreadable acquisition field: a warning (column warnings), the scan kept
 }
 
 _RANGE = re.compile(r"^\s*-?\d+(\.\d+)?\s*-\s*\d+(\.\d+)?\s*$")
@@ -279,12 +279,7 @@ def read_scan_table(
                                      reason=reason, column=column, value=value,
                                      all_reasons=",".join(r for r, _, _ in problems), detail=_describe(problems),
                                      **extra))
-        elif warned:  # kept, with the unreadable acquisition field unknown: the reason names it
-            reason, column, value = warned[0]
-            quality_rows.append(dict(row=i, scan_id=scan_id, subject=subject, status="kept", reason=reason,
-                                     column=column, value=value, all_reasons=",".join(r for r, _, _ in warned),
-                                     detail=_describe(warned), **extra))
-        else:
+        else:  # kept: an unreadable acquisition field is a warning (column warnings), never a reason to drop
             quality_rows.append(dict(row=i, scan_id=scan_id, subject=subject, status="kept", reason="",
                                      column="", value="", all_reasons="", detail="", **extra))
         if not problems:
