@@ -319,8 +319,10 @@ def test_prepare_cli_on_the_device_files(eyepy, tmp_path, capsys):
 
 def test_table_values_win_over_the_file_with_a_warning(eyepy, tmp_path):
     table = tmp_path / "scans.csv"
-    pd.DataFrame([("xml", "m2", "15", "8", str(scaled_export(tmp_path)), "OS", "")],
-                 columns=["scan_id", "subject", "iop", "icp", "path", "eye", "device"]).to_csv(table, index=False)
+    # the seed's eye column (either column name works in either format), lower case as in the seed
+    pd.DataFrame([("xml", "m2", "15", "8", str(scaled_export(tmp_path)), "os", "")],
+                 columns=["scan_id", "subject", "iop", "icp", "path", "eyeball (od or os)", "device"]).to_csv(
+        table, index=False)
     prepare(table, tmp_path, tmp_path / "out", PrepareOptions(shape=(5, 2, 4)))
     t = pd.read_csv(tmp_path / "out" / "table.csv", keep_default_na=False).set_index("scan_id")
     assert t.loc["xml", "eye"] == "OS"  # the table's value kept ...

@@ -301,9 +301,14 @@ def acquisition_columns(rows: list[Row], results: dict[int, dict]) -> dict:
     for c in TABLE_ACQ_COLUMNS:
         values = []
         for r in rows:
-            table_value = str(r.record.get(c, "") or "").strip()
-            file_value = quality[r.row].get(c)
-            values.append(table_value if table_value else ("" if file_value is None else file_value))
+            q = quality[r.row]
+            if c in ("fov_x_mm", "fov_y_mm", "depth_mm"):  # convert_volume's: the table's, else the file's
+                value = q.get(c)
+            elif c == "eye":  # the table's parsed eye (`eye` or the seed's `eyeball (od or os)`), else the file's
+                value = r.eye or q.get("eye")
+            else:
+                value = str(r.record.get(c, "") or "").strip() or q.get(c)
+            values.append("" if value is None else value)
         columns[c] = values
     return columns
 
@@ -450,7 +455,8 @@ def _geometry_cells(r: Row, q: dict) -> dict:
     fov = (q.get("fov_x_mm"), q.get("fov_y_mm")) if q.get("fov_x_mm") is not None else (r.fov or (None, None))
     warn = [f"{c} (column {col}, value {v!r})" for c, col, v in (r.warnings or [])] + \
         ([q["warnings"]] if q.get("warnings") else [])
-    return dict(fov_x_mm=fov[0], fov_y_mm=fov[1], depth_mm=q.get("depth_mm", r.depth), eye=r.eye or q.get("eye", ""),
+    return dict(fov_x_mm=fov[0], fov_y_mm=fov[1], depth_mm=q.get("depth_mm", r.depth),
+                eye=r.eye or q.get("eye", ""),
                 spacing_x_mm=q.get("spacing_x_mm"), spacing_y_mm=q.get("spacing_y_mm"),
                 spacing_z_mm=q.get("spacing_z_mm"), voxel_x_um=q.get("voxel_x_um"), voxel_y_um=q.get("voxel_y_um"),
                 voxel_z_um=q.get("voxel_z_um"), mirrored=q.get("mirrored", ""), warnings="; ".join(warn))
