@@ -642,8 +642,8 @@ def bioptigen_spacing(header, shape) -> tuple | None:
     """(X, Y, Z) spacing in mm from a Bioptigen header as oct-converter parses it: the lateral
     extent along a B-scan (X, the A-scans) is ``azscanlength`` (``scanlength`` when that is 0), the
     extent across B-scans (Y) ``elscanlength``, and depth (Z) ``scandepth``, each in mm over that
-    axis's samples. Not checked against a real file (none is available to this project): a
-    wrong assignment shows as ``spacing_fov_mismatch`` warnings against the table's scan area."""
+    axis's samples. Not checked against a device's own file (none is available to this project):
+    a wrong assignment shows as ``spacing_fov_mismatch`` warnings against the table's scan area."""
     def value(name):
         try:
             v = float(getattr(header, name).value)
