@@ -494,3 +494,24 @@ def test_csv_round_trip(tmp_path, table):
     pd.testing.assert_frame_equal(ensemble(back), ensemble(table))
     with pytest.raises(InputError, match="predictions.csv rows"):
         read_predictions(path)
+
+
+@pytest.mark.parametrize("blank", ["", " ", None])
+def test_a_repeat_column_empty_on_every_row_is_a_plain_table(tmp_path, table, blank):
+    """Issue 22: read back from CSV (nullable <NA>) or as given, an all-empty repeat column is a
+    plain table: no training_variance key, the same statistics as without the column."""
+    from icpcv.stats.study import analyze_study, has_repeats
+
+    plain = table[table["repeat"].isna()].drop(columns="repeat").reset_index(drop=True)
+    empty = plain.assign(repeat=blank)
+    path = tmp_path / "predictions.csv"
+    empty.to_csv(path, index=False)
+    back = read_predictions(path, allow_repeats=True)
+    expected = analyze_study(plain, n_boot=50).to_dict()
+    assert "training_variance" not in expected
+    for t in (empty, back):
+        assert not has_repeats(t)
+        got = analyze_study(t, n_boot=50).to_dict()
+        assert "training_variance" not in got
+        assert got["verdict"] == expected["verdict"] and got["comparisons"] == expected["comparisons"]
+    assert has_repeats(table) and has_repeats(table.assign(repeat=table["repeat"].astype("Int64")))

@@ -28,8 +28,9 @@ def has_repeats(predictions: pd.DataFrame) -> bool:
     """The table has a ``repeat`` column with at least one value (some model was trained several times)."""
     if REPEAT_COLUMN not in predictions.columns:
         return False
-    col = predictions[REPEAT_COLUMN]
-    return bool(col.astype(str).str.strip().replace({"nan": "", "<NA>": "", "None": ""}).ne("").any())
+    # a value is a repeat unless it is missing or blank text; an empty column on every row is a plain
+    # table (pandas gives NaN, <NA> or "" for it depending on how it was read)
+    return any(not (pd.isna(v) or (isinstance(v, str) and v.strip() == "")) for v in predictions[REPEAT_COLUMN])
 
 
 def primary_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
