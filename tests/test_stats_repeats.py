@@ -314,21 +314,36 @@ def test_agreement_when_the_ensemble_finds_no_evidence():
 
 def _per_monkey_differences(table, model, reference="ols_iop"):
     ref = table[table["model"] == reference].set_index("scan_id")
-    cols = []
+    cols, scans = [], []
     for r in range(len(CNN_SCALE)):
         rows = table[(table["model"] == model) & (table["repeat"] == r)].set_index("scan_id")
         loss = (rows["y_pred"] - rows["y_true"]).abs() - (ref.loc[rows.index, "y_pred"]
                                                          - ref.loc[rows.index, "y_true"]).abs()
         cols.append(loss.groupby(rows["subject"]).mean())
+        scans.append(pd.DataFrame({"subject": rows["subject"], "scan": rows.index, "repeat": r,
+                                   "d": loss.to_numpy()}))
     D = pd.concat(cols, axis=1).sort_index()
     n = table[table["model"] == reference].groupby("subject").size().sort_index()
-    return D.to_numpy(), n.to_numpy(dtype=float)
+    return D.to_numpy(), n.to_numpy(dtype=float), pd.concat(scans, ignore_index=True)
+
+
+def _scan_variance_by_anova(long):
+    """Per monkey (MS_scan - MS_res) / (n R) from statsmodels' two-way ANOVA d ~ scan + repeat."""
+    from statsmodels.stats.anova import anova_lm
+
+    out = {}
+    for subject, sub in long.groupby("subject"):
+        aov = anova_lm(smf.ols("d ~ C(scan) + C(repeat)", sub).fit())
+        ms = aov["sum_sq"] / aov["df"]
+        out[subject] = (ms["C(scan)"] - ms["Residual"]) / (sub["scan"].nunique() * sub["repeat"].nunique())
+    return pd.Series(out).sort_index().to_numpy()
 
 
 def test_decomposition_of_the_table_recomputed_independently(tv):
     table = repeated_table()
     for name in ("cnn", "cnn2"):
-        D, n = _per_monkey_differences(table, name)
+        D, n, long = _per_monkey_differences(table, name)
+        S = _scan_variance_by_anova(long)
         w = n / n.sum()
         # The decomposed numbers are the reported ones: Σ_g w_g D_gr is repeat r's delta.
         assert w @ D == pytest.approx([c.delta for c in tv.models[name].per_repeat], abs=1e-12)
@@ -337,20 +352,23 @@ def test_decomposition_of_the_table_recomputed_independently(tv):
         d_bar = D.mean(axis=1)
         q = np.sum(w * (d_bar - w @ d_bar) ** 2)
         training = np.sum(w**2 * s2)
-        sigma2_a = (q - np.sum(w * (1 - w) * s2) / R) / (1 - np.sum(w**2))
+        sigma2_a = (q - np.sum(w * (1 - w) * s2) / R - np.sum(w * (1 - w) * S)) / (1 - np.sum(w**2))
+        monkey = sigma2_a * np.sum(w**2) + np.sum(w**2 * S)
         v = tv.models[name].variance
         assert v.n_subjects == 10 and v.n_training_units == 10 and v.n_repeats == 4
         assert v.training_noise == pytest.approx(training)
-        assert v.monkey_sampling_raw == pytest.approx(sigma2_a * np.sum(w**2))
-        assert v.monkey_sampling == pytest.approx(max(sigma2_a * np.sum(w**2), 0))
+        assert v.between_monkeys == pytest.approx(sigma2_a * np.sum(w**2))
+        assert v.scans_within_monkeys == pytest.approx(np.sum(w**2 * S))
+        assert v.monkey_sampling_raw == pytest.approx(monkey)
+        assert v.monkey_sampling == pytest.approx(max(monkey, 0))
         assert v.ensemble_total == pytest.approx(v.monkey_sampling + training / R)
-        assert v.truncated == (sigma2_a < 0)
+        assert v.truncated == (monkey < 0)
 
 
 def test_folds_with_several_monkeys_are_one_training_unit():
     table = repeated_table(per_fold=2)
     tv = training_variance(table, n_boot=50)
-    D, n = _per_monkey_differences(table, "cnn")
+    D, n, _ = _per_monkey_differences(table, "cnn")
     w = n / n.sum()
     fold_sums = np.stack([w[2 * f] * D[2 * f] + w[2 * f + 1] * D[2 * f + 1] for f in range(5)])
     v = tv.models["cnn"].variance
