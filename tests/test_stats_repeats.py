@@ -136,6 +136,34 @@ def test_hand_computed_balanced_anova():
     assert vc["monkey_share"] + vc["training_share"] == pytest.approx(1)
 
 
+def test_scan_level_simulation_with_the_real_scan_counts():
+    """Issue 22: scans carry sampling noise that stays the same in every repeat and shrinks with a
+    monkey's scan count. On cohorts simulated scan by scan (monkey effects, per-scan effects,
+    training noise per repeat and per scan; the real study's 13 scan counts, 19 to 251), the
+    estimator with the scan part finds every known part within Monte Carlo error; without it the
+    monkey part comes out biased upward (the 20,000-cohort figures: python -m icpcv bench variance,
+    docs/statistics.md)."""
+    from icpcv.stats.repeats_bench import REAL_TRAINING_COUNTS, SCENARIOS, estimates, simulate, truth
+
+    sc = SCENARIOS[0]
+    assert sc.counts == REAL_TRAINING_COUNTS and sum(sc.counts) == 1243
+    n_sim, R = 1500, 5
+    est = estimates(simulate(np.random.default_rng(11), sc, n_sim, R), sc.counts)
+    tr = truth(sc)
+    new, old = est["new"], est["old"]
+    for key in ("monkey_sampling", "between_monkeys", "scans_within_monkeys", "training_noise"):
+        got = new["monkey_sampling_raw"] if key == "monkey_sampling" else new[key]
+        ok, info = _close_in_mc_error(got, tr[key])
+        assert ok, (key, info)
+    ok, info = _close_in_mc_error(new["sigma2_monkey"], sc.sigma2_monkey)
+    assert ok, info
+    # The simulation is what its truth says: M + T is the variance of a single-seed estimate.
+    assert est["single"].var(ddof=1) == pytest.approx(tr["single_seed_total"], rel=N_SE * np.sqrt(2 / n_sim))
+    # Without the scan part the monkey part absorbs the scans' noise: biased upward, well outside MC error.
+    ok, (mean, truth_m, se) = _close_in_mc_error(old["monkey_sampling_raw"], tr["monkey_sampling"])
+    assert not ok and mean > truth_m and (mean - truth_m) / truth_m > 0.08, (mean, truth_m, se)
+
+
 def test_variance_components_rejects_too_few_repeats_or_monkeys():
     with pytest.raises(ValueError, match="R >= 2"):
         variance_components(np.zeros((5, 1)), np.ones(5))
@@ -533,3 +561,38 @@ def test_a_repeat_column_empty_on_every_row_is_a_plain_table(tmp_path, table, bl
         assert "training_variance" not in got
         assert got["verdict"] == expected["verdict"] and got["comparisons"] == expected["comparisons"]
     assert has_repeats(table) and has_repeats(table.assign(repeat=table["repeat"].astype("Int64")))
+
+
+def test_seed_agreement_that_is_guaranteed_says_so(tv):
+    """Issue 22: with 5 monkeys the exact sign-flip p cannot fall below 2/2^5 = 0.0625, so no single
+    seed can be called better and all seeds "agree" with an ensemble that finds no evidence: the
+    verdict says that, not "(3 of 3 training seeds alone agree)"."""
+    from icpcv.stats.repeats import TrainingVariance
+    from icpcv.stats.study import analyze_study
+
+    table = repeated_table(n_subjects=5, cnn_scale=(0.4, 0.4, 0.4))
+    res = analyze_study(table, n_boot=50)
+    five = TrainingVariance.from_dict(res.extra["training_variance"])
+    assert five.measured and five.n_agree == 3 and five.agreement_guaranteed
+    assert five.verdict_suffix == ("(all 3 training seeds alone agree, as they must: with 5 monkeys "
+                                   "no single seed can be called better)")
+    # every repeat of cnn passes the interval half of the rule; only the p floor holds it back
+    assert all(c.ci[1] < 0 for c in five.models["cnn"].per_repeat)
+    assert "5 monkeys) (all 3 training seeds alone agree, as they must:" in res.verdict
+    assert res.verdict.count("training seeds") == 1 and "cannot reach p < 0.05" in res.verdict
+    # with 10 monkeys a seed can be called better: the count is evidence and is said as before
+    assert not tv.agreement_guaranteed and tv.verdict_suffix == f"({tv.n_agree} of 4 training seeds alone agree)"
+
+
+def test_docs_and_code_place_the_seed_agreement_alike():
+    """Issue 22: the verdict's seed agreement sits inside the first sentence, before its period, in
+    docs/statistics.md's examples as in the analysis (with_seed_agreement)."""
+    from pathlib import Path
+
+    from icpcv.stats.repeats import with_seed_agreement
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "statistics.md").read_text()
+    assert "). (4 of 5 training seeds" not in docs
+    assert "14 monkeys) (4 of 5 training seeds alone agree)." in docs
+    assert with_seed_agreement(["The cnn lowers MAE (...; 14 monkeys)."], "(4 of 5 training seeds alone agree)") \
+        == "The cnn lowers MAE (...; 14 monkeys) (4 of 5 training seeds alone agree)."
