@@ -21,6 +21,7 @@ from icpcv.report import trend_figures as TF
 from icpcv.report.rundata import CompareData, PredictionsData, RunData, read_training_variance, read_trending
 from icpcv.stats.power import PowerResult
 from icpcv.stats.repeats import TrainingVariance
+from icpcv.stats.analysis import verdict_comparison
 from icpcv.stats.results import AnalysisResult
 from icpcv.stats.trending import STILL_RATIO, TrendingResult
 from icpcv.util import fmt_num, fmt_p, is_finite_number, natural_sorted
@@ -490,24 +491,26 @@ def attribution_context(attribution: dict | None) -> dict | None:
 
 
 def trending_figures(add, trend: TrendingResult | None, subjects: list[str]) -> None:
-    """The four-quadrant and polar plot of every model, side by side, from stats.json's change pairs."""
+    """The four-quadrant and the polar plots, one panel per model (the verdict's model and the
+    reference first), from stats.json's change pairs."""
     if trend is None:
         return
     zone = trend.exclusion_zone
-    for m, t in trend.models.items():
-        pairs = trend.pairs.for_model(m)
-        stem = F.file_stem(m)
-        add("trending", f"four_quadrant_{stem}", f"Four-quadrant plot: {m}",
-            "One point per change pair: the measured change in ICP between consecutive ICP steps at one IOP step "
-            "of a held-out monkey (x) against the model's change in mean out-of-fold prediction between the same "
-            "steps (y), coloured by monkey. Points in the upper right agree in direction (concordant), in the lower "
-            f"right disagree. Grey: the exclusion zone ({zone:g} mmHg); crosses: pairs left out.",
-            TF.four_quadrant_figure(t, pairs, subjects))
-        add("trending", f"polar_{stem}", f"Polar plot: {m}",
-            "Radius: the mean of the measured and predicted change; angle: from the line of identity, positive "
-            "when the predicted change is larger, −45° when the prediction did not move, below −45° when it moved "
-            "the other way. Solid: angular bias; dashed: radial limits of agreement; dotted: ±30°; grey: pairs with "
-            f"a mean change below {zone:g} mmHg, left out.", TF.polar_figure(t, pairs, subjects))
+    order = F.panel_order(list(trend.models), [trend.verdict_model, trend.reference])
+    panels = [(trend.models[m], trend.pairs.for_model(m)) for m in order]
+    first = ", the verdict's model and the reference first" if trend.verdict_model else ", the reference first"
+    add("trending", "four_quadrant", "Four-quadrant plots, one panel per model",
+        "One point per change pair: the measured change in ICP between consecutive ICP steps at one IOP step "
+        "of a held-out monkey (x) against the model's change in mean out-of-fold prediction between the same "
+        "steps (y), coloured by monkey; the panels share one scale" + first + ". Points in the upper right agree "
+        f"in direction (concordant), in the lower right disagree. Grey: the exclusion zone ({zone:g} mmHg); "
+        "crosses: pairs left out.", TF.four_quadrant_figure(panels, subjects))
+    add("trending", "polar", "Polar plots, one panel per model",
+        "Radius: the mean of the measured and predicted change; angle: from the line of identity, positive "
+        "when the predicted change is larger, −45° when the prediction did not move, below −45° when it moved "
+        "the other way. Solid: angular bias; dashed: radial limits of agreement; dotted: ±30°; grey: pairs with "
+        f"a mean change below {zone:g} mmHg, left out. One radial scale for every panel" + first + ".",
+        TF.polar_figure(panels, subjects))
 
 
 def power_figure(add, power: PowerResult | None) -> None:
@@ -527,15 +530,16 @@ def common_figures(add, stats, preds, subjects, models, ci_level):
     add("comparison", "per_monkey_error", "Error per monkey",
         "Mean absolute error of each held-out monkey's scans, per model (stats.json per_subject); n is the number "
         "of scans.", F.per_subject_figure(stats, subjects))
-    for m in models:
-        ms = stats.models.get(m)
-        if ms is None:
-            continue
-        add("agreement", f"bland_altman_{F.file_stem(m)}", f"Bland-Altman: {m}",
-            "Each point is one out-of-fold scan, coloured by monkey. Solid: mean difference (bias); dashed: classic "
-            f"limits of agreement (grey bands: their {level} CI); dotted: limits that account for repeated scans per "
-            "monkey; dash-dot: the proportional-bias regression of difference on mean.",
-            F.bland_altman_figure(m, preds, ms, subjects, ci_level))
+    lead = verdict_comparison(stats.models, stats.comparisons)
+    add("agreement", "bland_altman", "Bland-Altman, one panel per model",
+        "Each point is one out-of-fold scan, coloured by monkey; the panels share their axes"
+        + (f", the verdict's model ({lead.model}) and the reference first" if lead is not None else
+           ", the reference first")
+        + ". Solid: mean difference (bias); dashed: classic limits of agreement (grey bands: their "
+        f"{level} CI); dotted: limits that account for repeated scans per monkey; dash-dot: the "
+        "proportional-bias regression of difference on mean. Each panel's key gives its values (mmHg).",
+        F.bland_altman_figure(models, preds, stats, subjects, ci_level,
+                              first=[lead.model if lead is not None else None, stats.reference]))
     add("agreement", "predicted_vs_measured", "Predicted versus measured ICP per monkey",
         "One panel per held-out monkey (out-of-fold predictions), one colour and marker per model; the grey "
         "line is identity.", F.pred_vs_measured_figure(preds, subjects, models))
