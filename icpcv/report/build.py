@@ -505,7 +505,7 @@ def trending_figures(add, trend: TrendingResult | None, subjects: list[str]) -> 
         "steps (y), coloured by monkey; the panels share one scale" + first + ". Points in the upper right agree "
         f"in direction (concordant), in the lower right disagree. Grey: the exclusion zone ({zone:g} mmHg); "
         "crosses: pairs left out.", TF.four_quadrant_figure(panels, subjects))
-    add("trending", "polar", "Polar plots, one panel per model",
+    add("trending_more", "polar", "Polar plots, one panel per model",
         "Radius: the mean of the measured and predicted change; angle: from the line of identity, positive "
         "when the predicted change is larger, −45° when the prediction did not move, below −45° when it moved "
         "the other way. Solid: angular bias; dashed: radial limits of agreement; dotted: ±30°; grey: pairs with "
@@ -540,7 +540,7 @@ def common_figures(add, stats, preds, subjects, models, ci_level):
         "proportional-bias regression of difference on mean. Each panel's key gives its values (mmHg).",
         F.bland_altman_figure(models, preds, stats, subjects, ci_level,
                               first=[lead.model if lead is not None else None, stats.reference]))
-    add("agreement", "predicted_vs_measured", "Predicted versus measured ICP per monkey",
+    add("agreement_more", "predicted_vs_measured", "Predicted versus measured ICP per monkey",
         "One panel per held-out monkey (out-of-fold predictions), one colour and marker per model; the grey "
         "line is identity.", F.pred_vs_measured_figure(preds, subjects, models))
     trending_figures(add, read_trending(stats), subjects)
@@ -552,7 +552,7 @@ def common_figures(add, stats, preds, subjects, models, ci_level):
             "(circles, with their intervals in grey; filled when the verdict's rule alone calls that repeat better).",
             RF.repeat_differences_figure(tv))
         for m in tv.models:
-            add("repeats", f"repeat_folds_{F.file_stem(m)}", f"MAE of each repeat per fold: {m}",
+            add("repeats_more", f"repeat_folds_{F.file_stem(m)}", f"MAE of each repeat per fold: {m}",
                 f"Per fold, the MAE of each training repeat of {m} on the held-out monkey's scans (circles; the "
                 f"line spans them), the seed ensemble's (diamond) and {tv.reference}'s (bar).",
                 RF.fold_spread_figure(tv, m))

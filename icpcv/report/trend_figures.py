@@ -45,10 +45,10 @@ def _split(pairs: pd.DataFrame, keep: np.ndarray, styles: dict, draw):
 
 def _panel_grid(n: int, polar: bool = False):
     """Small multiples of square panels: one column for one model, two up to four, then three."""
-    # a polar panel is a half disc, half as wide as tall: four fit across where two squares do
-    ncol = min(n, 4) if polar else 1 if n == 1 else 2 if n <= 4 else 3
+    # up to four across (a polar panel is a half disc, half as wide as tall)
+    ncol = min(n, 4)
     nrow = int(np.ceil(n / ncol))
-    width, height = (2.7, 4.3) if polar else (4.0, 4.0)
+    width, height = (2.7, 4.3) if polar else (3.6, 3.6)
     fig, axes = subplots(nrow, ncol, figsize=(width * ncol + 1.6, height * nrow + 1.0), squeeze=False,
                          subplot_kw={"projection": "polar"} if polar else {})
     for ax in axes.flat[n:]:
