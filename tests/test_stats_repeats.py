@@ -580,6 +580,9 @@ def test_seed_agreement_that_is_guaranteed_says_so(tv):
     assert all(c.ci[1] < 0 for c in five.models["cnn"].per_repeat)
     assert "5 monkeys) (all 3 training seeds alone agree, as they must:" in res.verdict
     assert res.verdict.count("training seeds") == 1 and "cannot reach p < 0.05" in res.verdict
+    # one placement everywhere (issue 22, statistics 5): the analysis's verdict, the section's own, its summary
+    assert five.verdict_with_agreement == res.verdict
+    assert five.summary().endswith(f"Verdict on the seed ensemble: {res.verdict}")
     # with 10 monkeys a seed can be called better: the count is evidence and is said as before
     assert not tv.agreement_guaranteed and tv.verdict_suffix == f"({tv.n_agree} of 4 training seeds alone agree)"
 

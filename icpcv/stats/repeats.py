@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from icpcv.stats.analysis import RULE_ALPHA, analyze, unreachable, verdict_comparison
+from icpcv.stats.analysis import RULE_ALPHA, analyze, unreachable, verdict_comparison, verdict_sentences
 from icpcv.errors import InputError
-from icpcv.stats.results import Comparison
+from icpcv.stats.results import AnalysisResult, Comparison
 from icpcv.util import natural_key, to_jsonable
 from icpcv.stats.io import (OPTIONAL_NUMERIC, REPEAT_COLUMN, REQUIRED_COLUMNS,
                             validate_predictions)
@@ -580,6 +580,8 @@ class TrainingVariance:
     #: True when no single seed could be called better whatever its data (few monkeys), so that
     #: every seed agreeing with an ensemble that finds no evidence is guaranteed, not evidence
     agreement_guaranteed: bool = False
+    #: the ensemble's verdict with the suffix inside its first sentence (:func:`with_seed_agreement`)
+    verdict_with_agreement: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready copy: plain floats/ints/str/lists/dicts, NaN -> None."""
@@ -630,11 +632,14 @@ class TrainingVariance:
                 continue
             lines.append(
                 f"{'':<14}variance of a single-seed difference {_num(v.single_seed_total, 4)} {u}² = "
-                f"monkey sampling {_num(v.monkey_sampling, 4)} ({_pct(v.monkey_share)}) + training "
+                f"monkey sampling {_num(v.monkey_sampling, 4)} ({_pct(v.monkey_share)}"
+                + (f"; of it scans within monkeys {_num(v.scans_within_monkeys, 4)}"
+                   if v.scans_within_monkeys is not None else "") + ") + training "
                 f"noise {_num(v.training_noise, 4)} ({_pct(v.training_share)}); ensemble of "
                 f"{v.n_repeats}: {_num(v.ensemble_total, 4)} {u}²"
                 + (" [monkey part truncated at 0]" if v.truncated else ""))
-        lines.append(f"Verdict on the seed ensemble: {self.ensemble_verdict} {self.verdict_suffix}")
+        lines.append(f"Verdict on the seed ensemble: "
+                     f"{self.verdict_with_agreement or f'{self.ensemble_verdict} {self.verdict_suffix}'}")
         return "\n".join(lines)
 
 
@@ -929,6 +934,10 @@ def training_variance(predictions, reference="ols_iop", n_boot=10000, seed=0, ci
                                f"{G} monkeys no single seed can be called better)")
     else:
         base.verdict_suffix = f"({base.n_agree} of {R} training seeds alone agree)"
+    ens_res = ensemble_result if ensemble_result is not None else AnalysisResult.from_dict(ens)
+    base.verdict_with_agreement = with_seed_agreement(
+        verdict_sentences(ens_res.comparisons, ens_res.models, reference, n_subjects=ens_res.n_subjects,
+                          ci_level=ci_level, unit=unit), base.verdict_suffix)
     base.measured = True
     return base
 
