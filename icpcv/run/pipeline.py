@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from icpcv import cohort as cohort_mod
+from icpcv.cohort.preprocessing import describe as describe_preprocessing
 from icpcv.cohort.table import read_scan_table
 from icpcv.config import RunConfig
 from icpcv.errors import InputError, RunDirError
@@ -66,6 +67,7 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
     coh, quality, data_hash = cohort_mod.materialise(cfg, run.cohort, need_iop=need_iop, need_volumes=need_volumes,
                                                      expect_hash=old.data_hash if old else None,
                                                      progress=progress)
+    run.write_preprocessing(describe_preprocessing(coh))  # issue 20: what `icpcv predict` repeats for a new scan
     if cfg.reference not in cfg.models and progress:
         progress.message(f"note: reference model {cfg.reference} is not among --models; no paired comparisons")
     plan = make_plan(coh.scans, n_folds=cfg.folds, split=cfg.split, val_fraction=cfg.val_fraction, seed=cfg.seed)
