@@ -21,7 +21,8 @@ from icpcv.run.slurm import cancel_recorded
 from icpcv.rundir import FoldDir, RunDir, RunRecord, run_key
 from icpcv.stats import leakage_summary, write_stats
 from icpcv.stats.repeats import ensemble
-from icpcv.stats.study import analyze_study
+from icpcv.stats.intervals import prediction_intervals
+from icpcv.stats.study import analyze_study, primary_predictions
 from icpcv.train.loop import checkpoint_epoch
 
 
@@ -135,6 +136,8 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
     preds = gather(run.path)
     result = analyze_study(preds, reference=cfg.reference, n_boot=cfg.n_boot, seed=cfg.seed, ci_level=cfg.ci_level,
                            audit_failed=not run.read_plan_audit()["passed"], steps=cohort_mod.read_steps(run.cohort))
+    if cfg.split == "subjects":  # issue 20: what a prediction for a new monkey is worth (monkey-level residuals only)
+        result.extra["prediction_intervals"] = prediction_intervals(primary_predictions(preds)).to_dict()
     scan_audit = run.scan_split_audit(rec)
     if scan_audit is not None:
         result.extra["scan_split_audit"] = {k: scan_audit[k] for k in ("statement", "n_folds", "ci_level", "models")}
