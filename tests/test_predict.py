@@ -245,15 +245,16 @@ def test_volumes_of_another_shape_or_scale_refused(run_dir, predicted, tmp_path)
 # ---------------------------------------------------------------- coverage over new monkeys (the benchmark's code)
 
 def test_monkey_level_interval_covers_and_naive_does_not():
-    """Tiny phantom, 6 training monkeys, 80% (the highest usual level finite with 6): over 4 replicates x 8 new
+    """Tiny phantom, 6 training monkeys, 80% (the highest usual level finite with 6): over 3 replicates x 6 new
     monkeys the monkey-level interval covers about 80% or more; the naive scan-level interval of ridge_scan (which
     recognises a monkey from its anatomy) covers clearly less (bench coverage measures it at scale)."""
     from icpcv.predict.coverage import coverage_study, summarise
 
-    rows = coverage_study(4, preset="tiny", models=("ols_iop", "ridge_scan"), levels=(0.8,), n_new=8)
+    rows = coverage_study(3, preset="tiny", models=("ols_iop", "ridge_scan"), levels=(0.8,), n_new=6)
     s = summarise(rows).set_index(["model", "method"])
     for model in ("ols_iop", "ridge_scan"):
         m = s.loc[(model, "monkey")]
         assert m.coverage >= 0.8 - 3 * max(m.mc_se, 0.02), (model, m.coverage, m.mc_se)
     naive, honest = s.loc[("ridge_scan", "naive")], s.loc[("ridge_scan", "monkey")]
-    assert naive.coverage < honest.coverage - 0.05 and naive.median_width < honest.median_width
+    assert naive.coverage < 0.8 and naive.coverage < honest.coverage - 0.2  # measured: 0.57 against 0.92
+    assert naive.median_width < honest.median_width

@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from icpcv.cohort import ScanSet
 from icpcv.cohort.phantom import make_cohort, new_subjects
@@ -86,8 +87,10 @@ def one_replicate(rep: int, *, preset: str = "tiny", models=CHEAP_MODELS, levels
 
 
 def coverage_study(n_reps: int = 20, **kw) -> pd.DataFrame:
-    """Every replicate's rows (:func:`one_replicate`)."""
-    return pd.concat([one_replicate(r, **kw) for r in range(n_reps)], ignore_index=True)
+    """Every replicate's rows (:func:`one_replicate`), with BLAS on one thread (small matrices: threads only
+    contend, and a shared machine's other jobs make a multi-threaded SVD many times slower)."""
+    with threadpool_limits(limits=1):
+        return pd.concat([one_replicate(r, **kw) for r in range(n_reps)], ignore_index=True)
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
