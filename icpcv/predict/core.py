@@ -37,6 +37,7 @@ from icpcv.predict.page import render_page
 from icpcv.rundir import CohortDir, RunDir
 from icpcv.stats.intervals import METHOD, check_level, cv_plus_interval, monkey_mean_scores
 from icpcv.util import atomic_write_json, atomic_write_text, file_sha256
+from icpcv.writable import check_output_dir
 
 #: the columns of ``predictions.csv`` written by ``icpcv predict``
 PREDICT_COLUMNS = ["scan_id", "subject", "model", "prediction", "low", "high", "level", "fold_sd", "fold_min",
@@ -196,8 +197,6 @@ def predict(cfg: PredictConfig, progress=None) -> dict:
                           "before icpcv recorded it. Train it again with this version (--fresh)")
     out = Path(cfg.out)
     _check_out(out, kept.run)
-    from icpcv.writable import check_output_dir  # lazy: keeps this room's imports to the rooms below
-
     check_output_dir(out, what="prediction folder")
     out.mkdir(parents=True, exist_ok=True)
     say = progress.message if progress is not None else (lambda text: None)
