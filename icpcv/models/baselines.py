@@ -68,6 +68,8 @@ class Baseline(Model):
     SETTINGS: tuple[str, ...] = ()
 
     def to_state(self) -> dict:
+        if not self.STATE:  # a baseline that has not listed its fitted attributes cannot be kept (nor wrongly reloaded)
+            raise NotImplementedError(f"{type(self).__name__} lists no fitted attributes in STATE")
         fitted = {name: _jsonable(getattr(self, name)) for name in self.STATE}
         return dict(name=self.name, kind="baseline", settings={k: _plain(getattr(self, k)) for k in self.SETTINGS},
                     fitted=fitted)
