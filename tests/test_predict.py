@@ -195,6 +195,10 @@ def test_run_without_kept_models_refused(run_dir, tmp_path):
         p.unlink()
     rc, _, err = icpcv("predict", old, "--new-subjects", "1", "--out", tmp_path / "p")
     assert_clean_refusal(rc, err, "kept no fitted model for cnn", "--fresh")
+    assert not (tmp_path / "p" / "prediction.json").exists()
+    rc, _, err = icpcv("predict", old, "--new-subjects", "1", "--out", tmp_path / "p", "--models", "ols_iop",
+                       "--level", "0.8")  # the models it kept still serve
+    assert rc == 0, err
 
 
 def test_scan_split_run_refused(tmp_path):

@@ -42,13 +42,16 @@ class KeptRun:
             raise RunDirError(f"{self.run.path}: not complete ({', '.join(u.label(cfg.repeats) for u in missing[:5])}"
                               f"{', ...' if len(missing) > 5 else ''}); finish it with the same `icpcv run` command")
         self.models = list(cfg.models)
-        unkept = [m for m in self.models if not all(self.run.unit(u).model_state(m).exists() for u in self.units(m))]
+        self.preprocessing = self.run.read_preprocessing()
+
+    def _check_kept(self, names) -> None:
+        unkept = [m for m in names if not all(self.run.unit(u).model_state(m).exists() for u in self.units(m))]
         if unkept:
             raise RunDirError(f"{self.run.path}: the run kept no fitted model for {', '.join(unkept)} (no "
                               f"{self.run.unit(self.units(unkept[0])[0]).model_state(unkept[0]).name} in its folds): "
-                              "it was made before icpcv kept every fold's models. Train it again with this version "
-                              "(the same `icpcv run` command with --fresh, or another --out)")
-        self.preprocessing = self.run.read_preprocessing()
+                              "it was made before icpcv kept every fold's models (or the model cannot be kept). "
+                              "Train it again with this version (the same `icpcv run` command with --fresh, or another "
+                              "--out), or leave it out of --models")
 
     def check_models(self, names) -> list[str]:
         """``--models`` against the run's: every name must be one of them."""
@@ -59,6 +62,7 @@ class KeptRun:
                              f"{self.run.path} (its models: {', '.join(self.models)})")
         if len(set(names)) != len(names):
             raise InputError(f"--models names a model twice: {','.join(names)}")
+        self._check_kept(names)
         return names
 
     def units(self, name: str) -> list[Unit]:
