@@ -262,3 +262,25 @@ def test_monkey_level_interval_covers_and_naive_does_not():
     naive, honest = s.loc[("ridge_scan", "naive")], s.loc[("ridge_scan", "monkey")]
     assert naive.coverage < 0.8 and naive.coverage < honest.coverage - 0.2  # measured: 0.57 against 0.92
     assert naive.median_width < honest.median_width
+
+
+# ---------------------------------------------------------------- the run's report and stats.json
+
+def test_run_stats_and_report_give_the_new_monkey_interval(run_dir):
+    """stats.json prediction_intervals agree with the brute-force rule on the run's own residuals; the report's
+    section says it (6 monkeys: no finite 90% interval, which needs 9)."""
+    run = RunDir(run_dir)
+    stats = json.loads(run.stats_json.read_text())["prediction_intervals"]
+    preds = pd.read_csv(run.predictions_csv, dtype={"subject": str})
+    assert stats["max_finite_level"] == pytest.approx(6 / 7)
+    for name in MODELS.split(","):
+        rows = preds[preds["model"] == name]
+        r = (rows["y_true"] - rows["y_pred"]).abs().to_numpy()
+        by_level = {x["level"]: x for x in stats["models"][name]}
+        assert by_level[0.8]["half_width"] == _expanded_quantile(r, rows["subject"].to_numpy(), 0.8)
+        assert by_level[0.9]["half_width"] is None and not by_level[0.9]["finite"]  # unbounded with 6 monkeys
+        k = math.ceil((len(r) + 1) * 0.8)
+        assert by_level[0.8]["naive_half_width"] == np.sort(r)[k - 1]
+    html = run.index_html.read_text()
+    assert 'id="prediction"' in html
+    assert "With 6 monkeys no interval for a new monkey&#39;s scan is finite at 90%" in html
