@@ -14,9 +14,11 @@ path, and reads and writes through it; every write is atomic. Layout::
                         <model>_checkpoint.pt (last epoch; deleted once complete), <model>_weights.pt,
                         fold.log, status.json, error.json (why the last attempt failed), .lock
                         saliency_<model>.npz (run --saliency N: attribution maps of held-out scans)
+                        <model>_model.json (every fitted model kept as JSON: coefficients, scaling; issue 20)
     folds/fold_NN/repeat_RR/   with ``--repeats R``: repeat RR (1 to R-1) of the fold's networks, the
                         same files; repeat 0 is the fold's own folder, which also trains the baselines
     slurm/              jobs.json (the unit -> Slurm task map), one submitit folder per submission
+    preprocessing.json  what a new scan must repeat to be predicted (shape, resampling, voxel scale; issue 20)
     predictions.csv     out-of-fold predictions, long format (with ``repeat`` when networks were repeated)
     predictions_ensemble.csv   with repeats: the seed ensemble (per model and scan, the mean of its repeats)
     stats.json          the analysis
@@ -227,6 +229,18 @@ class FoldDir(_Folder):
         """The trained network's weights (state dict of tensors)."""
         return self.path / f"{model}_weights.pt"
 
+    # ---- issue 20: every fitted model kept (what `icpcv predict` reloads)
+    def model_state(self, model: str) -> Path:
+        """A fitted model as JSON (``Model.to_state``): a baseline's coefficients and scaling, a network's
+        standardisation and architecture beside its ``<model>_weights.pt``. Never a pickle."""
+        return self.path / f"{model}_model.json"
+
+    def write_model_state(self, model: str, state: dict) -> None:
+        atomic_write_json(self.model_state(model), state)
+
+    def read_model_state(self, model: str) -> dict:
+        return read_json_file(self.model_state(model))
+
     # ---- issue 14: attribution maps (run --saliency N), written before record.json like the predictions
     def saliency(self, model: str) -> Path:
         """A network's attribution maps of the fold's held-out scans (``AttributionMaps`` npz)."""
@@ -394,7 +408,8 @@ class RunDir(_Folder):
              "slurm_dir": "slurm", "slurm_jobs_json": "slurm/jobs.json", "leakage_json": "leakage.json",
              "compare_json": "compare.json", "analysis_json": "analysis.json", "power_json": "power.json",
              "predictions_ensemble_csv": "predictions_ensemble.csv",
-             "attribution_json": "attribution.json", "attribution_maps_npz": "attribution_maps.npz"}  # issue 14
+             "attribution_json": "attribution.json", "attribution_maps_npz": "attribution_maps.npz",  # issue 14
+             "preprocessing_json": "preprocessing.json"}  # issue 20: what a new scan must repeat
 
     def __init__(self, path):
         self.path = Path(path)
@@ -463,6 +478,13 @@ class RunDir(_Folder):
 
     def write_environment(self, env: dict) -> None:
         atomic_write_json(self.environment_json, env)
+
+    # ---- issue 20: the preprocessing a new scan must repeat (icpcv.cohort.preprocessing)
+    def write_preprocessing(self, data: dict) -> None:
+        atomic_write_json(self.preprocessing_json, data)
+
+    def read_preprocessing(self) -> dict | None:
+        return read_json_file(self.preprocessing_json) if self.preprocessing_json.exists() else None
 
     # ---- the cohort, the plan and its audit
     def write_quality(self, quality: pd.DataFrame) -> None:

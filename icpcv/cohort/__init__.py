@@ -49,7 +49,7 @@ def volume_shape(cfg: RunConfig) -> tuple[int, int, int]:
 
 
 def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volumes: bool,
-                expect_hash: str | None = None, progress=None):
+                expect_hash: str | None = None, progress=None, need_icp: bool = True):
     """Build the cohort into ``folder`` (a run directory's ``cohort/``); returns ``(Cohort, quality_table, data_hash)``.
 
     With ``expect_hash`` (re-opening a run), a different data hash raises a RunDirError saying
@@ -99,7 +99,8 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
             np.save(buf, volumes)
             atomic_write_bytes(folder.volumes_npy, buf.getvalue())
     else:
-        st = read_scan_table(cfg.manifest, scans_dir=cfg.scans_dir, need_iop=need_iop, need_volumes=need_volumes)
+        st = read_scan_table(cfg.manifest, scans_dir=cfg.scans_dir, need_iop=need_iop, need_volumes=need_volumes,
+                             need_icp=need_icp)
         table, quality, source, has_volumes = st.scans, st.quality, st.source, st.has_volumes
         h = hashlib.sha256(pd.util.hash_pandas_object(table[["scan_id", "subject", "iop", "icp", "path"]],
                                                       index=False).to_numpy().tobytes())

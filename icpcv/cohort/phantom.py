@@ -318,3 +318,40 @@ def phantom_labels(scans, truth: dict, *, shape=None, lamina_half_width: float =
         out[i] = render_labels(shape, monkeys[str(rec["subject"])], rec, lamina_half_width=lamina_half_width,
                                marker_box=marker_box)
     return out
+
+
+#: the spawn key of the new monkeys' random stream (issue 20: icpcv predict --new-subjects)
+NEW_SUBJECTS_STREAM = 2
+
+
+def new_subjects(preset: str | PhantomPreset = "small", n: int = 3, *, signal: float = 1.0, data_seed: int = 0,
+                 seed: int = 0, shape: tuple[int, int, int] | None = None, out=None):
+    """``n`` new monkeys from the phantom's population, none of them in the cohort of ``data_seed``.
+
+    Their anatomy, compliance, brightness, pressure design, speckle and noise are drawn from the same
+    distributions as :func:`make_cohort`'s, from a stream of their own
+    (``SeedSequence(data_seed, spawn_key=(NEW_SUBJECTS_STREAM, seed))``), so every ``seed`` gives other
+    monkeys and none repeats a run's. They are named ``new<seed>_<m>`` (never a run monkey's name),
+    their scans ``new<seed>_s<i>``. Returns ``(scans, volumes, truth)`` as :func:`make_cohort` does.
+
+    >>> scans, volumes, truth = new_subjects("tiny", 2, seed=1)
+    >>> sorted(scans["subject"].unique()), volumes.shape[1:]
+    (['new1_1', 'new1_2'], (12, 12, 32))
+    """
+    stream = np.random.SeedSequence(int(data_seed), spawn_key=(NEW_SUBJECTS_STREAM, int(seed)))
+    cohort_seed = int(stream.generate_state(1)[0])
+    scans, volumes, truth = make_cohort(preset, signal=signal, seed=cohort_seed, n_subjects=int(n), shape=shape,
+                                        out=None)
+    names = {s: f"new{int(seed)}_{s}" for s in scans["subject"].unique()}
+    scans["subject"] = scans["subject"].map(names)
+    scans["scan_id"] = [f"new{int(seed)}_s{i:05d}" for i in range(len(scans))]
+    for m in truth["monkeys"]:
+        m["subject"] = names[m["subject"]]
+    truth["new_subjects"] = dict(data_seed=int(data_seed), seed=int(seed), stream=NEW_SUBJECTS_STREAM,
+                                 cohort_seed=cohort_seed)
+    if out is not None:
+        for x, vol in zip(scans["scan_id"], volumes):
+            buf = io.BytesIO()
+            np.save(buf, vol)
+            atomic_write_bytes(f"{out}/{x}.npy", buf.getvalue())
+    return scans, volumes, truth

@@ -179,12 +179,15 @@ def read_scan_table(
     need_iop: bool = True,
     need_volumes: bool = False,
     fmt: str | None = None,
+    need_icp: bool = True,
 ) -> ScanTable:
     """Read and validate a scan table (seed or plain format) into a :class:`ScanTable`.
 
     ``need_iop``: rows with missing IOP are dropped (reason ``iop_missing``) only when a selected
     model needs IOP, or always for the seed format (its eligibility rule requires IOP).
     ``need_volumes``: a model needs volumes, so a table without any is an error.
+    ``need_icp=False`` (``icpcv predict``: labels are optional): a missing ICP is no reason to drop a
+    row (its ``icp`` is NaN); an ICP given is checked as always.
     """
     path = Path(path)
     raw = read_scan_csv(path)
@@ -237,11 +240,14 @@ def read_scan_table(
             problems.append(("subject_missing", subj_col, subject))
         icp_txt = _clean(rec.get("icp"))
         icp = _parse_number(icp_txt)
-        bad_icp = ("icp_missing", "icp", icp_txt) if is_missing(icp_txt) else \
-            _pressure_problem("icp", icp_txt, icp, ICP_MMHG)
+        if is_missing(icp_txt) and not need_icp:  # issue 20: a new scan to predict may have no ICP
+            bad_icp, icp = None, np.nan
+        else:
+            bad_icp = ("icp_missing", "icp", icp_txt) if is_missing(icp_txt) else \
+                _pressure_problem("icp", icp_txt, icp, ICP_MMHG)
         if bad_icp:
             problems.append(bad_icp)
-        elif fmt == "seed" and icp <= 0:  # the seed's eligibility rule, on top of the plausible range
+        elif fmt == "seed" and icp is not None and icp <= 0:  # the seed's eligibility rule, on top of the plausible range
             problems.append(("icp_not_positive", "icp", icp_txt))
         iop_txt = _clean(rec.get("iop"))
         iop = None if is_missing(iop_txt) else _parse_number(iop_txt)

@@ -14,10 +14,10 @@ import argparse
 import sys
 
 from icpcv import __version__
-from icpcv.commands import analyze, bench, power, prepare, report, run
+from icpcv.commands import analyze, bench, power, predict, prepare, report, run
 from icpcv.errors import FoldsFailed, InputError, RunDirError
 
-SUBCOMMANDS = (run, analyze, report, prepare, bench, power)
+SUBCOMMANDS = (run, analyze, report, prepare, bench, power, predict)
 
 
 def make_parser() -> argparse.ArgumentParser:

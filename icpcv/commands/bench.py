@@ -1,4 +1,4 @@
-"""``icpcv bench [train|run|stats|prepare|repeats|memory|gpu-check]``: benchmarks that print figures and ratios.
+"""``icpcv bench [train|run|stats|prepare|repeats|memory|gpu-check|coverage]``: benchmarks that print figures and ratios.
 
 Each benchmark measures its yardstick in the same run; none of them is a test.
 
@@ -13,6 +13,8 @@ Each benchmark measures its yardstick in the same run; none of them is a test.
   (:mod:`icpcv.bench.repeats`).
 * ``memory``: the GPU memory plan of a preset on a card, counted on the meta device
   (:mod:`icpcv.models.memory`): training, validation and prediction peaks, volumes, resident or streamed.
+* ``coverage``: the coverage of ``icpcv predict``'s monkey-level interval over many new phantom monkeys,
+  beside the naive scan-level conformal interval (:mod:`icpcv.predict.coverage`, issue 20).
 * ``gpu-check``: the one prepared check for a GPU machine, every figure in one JSON
   (:mod:`icpcv.bench.gpu_check`).
 """
@@ -24,7 +26,8 @@ import sys
 #: benchmark name -> the module whose ``main(argv)`` runs it (imported when asked: start-up time)
 TARGETS = {"train": "icpcv.bench.train", "run": "icpcv.bench.run", "stats": "icpcv.stats.bench",
            "prepare": "icpcv.prepare.bench", "memory": "icpcv.models.memory", "gpu-check": "icpcv.bench.gpu_check",
-           "repeats": "icpcv.bench.repeats", "variance": "icpcv.stats.repeats_bench"}
+           "repeats": "icpcv.bench.repeats", "variance": "icpcv.stats.repeats_bench",
+           "coverage": "icpcv.predict.coverage"}
 
 
 def main(argv=None) -> int:

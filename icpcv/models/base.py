@@ -53,3 +53,14 @@ class Model:
 
     def describe(self) -> dict:
         return {"name": self.name}
+
+    # ---- a fitted model kept (issue 20): what ``icpcv predict`` reloads, as plain JSON (never a pickle)
+    def to_state(self) -> dict:
+        """The fitted model as JSON-ready values (lists of floats, numbers, text): everything ``predict``
+        needs. A network's weights stay in its ``<model>_weights.pt``; its state names that file."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be kept")
+
+    def load_state(self, state: dict) -> "Model":
+        """Set this (unfitted) model to the fitted ``state`` of :meth:`to_state`; returns self.
+        ``predict`` then gives, bit for bit, what the model that wrote the state gave."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be reloaded")

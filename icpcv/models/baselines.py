@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import sklearn
 import statsmodels.formula.api as smf
 from sklearn.decomposition import PCA
 from sklearn.linear_model import RidgeCV
@@ -20,6 +21,25 @@ from sklearn.preprocessing import StandardScaler
 from icpcv.cohort import ScanSet
 from icpcv.cohort.volumes import resample
 from icpcv.models.base import Model
+
+
+def sklearn_version() -> str:
+    return sklearn.__version__
+
+
+def _jsonable(v):
+    """An array as ``{"dtype", "data"}`` (float32 stays float32: each value is exact in JSON), a numpy scalar as a number."""
+    if isinstance(v, np.ndarray):
+        return {"dtype": v.dtype.str, "data": v.tolist()}
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _from_jsonable(v):
+    if isinstance(v, dict) and set(v) == {"dtype", "data"}:
+        return np.asarray(v["data"], dtype=np.dtype(v["dtype"]))
+    return v
 
 
 class Baseline(Model):
@@ -40,12 +60,50 @@ class Baseline(Model):
     def predict_scans(self, frame: pd.DataFrame, volumes: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
 
+    # ---- kept as JSON (issue 20): a baseline lists its fitted attributes; numbers stay numbers, arrays become
+    # {"dtype", "data"} (every float64 and float32 value round-trips exactly through JSON's shortest repr)
+    #: fitted attributes kept (numbers, or numpy arrays)
+    STATE: tuple[str, ...] = ()
+    #: settings given to ``__init__`` that the state records (a new model is built with them)
+    SETTINGS: tuple[str, ...] = ()
+
+    def to_state(self) -> dict:
+        if not self.STATE:  # a baseline that has not listed its fitted attributes cannot be kept (nor wrongly reloaded)
+            raise NotImplementedError(f"{type(self).__name__} lists no fitted attributes in STATE")
+        fitted = {name: _jsonable(getattr(self, name)) for name in self.STATE}
+        return dict(name=self.name, kind="baseline", settings={k: _plain(getattr(self, k)) for k in self.SETTINGS},
+                    fitted=fitted)
+
+    def load_state(self, state: dict) -> "Baseline":
+        fitted = state["fitted"]
+        missing = [k for k in self.STATE if k not in fitted]
+        if missing:
+            raise ValueError(f"{self.name}: the kept state lacks {', '.join(missing)}")
+        mine = {k: _plain(getattr(self, k)) for k in self.SETTINGS}
+        if mine != dict(state.get("settings") or {}):
+            raise ValueError(f"{self.name}: the kept state was fitted with settings {state.get('settings')}, this model "
+                             f"has {mine}; build it with from_state")
+        for name in self.STATE:
+            setattr(self, name, _from_jsonable(fitted[name]))
+        return self
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Baseline":
+        """A fitted baseline from :meth:`to_state`: ``cls(**settings)`` with its fitted attributes set."""
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in (state.get("settings") or {}).items()}
+        return cls(**settings).load_state(state)
+
+
+def _plain(v):
+    return list(v) if isinstance(v, tuple) else v
+
 
 class MeanBaseline(Baseline):
     """Predict the training scans' mean ICP for everyone."""
 
     name = "mean"
     needs_iop = False
+    STATE = ("mean_",)
 
     def fit_scans(self, frame, volumes=None):
         self.mean_ = float(frame["icp"].mean())
@@ -62,6 +120,8 @@ class OLSIOP(Baseline):
     """ICP = b0 + b1 IOP (+ b2 IOP^2 with ``degree=2``), ordinary least squares."""
 
     name = "ols_iop"
+    STATE = ("coef_",)
+    SETTINGS = ("degree",)
 
     def __init__(self, degree: int = 1):
         self.degree = degree
@@ -92,6 +152,7 @@ class MixedLMIOP(Baseline):
     """
 
     name = "mixedlm_iop"
+    STATE = ("fe_", "group_var_", "scale_", "converged_")
 
     def fit_scans(self, frame, volumes=None):
         data = pd.DataFrame({"icp": frame["icp"].to_numpy(float), "iop": frame["iop"].to_numpy(float),
@@ -123,6 +184,14 @@ class RidgeScan(Baseline):
 
     name = "ridge_scan"
     needs_volumes = True
+    SETTINGS = ("grid", "n_components")
+    STATE = ("iop_mu_", "iop_sd_")
+    #: the fitted attributes of the scikit-learn parts that their ``transform``/``predict`` read
+    SKLEARN_STATE = {"scaler_": ("mean_", "scale_", "var_", "n_features_in_", "n_samples_seen_"),
+                     "pca_": ("components_", "mean_", "n_components_", "explained_variance_",
+                              "explained_variance_ratio_", "singular_values_", "noise_variance_",
+                              "n_features_in_", "n_samples_"),
+                     "ridge_": ("coef_", "intercept_", "alpha_", "n_features_in_")}
 
     def __init__(self, grid=(8, 8, 16), n_components: int = 20):
         self.grid = tuple(grid)
@@ -148,6 +217,29 @@ class RidgeScan(Baseline):
 
     def predict_scans(self, frame, volumes=None):
         return self.ridge_.predict(self._design(self._features(volumes), frame["iop"].to_numpy(float)))
+
+    def _parts(self, k: int | None = None) -> dict:
+        return {"scaler_": StandardScaler(), "pca_": PCA(n_components=k, random_state=0),
+                "ridge_": RidgeCV(alphas=np.logspace(-3, 4, 30))}
+
+    def to_state(self) -> dict:
+        state = super().to_state()
+        for part, attrs in self.SKLEARN_STATE.items():
+            obj = getattr(self, part)
+            state["fitted"][part] = {a: _jsonable(getattr(obj, a)) for a in attrs}
+        state["sklearn"] = sklearn_version()
+        return state
+
+    def load_state(self, state: dict) -> "RidgeScan":
+        super().load_state(state)
+        fitted = state["fitted"]
+        parts = self._parts(int(fitted["pca_"]["n_components_"]))
+        for part, attrs in self.SKLEARN_STATE.items():
+            obj = parts[part]
+            for a in attrs:  # the same scikit-learn code then predicts from the same numbers
+                setattr(obj, a, _from_jsonable(fitted[part][a]))
+            setattr(self, part, obj)
+        return self
 
     def describe(self):
         return {"name": self.name, "n_components": int(self.pca_.n_components_), "alpha": float(self.ridge_.alpha_),

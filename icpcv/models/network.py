@@ -9,6 +9,9 @@ scans through the same data path and precision.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -20,7 +23,8 @@ from icpcv.models.pretrained import load_pretrained
 from icpcv.models.zoo import RESNETS, make_cnn
 from icpcv.train.augment import AugmentConfig
 from icpcv.train.datapath import load_compact
-from icpcv.train.loop import checkpoint_epoch, fit, predict
+from icpcv.train.loop import Standardiser, checkpoint_epoch, fit, predict
+from icpcv.util import file_sha256
 
 class NetworkModel(Model):
     """A CNN of ``CNNS`` as a model: trained per fold from its :class:`FitContext`."""
@@ -102,3 +106,32 @@ class NetworkModel(Model):
 
     def describe(self) -> dict:
         return dict(self.info_)
+
+    # ---- kept (issue 20): the weights stay in <model>_weights.pt (tensors only); the JSON state holds
+    # what predict needs beside them: the architecture's settings and the fold's standardisation
+    def to_state(self) -> dict:
+        ctx = self.context
+        weights = Path(ctx.weights) if ctx.weights is not None else None
+        if weights is None or not weights.exists():
+            raise ValueError(f"{self.name}: no weights file to keep (FitContext.weights)")
+        return dict(name=self.name, kind="network", shape=[int(s) for s in ctx.shape],
+                    shortcut_grad=ctx.shortcut_grad, precision=ctx.train.precision,
+                    standardiser=asdict(self.standardiser_), weights=weights.name,
+                    weights_sha256=file_sha256(weights))
+
+    def load_state(self, state: dict) -> "NetworkModel":
+        """Rebuild the network and load ``context.weights`` (``torch.load(weights_only=True)``: tensors only)."""
+        ctx = self.context
+        if ctx.weights is None:
+            raise ValueError(f"{self.name}: FitContext.weights names no weights file")
+        shape = tuple(int(s) for s in state["shape"])
+        network = make_cnn(self.name, shape, **({} if self.name == "cnn" else
+                                                {"shortcut_grad": state.get("shortcut_grad", "standard")}))
+        weights = torch.load(ctx.weights, map_location="cpu", weights_only=True)
+        network.load_state_dict(weights)
+        device = torch.device(ctx.device)
+        self.network_ = network.to(device)
+        self.standardiser_ = Standardiser(**state["standardiser"])
+        self.plan_ = plan_network(self.name, shape, ctx.train, device) if device.type == "cuda" else None
+        self.info_ = dict(name=self.name, reloaded=str(ctx.weights))
+        return self

@@ -5,6 +5,7 @@ reasons, values) reaches the HTML through Jinja2 autoescaping; nothing is marked
 """
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from icpcv.report import figures as F
 from icpcv.report import repeat_figures as RF
 from icpcv.report import trend_figures as TF
 from icpcv.report.rundata import CompareData, PredictionsData, RunData, read_training_variance, read_trending
+from icpcv.stats.intervals import PredictionIntervals
 from icpcv.stats.power import PowerResult
 from icpcv.stats.repeats import TrainingVariance
 from icpcv.stats.analysis import verdict_comparison
@@ -593,6 +595,52 @@ def _base_context(stats: AnalysisResult, subjects: list[str]) -> dict:
                 generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
+def prediction_context(stats: AnalysisResult, level: float = 0.9) -> dict | None:
+    """issue 20: the 90% interval for one scan of a new monkey per model, and the sentence a reader needs."""
+    pi = PredictionIntervals.from_dict(stats.extra.get("prediction_intervals"))
+    if pi is None or not pi.models:
+        return None
+    rows = []
+    for name in pi.models:
+        one = pi.get(name, level)
+        if one is not None:
+            rows.append(dict(model=name, half_width=one.half_width, half_width_mean=one.half_width_mean,
+                             naive=one.naive_half_width, n_subjects=one.n_subjects, finite=one.finite,
+                             text=[_pm_cell(x) for x in (one.half_width, one.half_width_mean, one.naive_half_width)]))
+    if not rows:
+        return None
+    pct = f"{100 * level:g}%"
+
+    def pm(x):
+        return f"±{x:.1f} mmHg" if math.isfinite(x) else "no finite interval"
+
+    scan = [r for r in rows if r["model"] in SCAN_MODELS or r["model"] not in IOP_ONLY]
+    best = min(scan, key=lambda r: r["half_width"]) if scan else None
+    iop = next((r for r in rows if r["model"] == "ols_iop"), None)
+    sentence = None
+    g = rows[0]["n_subjects"]
+    min_subjects = math.ceil(level / (1 - level) - 1e-9)
+    if best is not None and not math.isfinite(best["half_width"]):
+        sentence = (f"With {g} monkeys no interval for a new monkey's scan is finite at {pct}: a distribution-free "
+                    f"{pct} interval over monkeys needs at least {min_subjects} of them.")
+    elif best is not None:
+        sentence = f"For a new monkey, one scan gives ICP within {pm(best['half_width'])} in {pct} of cases"
+        sentence += f"; IOP alone gives {pm(iop['half_width'])}." if iop is not None else "."
+        sentence += f" (Scan: {best['model']}, the scan model with the narrowest interval" + \
+            ("; IOP: ols_iop.)" if iop is not None else ".)")
+    return dict(rows=rows, pct=pct, sentence=sentence, method=pi.method, n_subjects=g,
+                max_level=pi.max_finite_level, min_subjects=min_subjects)
+
+
+def _pm_cell(x: float) -> str:
+    return fmt_num(x, 1) if math.isfinite(x) else "unbounded"
+
+
+#: models that read no scan (the sentence's "IOP alone" side and the plain mean)
+IOP_ONLY = ("mean", "ols_iop", "ols_iop2", "mixedlm_iop")
+SCAN_MODELS = ("cnn", "ridge_scan")
+
+
 def render_run(run: RunData) -> str:
     stats = run.stats
     ctx = _base_context(stats, run.subjects)
@@ -607,6 +655,7 @@ def render_run(run: RunData) -> str:
                config=[(k, fmt_value(v)) for k, v in flatten(run.config).items()], env=env_items(run.environment),
                record=run.record, timing=timing_table(run), power=run.power,
                attribution=attribution_context(run.attribution),  # issue 14
+               prediction=prediction_context(stats),  # issue 20
                warnings=list(stats.warnings), notes=run.notes)
     return environment().get_template("report.html.j2").render(**ctx)
 

@@ -132,6 +132,10 @@ def _run_fold(run: RunDir, fold: FoldDir, rec: RunRecord, device: str, progress:
                              progress=progress)
         model = make_model(name, context).fit(train, val)
         y_pred = model.predict(test)
+        try:  # issue 20: kept for `icpcv predict`, before record.json (a model that cannot be kept is not)
+            fold.write_model_state(name, model.to_state())
+        except NotImplementedError:
+            pass
         info = model.describe()
         info["stochastic"] = bool(model.stochastic)  # trained again in each repeat (the report says so)
         if model.learning_curve_ is not None:

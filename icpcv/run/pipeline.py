@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from icpcv import cohort as cohort_mod
+from icpcv.cohort.preprocessing import describe as describe_preprocessing
 from icpcv.cohort.table import read_scan_table
 from icpcv.config import RunConfig
 from icpcv.errors import InputError, RunDirError
@@ -20,7 +21,8 @@ from icpcv.run.slurm import cancel_recorded
 from icpcv.rundir import FoldDir, RunDir, RunRecord, run_key
 from icpcv.stats import leakage_summary, write_stats
 from icpcv.stats.repeats import ensemble
-from icpcv.stats.study import analyze_study
+from icpcv.stats.intervals import prediction_intervals
+from icpcv.stats.study import analyze_study, primary_predictions
 from icpcv.train.loop import checkpoint_epoch
 
 
@@ -66,6 +68,7 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
     coh, quality, data_hash = cohort_mod.materialise(cfg, run.cohort, need_iop=need_iop, need_volumes=need_volumes,
                                                      expect_hash=old.data_hash if old else None,
                                                      progress=progress)
+    run.write_preprocessing(describe_preprocessing(coh))  # issue 20: what `icpcv predict` repeats for a new scan
     if cfg.reference not in cfg.models and progress:
         progress.message(f"note: reference model {cfg.reference} is not among --models; no paired comparisons")
     plan = make_plan(coh.scans, n_folds=cfg.folds, split=cfg.split, val_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -138,6 +141,8 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
     preds = gather(run.path)
     result = analyze_study(preds, reference=cfg.reference, n_boot=cfg.n_boot, seed=cfg.seed, ci_level=cfg.ci_level,
                            audit_failed=not run.read_plan_audit()["passed"], steps=cohort_mod.read_steps(run.cohort))
+    if cfg.split == "subjects":  # issue 20: what a prediction for a new monkey is worth (monkey-level residuals only)
+        result.extra["prediction_intervals"] = prediction_intervals(primary_predictions(preds)).to_dict()
     try:  # issue 19: the cohort's warnings (e.g. mixed fields of view without --fov-mm) reach stats.json and the report
         result.warnings.extend(w for w in run.cohort.read_meta().get("warnings", []) if w not in result.warnings)
     except (OSError, ValueError):
