@@ -132,7 +132,8 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
     cfg = rec.config
     preds = gather(run.path)
     result = analyze_study(preds, reference=cfg.reference, n_boot=cfg.n_boot, seed=cfg.seed, ci_level=cfg.ci_level,
-                           audit_failed=not run.read_plan_audit()["passed"], steps=cohort_mod.read_steps(run.cohort))
+                           audit_failed=not run.read_plan_audit()["passed"], steps=cohort_mod.read_steps(run.cohort),
+                           scans=run.cohort.read_scans())  # issue 19: the acquisition section
     scan_audit = run.scan_split_audit(rec)
     if scan_audit is not None:
         result.extra["scan_split_audit"] = {k: scan_audit[k] for k in ("statement", "n_folds", "ci_level", "models")}
