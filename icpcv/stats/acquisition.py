@@ -191,14 +191,14 @@ def acquisition_section(scans: pd.DataFrame, *, n_boot: int = 2000, seed=0, ci_l
         statements.append(f"{len(mixed)} of {len(per)} monkeys were scanned with more than one protocol "
                           f"({', '.join(mixed[:8])}{', ...' if len(mixed) > 8 else ''}): without --fov-mm their "
                           "volumes are resampled to one grid whatever their field of view.")
-    for name, c in covs.items():
-        a = c.icp
-        if a.excludes_zero():
-            statements.append(
-                f"Within monkeys, {c.label} goes with ICP (repeated-measures r = {fmt_num(a.r, 2)}, {level} "
-                f"monkey-level CI {fmt_num(a.ci_monkey[0], 2)} to {fmt_num(a.ci_monkey[1], 2)}; "
-                f"{a.n_subjects} monkeys): a scan model can learn ICP from it without reading anatomy.")
-    if covs and not any(c.icp.excludes_zero() for c in covs.values()):
+    hits = [c for c in covs.values() if c.icp.excludes_zero()]
+    if hits:
+        listed = "; ".join(f"{c.label} (r = {fmt_num(c.icp.r, 2)}, {fmt_num(c.icp.ci_monkey[0], 2)} to "
+                           f"{fmt_num(c.icp.ci_monkey[1], 2)}, {c.icp.n_subjects} monkeys)" for c in hits)
+        statements.append(f"Within monkeys, {'this goes' if len(hits) == 1 else 'these go'} with ICP "
+                          f"(repeated-measures r, {level} monkey-level CI excluding zero): {listed}. A scan model "
+                          f"can learn ICP from {'it' if len(hits) == 1 else 'them'} without reading anatomy.")
+    if covs and not hits:
         statements.append(f"No acquisition covariate has a within-monkey association with ICP whose {level} "
                           "monkey-level interval excludes zero.")
     return AcquisitionResult(n_subjects=len(per), n_scans=int(len(scans)), ci_level=float(ci_level),
