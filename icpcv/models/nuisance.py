@@ -91,11 +91,10 @@ class NuisanceRidge(Model):
 
     def _score(self, fit_frame, val_frame) -> np.ndarray:
         """MAE on ``val_frame`` of the model fitted on ``fit_frame``, for each penalty of the grid."""
-        out = []
-        for a in ALPHAS:
-            enc, model = self._fit_alpha(fit_frame, a)
-            out.append(np.mean(np.abs(model.predict(enc.transform(val_frame)) - val_frame["icp"].to_numpy(float))))
-        return np.asarray(out)
+        enc = _Encoder(["iop"] + self.numeric_, self.categorical_).fit(fit_frame)
+        X, Xv = enc.transform(fit_frame), enc.transform(val_frame)
+        y, yv = fit_frame["icp"].to_numpy(float), val_frame["icp"].to_numpy(float)
+        return np.asarray([np.mean(np.abs(Ridge(alpha=a).fit(X, y).predict(Xv) - yv)) for a in ALPHAS])
 
     def fit(self, train: ScanSet, val: ScanSet | None = None) -> "NuisanceRidge":
         tr = train.frame
