@@ -34,6 +34,8 @@ from typing import Iterator
 
 import numpy as np
 
+from icpcv.cohort.geometry import REASONS as GEOMETRY_REASONS
+from icpcv.cohort.volumes import nifti_spacing, tiff_spacing
 from icpcv.util import natural_key
 
 #: reason code -> what it means (quality.csv ``reason`` column)
@@ -53,6 +55,7 @@ REASONS = {
                    "or axes that look swapped (icpcv run's rule; docs/inputs.md)",
     "out_of_range": "the resampled values do not fit the chosen output type",
     "internal_error": "an unexpected error (a bug: please report it with the detail)",
+    **GEOMETRY_REASONS,  # --fov-mm / --depth-mm, line scans (docs/acquisition.md)
 }
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -258,7 +261,7 @@ class TiffSource(Source):
                                            f"({broken[0]}): the file is truncated or corrupt")
         rows, cols = pages[0].shape
         src = cls(path=path, fmt="tiff", shape=(cols, len(pages), rows), dtype=np.dtype(pages[0].dtype),
-                  native_axes=(1, 2, 0), stream=0, files=[path])
+                  native_axes=(1, 2, 0), stream=0, files=[path], spacing_mm=tiff_spacing(tif))
         src._tif, src._pages = tif, pages
         return src
 
@@ -299,7 +302,7 @@ class TiffFolderSource(Source):
         files = file_list(path)
         if not files:
             raise VolumeError("unreadable", f"{path}: folder holds no .tif/.tiff files")
-        shape = dtype = None
+        shape = dtype = spacing = None
         for f in files:
             with _TiffCapture() as log:
                 try:
@@ -315,12 +318,16 @@ class TiffFolderSource(Source):
                 raise VolumeError("truncated", f"{f}: {log.messages[0]}")
             if shape is None:
                 shape, dtype = pshape, pdtype
+                with tifffile.TiffFile(str(f)) as tif:
+                    spacing = tiff_spacing(tif)  # the first B-scan's resolution tags (X, Z; Y unknown)
             elif (pshape, pdtype) != (shape, dtype):
                 raise VolumeError("inconsistent_pages", f"{f}: B-scan is {pshape} {pdtype}, but {files[0].name} "
                                                         f"is {shape} {dtype}")
         rows, cols = shape
+        if spacing is not None:
+            spacing = (spacing[0], None, spacing[2])
         return cls(path=path, fmt="tiff-folder", shape=(cols, len(files), rows), dtype=np.dtype(dtype),
-                   native_axes=(1, 2, 0), stream=0, files=files)
+                   native_axes=(1, 2, 0), stream=0, files=files, spacing_mm=spacing)
 
     def slabs(self):
         import tifffile  # lazy: only the reader of the file's format is loaded (memory per worker)
@@ -474,7 +481,7 @@ class NiftiSource(Source):
                 raise VolumeError("truncated", f"{path}: NIfTI header says {shape} {raw_dtype} ({need} bytes) but "
                                                f"the file has {size} bytes: it is truncated")
         src = cls(path=path, fmt="nifti", shape=shape3, dtype=np.dtype(dtype), native_axes=(0, 1, 2), stream=2,
-                  files=[path])
+                  files=[path], spacing_mm=nifti_spacing(img.header))
         src._proxy, src._lead, src._nd = proxy, lead, len(shape)
         if scaled:
             src.notes.append(f"NIfTI scaling applied (slope {slope}, intercept {inter})")
@@ -550,7 +557,8 @@ class OctSource(Source):
         if min(data.shape) < 2:
             raise VolumeError("too_small", f"{path}: volume (Y, X, Z) = {data.shape} has an axis shorter than 2")
         src = cls(path=path, fmt="oct", shape=(X, Y, Z), dtype=np.dtype(data.dtype), native_axes=(1, 0, 2),
-                  stream=0, files=[path], notes=notes)
+                  stream=0, files=[path], notes=notes, device="Bioptigen (.OCT)",
+                  spacing_mm=_bioptigen_header_spacing(BOCT, path, (X, Y, Z)))
         src._data = data  # (Y, X, Z): slabs of B-scans
         return src
 
@@ -558,6 +566,34 @@ class OctSource(Source):
         per, starts = self.slab_starts(self.shape[1], self.shape[0] * self.shape[2] * self.dtype.itemsize)
         for start in starts:
             yield start, np.ascontiguousarray(self._data[start:start + per])
+
+
+def bioptigen_spacing(header, shape) -> tuple | None:
+    """(X, Y, Z) spacing in mm from a Bioptigen header as oct-converter parses it: the lateral
+    extent along a B-scan (X, the A-scans) is ``azscanlength`` (``scanlength`` when that is 0), the
+    extent across B-scans (Y) ``elscanlength``, and depth (Z) ``scandepth``, each in mm over that
+    axis's samples. Not checked against a real file (none is available to this project): a
+    wrong assignment shows as ``spacing_fov_mismatch`` warnings against the table's scan area."""
+    def value(name):
+        try:
+            v = float(getattr(header, name).value)
+        except (AttributeError, TypeError, ValueError):
+            return None
+        return v if np.isfinite(v) and v > 0 else None
+
+    x = value("azscanlength") or value("scanlength")
+    y, z = value("elscanlength"), value("scandepth")
+    if x is None and y is None and z is None:
+        return None
+    return tuple(None if v is None else v / int(n) for v, n in zip((x, y, z), shape))
+
+
+def _bioptigen_header_spacing(reader, path: Path, shape) -> tuple | None:
+    """The header's spacing (:func:`bioptigen_spacing`), None when oct-converter cannot parse the header."""
+    try:
+        return bioptigen_spacing(reader.header_structure.parse_file(str(path)), shape)
+    except Exception:  # an older oct-converter, or a header it cannot parse: no spacing, the volume still reads
+        return None
 
 
 _SOURCES = {"tiff": TiffSource, "tiff-folder": TiffFolderSource, "npy": NpySource, "pt": PtSource,
