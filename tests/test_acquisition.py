@@ -217,3 +217,33 @@ def test_verdict_says_when_the_scan_model_does_not_beat_what_brightness_explains
     res2 = analyze(_predictions(0.7, 0.2), n_boot=500)
     assert "and it also beats the best nuisance baseline, image_stats" in res2.verdict
     assert "does not beat" not in res2.verdict
+
+
+# --------------------------------------------------------------------------- known answers on a run
+
+
+@pytest.fixture(scope="module")
+def confound_run(tmp_path_factory):
+    """--signal 0 --confound brightness on the small phantom's 14 monkeys, shrunk to a test's cost: 8x8x16
+    volumes, 7 grouped folds, 3 epochs, the models the known answer needs."""
+    from icpcv.run.pipeline import run
+    from icpcv.config import TrainConfig
+
+    out = tmp_path_factory.mktemp("confound") / "run"
+    cfg = RunConfig(signal=0.0, confound="brightness", shape=(8, 8, 16), folds=7, n_boot=1000,
+                    models=("ols_iop", "cnn", "image_stats"), train=TrainConfig(epochs=3, patience=3))
+    run(cfg, out, device="cpu", threads=1)
+    from icpcv.util import read_json
+    return read_json(out / "stats.json")
+
+
+def test_a_brightness_confound_beats_iop_but_not_image_stats_and_the_verdict_says_so(confound_run):
+    s = confound_run
+    cnn = next(c for c in s["comparisons"] if c["model"] == "cnn" and c["metric"] == "mae")
+    assert cnn["ci"][1] < 0 and cnn["p_adjusted"] < 0.05  # the cnn "beats" IOP: it reads brightness
+    vs = next(c for c in s["nuisance_comparisons"] if c["model"] == "cnn" and c["metric"] == "mae")
+    assert vs["reference"] == "image_stats" and not (vs["ci"][1] < 0 and vs["p_adjusted"] < 0.05)
+    assert "but it does not beat image_stats" in s["verdict"]
+    assert "so it is not evidence that the scan's anatomy carries ICP" in s["verdict"]
+    acq = s["acquisition"]["covariates"]["intensity_mean"]["icp"]
+    assert acq["r"] > 0.9 and acq["ci_monkey"][0] > 0.5  # the section finds the drift
