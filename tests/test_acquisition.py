@@ -137,6 +137,21 @@ def test_line_scans_and_too_small_scans_are_recorded_skips_never_stretched(reali
     assert np.load(coh5.folder.volumes_npy).shape[1:] == (12, 12, 32)
 
 
+def test_the_phantom_transform_crops_around_the_centre_mirrors_os_and_resamples():
+    from icpcv.cohort import phantom_transform
+    from icpcv.cohort.volumes import resample
+
+    raw = np.random.default_rng(0).integers(0, 255, size=(40, 40, 16)).astype(np.uint8)
+    t = phantom_transform(RunConfig(phantom="tiny", fov_mm=(3.0, 3.0), mirror_os=True), (12, 12, 16))
+    od = dict(fov_x_mm=7.0, fov_y_mm=7.0, depth_mm=2.0, eye="OD")
+    want = np.clip(np.rint(resample(raw[11:28, 11:28], (12, 12, 16))), 0, 255)  # round(40 * 3/7) = 17 voxels
+    np.testing.assert_array_equal(t(raw, od), want)
+    np.testing.assert_array_equal(t(raw, od | dict(eye="OS")),
+                                  np.clip(np.rint(resample(raw[11:28, 11:28][::-1], (12, 12, 16))), 0, 255))
+    assert t(raw, od | dict(fov_x_mm=7.0, fov_y_mm=0.5))[1] == "line_scan"
+    assert t(raw, od | dict(fov_x_mm=2.0, fov_y_mm=2.0))[1] == "fov_too_small"
+
+
 # --------------------------------------------------------------------------- the nuisance baselines
 
 

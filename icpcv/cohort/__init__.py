@@ -100,6 +100,11 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
         if realistic:  # the acquisition columns of cohort/scans.csv (icpcv.cohort.geometry.ACQ_COLUMNS)
             columns += [c for c in ACQ_COLUMNS if c in scans.columns]
         table = scans[columns].rename(columns={"iop_set": STEP_COLUMNS[0], "icp_set": STEP_COLUMNS[1]})
+        if realistic:  # each prepared voxel's size: the target field of view (or the scan's own) over the shape
+            for axis, n, fov, target in (("x", shape[0], "fov_x_mm", cfg.fov_mm[0] if cfg.fov_mm else None),
+                                         ("y", shape[1], "fov_y_mm", cfg.fov_mm[1] if cfg.fov_mm else None),
+                                         ("z", shape[2], "depth_mm", cfg.depth_mm)):
+                table[f"voxel_{axis}_um"] = 1000.0 * (table[fov] if target is None else target) / n
         mixed = geometry.mixed_fov_warning(table, cfg.fov_mm) if realistic else None
         if mixed:  # the realistic phantom without --fov-mm: the same loud warning as a table's
             warnings.append(mixed)

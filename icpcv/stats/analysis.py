@@ -615,7 +615,7 @@ def verdict_sentences(comparisons: list[Comparison], models: dict[str, ModelStat
             d = _digits(c.delta, c.lower, c.upper)
             out.append(f"The nuisance baseline {c.model}, which cannot see anatomy, lowers MAE by {fmt(-c.delta, d)} "
                        f"{unit} against {reference} ({level} CI {fmt(-c.upper, d)} to {fmt(-c.lower, d)} {unit}; "
-                       f"{tail(c)}): in these data what {NUISANCE_MEANING.get(c.model, 'the acquisition explains')} "
+                       f"{tail(c)}): in these data {NUISANCE_MEANING.get(c.model, 'the acquisition explains')} "
                        f"part of ICP.")
     for c in _compared(comparisons):
         if c.worse(RULE_ALPHA):
