@@ -570,6 +570,9 @@ def acquisition_context(stats: AnalysisResult) -> dict | None:
     ``nuisance_comparisons`` (nothing recomputed); None when the analysis has neither."""
     acq = read_acquisition(stats)
     nuisance = [c for c in stats.nuisance_comparisons]
+    if acq is not None and not acq.covariates and not any(d.get("protocols") or d.get("eyes")
+                                                          for d in acq.per_monkey.values()):
+        acq = None  # a cohort without any acquisition field: nothing to show
     if acq is None and not nuisance:
         return None
     out = dict(result=acq, nuisance=nuisance, monkeys=[], covariates=[], protocols=[], eyes=[])
