@@ -496,14 +496,15 @@ def verdict_comparison(models: dict[str, ModelStats] | None, comparisons: list[C
     reduction (most negative paired ``delta``, over the scans it shares with the reference);
     when none is, the one with the lowest paired ``delta``. A comparison without shared scans
     (or with an undefined difference) is never chosen; first in order on ties; None without a
-    comparison that can be chosen. A nuisance baseline (:data:`NUISANCE_BASELINES`) is chosen only
-    when no other model was compared. ``models`` is not used (pooled MAEs over each model's own
+    comparison that can be chosen. A nuisance baseline (:data:`NUISANCE_BASELINES`) is not chosen
+    when a scan model (neither a nuisance baseline nor an IOP-only one, :data:`IOP_ONLY`) was compared. ``models`` is not used (pooled MAEs over each model's own
     scans are not comparable between models that predicted different monkeys); it is kept for
     the callers' signature.
     """
     cand = _compared(comparisons)
-    scan = [c for c in cand if c.model not in NUISANCE_BASELINES]  # issue 19: a nuisance baseline is no answer
-    cand = scan or cand
+    # issue 19: where a scan model was compared, the verdict speaks of the scan models, not of a nuisance baseline
+    if any(c.model not in NUISANCE_BASELINES and c.model not in IOP_ONLY for c in cand):
+        cand = [c for c in cand if c.model not in NUISANCE_BASELINES]
     if not cand:
         return None
     better = [c for c in cand if c.better(alpha)]
@@ -599,6 +600,8 @@ def verdict_sentences(comparisons: list[Comparison], models: dict[str, ModelStat
                           f"within what {what}, so it is not evidence that the scan's anatomy carries ICP.")
     elif np.isfinite(best.delta) and best.delta >= 0:  # no model is even nominally better
         who = "the other model's" if len(mae_cmp) == 1 else "every model's"
+        if any(c.model in NUISANCE_BASELINES and c.delta < 0 for c in _compared(comparisons)):
+            who = "every model's but the nuisance baselines'"  # issue 19: those are spoken of below
         out = [f"There is no evidence that any model beats {reference} on MAE: {who} MAE is at or above "
                f"{reference}'s; the closest, {best.model}, changes MAE by +{fmt(best.delta, digits)} "
                f"{unit} ({level} CI {fmt(lo, digits)} to {fmt(hi, digits)} {unit}; {tail(best)})."]
