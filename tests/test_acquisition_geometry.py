@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -112,6 +113,10 @@ def test_axes_declares_a_raw_layout(tmp_path):
     materialise(cfg, folder, need_iop=True, need_volumes=True)
     np.testing.assert_allclose(np.load(folder.volumes_npy)[0], resample(np.load(tmp_path / "ref00.npy"), (6, 3, 12)),
                                rtol=1e-5, atol=1e-5)
+    # --fov-mm on scans whose size neither the table nor the .npy files give: every one fov_unknown
+    with pytest.raises(InputError, match=r"no volume is left after the geometry skips \(6: fov_unknown\)"):
+        materialise(RunConfig(manifest=str(tmp_path / "t.csv"), shape=(6, 3, 12), models=("ridge_scan",), axes="ZYX",
+                              fov_mm=(3.0, 3.0)), CohortDir(tmp_path / "c3"), need_iop=True, need_volumes=True)
     # without --axes the cohort is refused scan by scan as swapped against --shape's proportions
     with pytest.raises(InputError, match="axes look swapped"):
         materialise(RunConfig(manifest=str(tmp_path / "t.csv"), shape=(6, 3, 12), models=("ridge_scan",)),
@@ -144,7 +149,7 @@ def test_tiff_resolution_tags_and_editor_defaults():
 
     def spacing(**kw):
         buf = io.BytesIO()
-        tifffile.imwrite(buf, np.zeros((3, 8, 5), np.uint8), **kw)
+        tifffile.imwrite(buf, np.zeros((3, 8, 5), np.uint8), photometric="minisblack", **kw)
         buf.seek(0)
         with tifffile.TiffFile(buf) as tif:
             from icpcv.cohort.volumes import tiff_spacing
@@ -202,3 +207,63 @@ def test_geometry_options_are_checked_on_the_command_line(tmp_path):
             rc, _, err = icpcv(*argv, "--out", tmp_path / "o", *args)
             assert_clean_refusal(rc, err, text)
             assert not (tmp_path / "o").exists()
+    # a RunConfig made without the command line is checked when its cohort is built
+    with pytest.raises(InputError, match="--depth-mm 99: must be a number from 0.1 to 20 mm"):
+        materialise(RunConfig(manifest=str(tmp_path / "t.csv"), depth_mm=99.0), CohortDir(tmp_path / "c"),
+                    need_iop=True, need_volumes=False)
+
+
+def _bioptigen_file(path, vol, lengths_mm):
+    """A minimal Bioptigen .OCT file as oct-converter's BOCT parses it: one rectangular volume of
+    ``vol`` (X, Y, Z) uint16, B-scan y = frame y, each frame A-scan by A-scan; header lengths in mm
+    (``scanlength`` = ``azscanlength`` = X, ``elscanlength`` = Y, ``scandepth`` = Z)."""
+    import struct
+
+    X, Y, Z = vol.shape
+
+    def key(k, n):
+        return struct.pack("<I", len(k)) + k.encode() + struct.pack("<I", n)
+
+    def i32(k, v):
+        return key(k, 4) + struct.pack("<I", v)
+
+    def f64(k, v):
+        return key(k, 8) + struct.pack("<d", v)
+
+    def text(k, v):
+        return key(k, len(v)) + v.encode()
+
+    x_mm, y_mm, z_mm = lengths_mm
+    head = struct.pack("<IH", 0x8950, 0) + key("FRAMEHEADER", 0) + i32("FRAMECOUNT", Y) + i32("LINECOUNT", X) + \
+        i32("LINELENGTH", Z) + i32("SAMPLEFORMAT", 2) + text("DESCRIPTION", "t") + f64("XMIN", 0) + \
+        f64("XMAX", x_mm) + text("XCAPTION", "x") + f64("YMIN", 0) + f64("YMAX", z_mm) + text("YCAPTION", "z") + \
+        i32("SCANTYPE", 1) + f64("SCANDEPTH", z_mm) + f64("SCANLENGTH", x_mm) + f64("AZSCANLENGTH", x_mm) + \
+        f64("ELSCANLENGTH", y_mm) + f64("OBJECTDISTANCE", 0) + f64("SCANANGLE", 0) + i32("SCANS", Y) + \
+        i32("FRAMES", 1) + i32("DOPPLERFLAG", 0) + key("CONFIG", 4) + b"\0" * 4 + struct.pack("<I", 0)
+    frames = b""
+    for y in range(Y):
+        frames += key("FRAMEDATA", 0) + key("FRAMEDATETIME", 16) + struct.pack("<8H", 2015, 3, 1, 30, 14, 5, 0, 0) + \
+            f64("FRAMETIMESTAMP", 0) + i32("FRAMELINES", X) + key("FRAMESAMPLES", 2 * X * Z) + \
+            np.ascontiguousarray(vol[:, y, :], dtype="<u2").tobytes() + struct.pack("<I", 0)
+    path.write_bytes(head + frames)
+
+
+def test_bioptigen_file_through_oct_converter(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m.startswith("oct_converter")]:  # not test_prepare.py's stand-in
+        monkeypatch.delitem(sys.modules, name)
+    pytest.importorskip("oct_converter.readers", reason="the oct extra (oct-converter) is not installed")
+    rng = np.random.default_rng(3)
+    vol = rng.integers(0, 4000, size=(12, 8, 20)).astype(np.uint16)
+    _bioptigen_file(tmp_path / "a.OCT", vol, (3.0, 2.0, 1.6))
+    _bioptigen_file(tmp_path / "b.OCT", vol, (3.0, 2.0, 1.6))
+    table = _table(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path", "scan area"],
+                   [("a", "m1", 10, 5, "a.OCT", "3x2"), ("b", "m1", 10, 6, "b.OCT", "7x7")])
+    summary = prepare(table, tmp_path, tmp_path / "out", PrepareOptions(shape=(6, 4, 10)))
+    assert summary.skipped == 0
+    # oct-converter's (B-scans, A-scans, depth) lands as (X, Y, Z)
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "volumes" / "a.npy"), resample(vol, (6, 4, 10)), rtol=1e-5)
+    q = pd.read_csv(tmp_path / "out" / "quality.csv", keep_default_na=False).set_index("scan_id")
+    assert [float(q.loc["a", f"spacing_{a}_mm"]) for a in "xyz"] == pytest.approx([0.25, 0.25, 0.08])
+    assert q.loc["a", "warnings"] == ""
+    assert q.loc["b", "warnings"].startswith("spacing_fov_mismatch") and "X: the file gives 12 x 0.25 mm = 3 mm, " \
+        "the table 7 mm" in q.loc["b", "warnings"]

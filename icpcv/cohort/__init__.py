@@ -60,6 +60,9 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
     bad scan: bad ones are an InputError listing them, or with ``cfg.skip_bad_scans`` rows
     dropped with reason ``bad_volume`` in the quality table.
     """
+    problem = geometry.check_options(cfg.fov_mm, cfg.depth_mm, cfg.axes)  # a RunConfig not made by the CLI too
+    if problem:
+        raise InputError(problem)
     shape = volume_shape(cfg)
     warnings: list[str] = []  # cohort-level warnings: cohort.json, the log, stats.json's warnings
     if cfg.synthetic and expect_hash is not None:
@@ -161,9 +164,9 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
             warned = quality[quality["warnings"] != ""]
             if len(warned):
                 codes = pd.Series([w.split(" ")[0] for ws in warned["warnings"] for w in ws.split("; ")]).value_counts()
-                progress.message(f"cohort: {len(warned)} row(s) with an unreadable acquisition field, kept with the "
-                                 f"field unknown ({', '.join(f'{k} {v}' for k, v in codes.items())}; "
-                                 "data_quality.csv, column warnings)")
+                progress.message(f"cohort: {len(warned)} row(s) with an acquisition warning, the field taken as "
+                                 f"unknown ({', '.join(f'{k} {v}' for k, v in codes.items())}; "
+                                 "data_quality.csv, column warnings; docs/acquisition.md)")
     for w in warnings:
         if progress:
             progress.message(f"WARNING: {w}")

@@ -67,8 +67,9 @@ REASONS = {
                          "cohort's voxel standard deviations from its typical voxel, or one value everywhere "
                          "(skipped with --skip-bad-scans, detail says which)",
     **GEOMETRY_REASONS,  # a volume that cannot be one field of view (docs/acquisition.md)
-    **acq.WARNINGS,  # an unreadable acquisition field: a warning (column warnings), the scan kept
 }
+#: warning code -> meaning: an unreadable acquisition field (data_quality.csv's warnings column; the scan is kept)
+WARNINGS = acq.WARNINGS
 
 _RANGE = re.compile(r"^\s*-?\d+(\.\d+)?\s*-\s*\d+(\.\d+)?\s*$")
 _TRUE = {"true", "1", "yes", "y", "t"}
@@ -302,5 +303,5 @@ def read_scan_table(
 
 
 def _describe(problems) -> str:
-    """``reason meaning (column c, value 'v'); ...`` of a row's problems or warnings."""
+    """``reason meaning (column c, value 'v'); ...`` of a row's problems."""
     return "; ".join(f"{REASONS.get(r, r)} (column {c}{', value ' + repr(v) if v else ''})" for r, c, v in problems)

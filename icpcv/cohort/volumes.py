@@ -20,6 +20,8 @@ from icpcv.errors import InputError
 from icpcv.plausible import MIN_AXIS_VOXELS, SHAPE_FACTOR_MAX, SWAP_GAIN, VOXEL_ABS_MAX, VOXEL_Z_MAX, show
 
 SUFFIXES = (".pt", ".npy", ".nii", ".nii.gz", ".tif", ".tiff")
+#: raw device files that `icpcv prepare` reads and `icpcv run` does not
+RAW_DEVICE_SUFFIXES = (".oct", ".vol", ".xml", ".e2e")
 
 
 def volume_format(path: str | Path) -> str:
@@ -27,6 +29,10 @@ def volume_format(path: str | Path) -> str:
     for suffix in (".nii.gz", ".nii", ".pt", ".npy", ".tiff", ".tif"):
         if name.endswith(suffix):
             return suffix.lstrip(".")
+    if name.endswith(RAW_DEVICE_SUFFIXES) or os.path.isdir(path):
+        raise InputError(f"{path}: unknown volume format (expected one of {', '.join(SUFFIXES)}): a raw device "
+                         "export (a .OCT, .vol or Heidelberg XML export) is read by `icpcv prepare`, which writes the "
+                         "volumes and the table that `icpcv run --manifest` reads (docs/prepare.md)")
     raise InputError(f"{path}: unknown volume format (expected one of {', '.join(SUFFIXES)})")
 
 

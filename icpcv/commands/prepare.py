@@ -12,8 +12,9 @@ from icpcv.util import parse_shape
 
 #: ``icpcv prepare --help``
 DESCRIPTION = (
-    "Read each row's raw volume (multi-page TIFF, folder of single-page TIFFs, NIfTI, .npy, .pt, or vendor .OCT "
-    "with icpcv[oct]), resample it to --shape with area averaging (anti-aliased), and write float32 .npy volumes "
+    "Read each row's raw volume (multi-page TIFF, folder of single-page TIFFs, NIfTI, .npy, .pt, vendor .OCT "
+    "with icpcv[oct], Heidelberg Spectralis .vol or XML export folder with icpcv[heyex]: their spacing, eye and "
+    "device go into table.csv; line, circle and radial scans are refused), resample it to --shape with area averaging (anti-aliased), and write float32 .npy volumes "
     "(X, Y, Z=depth), table.csv for `icpcv run --manifest`, and quality.csv. Reruns convert only new or changed "
     f"inputs. Exit code 0: every row converted; {EXIT_SKIPPED}: some rows were skipped (listed on stderr and in "
     "quality.csv); 2: a usage or table error.")

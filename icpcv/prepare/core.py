@@ -29,6 +29,7 @@ from joblib import Parallel, delayed
 from icpcv import __version__
 from icpcv.cohort import geometry
 from icpcv.cohort.acquisition import parse_acquisition
+from icpcv.cohort.geometry import ACQ_COLUMNS
 from icpcv.cohort.table import _parse_subject, detect_format, read_scan_csv
 from icpcv.cohort.volumes import shape_problem, typical_shape
 from icpcv.errors import InputError
@@ -227,6 +228,13 @@ def convert_volume(raw: str | Path, out: str | Path, options: PrepareOptions, ge
                 depth = spacing[2] * view.shape[2]
         if src.device:
             extra["device"] = src.device
+        if src.eye:  # the file's eye stands in where the table gives none; a disagreement is a warning
+            extra["file_eye"] = src.eye
+            if eye and eye != src.eye:
+                clash = f"eye_mismatch (column eye, value {eye!r}; the file says {src.eye!r}: the table's kept)"
+                extra["warnings"] = "; ".join(w for w in (extra.get("warnings"), clash) if w)
+            eye = eye or src.eye
+            extra["eye"] = eye
         problem = geometry.fov_problem(fov, options.fov_mm, depth, options.depth_mm)
         if problem:
             raise VolumeError(problem[0], f"{raw}: {problem[1]}")
@@ -270,6 +278,39 @@ def convert_volume(raw: str | Path, out: str | Path, options: PrepareOptions, ge
                 p1=p1, p50=p50, p99=p99, percentile_basis=basis, saturation_value=sat,
                 frac_saturated=(stats.saturated / n) if sat is not None else None, frac_zero=stats.zeros / n,
                 notes="; ".join(src.notes), out_size=size, **extra)
+
+
+#: quality-record keys that only a file's own geometry sets (a reader's Source.spacing_mm/eye/device)
+FILE_GEOMETRY_KEYS = ("spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "device", "file_eye")
+#: acquisition columns table.csv carries when some converted file gave geometry
+TABLE_ACQ_COLUMNS = [c for c in ACQ_COLUMNS if c in ("fov_x_mm", "fov_y_mm", "depth_mm", "eye", "device",
+                                                      "spacing_x_mm", "spacing_y_mm", "spacing_z_mm")]
+
+
+def acquisition_columns(rows: list[Row], results: dict[int, dict]) -> dict:
+    """Per acquisition column, the value of every converted row: the table's own where it gives one,
+    else what the file gave (its spacing, the field of view and depth it spans, its eye and device),
+    so that `icpcv run --manifest table.csv` records the file's geometry for each scan.
+
+    Only when some converted file gave geometry: a prepare run on files without any writes the same
+    table.csv as before. Disagreements between table and file are warnings of the quality row."""
+    quality = {r.row: results[r.row].get("quality") or {} for r in rows}
+    if not any(k in q for q in quality.values() for k in FILE_GEOMETRY_KEYS):
+        return {}
+    columns = {}
+    for c in TABLE_ACQ_COLUMNS:
+        values = []
+        for r in rows:
+            q = quality[r.row]
+            if c in ("fov_x_mm", "fov_y_mm", "depth_mm"):  # convert_volume's: the table's, else the file's
+                value = q.get(c)
+            elif c == "eye":  # the table's parsed eye (`eye` or the seed's `eyeball (od or os)`), else the file's
+                value = r.eye or q.get("eye")
+            else:
+                value = str(r.record.get(c, "") or "").strip() or q.get(c)
+            values.append("" if value is None else value)
+        columns[c] = values
+    return columns
 
 
 def _task(raw: str, out: str, options: PrepareOptions, previous: dict | None, geo=None) -> dict:
@@ -414,7 +455,8 @@ def _geometry_cells(r: Row, q: dict) -> dict:
     fov = (q.get("fov_x_mm"), q.get("fov_y_mm")) if q.get("fov_x_mm") is not None else (r.fov or (None, None))
     warn = [f"{c} (column {col}, value {v!r})" for c, col, v in (r.warnings or [])] + \
         ([q["warnings"]] if q.get("warnings") else [])
-    return dict(fov_x_mm=fov[0], fov_y_mm=fov[1], depth_mm=q.get("depth_mm", r.depth), eye=r.eye,
+    return dict(fov_x_mm=fov[0], fov_y_mm=fov[1], depth_mm=q.get("depth_mm", r.depth),
+                eye=r.eye or q.get("eye", ""),
                 spacing_x_mm=q.get("spacing_x_mm"), spacing_y_mm=q.get("spacing_y_mm"),
                 spacing_z_mm=q.get("spacing_z_mm"), voxel_x_um=q.get("voxel_x_um"), voxel_y_um=q.get("voxel_y_um"),
                 voxel_z_um=q.get("voxel_z_um"), mirrored=q.get("mirrored", ""), warnings="; ".join(warn))
@@ -565,6 +607,11 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                                      raw_path=[r.raw for r in ok_rows]))
         for c in info["extras"]:
             prepared[c] = [r.record[c] for r in ok_rows]
+        # the geometry the files give (Source.spacing_mm, eye, device: .vol, XML exports, ...) as acquisition
+        # columns, which `icpcv run` reads into cohort/scans.csv; with a geometry option the prepared
+        # volumes' own field of view (below) replaces the raw one
+        for c, values in acquisition_columns(ok_rows, results).items():
+            prepared[c] = values
         if options.geometry:  # the prepared volumes' own geometry: run reads it instead of the raw scan area
             qual = {r.row: results[r.row].get("quality") or {} for r in ok_rows}
             for c, default in (("fov_x_mm", None), ("fov_y_mm", None), ("depth_mm", None), ("voxel_x_um", None),
