@@ -258,9 +258,11 @@ def assert_reachable(result: dict):
 
 
 #: the sections of a synthetic run's report, in order (a run trained once says there that training
-#: randomness was not measured, so "repeats" is there with and without --repeats)
-SYNTHETIC_RUN_SECTIONS = ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "trending", "repeats",
-                          "prediction", "training", "provenance", "warnings"]
+#: randomness was not measured, so "repeats" is there with and without --repeats; issue 19: every run's
+#: cohort has acquisition covariates, at least its volumes' intensity statistics, so "acquisition" follows
+#: the verdict)
+SYNTHETIC_RUN_SECTIONS = ["verdict", "acquisition", "cohort", "data-quality", "folds", "models", "agreement", "trending",
+                          "repeats", "prediction", "training", "provenance", "warnings"]
 
 
 def test_synthetic_run_report_renders(browser, tmp_path_factory):
@@ -294,8 +296,8 @@ def test_saliency_run_report_renders(browser, tmp_path_factory):
     run = shared_run("tiny_saliency", tmp_path_factory.getbasetemp() / "report_runs")
     res = check_in_browser(browser, run / "index.html", "screenshot_saliency.png")
     assert_renders(res, min_images=12)
-    assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "trending",
-                               "repeats", "prediction", "attribution", "training", "provenance", "warnings"]
+    assert res["sections"] == ["verdict", "acquisition", "cohort", "data-quality", "folds", "models", "agreement",
+                               "trending", "repeats", "prediction", "attribution", "training", "provenance", "warnings"]
     alts = [i["alt"] for i in res["images"]]
     assert "Mean absolute attribution: cnn, occlusion" in alts and "Individual scans: cnn, integrated gradients" in alts
 
@@ -308,8 +310,8 @@ def test_labels_only_real_table_report_renders(browser, tmp_path_factory):
     run = shared_run("labels", tmp_path_factory.getbasetemp() / "report_runs")
     res = check_in_browser(browser, run / "index.html", "screenshot_labels_only.png")
     assert_renders(res, min_images=5)
-    assert res["sections"] == ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "trending",
-                               "prediction", "provenance", "warnings"]
+    assert res["sections"] == ["verdict", "acquisition", "cohort", "data-quality", "folds", "models", "agreement",
+                               "trending", "prediction", "provenance", "warnings"]
     # the leakage audit (`--leakage-audit`) sits in the fold-plan section, and the twin's own report renders
     assert res["scan_split"]["rows"] == 3 and res["scan_split"]["height"] > 0
     twin = check_in_browser(browser, run / "scan_split" / "index.html", "screenshot_labels_scan_split.png")

@@ -63,8 +63,8 @@ def test_report_of_a_synthetic_run(runs):
     page = Page(html)
     stats = read_json(run / "stats.json")
     # the verdict comes first, then the sections in order
-    order = ["verdict", "cohort", "data-quality", "folds", "models", "agreement", "trending", "training", "provenance",
-             "warnings"]
+    order = ["verdict", "acquisition", "cohort", "data-quality", "folds", "models", "agreement", "trending", "training",
+             "provenance", "warnings"]
     assert [i for i in page.ids if i in order] == order
     assert page.plain.index(stats["verdict"]) < page.plain.index("Cohort Source:")
     # self-contained: nothing but in-page anchors and data: URIs, and a CSP that forbids the network
@@ -162,6 +162,7 @@ def test_user_strings_are_escaped(tmp_path_factory):
     page = Page(html)
     assert HOSTILE in page.plain and "m$2$" in page.plain and "4 & 5" in page.plain
     assert "&lt;script&gt;x&lt;/script&gt;" in html  # a dropped row's value
+    assert "<u>7x7" not in html and "&lt;u&gt;7x7&lt;/u&gt;" in html  # a protocol in "Could it be the acquisition?"
     # fewer than 500 dropped rows: the table is shown, not folded
     assert "Dropped rows" in page.plain and "All 2 dropped rows" not in page.plain
 

@@ -143,7 +143,8 @@ def make_hostile_run(base: Path) -> Path:
     for i, s in enumerate(subjects):
         for j in range(6):
             rows.append(dict(scan_id=f"<img src=x onerror=alert({i}{j})>" if j == 0 else f"s{i}_{j}", subject=s,
-                             iop=10 + 5 * j, icp=5 + 3 * i + j, path=""))
+                             iop=10 + 5 * j, icp=5 + 3 * i + j, path="",
+                             protocol="<u>7x7</u>" if j % 2 else "3x3"))  # issue 19: the acquisition section
     rows.append(dict(scan_id="<img src=y onerror=alert(9)>", subject=subjects[1], iop=12, icp="<script>x</script>",
                      path=""))
     rows.append(dict(scan_id="bad2", subject="", iop=12, icp=9, path=""))

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from icpcv.cohort import geometry
+from icpcv.cohort import geometry, intensity
+from icpcv.cohort.geometry import ACQ_COLUMNS, REASONS as GEOMETRY_REASONS
 from icpcv.cohort.phantom import PRESETS as PHANTOM_PRESETS, ShortcutMarker, make_cohort
 from icpcv.cohort.table import REASONS, STEP_COLUMNS, read_scan_table
 from icpcv.cohort import volumes as volume_io
@@ -73,27 +74,57 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
         vol_dir = folder.volumes_dir
         if big:
             vol_dir.mkdir(parents=True, exist_ok=True)
+        realistic = cfg.acquisition == "realistic"
         scans, volumes, truth = make_cohort(cfg.phantom, signal=cfg.signal, seed=cfg.data_seed, shape=shape,
                                             out=vol_dir if big else None,
-                                            shortcut=ShortcutMarker() if cfg.shortcut else None)
+                                            shortcut=ShortcutMarker() if cfg.shortcut else None,
+                                            acquisition=cfg.acquisition, confound=cfg.confound,
+                                            transform=phantom_transform(cfg, shape) if realistic else None)
         if big:
             scans["path"] = [str(vol_dir / f"{x}.npy") for x in scans["scan_id"]]
         else:
             scans["path"] = ""
-        scans["row"] = np.arange(1, len(scans) + 1)
+        skipped = truth.get("skipped", {})
+        all_ids = list(scans["scan_id"]) + list(skipped)  # every drawn scan, in the phantom's numbering
+        all_ids.sort()
+        number = {x: i + 1 for i, x in enumerate(all_ids)}
+        scans["row"] = [number[x] for x in scans["scan_id"]]
         quality = pd.DataFrame(dict(row=scans["row"], scan_id=scans["scan_id"], subject=scans["subject"],
                                     status="kept", reason="", column="", value="", all_reasons="", detail=""))
+        if skipped:  # line scans and scans smaller than --fov-mm: recorded, never stretched
+            quality = pd.concat([quality, pd.DataFrame(
+                [dict(row=number[x], scan_id=x, subject=subj, status="dropped", reason=why,
+                      column="scan area", value=protocol, all_reasons=why,
+                      detail=f"{GEOMETRY_REASONS[why]} ({detail})")
+                 for x, (why, detail, subj, protocol) in skipped.items()])]
+            ).sort_values("row", kind="stable").reset_index(drop=True)
         # the set levels name each scan's pressure step (trending's change pairs); not hashed: no model reads them
-        table = scans[["scan_id", "subject", "iop", "icp", "path", "row", "iop_set", "icp_set"]].rename(
-            columns={"iop_set": STEP_COLUMNS[0], "icp_set": STEP_COLUMNS[1]})
+        columns = ["scan_id", "subject", "iop", "icp", "path", "row", "iop_set", "icp_set"]
+        if realistic:  # the acquisition columns of cohort/scans.csv (icpcv.cohort.geometry.ACQ_COLUMNS)
+            columns += [c for c in ACQ_COLUMNS if c in scans.columns]
+        table = scans[columns].rename(columns={"iop_set": STEP_COLUMNS[0], "icp_set": STEP_COLUMNS[1]})
+        if realistic:  # each prepared voxel's size: the target field of view (or the scan's own) over the shape
+            for axis, n, fov, target in (("x", shape[0], "fov_x_mm", cfg.fov_mm[0] if cfg.fov_mm else None),
+                                         ("y", shape[1], "fov_y_mm", cfg.fov_mm[1] if cfg.fov_mm else None),
+                                         ("z", shape[2], "depth_mm", cfg.depth_mm)):
+                table[f"voxel_{axis}_um"] = 1000.0 * (table[fov] if target is None else target) / n
+        mixed = geometry.mixed_fov_warning(table, cfg.fov_mm) if realistic else None
+        if mixed:  # the realistic phantom without --fov-mm: the same loud warning as a table's
+            warnings.append(mixed)
         source, has_volumes = (f"synthetic phantom ({cfg.phantom}, signal {cfg.signal}, seed {cfg.data_seed}"
-                               + (", planted shortcut marker" if cfg.shortcut else "") + ")"), True
+                               + (", planted shortcut marker" if cfg.shortcut else "")
+                               + (f", {cfg.acquisition} acquisition" if realistic else "")
+                               + (f", confound {cfg.confound}" if cfg.confound != "none" else "") + ")"), True
         data_hash = hashlib.sha256(pd.util.hash_pandas_object(table[["scan_id", "subject", "iop", "icp"]])
                                    .to_numpy().tobytes() + (volumes.tobytes() if volumes is not None else b"")
                                    ).hexdigest()[:16]
         _check_unchanged(folder, expect_hash, data_hash, table, quality)
         folder.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder.truth_json, truth | {"scans": scans.to_dict("list")})
+        # issue 19: each volume's global intensity statistics (the image_stats baseline, the acquisition section)
+        stats = intensity.stats_of_volumes(volumes if volumes is not None else
+                                           (np.load(p, allow_pickle=False) for p in table["path"]))
+        table = pd.concat([table.reset_index(drop=True), stats], axis=1)
         if not big:
             buf = io.BytesIO()
             np.save(buf, volumes)
@@ -120,6 +151,11 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
             mixed = geometry.mixed_fov_warning(table, cfg.fov_mm)
             if mixed:
                 warnings.append(mixed)
+            table = _with_volume_intensity(folder, table)
+        else:  # issue 19: the table's own intensity summaries of each volume, when it has them
+            from_table = intensity.table_stats(cfg.manifest, table["row"])
+            if from_table is not None:
+                table = pd.concat([table.reset_index(drop=True), from_table], axis=1)
         if "acquisition" in st.meta and progress:
             facts = st.meta["acquisition"]
             progress.message(f"cohort: acquisition fields read from {', '.join(facts['columns'].values())}; "
@@ -141,6 +177,38 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
                                                  n_scans=len(table), n_subjects=int(table["subject"].nunique()),
                                                  **({"warnings": warnings} if warnings else {})))
     return Cohort(table, has_volumes, shape if has_volumes else None, folder), quality, data_hash
+
+
+def phantom_transform(cfg: RunConfig, shape):
+    """The realistic phantom's raw volume -> the run's (issue 19; docs/acquisition.md "Geometry").
+
+    A line scan is skipped (``line_scan``); with ``--fov-mm`` / ``--depth-mm`` the volume is cut to
+    that field of view around its centre (:func:`icpcv.cohort.geometry.crop_to_fov`) and a smaller
+    scan is skipped (``fov_too_small``), never stretched; ``--mirror-os`` flips a left eye along X;
+    then the volume is resampled to ``shape`` and rounded back to uint8 (the phantom's voxel type).
+    """
+    target = tuple(cfg.fov_mm) if cfg.fov_mm else None
+
+    def transform(raw: np.ndarray, rec: dict):
+        fov = (rec["fov_x_mm"], rec["fov_y_mm"])
+        why = geometry.fov_problem(fov, target, rec["depth_mm"], cfg.depth_mm)
+        if why is not None:
+            return None, why[0], why[1]
+        vol = geometry.crop_to_fov(raw, fov, target, rec["depth_mm"], cfg.depth_mm)
+        if cfg.mirror_os and rec["eye"] == "OS":
+            vol = geometry.mirror_os(vol)
+        vol = volume_io.resample(vol, shape)
+        return np.clip(np.rint(vol), 0, 255).astype(np.uint8)
+
+    return transform
+
+
+def _with_volume_intensity(folder: CohortDir, table: pd.DataFrame) -> pd.DataFrame:
+    """The checked, resampled volumes' intensity statistics (issue 19) beside each kept scan."""
+    index = {x: i for i, x in enumerate(read_json(folder.volumes_json)["scan_ids"])}
+    arr = np.load(folder.volumes_npy, mmap_mode="r", allow_pickle=False)
+    stats = intensity.stats_of_volumes(arr[index[str(x)]] for x in table["scan_id"])
+    return pd.concat([table.reset_index(drop=True), stats], axis=1)
 
 
 def _reuse_phantom(folder: CohortDir, data_hash: str):

@@ -136,25 +136,37 @@ def _monkey_params(rng: np.random.Generator, n: int) -> pd.DataFrame:
 def _geometry(shape, monkey: dict, scan: dict) -> dict:
     """Coordinates and surfaces of one scan (depths as fractions of Z), shared by the volume and its labels."""
     nx, ny, nz = shape
-    x = np.linspace(-1, 1, nx, dtype=np.float32)[:, None, None] - scan["dx"]
-    y = np.linspace(-1, 1, ny, dtype=np.float32)[None, :, None] - scan["dy"]
+    if "half_x" in scan:  # --acquisition realistic: the scan covers +-half_x, +-half_y of the default's half-width
+        hx, hy = np.float32(scan["half_x"]), np.float32(scan["half_y"])
+        x = np.linspace(-hx, hx, nx, dtype=np.float32)[:, None, None] - scan["dx"]
+        y = np.linspace(-hy, hy, ny, dtype=np.float32)[None, :, None] - scan["dy"]
+    else:
+        x = np.linspace(-1, 1, nx, dtype=np.float32)[:, None, None] - scan["dx"]
+        y = np.linspace(-1, 1, ny, dtype=np.float32)[None, :, None] - scan["dy"]
     z = (np.arange(nz, dtype=np.float32)[None, None, :] + 0.5) / nz - scan["dz"]
     r2 = x**2 + y**2
     tilt = scan["tilt_x"] * x + scan["tilt_y"] * y
     bm = monkey["bm_depth"] + tilt
     R = monkey["bmo_radius"]
     inside = r2 < R**2
-    ilm = bm - 0.22 + monkey["cup_depth"] * np.exp(-r2 / (2 * monkey["cup_width"] ** 2))
+    if "cup_dx" in scan:  # realistic acquisition: the cup sits temporally (+X in OD, -X in OS: mirror images)
+        rc2 = (x - np.float32(scan["cup_dx"]))**2 + y**2
+        ilm = bm - 0.22 + monkey["cup_depth"] * np.exp(-rc2 / (2 * monkey["cup_width"] ** 2))
+    else:
+        ilm = bm - 0.22 + monkey["cup_depth"] * np.exp(-r2 / (2 * monkey["cup_width"] ** 2))
     lamina = bm + scan["lamina_depth"] + monkey["curvature"] * (1 - r2 / R**2)
     return dict(z=z, bm=bm, inside=inside, ilm=ilm, lamina=lamina)
 
 
-def render(shape, monkey: dict, scan: dict, rng: np.random.Generator, *, marker: tuple | None = None) -> np.ndarray:
+def render(shape, monkey: dict, scan: dict, rng: np.random.Generator, *, marker: tuple | None = None,
+           offset: float | None = None) -> np.ndarray:
     """Render one uint8 volume (X, Y, Z).
 
     ``marker = (box, intensity)`` adds the planted shortcut (:class:`ShortcutMarker`): ``intensity``
     over the voxels of ``box`` (three slices), after the monkey's brightness and before the speckle,
     so it is speckled like tissue but not scaled with the monkey. It draws nothing from ``rng``.
+    ``offset`` (``--confound brightness``) adds a global brightness to every voxel after the speckle
+    and noise: the whole image brighter, the anatomy unchanged. It draws nothing from ``rng``.
     """
     nx, ny, nz = shape
     g = _geometry(shape, monkey, scan)
@@ -179,6 +191,8 @@ def render(shape, monkey: dict, scan: dict, rng: np.random.Generator, *, marker:
         vol[box] += np.float32(intensity)
     speckle = rng.gamma(shape=4.0, scale=0.25, size=vol.shape).astype(np.float32)
     vol = vol * speckle + rng.normal(0.05, 0.04, vol.shape).astype(np.float32)
+    if offset is not None:
+        vol += np.float32(offset)
     return np.clip(vol * 160.0, 0, 255).astype(np.uint8)
 
 
@@ -215,7 +229,8 @@ def render_labels(shape, monkey: dict, scan: dict, *, lamina_half_width: float =
 
 def make_cohort(preset: str | PhantomPreset = "small", *, signal: float = 1.0, seed: int = 0,
                 n_subjects: int | None = None, shape: tuple[int, int, int] | None = None,
-                out=None, shortcut: ShortcutMarker | None = None):
+                out=None, shortcut: ShortcutMarker | None = None, acquisition: str = "off",
+                confound: str = "none", transform=None):
     """Generate a synthetic cohort.
 
     Returns ``(scans, volumes, truth)``: the scan table (``scan_id, subject, iop, icp``), a uint8
@@ -227,7 +242,23 @@ def make_cohort(preset: str | PhantomPreset = "small", *, signal: float = 1.0, s
     random numbers come from a stream of their own, so the pressures, anatomy, speckle and noise
     are those of the same cohort without it. Without it the volumes are those of every earlier
     version. Label volumes of the anatomy: :func:`phantom_labels`.
+
+    ``acquisition="realistic"`` gives each scan the real study's acquisition
+    (:func:`acquisition_design`: field of view, eye, grid, session time; columns of
+    :data:`icpcv.cohort.geometry.ACQ_COLUMNS` plus ``grid``): the volume is rendered on its raw grid
+    (:func:`raw_shape`) over its field of view (a 7x7 mm scan shows the anatomy 7/3 times smaller
+    than a 3x3 mm scan on the same grid), the cup sits temporally and a left eye is the mirror image
+    of a right one. ``transform(raw, rec)`` then makes each raw volume the run's: it returns the
+    volume at ``shape``, or ``(None, reason, detail)`` to skip the scan (a line scan, a field of view
+    too small); skipped scans leave the table and come back as ``truth["skipped"]``
+    (scan_id -> [reason, detail, subject, protocol]). ``confound="brightness"`` adds :func:`confound_offset` to every
+    voxel of each scan. Both draw from streams of their own; at "off" and "none" nothing changes.
     """
+    if acquisition not in ACQUISITIONS:
+        raise ValueError(f"unknown acquisition {acquisition!r}; choose from {', '.join(ACQUISITIONS)}")
+    if confound not in CONFOUNDS:
+        raise ValueError(f"unknown confound {confound!r}; choose from {', '.join(CONFOUNDS)}")
+    realistic = acquisition == "realistic"
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown phantom preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -252,17 +283,45 @@ def make_cohort(preset: str | PhantomPreset = "small", *, signal: float = 1.0, s
     scans.insert(0, "scan_id", [f"s{i:05d}" for i in range(n)])
     if shortcut is not None:
         scans["marker"], scans["marker_informative"] = _marker_intensity(scans, shortcut, seed)
+    if realistic:
+        acq = acquisition_design(scans, seed)
+        for c in acq.columns:
+            scans[c] = acq[c]
+        scans["half_x"] = scans["fov_x_mm"] / REF_FOV_MM
+        scans["half_y"] = scans["fov_y_mm"] / REF_FOV_MM
+        scans["cup_dx"] = np.where(scans["eye"] == "OS", -CUP_OFFSET, CUP_OFFSET)
+    if confound == "brightness":
+        scans["confound_offset"] = confound_offset(scans["icp_set"])
     volumes = None if out is not None else np.empty((n,) + shape, dtype=np.uint8)
+    skipped: dict[str, tuple[str, str, str, str]] = {}
     for i, rec in enumerate(scans.to_dict("records")):
         vol_rng = np.random.default_rng([seed, i])
         marker = None if shortcut is None else (shortcut.box(shape), rec["marker"])
-        vol = render(shape, mp.loc[rec["subject"]].to_dict(), rec, vol_rng, marker=marker)
+        offset = rec.get("confound_offset")
+        if realistic:
+            vol = render(raw_shape(shape, rec["grid"]), mp.loc[rec["subject"]].to_dict(), rec, vol_rng,
+                         marker=None, offset=offset)
+            if transform is not None:
+                vol = transform(vol, rec)
+                if isinstance(vol, tuple):
+                    skipped[rec["scan_id"]] = (vol[1], vol[2], rec["subject"], rec["protocol"])
+                    continue
+            if tuple(vol.shape) != tuple(shape):
+                raise ValueError(f"phantom scan {rec['scan_id']}: a realistic acquisition needs a transform to "
+                                 f"the run's shape {shape}, got {vol.shape}")
+        else:
+            vol = render(shape, mp.loc[rec["subject"]].to_dict(), rec, vol_rng, marker=marker, offset=offset)
         if out is None:
             volumes[i] = vol
         else:
             buf = io.BytesIO()
             np.save(buf, vol)
             atomic_write_bytes(f"{out}/{rec['scan_id']}.npy", buf.getvalue())
+    if skipped:  # scans the transform refused: out of the table and the volumes
+        keep = ~scans["scan_id"].isin(list(skipped)).to_numpy()
+        scans = scans[keep].reset_index(drop=True)
+        if volumes is not None:
+            volumes = volumes[keep]
     truth = dict(
         preset=asdict(preset) | {"shape": list(shape)}, signal=signal, seed=seed,
         k_iop=K_IOP, k_icp=K_ICP,
@@ -274,7 +333,113 @@ def make_cohort(preset: str | PhantomPreset = "small", *, signal: float = 1.0, s
         truth["shortcut"] = asdict(shortcut) | {
             "box": [[b.start, b.stop] for b in shortcut.box(shape)],
             "informative_subjects": shortcut.informative_subjects(monkeys["subject"])}
+    if realistic:  # only then, likewise
+        truth["acquisition"] = dict(mode=acquisition, ref_fov_mm=REF_FOV_MM, depth_mm=DEPTH_MM,
+                                    grids=GRIDS, cup_offset=CUP_OFFSET)
+        truth["skipped"] = {k: list(v) for k, v in skipped.items()}
+    if confound != "none":
+        truth["confound"] = dict(kind=confound, offset_at_top=CONFOUND_OFFSET,
+                                 rule="offset = offset_at_top * (icp_set - 2) / 43, clipped to [0, 1] x offset_at_top")
     return scans, volumes, truth
+
+
+# --------------------------------------------------------------------------- the real study's acquisition
+
+#: ``--acquisition`` values: "off" (one field of view, one grid, one eye: every earlier version's cohort)
+#: or "realistic" (the seed table's mix of protocols, grids, eyes and session times)
+ACQUISITIONS = ("off", "realistic")
+#: ``--confound`` values: "none", or "brightness" (global brightness rises with the set ICP level)
+CONFOUNDS = ("none", "brightness")
+#: the default phantom's volume spans this field of view (mm) across X and Y: its Bruch's membrane
+#: opening (radius 0.45 of the half-width) is then ~1.35 mm across, as in a monkey's optic nerve head
+REF_FOV_MM = 3.0
+#: depth of every phantom scan (mm), the Bioptigen's A-scan range
+DEPTH_MM = 2.0
+#: field-of-view protocols of the realistic phantom: square scans of 3, 5, 6 and 7 mm, and line scans
+FOV_PROTOCOLS = ("3x3", "5x5", "6x6", "7x7", "line")
+LINE_SCANS = ((7.0, 0.5), (7.0, 0.1), (0.1, 7.0))
+#: per monkey (1-14) the share of scans of each protocol in FOV_PROTOCOLS' order, rounded from the seed's
+#: label table (../shared/data/monkey_data.csv: counts of `scan area` per `monkey_id`; its few 12x12 and
+#: 20x20 mm scans left out): monkeys 1-2 take 3 and 5 mm, 3-6 mostly 5 and 7 mm with the line scans
+#: (7x0.1, 0.1x7, 7x0.5), 7-14 mostly 3 mm. Monkeys beyond 14 repeat the list.
+FOV_SHARES = (
+    (0.57, 0.43, 0.00, 0.00, 0.00), (0.46, 0.54, 0.00, 0.00, 0.00), (0.00, 0.52, 0.00, 0.48, 0.00),
+    (0.00, 0.41, 0.00, 0.42, 0.17), (0.00, 0.24, 0.00, 0.43, 0.33), (0.00, 0.31, 0.00, 0.63, 0.06),
+    (0.28, 0.25, 0.47, 0.00, 0.00), (0.73, 0.24, 0.03, 0.00, 0.00), (0.34, 0.31, 0.34, 0.00, 0.00),
+    (0.87, 0.05, 0.08, 0.00, 0.00), (0.80, 0.07, 0.13, 0.00, 0.00), (1.00, 0.00, 0.00, 0.00, 0.00),
+    (0.56, 0.41, 0.03, 0.00, 0.00), (0.68, 0.32, 0.00, 0.00, 0.00),
+)
+#: per monkey the share of left-eye (OS) scans, from the same table's `eyeball (od or os)`
+OS_SHARES = (1.00, 0.00, 0.42, 0.00, 0.42, 0.48, 0.00, 0.00, 0.00, 0.10, 0.44, 0.10, 0.31, 0.00)
+#: the two voxel grids, as lateral oversampling of the run's X and Y (the table's 512x512 A-scans of
+#: monkeys 1-6 and 400x400 of monkeys 7-14; the line scans sit on the 512 grid like the 7x7 mm volumes)
+GRIDS = {"512": 2.0, "400": 1.6}
+#: the cup's centre sits this far temporally (fraction of the default half-width): +X in OD, -X in OS
+CUP_OFFSET = 0.12
+#: minutes between repeated scans, after an IOP step and after an ICP step (ICP is set by the lumbar
+#: drain, then IOP stepped by cannulation: the pressures follow the session's clock)
+MINUTES_SCAN, MINUTES_IOP, MINUTES_ICP = 1.5, 5.0, 20.0
+#: ``--confound brightness``: the global brightness added at the top of the ICP range (grey levels / 160)
+CONFOUND_OFFSET = 0.25
+#: spawn key of the acquisition's random stream (independent of the cohort's and the shortcut's)
+ACQUISITION_STREAM = 2
+
+
+def acquisition_design(scans: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The realistic acquisition of each scan of a phantom design (``--acquisition realistic``).
+
+    Columns: ``fov_x_mm, fov_y_mm, depth_mm, eye, protocol, grid, acquired_at, session,
+    session_minutes`` (:data:`icpcv.cohort.geometry.ACQ_COLUMNS`). Protocols are drawn per scan with
+    the monkey's shares (:data:`FOV_SHARES`), eyes likewise (:data:`OS_SHARES`); each monkey sits
+    one session, on a day of its own, whose clock runs through the design's order (ICP levels
+    ascending, IOP stepped within each): time in the session goes with the pressure order, as in the
+    real study. Random numbers come from a stream of their own: the pressures, anatomy, speckle and
+    noise are those of the same cohort without it.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ACQUISITION_STREAM,)))
+    rows = []
+    start = pd.Timestamp("2013-04-25 09:00")
+    for m, g in scans.groupby("subject", sort=False):
+        i = (int(m) - 1) % len(FOV_SHARES)
+        shares = np.asarray(FOV_SHARES[i]) / sum(FOV_SHARES[i])
+        protocols = rng.choice(len(FOV_PROTOCOLS), size=len(g), p=shares)
+        os_ = rng.uniform(size=len(g)) < OS_SHARES[i]
+        lines = rng.integers(0, len(LINE_SCANS), size=len(g))
+        grid = "512" if i < 6 else "400"
+        day = start + pd.Timedelta(days=7 * (int(m) - 1))
+        minutes, prev = 0.0, None
+        for j, rec in enumerate(g.to_dict("records")):
+            if prev is not None:
+                minutes += (MINUTES_ICP if rec["icp_set"] != prev["icp_set"] else
+                            MINUTES_IOP if rec["iop_set"] != prev["iop_set"] else MINUTES_SCAN)
+                minutes += float(rng.uniform(0, 1))
+            prev = rec
+            name = FOV_PROTOCOLS[protocols[j]]
+            if name == "line":
+                fx, fy = LINE_SCANS[lines[j]]
+                name = f"{fx:g}x{fy:g}"
+            else:
+                fx = fy = float(name.split("x")[0])
+            rows.append(dict(fov_x_mm=fx, fov_y_mm=fy, depth_mm=DEPTH_MM, eye="OS" if os_[j] else "OD",
+                             protocol=name, grid="512" if fx != fy else grid,
+                             device=f"phantom, {'512' if fx != fy else grid} A-scans per B-scan",
+                             acquired_at=(day + pd.Timedelta(minutes=minutes)).isoformat(timespec="seconds"),
+                             session=f"{m} {day.date().isoformat()}", session_minutes=round(minutes, 2)))
+    return pd.DataFrame(rows, index=scans.index)
+
+
+def raw_shape(shape, grid: str) -> tuple[int, int, int]:
+    """The raw volume's shape of a realistic scan on ``grid`` for a run of ``shape`` (X and Y oversampled)."""
+    f = GRIDS[grid]
+    return int(round(f * shape[0])), int(round(f * shape[1])), int(shape[2])
+
+
+def confound_offset(icp_set) -> np.ndarray:
+    """``--confound brightness``: the brightness added to a scan, rising linearly with the set ICP level
+    over the levels' range (2 to 45 mmHg): within a monkey it follows the ICP order (and, ICP being set in
+    ascending order, the session's clock), with no change in the anatomy."""
+    lo, hi = min(ICP_LEVELS), max(ICP_LEVELS)
+    return CONFOUND_OFFSET * np.clip((np.asarray(icp_set, float) - lo) / (hi - lo), 0.0, 1.0)
 
 
 #: the spawn key of the shortcut's random stream (independent of the cohort's)

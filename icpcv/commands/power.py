@@ -71,7 +71,7 @@ def cmd_power(args) -> int:
     check_report_dir(run.path)  # power.json, figures/ and index.html are written there
     stats = AnalysisResult.from_dict(run.read_stats())
     cfg = replace(cfg, reference=cfg.reference or stats.reference or "ols_iop",
-                  n_comparisons=cfg.n_comparisons or max(1, len(stats.comparisons)))
+                  n_comparisons=cfg.n_comparisons or max(1, len(stats.comparisons) + len(stats.nuisance_comparisons)))
     preds = run.read_predictions()
     if has_repeats(preds):  # the verdict is the seed ensemble's
         preds = ensemble(preds)

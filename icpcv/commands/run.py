@@ -7,7 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from icpcv.cohort import geometry
-from icpcv.cohort.table import table_has_volumes
+from icpcv.cohort.phantom import ACQUISITIONS, CONFOUNDS
+from icpcv.cohort.intensity import TABLE_COLUMNS as INTENSITY_TABLE_COLUMNS
+from icpcv.cohort.table import read_scan_csv, table_has_volumes
 from icpcv.config import (DEFAULT_MODELS_LABELS, DEFAULT_MODELS_VOLUMES, OPTIMIZERS, PRECISIONS, PRESETS,
                           SALIENCY_METHODS, SHORTCUT_GRADS, TRAIN_OPTIONS, RunConfig, TrainConfig)
 from icpcv.errors import InputError
@@ -37,6 +39,40 @@ def _saliency_options(args) -> dict:
     if shortcut and args.manifest is not None:
         raise InputError("--shortcut plants a marker in the synthetic phantom; it does not apply to --manifest")
     return dict(saliency=int(n), saliency_methods=methods, shortcut=shortcut)
+
+
+#: header columns that carry a scan's acquisition (the seed's and the plain format's; docs/acquisition.md)
+ACQ_SOURCE_COLUMNS = ("scan area", "eyeball (od or os)", "scan date", "fov_x_mm", "eye", "acquired_at", "protocol")
+
+
+def nuisance_defaults(manifest, has_volumes: bool, covariates=None) -> tuple[str, ...]:
+    """Issue 19: the nuisance baselines whose inputs a scan table has: ``acq`` when its header names an
+    acquisition field (or --covariates are given), ``image_stats`` when it has volumes or the seed's
+    per-volume intensity columns (``*_pixel_intensity_y``)."""
+    columns = set(read_scan_csv(Path(manifest)).columns)
+    out = ()
+    if columns & set(ACQ_SOURCE_COLUMNS) or covariates:
+        out += ("acq",)
+    if has_volumes or columns & set(INTENSITY_TABLE_COLUMNS):
+        out += ("image_stats",)
+    return out
+
+
+def _acquisition_options(args) -> dict:
+    """Issue 19: ``--acquisition``, ``--confound`` (the phantom's) and ``--covariates`` as RunConfig fields."""
+    acquisition = getattr(args, "acquisition", None) or RunConfig.acquisition
+    confound = getattr(args, "confound", None) or RunConfig.confound
+    if args.manifest is not None and (acquisition != RunConfig.acquisition or confound != RunConfig.confound):
+        raise InputError("--acquisition and --confound shape the synthetic phantom; they do not apply to --manifest "
+                         "(a table's acquisition is read from its columns)")
+    if acquisition == "realistic" and getattr(args, "shortcut", False):
+        raise InputError("--shortcut and --acquisition realistic cannot be combined (the marker's box is placed on "
+                         "the run's grid, a realistic scan is rendered on its own)")
+    text = getattr(args, "covariates", None) or ""
+    covariates = tuple(c.strip() for c in text.split(",") if c.strip())
+    if len(set(covariates)) != len(covariates):
+        raise InputError(f"--covariates names a column twice: {text}")
+    return dict(acquisition=acquisition, confound=confound, covariates=covariates)
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -90,9 +126,11 @@ def add_parser(sub) -> None:
     add_geometry_options(d)
     m = p.add_argument_group("models and folds")
     m.add_argument("--models", help="comma-separated: mean, ols_iop, ols_iop2, mixedlm_iop, ridge_scan, cnn, "
-                                    "resnet10|18|34|50 (+ _nodil, _scanonly: e.g. resnet50_nodil) "
+                                    "resnet10|18|34|50 (+ _nodil, _scanonly: e.g. resnet50_nodil), and the "
+                                    "nuisance baselines acq, image_stats "
                                     "(default: mean,ols_iop,ridge_scan,cnn with volumes; "
-                                    "mean,ols_iop,ols_iop2,mixedlm_iop for a labels-only table)")
+                                    "mean,ols_iop,ols_iop2,mixedlm_iop for a labels-only table; each followed by "
+                                    "acq and image_stats where the cohort has their inputs: docs/acquisition.md)")
     m.add_argument("--folds", type=int, help="number of folds (default: one per subject; fewer = grouped K-fold)")
     m.add_argument("--leakage-audit", action="store_true",
                    help="after the leave-one-monkey-out run, run the same models on a scan-level random K-fold "
@@ -141,6 +179,18 @@ def add_parser(sub) -> None:
     x.add_argument("--shortcut", action="store_true",
                    help="synthetic cohort: plant the phantom's shortcut marker (a deep-corner box whose brightness "
                         "tracks ICP in half of the monkeys), to check that the maps find it")
+    # ---- issue 19: the acquisition (the phantom's, and the nuisance baselines' covariates)
+    q = p.add_argument_group("acquisition (docs/acquisition.md)")
+    q.add_argument("--acquisition", choices=list(ACQUISITIONS), default=RunConfig.acquisition,
+                   help="synthetic cohort: off (default: one field of view, grid and eye) or realistic (the seed "
+                        "table's mix: 3-7 mm fields of view in per-monkey shares, two voxel grids, line scans, both "
+                        "eyes in some monkeys, pressures set in order over the session's clock)")
+    q.add_argument("--confound", choices=list(CONFOUNDS), default=RunConfig.confound,
+                   help="synthetic cohort: none (default) or brightness (global brightness rises with the set ICP "
+                        "level inside each monkey, the anatomy unchanged): a shortcut the nuisance baselines catch")
+    q.add_argument("--covariates", metavar="COL,...",
+                   help="table columns the acq nuisance baseline adds to protocol, eye and time in session "
+                        "(numbers are standardised, text is one-hot coded)")
     a = p.add_argument_group("analysis")
     a.add_argument("--reference", default=RunConfig.reference, help="baseline the others are compared against")
     a.add_argument("--n-boot", type=int, default=RunConfig.n_boot)
@@ -187,10 +237,13 @@ def build_config(args) -> RunConfig:
                    "--repeats": repeats})
     if args.models:
         models = tuple(check_models(args.models.split(",")))
-    elif args.manifest is None:
-        models = DEFAULT_MODELS_VOLUMES
+    elif args.manifest is None:  # issue 19: the nuisance baselines join, after the others (their rows unchanged)
+        models = DEFAULT_MODELS_VOLUMES + (("acq",) if getattr(args, "acquisition", None) == "realistic" else ()) \
+            + ("image_stats",)
     else:  # through the table reader, so that an unreadable table is an InputError, not a traceback
-        models = DEFAULT_MODELS_VOLUMES if table_has_volumes(args.manifest, args.scans_dir) else DEFAULT_MODELS_LABELS
+        has_volumes = table_has_volumes(args.manifest, args.scans_dir)
+        models = (DEFAULT_MODELS_VOLUMES if has_volumes else DEFAULT_MODELS_LABELS) \
+            + nuisance_defaults(args.manifest, has_volumes, getattr(args, "covariates", None))
     if preset and not args.models and "cnn" in models:  # the preset's network takes the light CNN's place
         models = tuple(preset.model if m == "cnn" else m for m in models)
     stochastic = [m for m in models if make_model(m).stochastic]
@@ -220,6 +273,7 @@ def build_config(args) -> RunConfig:
                      pretrained=pretrained, shortcut_grad=getattr(args, "shortcut_grad", RunConfig.shortcut_grad),
                      preset=getattr(args, "preset", None), repeats=int(repeats),
                      **_saliency_options(args),  # issue 14
+                     **_acquisition_options(args),  # issue 19
                      **geometry_config(args))  # issue 19
 
 

@@ -12,6 +12,7 @@ from icpcv.errors import InputError
 from icpcv.models.base import FitContext, Model
 from icpcv.models.baselines import MeanBaseline, MixedLMIOP, OLSIOP, RidgeScan
 from icpcv.models.network import NetworkModel
+from icpcv.models.nuisance import NUISANCE
 from icpcv.models.zoo import CNNS, RESNETS, make_cnn
 
 BASELINES = {
@@ -24,14 +25,14 @@ BASELINES = {
 
 
 def known_models() -> list[str]:
-    return list(BASELINES) + list(CNNS)
+    return list(BASELINES) + list(NUISANCE) + list(CNNS)
 
 
 def check_models(names) -> list[str]:
     names = [n.strip() for n in names if n.strip()]
     unknown = [n for n in names if n not in known_models()]
     if unknown:
-        known = list(BASELINES) + ["cnn", "resnet10|18|34|50 with optional _nodil, _scanonly suffixes"]
+        known = list(BASELINES) + list(NUISANCE) + ["cnn", "resnet10|18|34|50 with optional _nodil, _scanonly suffixes"]
         raise InputError(f"unknown model(s) {', '.join(unknown)} in --models; known: {', '.join(known)}")
     if len(set(names)) != len(names):
         raise InputError(f"--models names a model twice: {','.join(names)}")
@@ -42,6 +43,8 @@ def make_model(name: str, context: FitContext | None = None) -> Model:
     """A fresh, unfitted model by name; the CNNs train from ``context`` (the baselines need none)."""
     if name in BASELINES:
         return BASELINES[name]()
+    if name in NUISANCE:  # issue 19: the nuisance baselines read --covariates from the context
+        return NUISANCE[name](context)
     if name in CNNS:
         return NetworkModel(name, context)
     check_models([name])
@@ -52,5 +55,5 @@ def is_resnet(name: str) -> bool:
     return name in RESNETS
 
 
-__all__ = ["BASELINES", "CNNS", "RESNETS", "FitContext", "Model", "NetworkModel", "check_models", "is_resnet",
+__all__ = ["BASELINES", "CNNS", "NUISANCE", "RESNETS", "FitContext", "Model", "NetworkModel", "check_models", "is_resnet",
            "known_models", "make_cnn", "make_model"]

@@ -33,6 +33,7 @@ class FitContext:
     shortcut_grad: str = "standard"  # shortcut A's gradient: standard, or MedicalNet's detached one
     label: str = ""  # "fold 3/14 (held out 3)", for messages
     progress: object | None = None  # .message(text) and .update(text), e.g. a FoldReporter
+    covariates: tuple[str, ...] = ()  # issue 19: --covariates, the table columns the acq baseline adds
 
 
 class Model:

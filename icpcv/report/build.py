@@ -19,7 +19,8 @@ from icpcv.report import attribution_figures as AF
 from icpcv.report import figures as F
 from icpcv.report import repeat_figures as RF
 from icpcv.report import trend_figures as TF
-from icpcv.report.rundata import CompareData, PredictionsData, RunData, read_training_variance, read_trending
+from icpcv.report.rundata import (CompareData, PredictionsData, RunData, read_acquisition, read_training_variance,
+                                  read_trending)
 from icpcv.stats.intervals import PredictionIntervals
 from icpcv.stats.power import PowerResult
 from icpcv.stats.repeats import TrainingVariance
@@ -583,6 +584,30 @@ def ci_method_text(stats: AnalysisResult) -> str:
     return METHOD_NAMES.get(m, str(m) if m else "method not recorded")
 
 
+def acquisition_context(stats: AnalysisResult) -> dict | None:
+    """Issue 19: the "Could it be the acquisition?" section, from stats.json's ``acquisition`` and
+    ``nuisance_comparisons`` (nothing recomputed); None when the analysis has neither."""
+    acq = read_acquisition(stats)
+    nuisance = [c for c in stats.nuisance_comparisons]
+    if acq is not None and not acq.covariates and not any(d.get("protocols") or d.get("eyes")
+                                                          for d in acq.per_monkey.values()):
+        acq = None  # a cohort without any acquisition field: nothing to show
+    if acq is None and not nuisance:
+        return None
+    out = dict(result=acq, nuisance=nuisance, monkeys=[], covariates=[], protocols=[], eyes=[])
+    if acq is not None:
+        protocols = natural_sorted({p for d in acq.per_monkey.values() for p in d.get("protocols", {})})
+        eyes = natural_sorted({e for d in acq.per_monkey.values() for e in d.get("eyes", {})})
+        out.update(protocols=protocols, eyes=eyes)
+        for s, d in acq.per_monkey.items():
+            out["monkeys"].append(dict(subject=s, n=d.get("n_scans"), sessions=d.get("sessions"),
+                                       protocols=[d.get("protocols", {}).get(p, 0) for p in protocols],
+                                       eyes=[d.get("eyes", {}).get(e, 0) for e in eyes]))
+        for name, c in acq.covariates.items():
+            out["covariates"].append(dict(name=name, label=c.label, n=c.n_scans, icp=c.icp, iop=c.iop))
+    return out
+
+
 def _base_context(stats: AnalysisResult, subjects: list[str]) -> dict:
     comps = stats.comparisons
     return dict(stats=stats, ci_text=ci_method_text(stats),
@@ -592,6 +617,7 @@ def _base_context(stats: AnalysisResult, subjects: list[str]) -> dict:
                 agreement=agreement_rows(stats), decomposition=decomposition_table(stats),
                 per_subject=per_subject_table(stats, subjects), trending=trending_context(read_trending(stats)),
                 repeats=training_randomness_context(read_training_variance(stats)),
+                acquisition=acquisition_context(stats),  # issue 19
                 generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 

@@ -16,7 +16,7 @@ from icpcv.errors import RunDirError
 from icpcv.rundir import RunDir, RunRecord, read_csv_file, read_json_file
 from icpcv.stats.power import PowerResult
 from icpcv.stats.repeats import TrainingVariance
-from icpcv.stats.results import AnalysisResult
+from icpcv.stats.results import AcquisitionResult, AnalysisResult
 from icpcv.stats.study import primary_predictions  # the figures draw what the statistics speak of
 from icpcv.stats.trending import TrendingResult
 from icpcv.util import file_sha256, natural_sorted
@@ -92,6 +92,12 @@ def read_training_variance(stats: AnalysisResult) -> TrainingVariance | None:
     """stats.json's ``training_variance`` section (``--repeats``), read back (None when absent)."""
     block = stats.extra.get("training_variance")
     return None if block is None else TrainingVariance.from_dict(block)
+
+
+def read_acquisition(stats: AnalysisResult) -> AcquisitionResult | None:
+    """stats.json's ``acquisition`` section (issue 19), read back with its own ``from_dict`` (None when absent)."""
+    block = stats.extra.get("acquisition")
+    return None if block is None else AcquisitionResult.from_dict(block)
 
 
 def read_trending(stats: AnalysisResult) -> TrendingResult | None:

@@ -129,7 +129,7 @@ def _run_fold(run: RunDir, fold: FoldDir, rec: RunRecord, device: str, progress:
         context = FitContext(train=cfg.train, seed=training_seed(cfg.seed, k, repeat), shape=coh.shape, device=dev,
                              checkpoint=fold.checkpoint(name), weights=fold.weights(name),
                              pretrained=cfg.pretrained, shortcut_grad=cfg.shortcut_grad, label=label,
-                             progress=progress)
+                             progress=progress, covariates=tuple(cfg.covariates))
         model = make_model(name, context).fit(train, val)
         y_pred = model.predict(test)
         try:  # issue 20: kept for `icpcv predict`, before record.json (a model that cannot be kept is not)

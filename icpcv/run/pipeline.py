@@ -140,7 +140,8 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
     cfg = rec.config
     preds = gather(run.path)
     result = analyze_study(preds, reference=cfg.reference, n_boot=cfg.n_boot, seed=cfg.seed, ci_level=cfg.ci_level,
-                           audit_failed=not run.read_plan_audit()["passed"], steps=cohort_mod.read_steps(run.cohort))
+                           audit_failed=not run.read_plan_audit()["passed"], steps=cohort_mod.read_steps(run.cohort),
+                           scans=run.cohort.read_scans())  # issue 19: the acquisition section
     if cfg.split == "subjects":  # issue 20: what a prediction for a new monkey is worth (monkey-level residuals only)
         result.extra["prediction_intervals"] = prediction_intervals(primary_predictions(preds)).to_dict()
     try:  # issue 19: the cohort's warnings (e.g. mixed fields of view without --fov-mm) reach stats.json and the report

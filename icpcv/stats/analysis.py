@@ -59,6 +59,15 @@ AUTO_METHODS = {
 #: Metrics compared against the reference model.
 COMPARISON_METRICS = ("mae", "rmse")
 
+#: issue 19: the nuisance baselines (icpcv.models.nuisance spells the same names): models that cannot see
+#: anatomy, against which a scan model that beats the reference is compared too (docs/acquisition.md)
+NUISANCE_BASELINES = ("acq", "image_stats")
+#: what each nuisance baseline stands for, in the verdict's words
+NUISANCE_MEANING = {"acq": "the acquisition settings (protocol, eye, time in the session) explain",
+                    "image_stats": "global image brightness explains"}
+#: models that read no scan and no acquisition: never compared with a nuisance baseline
+IOP_ONLY = ("mean", "ols_iop", "ols_iop2", "mixedlm_iop")
+
 MIN_SUBJECTS = 10
 MIN_SCANS = 3
 
@@ -176,7 +185,30 @@ def design_warnings(pred: Predictions, reference: str, *, audit_failed: bool = F
 # --------------------------------------------------------------------------- 3. the bootstrap
 
 
-def build_blocks(df, models, reference, G, center):
+def best_nuisance(df, models, reference) -> str | None:
+    """The nuisance baseline (:data:`NUISANCE_BASELINES`) with the lowest MAE on the scans it shares
+    with ``reference``; None without one (or without the reference). First in order on ties."""
+    present = [m for m in models if m in NUISANCE_BASELINES and m != reference]
+    if reference is None or reference not in models or not present:
+        return None
+    ref = df[df["model"] == reference][["subject", "scan_id"]]
+    maes = {}
+    for m in present:
+        j = df[df["model"] == m].merge(ref, on=["subject", "scan_id"])
+        if len(j):
+            maes[m] = float(np.mean(np.abs(j["y_pred"] - j["y_true"])))
+    return min(maes, key=lambda m: (maes[m], present.index(m))) if maes else None
+
+
+def nuisance_targets(models, reference, nuisance: str | None) -> list[str]:
+    """The models compared with the best nuisance baseline: every model but the reference, the
+    nuisance baselines and the IOP-only baselines (:data:`IOP_ONLY`), fixed before any result."""
+    if nuisance is None:
+        return []
+    return [m for m in models if m != reference and m not in NUISANCE_BASELINES and m not in IOP_ONLY]
+
+
+def build_blocks(df, models, reference, G, center, nuisance: str | None = None):
     """Stacked per-subject statistics and the list of estimands.
 
     One K-column block per model (all its scans) and, for each model other
@@ -215,7 +247,21 @@ def build_blocks(df, models, reference, G, center):
                 estimands.append(Estimand(("delta", m, metric), metric, bm, br))
                 estimands.append(Estimand(("pair_model", m, metric), metric, bm))
                 estimands.append(Estimand(("pair_ref", m, metric), metric, br))
-    return np.hstack(blocks), estimands, model_frames, pairs
+    npairs = {}  # issue 19: each scan model against the best nuisance baseline, on the scans both predicted
+    for m in nuisance_targets(models, reference, nuisance):
+        joined = model_frames[m].merge(model_frames[nuisance][["subject", "scan_id", "y_true", "y_pred"]],
+                                       on=["subject", "scan_id"], suffixes=("", "_ref"))
+        joined = joined.sort_values(["_g", "scan_id"], kind="stable")
+        npairs[m] = joined
+        bm = len(blocks) * K
+        blocks.append(bootstrap.subject_sums(joined["_g"], joined["y_true"], joined["y_pred"], G, center))
+        br = len(blocks) * K
+        blocks.append(bootstrap.subject_sums(joined["_g"], joined["y_true_ref"], joined["y_pred_ref"], G, center))
+        for metric in COMPARISON_METRICS:
+            estimands.append(Estimand(("ndelta", m, metric), metric, bm, br))
+            estimands.append(Estimand(("npair_model", m, metric), metric, bm))
+            estimands.append(Estimand(("npair_ref", m, metric), metric, br))
+    return np.hstack(blocks), estimands, model_frames, pairs, npairs
 
 
 @dataclass
@@ -230,11 +276,14 @@ class BootstrapEstimates:
     pairs: dict[str, pd.DataFrame]  # model -> its scans joined with the reference's
     #: estimand key -> why its interval is not reported (``ci`` None), filled by :meth:`estimate`
     no_interval: dict = field(default_factory=dict)
+    #: issue 19: model -> its scans joined with the best nuisance baseline's (``nuisance``)
+    npairs: dict = field(default_factory=dict)
+    nuisance: str | None = None
 
     def method_for(self, key) -> str:
         if self.method != "auto":
             return self.method
-        return AUTO_METHODS["delta" if key[0] == "delta" else key[2]]
+        return AUTO_METHODS["delta" if key[0] in ("delta", "ndelta") else key[2]]
 
     def estimate(self, key) -> Estimate:
         """The estimate of ``key`` (e.g. ``("model", "cnn", "mae")``) with its interval.
@@ -289,11 +338,13 @@ def bootstrap_estimates(pred: Predictions, reference: str | None, *, n_boot: int
     together. ``ci_method`` "auto" uses :data:`AUTO_METHODS` per quantity.
     """
     G = pred.n_subjects
-    S, estimands, model_frames, pairs = build_blocks(pred.frame, pred.models, reference, G, pred.center)
+    nuisance = best_nuisance(pred.frame, pred.models, reference)
+    S, estimands, model_frames, pairs, npairs = build_blocks(pred.frame, pred.models, reference, G, pred.center,
+                                                             nuisance)
     rng = np.random.default_rng(seed)
     counts = bootstrap.counts_from_indices(bootstrap.resample_indices(G, n_boot, rng), G)
     est = BootstrapEstimates(None, {em.key: j for j, em in enumerate(estimands)}, ci_method, ci_level,
-                             model_frames, pairs)
+                             model_frames, pairs, npairs=npairs, nuisance=nuisance if npairs else None)
     need_student = any(est.method_for(em.key) == "studentized" for em in estimands)
     est.output = bootstrap.run_bootstrap(S, estimands, counts, studentized=need_student)
     return est
@@ -370,17 +421,36 @@ def model_statistics(pred: Predictions, boot: BootstrapEstimates) -> dict[str, M
 
 
 def compare_models(pred: Predictions, boot: BootstrapEstimates, reference: str, *, seed=0,
-                   n_perm: int = 100_000) -> list[Comparison]:
+                   n_perm: int = 100_000, return_nuisance: bool = False):
     """Each model against ``reference`` on the scans both predicted, for MAE and RMSE.
 
     ``delta`` = model's metric minus the reference's (pooled over the shared scans) with the
     monkey-level interval; the sign-flip test is over the per-monkey differences of the mean
     loss (absolute error for MAE, squared error for RMSE); p-values are Holm-adjusted across
     all comparisons returned.
+
+    Issue 19: when the predictions hold a nuisance baseline (:data:`NUISANCE_BASELINES`), each
+    scan model (:func:`nuisance_targets`) is also compared, in the same way, with the best one
+    (:func:`best_nuisance`), and those comparisons join the Holm family. ``return_nuisance``
+    returns ``(comparisons, nuisance_comparisons)``.
     """
+    comparisons = _paired(pred, boot, boot.pairs, reference, ("delta", "pair_model", "pair_ref"), seed, n_perm, 0)
+    nuisance = _paired(pred, boot, boot.npairs, boot.nuisance, ("ndelta", "npair_model", "npair_ref"), seed, n_perm,
+                       len(boot.pairs))
+    # one Holm family: the comparisons with the reference and those with the best nuisance baseline
+    family = comparisons + nuisance
+    for c, a in zip(family, holm([c.p_signflip for c in family])):
+        c.p_adjusted = float(a)
+    if return_nuisance:
+        return comparisons, nuisance
+    return comparisons
+
+
+def _paired(pred, boot, pairs, reference, keys, seed, n_perm, offset) -> list[Comparison]:
+    """The paired comparisons of each model in ``pairs`` with ``reference`` (MAE and RMSE), unadjusted."""
     G = pred.n_subjects
-    comparisons = []
-    for i, (m, joined) in enumerate(boot.pairs.items()):
+    out = []
+    for i, (m, joined) in enumerate(pairs.items()):
         e_m = (joined["y_pred"] - joined["y_true"]).to_numpy()
         e_r = (joined["y_pred_ref"] - joined["y_true_ref"]).to_numpy()
         g = joined["_g"].to_numpy()
@@ -390,18 +460,16 @@ def compare_models(pred: Predictions, boot: BootstrapEstimates, reference: str, 
             loss_m = np.abs(e_m) if metric == "mae" else e_m**2
             loss_r = np.abs(e_r) if metric == "mae" else e_r**2
             diff = (np.bincount(g, weights=loss_m - loss_r, minlength=G)[has] / cnt[has])
-            test = signflip_test(diff, n_perm=n_perm, seed=[seed, i, k])
-            d = boot.estimate(("delta", m, metric))
-            comparisons.append(Comparison(
+            test = signflip_test(diff, n_perm=n_perm, seed=[seed, offset + i, k])
+            d = boot.estimate((keys[0], m, metric))
+            out.append(Comparison(
                 model=m, reference=reference, metric=metric, delta=d.estimate, ci=d.ci,
                 p_signflip=test["p"], p_adjusted=None,
-                estimate_model=boot.value(("pair_model", m, metric)),
-                estimate_reference=boot.value(("pair_ref", m, metric)),
+                estimate_model=boot.value((keys[1], m, metric)),
+                estimate_reference=boot.value((keys[2], m, metric)),
                 n_subjects=int(has.sum()), n_scans=int(len(joined)),
                 signflip_method=test["method"], signflip_statistic=test["statistic"], ci_method=d.method))
-    for c, a in zip(comparisons, holm([c.p_signflip for c in comparisons])):
-        c.p_adjusted = float(a)
-    return comparisons
+    return out
 
 
 # --------------------------------------------------------------------------- 6. the verdict
@@ -428,11 +496,15 @@ def verdict_comparison(models: dict[str, ModelStats] | None, comparisons: list[C
     reduction (most negative paired ``delta``, over the scans it shares with the reference);
     when none is, the one with the lowest paired ``delta``. A comparison without shared scans
     (or with an undefined difference) is never chosen; first in order on ties; None without a
-    comparison that can be chosen. ``models`` is not used (pooled MAEs over each model's own
+    comparison that can be chosen. A nuisance baseline (:data:`NUISANCE_BASELINES`) is not chosen
+    when a scan model (neither a nuisance baseline nor an IOP-only one, :data:`IOP_ONLY`) was compared. ``models`` is not used (pooled MAEs over each model's own
     scans are not comparable between models that predicted different monkeys); it is kept for
     the callers' signature.
     """
     cand = _compared(comparisons)
+    # issue 19: where a scan model was compared, the verdict speaks of the scan models, not of a nuisance baseline
+    if any(c.model not in NUISANCE_BASELINES and c.model not in IOP_ONLY for c in cand):
+        cand = [c for c in cand if c.model not in NUISANCE_BASELINES]
     if not cand:
         return None
     better = [c for c in cand if c.better(alpha)]
@@ -479,10 +551,13 @@ def _digits(*xs) -> int:
 
 
 def verdict_sentences(comparisons: list[Comparison], models: dict[str, ModelStats], reference: str, *,
-                      n_subjects: int, ci_level: float = 0.95, unit: str = "mmHg") -> list[str]:
-    """The sentences of :func:`verdict`: the statement on the best model first, then (when
-    neither it nor any model can be called better) why, then one sentence per model clearly
-    worse than the reference."""
+                      n_subjects: int, ci_level: float = 0.95, unit: str = "mmHg",
+                      nuisance_comparisons: list[Comparison] | None = None) -> list[str]:
+    """The sentences of :func:`verdict`: the statement on the best model first (and, issue 19, whether
+    it also beats the best nuisance baseline), then (when neither it nor any model can be called
+    better) why, then a sentence on a nuisance baseline that beats the reference, then one sentence
+    per model clearly worse than the reference."""
+    nuisance_comparisons = list(nuisance_comparisons or [])
     level = f"{round(ci_level * 100):g}%"
     mae_cmp = [c for c in comparisons if c.metric == "mae"]
     if reference not in models:
@@ -511,8 +586,22 @@ def verdict_sentences(comparisons: list[Comparison], models: dict[str, ModelStat
         out = [f"The {best.model} lowers MAE by {fmt(reduction, digits)} {unit} against "
                f"{reference} ({level} CI {fmt(red_lo, digits)} to {fmt(red_hi, digits)} {unit}; "
                f"{tail(best)})."]
+        nc = next((c for c in nuisance_comparisons if c.model == best.model and c.metric == "mae"), None)
+        if nc is not None and best.model not in NUISANCE_BASELINES:  # issue 19: the reviewer's next question
+            d = _digits(nc.delta, nc.lower, nc.upper)
+            said = (f"MAE {'+' if _finite(nc.delta) and nc.delta >= 0 else ''}{fmt(nc.delta, d)} {unit} against it, "
+                    f"{level} CI {fmt(nc.lower, d)} to {fmt(nc.upper, d)} {unit}; {tail(nc)}")
+            what = NUISANCE_MEANING.get(nc.reference, "acquisition alone explains")
+            if nc.better(RULE_ALPHA):
+                out[0] = (out[0][:-1] + f", and it also beats the best nuisance baseline, {nc.reference} ({said}): "
+                          f"its advantage over IOP is more than what {what}.")
+            else:
+                out[0] = (out[0][:-1] + f", but it does not beat {nc.reference} ({said}): its advantage over IOP is "
+                          f"within what {what}, so it is not evidence that the scan's anatomy carries ICP.")
     elif np.isfinite(best.delta) and best.delta >= 0:  # no model is even nominally better
         who = "the other model's" if len(mae_cmp) == 1 else "every model's"
+        if any(c.model in NUISANCE_BASELINES and c.delta < 0 for c in _compared(comparisons)):
+            who = "every model's but the nuisance baselines'"  # issue 19: those are spoken of below
         out = [f"There is no evidence that any model beats {reference} on MAE: {who} MAE is at or above "
                f"{reference}'s; the closest, {best.model}, changes MAE by +{fmt(best.delta, digits)} "
                f"{unit} ({level} CI {fmt(lo, digits)} to {fmt(hi, digits)} {unit}; {tail(best)})."]
@@ -521,9 +610,16 @@ def verdict_sentences(comparisons: list[Comparison], models: dict[str, ModelStat
                f"{best.model}, changes MAE by {fmt(best.delta, digits)} {unit} "
                f"({level} CI {fmt(lo, digits)} to {fmt(hi, digits)} {unit}; {tail(best)})."]
     if not best.better(RULE_ALPHA):
-        why = unreachable(comparisons, RULE_ALPHA)
+        why = unreachable(comparisons + nuisance_comparisons, RULE_ALPHA)
         if why:
             out.append(why)
+    for c in _compared(comparisons):  # issue 19: a model that cannot see anatomy beats IOP
+        if c.model in NUISANCE_BASELINES and c.model != best.model and c.better(RULE_ALPHA):
+            d = _digits(c.delta, c.lower, c.upper)
+            out.append(f"The nuisance baseline {c.model}, which cannot see anatomy, lowers MAE by {fmt(-c.delta, d)} "
+                       f"{unit} against {reference} ({level} CI {fmt(-c.upper, d)} to {fmt(-c.lower, d)} {unit}; "
+                       f"{tail(c)}): in these data {NUISANCE_MEANING.get(c.model, 'the acquisition explains')} "
+                       f"part of ICP.")
     for c in _compared(comparisons):
         if c.worse(RULE_ALPHA):
             d = _digits(c.delta, c.lower, c.upper)
@@ -534,7 +630,7 @@ def verdict_sentences(comparisons: list[Comparison], models: dict[str, ModelStat
 
 
 def verdict(comparisons: list[Comparison], models: dict[str, ModelStats], reference: str, *, n_subjects: int,
-            ci_level: float = 0.95, unit: str = "mmHg") -> str:
+            ci_level: float = 0.95, unit: str = "mmHg", nuisance_comparisons: list[Comparison] | None = None) -> str:
     """The verdict on the MAE comparisons, in one to a few sentences (:func:`verdict_sentences`).
 
     The model it speaks of is chosen on the paired comparisons with the reference
@@ -544,10 +640,12 @@ def verdict(comparisons: list[Comparison], models: dict[str, ModelStats], refere
     evidence, naming the closest model -- and, when the design cannot give a p below 0.05 at
     all (few monkeys, :func:`unreachable`), says so. Each model clearly worse than the
     reference (interval entirely above zero, Holm-adjusted p below 0.05) gets a sentence of
-    its own.
+    its own. Issue 19: a model that beats the reference is also set against the best nuisance
+    baseline (``nuisance_comparisons``, the same Holm family), and when it does not beat that one
+    too the sentence says its advantage is within what the acquisition explains.
     """
     return " ".join(verdict_sentences(comparisons, models, reference, n_subjects=n_subjects,
-                                      ci_level=ci_level, unit=unit))
+                                      ci_level=ci_level, unit=unit, nuisance_comparisons=nuisance_comparisons))
 
 
 # --------------------------------------------------------------------------- all of it
@@ -618,7 +716,7 @@ def analyze(predictions, reference="ols_iop", n_boot=10000, seed=0, ci_level=0.9
         if len(joined) == 0:
             warnings.append(f"Model {m} shares no scans with the reference {reference}; "
                             f"its comparison is empty (all values null).")
-    comparisons = compare_models(pred, boot, reference, seed=seed, n_perm=n_perm)
+    comparisons, nuisance = compare_models(pred, boot, reference, seed=seed, n_perm=n_perm, return_nuisance=True)
     bad = boot.undefined()
     if bad:
         warnings.append("Some bootstrap resamples gave an undefined metric and were dropped "
@@ -630,11 +728,13 @@ def analyze(predictions, reference="ols_iop", n_boot=10000, seed=0, ci_level=0.9
         ci_methods={k: boot.method_for(("delta", "", "") if k == "delta" else ("model", "", k)) for k in AUTO_METHODS},
         reference=reference, n_boot=n_boot, seed=int(seed) if isinstance(seed, (int, np.integer)) else seed,
         unit=unit, resampling_unit="subject", models=models, comparisons=comparisons,
-        verdict=verdict(comparisons, models, reference, n_subjects=pred.n_subjects, ci_level=ci_level, unit=unit),
+        nuisance_comparisons=nuisance,
+        verdict=verdict(comparisons, models, reference, n_subjects=pred.n_subjects, ci_level=ci_level, unit=unit,
+                        nuisance_comparisons=nuisance),
         warnings=warnings)
 
 
-__all__ = ["analyze", "prepare_predictions", "design_warnings", "bootstrap_estimates", "model_statistics",
+__all__ = ["NUISANCE_BASELINES", "best_nuisance", "analyze", "prepare_predictions", "design_warnings", "bootstrap_estimates", "model_statistics",
            "compare_models", "verdict", "verdict_sentences", "verdict_comparison", "unreachable", "smallest_p",
            "RULE_ALPHA", "Predictions", "BootstrapEstimates", "AnalysisResult", "DEFAULT_CI_METHOD",
            "AUTO_METHODS", "REQUIRED_COLUMNS"]

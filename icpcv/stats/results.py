@@ -261,6 +261,8 @@ class AnalysisResult(_Record):
     resampling_unit: str = "subject"
     models: dict[str, ModelStats] = field(default_factory=dict)
     comparisons: list[Comparison] = field(default_factory=list)
+    #: issue 19: scan models against the best nuisance baseline (``reference`` = its name), same Holm family
+    nuisance_comparisons: list[Comparison] = field(default_factory=list)
     verdict: str = ""
     warnings: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict, metadata={"internal": True})
@@ -269,6 +271,7 @@ class AnalysisResult(_Record):
         """JSON-ready copy: plain floats/ints/str/lists/dicts, NaN -> None."""
         out = super().to_dict()
         out["comparisons"] = [c.to_dict() for c in self.comparisons]
+        out["nuisance_comparisons"] = [c.to_dict() for c in self.nuisance_comparisons]
         out.update(self.extra)
         return to_jsonable(out)
 
@@ -276,8 +279,10 @@ class AnalysisResult(_Record):
     def from_dict(cls, d: dict | None) -> "AnalysisResult":
         d = dict(d or {})
         known = {f.name for f in fields(cls)}
-        res = super().from_dict({k: v for k, v in d.items() if k != "comparisons"},
+        res = super().from_dict({k: v for k, v in d.items() if k not in ("comparisons", "nuisance_comparisons")},
                                 comparisons=[Comparison.from_dict(c) for c in d.get("comparisons") or []],
+                                nuisance_comparisons=[Comparison.from_dict(c)
+                                                      for c in d.get("nuisance_comparisons") or []],
                                 extra={k: v for k, v in d.items() if k not in known})
         for name, m in res.models.items():
             m.name = name
@@ -307,3 +312,59 @@ class AnalysisResult(_Record):
         lines += ["", self.verdict]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- issue 19: the acquisition section
+
+
+@dataclass
+class Association(_Record):
+    """A covariate's within-monkey association with a pressure (:func:`icpcv.stats.acquisition.within_monkey_association`).
+
+    ``r`` is the repeated-measures correlation; ``ci`` its Fisher-z interval (scans treated as
+    independent within monkeys, as the rmcorr package computes it); ``ci_monkey`` the monkey-level
+    interval (percentile of the cluster bootstrap over monkeys), the one the section's sentences use.
+    """
+
+    r: float = float("nan")
+    dof: int = 0
+    p: float = float("nan")
+    ci: list | None = None
+    ci_monkey: list | None = None
+    n: int = 0
+    n_subjects: int = 0  # monkeys in which the covariate and the pressure both vary
+
+    def excludes_zero(self) -> bool:
+        ci = self.ci_monkey
+        return bool(ci and ci[0] is not None and ci[1] is not None and (ci[0] > 0 or ci[1] < 0))
+
+
+@dataclass
+class CovariateAssociation(_Record):
+    """One acquisition covariate against ICP and IOP (``stats.json`` ``acquisition.covariates.<name>``)."""
+
+    _nested: ClassVar = {"icp": Association, "iop": Association}
+    label: str = ""
+    n_scans: int = 0  # scans with a value
+    icp: Association = field(default_factory=Association)
+    iop: Association = field(default_factory=Association)
+
+
+@dataclass
+class AcquisitionResult(_Record):
+    """``stats.json`` ``acquisition`` (:func:`icpcv.stats.acquisition.acquisition_section`)."""
+
+    _nested_maps: ClassVar = {"covariates": CovariateAssociation}
+    n_subjects: int = 0
+    n_scans: int = 0
+    ci_level: float = 0.95
+    n_boot: int = 0
+    per_monkey: dict = field(default_factory=dict)  # subject -> {n_scans, protocols{}, eyes{}, sessions}
+    covariates: dict[str, CovariateAssociation] = field(default_factory=dict)
+    mixed_protocols: list = field(default_factory=list)  # monkeys scanned with more than one protocol
+    statements: list = field(default_factory=list)  # the section's sentences, computed with it
+    source: str = ""  # where the intensity statistics came from
+
+    @property
+    def ci_pct(self) -> str:
+        return f"{round(self.ci_level * 100):g}%"

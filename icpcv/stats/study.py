@@ -6,6 +6,8 @@
    single-seed study, and the split of the difference's variance into monkey sampling and
    training noise. The verdict then says how many single seeds agree.
 2. :func:`icpcv.stats.analyze` on that table (or on the plain table as it is).
+0. Issue 19: with the cohort's scan table, the acquisition section (:mod:`icpcv.stats.acquisition`,
+   ``stats.json`` ``acquisition``), before the analysis and its verdict.
 3. ``trending`` (:mod:`icpcv.stats.trending`): does the prediction follow ICP when it changes
    within a monkey, on the four-quadrant concordance and polar statistics, when the table
    has IOP.
@@ -18,10 +20,15 @@ from __future__ import annotations
 import pandas as pd
 
 from icpcv.errors import InputError
+from icpcv.stats.acquisition import acquisition_section
 from icpcv.stats.analysis import analyze, verdict_comparison, verdict_sentences
 from icpcv.stats.repeats import REPEAT_COLUMN, ensemble, training_variance, with_seed_agreement
 from icpcv.stats.results import AnalysisResult
 from icpcv.stats.trending import trending
+
+
+#: monkey-level resamples of the acquisition section's intervals (at most; --n-boot when smaller)
+ACQ_MAX_BOOT = 2000
 
 
 def has_repeats(predictions: pd.DataFrame) -> bool:
@@ -41,7 +48,7 @@ def primary_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
 
 def analyze_study(predictions, *, reference: str = "ols_iop", n_boot: int = 10000, seed=0, ci_level: float = 0.95,
                   ci_method: str | None = None, audit_failed: bool = False, steps: pd.DataFrame | None = None,
-                  unit: str = "mmHg") -> AnalysisResult:
+                  unit: str = "mmHg", scans: pd.DataFrame | None = None) -> AnalysisResult:
     """The monkey-level analysis of a study: the ensemble of repeats when there are repeats,
     :func:`~icpcv.stats.analyze`, ``training_variance`` and ``trending``.
 
@@ -57,16 +64,23 @@ def analyze_study(predictions, *, reference: str = "ols_iop", n_boot: int = 1000
     (False, True)
     """
     table = pd.DataFrame(predictions)
+    acquisition = None
+    if scans is not None:  # issue 19: the acquisition section, computed before any verdict
+        acquisition = acquisition_section(scans, n_boot=min(int(n_boot), ACQ_MAX_BOOT), seed=seed,
+                                          ci_level=ci_level)
     settings = dict(reference=reference, n_boot=n_boot, seed=seed, ci_level=ci_level, ci_method=ci_method)
     repeated = has_repeats(table)
     plain = primary_predictions(table)
     result = analyze(plain, audit_failed=audit_failed, unit=unit, **settings)
+    if acquisition is not None:
+        result.extra["acquisition"] = acquisition.to_dict()
     if repeated:
         tv = training_variance(table, unit=unit, ensemble_result=result, **settings)
         result.extra["training_variance"] = tv.to_dict()
         if tv.measured and tv.verdict_suffix:  # after the sentence on the best model, before any others
             parts = verdict_sentences(result.comparisons, result.models, reference,
-                                      n_subjects=result.n_subjects, ci_level=ci_level, unit=unit)
+                                      n_subjects=result.n_subjects, ci_level=ci_level, unit=unit,
+                                      nuisance_comparisons=result.nuisance_comparisons)
             result.verdict = with_seed_agreement(parts, tv.verdict_suffix)
     if "iop" in plain.columns or steps is not None:
         best = verdict_comparison(result.models, result.comparisons)
