@@ -62,6 +62,21 @@ def subsample(train: ScanSet, share: float, base: int, k: int, j: int) -> tuple[
     return ScanSet(train.frame[train.frame["subject"].astype(str).isin(keep)], train.get_volumes), keep
 
 
+def fit_candidate(cand: Candidate, train: ScanSet, val: ScanSet, test: ScanSet, context: FitContext, *, base: int,
+                  k: int, j: int):
+    """Fit candidate ``cand`` (its ``subsample`` of ``train`` drawn from ``(base, k, j + 1)``) and predict ``test``;
+    returns ``(model, predictions, the scans fitted, the monkeys kept or None)``. The one fit of every tuning
+    unit, and of :func:`icpcv.tune.nested.nested_in_memory`."""
+    fitted_monkeys = None
+    if cand.options.get("subsample", 1.0) < 1.0:
+        train, fitted_monkeys = subsample(train, cand.options["subsample"], base, k, j)
+    model = make_candidate(cand, context).fit(train, val)
+    y_pred = np.asarray(model.predict(test), float)
+    if not np.isfinite(y_pred).all():
+        raise RuntimeError(f"{context.label or cand.label}: non-finite predictions")
+    return model, y_pred, train, fitted_monkeys
+
+
 def run_tuning_unit(run: RunDir, fold: FoldDir, rec: RunRecord, device, progress, *, outer_seed) -> dict:
     """Train, predict and record one tuning unit (see the module); ``outer_seed(base, k, repeat)`` is the plain
     run's training seed. Returns the unit's record, written last (the unit is complete only then)."""
@@ -85,19 +100,13 @@ def run_tuning_unit(run: RunDir, fold: FoldDir, rec: RunRecord, device, progress
         part = FoldPlan.from_dict(run.read_plan_dict()).folds[k]
         seed = outer_seed(base, k, r)
     train, val, test = scan_set(part.train_scans), scan_set(part.val_scans), scan_set(part.test_scans)
-    fitted_monkeys = None
-    if cand.options.get("subsample", 1.0) < 1.0:
-        train, fitted_monkeys = subsample(train, cand.options["subsample"], base, k, j)
     label = f"{fold.unit.label(cfg.repeats, rec.n_folds)} [{cand.label}]"
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     context = FitContext(train=cfg.train, seed=seed, shape=coh.shape, device=device,
                          checkpoint=fold.checkpoint(cand.model), weights=fold.weights(cand.model) if j < 0 else None,
                          pretrained=cfg.pretrained, shortcut_grad=cfg.shortcut_grad, label=label, progress=progress)
-    model = make_candidate(cand, context).fit(train, val)
-    y_pred = np.asarray(model.predict(test), float)
-    if not np.isfinite(y_pred).all():
-        raise RuntimeError(f"{label}: non-finite predictions")
+    model, y_pred, train, fitted_monkeys = fit_candidate(cand, train, val, test, context, base=base, k=k, j=j)
     table = pd.DataFrame(dict(fold=k, subject=test.frame["subject"].to_numpy(), scan_id=test.frame["scan_id"].to_numpy(),
                               model=cand.label, y_true=test.icp, y_pred=y_pred, iop=test.iop))
     if cfg.repeats > 1 and j < 0:
