@@ -201,3 +201,14 @@ def test_equal_recipes_flatter_the_naive_pick_not_the_nested_one():
     assert max(naive) < 0  # min < mean in every cohort
     optimism = np.array(nested) - np.array(naive)  # nested MAE - best candidate's MAE, per cohort
     assert optimism.mean() > 2 * optimism.std(ddof=1) / np.sqrt(len(optimism))
+
+
+def test_compare_of_runs_of_one_model_points_to_tune(tuned_run, tmp_path):
+    """Two runs of one model on the same monkeys: compare says that picking the best is recipe selection."""
+    other = tmp_path / "again"
+    shutil.copytree(tuned_run / "run", other)
+    icpcv("compare", tuned_run / "run", other, "--models", "mean", "--out", tmp_path / "cmp", "--n-boot", "200")
+    stats = json.loads((tmp_path / "cmp" / "stats.json").read_text())
+    note = [w for w in stats["warnings"] if "recipe selection after seeing the held-out monkeys" in w]
+    assert note and "--tune" in note[0]
+    assert "recipe selection after seeing the held-out monkeys" in (tmp_path / "cmp" / "index.html").read_text()
