@@ -212,3 +212,17 @@ def test_compare_of_runs_of_one_model_points_to_tune(tuned_run, tmp_path):
     note = [w for w in stats["warnings"] if "recipe selection after seeing the held-out monkeys" in w]
     assert note and "--tune" in note[0]
     assert "recipe selection after seeing the held-out monkeys" in (tmp_path / "cmp" / "index.html").read_text()
+
+
+def test_cost_counts_for_the_seed_preset():
+    """bench memory / the GPU check: trainings --tune adds, by hand: 14 outer folds x 4 candidates x 13 inner
+    folds, plus 4 outer fits per fold; one per fold for a plain run."""
+    from icpcv.bench.gpu_check import _tune_estimate
+    from icpcv.folds import nested_trainings
+
+    n = nested_trainings(14, candidates=4)
+    assert (n["inner"], n["outer_fits"], n["plain"]) == (14 * 4 * 13, 14 * 4, 14)
+    assert nested_trainings(14, candidates=3, inner_folds=5)["inner"] == 14 * 3 * 5
+    est = _tune_estimate({"steps": {"bench_train_seed": {"end_to_end_samples_per_s": 50.0}}})
+    assert est["total"] == 784 and est["tune_upper_h"] == pytest.approx(56 * est["plain_upper_h"])
+    assert est["per_training_upper_s"] == pytest.approx(200 * est["train_scans"] / 50.0)
