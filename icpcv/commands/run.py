@@ -223,9 +223,12 @@ def build_config(args) -> RunConfig:
         models = tuple(preset.model if m == "cnn" else m for m in models)
     stochastic = [m for m in models if make_model(m).stochastic]
     check_val_fraction(args.val_fraction, stochastic)  # the CNNs early-stop
+    tune = _tune_options(args, models)  # issue 21
+    tuned_stochastic = [c["model"] for c in (tune.get("tune") or {}).get("candidates", [])
+                        if make_model(c["model"]).stochastic]  # --repeats applies to their outer fits
     if repeats is None:
         repeats = preset.repeats if preset else RunConfig.repeats
-    if repeats > 1 and not stochastic:
+    if repeats > 1 and not stochastic and not tuned_stochastic:
         print(f"note: --repeats {repeats} ignored: no model in --models ({','.join(models)}) depends on training "
               "randomness, so each is trained once", file=sys.stderr)
         repeats = 1
@@ -238,7 +241,6 @@ def build_config(args) -> RunConfig:
                              f"({','.join(models)})")
         pretrained = str(Path(pretrained).resolve())
         check_pretrained(pretrained, [m for m in models if is_resnet(m)])  # refuse a wrong file before any fold
-    tune = _tune_options(args, models)  # issue 21
     return RunConfig(manifest=str(Path(args.manifest).resolve()) if args.manifest else None,
                      scans_dir=str(Path(args.scans_dir).resolve()) if args.scans_dir else None,
                      phantom=args.phantom or (preset.phantom if preset else RunConfig.phantom), signal=args.signal,
