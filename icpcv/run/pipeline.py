@@ -234,7 +234,8 @@ def _prepare_and_execute(cfg: RunConfig, run_dir: Path, *, device, executor, wor
     units = run.units(rec)
     todo = run.incomplete_units(rec)
     if len(todo) < len(units):
-        what = "folds" if R == 1 else "units (fold, repeat)"
+        what = ("units (fold, repeat, --tune candidate and inner fold)" if rec.tuning else  # issue 21
+                "folds" if R == 1 else "units (fold, repeat)")
         done = [u.label(R) if R > 1 or u.tuning else str(u.fold + 1) for u in units if u not in todo]
         shown = ", ".join(done[:20]) + (", ..." if len(done) > 20 else "")
         progress.message(f"resuming: {len(units) - len(todo)} of {len(units)} {what} already complete "
