@@ -596,8 +596,8 @@ class RunDir(_Folder):
             raise RunDirError(f"{self.path}: not complete: {shown}{', ...' if len(missing) > 10 else ''}; "
                               "rerun the same command to finish them")
         columns = PREDICTION_COLUMNS + ([REPEAT_COLUMN] if record.config.repeats > 1 else [])
-        return pd.concat([self.unit(u).read_predictions() for u in self.plain_units(record)],
-                         ignore_index=True)[columns]
+        parts = [self.unit(u).read_predictions() for u in self.plain_units(record)]
+        return pd.concat([p for p in parts if len(p)] or parts, ignore_index=True)[columns]  # issue 21: empty repeats
 
     def read_stats(self) -> dict:
         return read_json_file(self.stats_json)

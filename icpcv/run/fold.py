@@ -164,7 +164,10 @@ def _run_fold(run: RunDir, fold: FoldDir, rec: RunRecord, device: str, progress:
             table[REPEAT_COLUMN] = pd.array([repeat if model.stochastic else pd.NA] * len(table), dtype="Int64")
         preds.append(table)
     columns = PREDICTION_COLUMNS + ([REPEAT_COLUMN] if repeated else [])
-    predictions = pd.concat(preds, ignore_index=True)[columns]
+    # a repeat with no network among --models (issue 21: --repeats for --tune's network candidates) predicts nothing
+    predictions = (pd.concat(preds, ignore_index=True)[columns] if preds else
+                   pd.DataFrame({c: pd.Series(dtype=float if c in ("y_true", "y_pred", "iop") else object)
+                                 for c in columns}))
     if not np.isfinite(predictions["y_pred"]).all():
         bad = predictions.loc[~np.isfinite(predictions["y_pred"]), "model"].unique()
         raise RuntimeError(f"fold {k}: model(s) {', '.join(bad)} produced non-finite predictions")
