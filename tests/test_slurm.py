@@ -170,7 +170,7 @@ def test_slurm_runs_every_tuning_unit_as_its_own_task_with_the_local_numbers(tmp
     from icpcv.models import CNNS, known_models
 
     spec = parse_spec("mean: subsample=0.5; seed=0,1", is_network=lambda m: m in CNNS, known_models=known_models())
-    cfg = config(models=("mean",), folds=2, tune=spec.to_dict(), inner_folds=2)
+    cfg = config(models=("mean",), folds=2, tune=spec.to_dict(), inner_folds=2, val_fraction=0.0)
     runs = {}
     for how in ("local", "slurm"):
         out, log = tmp_path / how, tmp_path / f"{how}.txt"
