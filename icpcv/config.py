@@ -33,7 +33,9 @@ SALIENCY_METHODS = ("integrated_gradients", "occlusion")
 _OPTIONAL_DEFAULTS = {"saliency": 0, "saliency_methods": SALIENCY_METHODS, "shortcut": False,
                       # issue 19: geometry and acquisition (absent at their defaults: old hashes hold)
                       "fov_mm": None, "depth_mm": None, "mirror_os": False, "axes": None,
-                      "acquisition": "off", "confound": "none", "covariates": ()}
+                      "acquisition": "off", "confound": "none", "covariates": (),
+                      # issue 21: run --tune (nested recipe selection); absent at their defaults likewise
+                      "tune": None, "inner_folds": None}
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,9 @@ class RunConfig:
     acquisition: str = "off"  # synthetic cohort: "off" (one protocol) or "realistic" (the seed table's mix)
     confound: str = "none"  # synthetic cohort: "none" or "brightness" (brightness drifts with the ICP order)
     covariates: tuple[str, ...] = ()  # extra table columns for the acq nuisance baseline
+    # ---- issue 21: nested recipe selection (icpcv.tune; absent from to_dict at their defaults)
+    tune: dict | None = None  # the --tune spec, canonical (icpcv.tune.spec.TuneSpec.to_dict): name, candidates
+    inner_folds: int | None = None  # inner folds over each outer fold's training monkeys; None = one per monkey
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -200,3 +200,24 @@ def audit(plan: FoldPlan, scans: pd.DataFrame) -> dict:
                 summary=("no subject is on both sides of any fold" if passed else
                          f"LEAKAGE: {sum(bool(r['subjects_in_train_and_test']) for r in findings)} of "
                          f"{len(findings)} folds share subjects between training and test"))
+
+
+def nested_trainings(n_subjects: int, *, candidates: int, n_folds: int | None = None, inner_folds: int | None = None,
+                     repeats: int = 1) -> dict:
+    """How many trainings ``run --tune`` adds (issue 21): per outer fold, every candidate on every inner fold of the
+    fold's training monkeys, plus every candidate's fit on the outer fold (``repeats`` times for a network); a plain
+    run trains one recipe once per fold (``repeats`` times). Outer folds as :func:`make_plan` makes them (grouped
+    folds: the largest training side is counted for every fold's inner folds, an upper bound).
+
+    >>> d = nested_trainings(14, candidates=4)
+    >>> d["inner"], d["outer_fits"], d["plain"], d["ratio"]
+    (728, 56, 14, 56.0)
+    """
+    k = n_subjects if n_folds is None else int(n_folds)
+    training_monkeys = n_subjects - n_subjects // k  # leave-one-out: G - 1
+    inner = training_monkeys if inner_folds is None else min(int(inner_folds), training_monkeys)
+    n_inner = k * candidates * inner
+    outer = k * candidates * repeats
+    plain = k * repeats
+    return dict(outer_folds=k, inner_folds=inner, candidates=candidates, inner=n_inner, outer_fits=outer,
+                total=n_inner + outer, plain=plain, ratio=(n_inner + outer) / plain)

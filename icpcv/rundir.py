@@ -26,6 +26,9 @@ path, and reads and writes through it; every write is atomic. Layout::
     leakage.json, scan_split/   with the leakage audit: the scan-level twin (a run directory itself)
     power.json          `icpcv power`: the power of a new study, for this run's predictions (figures/power.png)
     attribution.json, attribution_maps.npz   run --saliency N: region shares, sanity check, cost; mean maps
+    tuning_plan.json, tuning.json, tuning_candidates.csv   run --tune: the inner plans (frozen before training),
+                        per outer fold every candidate's inner MAE and the choice, every candidate's outer predictions;
+                        the units in folds/fold_NN/tune/cand_CC/inner_JJ/ and .../cand_CC/ (its outer fit)
 
 A comparison directory (``icpcv compare``) holds compare.json, and an analysis directory
 (``icpcv analyze TABLE --out DIR`` outside a run) analysis.json, each beside predictions.csv,
@@ -66,16 +69,36 @@ class Unit:
 
     fold: int
     repeat: int = 0
+    # ---- issue 21 (run --tune): a candidate recipe's training inside outer fold ``fold``; -1 = a plain unit
+    candidate: int = -1  # index of the candidate in the tuning spec
+    inner: int = -1  # its inner fold (trained on the outer fold's training monkeys only); -1 = the outer fit
+
+    @property
+    def tuning(self) -> bool:
+        """A unit of ``run --tune`` (a candidate's inner-fold training or its fit on the outer fold)."""
+        return self.candidate >= 0
 
     @property
     def key(self) -> str:
-        """``"7"`` for fold 7 (repeat 0), ``"7.2"`` for its repeat 2 (the keys of slurm/jobs.json)."""
-        return str(self.fold) if self.repeat == 0 else f"{self.fold}.{self.repeat}"
+        """``"7"`` for fold 7 (repeat 0), ``"7.2"`` for its repeat 2 (the keys of slurm/jobs.json); with
+        ``--tune``, ``"7.c3.i4"`` for candidate 3's inner fold 4 and ``"7.2.c3"`` for its outer fit's repeat 2."""
+        text = str(self.fold) if self.repeat == 0 else f"{self.fold}.{self.repeat}"
+        if self.tuning:
+            text += f".c{self.candidate}" + (f".i{self.inner}" if self.inner >= 0 else "")
+        return text
 
     @classmethod
     def parse(cls, key) -> "Unit":
-        fold, _, repeat = str(key).partition(".")
-        return cls(int(fold), int(repeat or 0))
+        parts = str(key).split(".")
+        fold, repeat, candidate, inner = int(parts[0]), 0, -1, -1
+        for part in parts[1:]:
+            if part.startswith("c"):
+                candidate = int(part[1:])
+            elif part.startswith("i"):
+                inner = int(part[1:])
+            else:
+                repeat = int(part)
+        return cls(fold, repeat, candidate, inner)
 
     @classmethod
     def of(cls, unit) -> "Unit":
@@ -87,9 +110,12 @@ class Unit:
         R = 1); with its folds ``"fold 8/14 repeat 3/5"``; without ``n_repeats``, ``"fold 8 repeat 3"``
         for a repeat above 0 (where R is not at hand)."""
         text = f"fold {self.fold + 1}" + (f"/{n_folds}" if n_folds else "")
+        if self.tuning:  # issue 21: "fold 8 candidate 2 inner 4" / "fold 8 candidate 2 (outer fit)"
+            text += f" candidate {self.candidate + 1}" + (f" inner {self.inner + 1}" if self.inner >= 0 else
+                                                           " (outer fit)")
         if n_repeats is None:
             return text + (f" repeat {self.repeat + 1}" if self.repeat else "")
-        return text + (f" repeat {self.repeat + 1}/{n_repeats}" if n_repeats > 1 else "")
+        return text + (f" repeat {self.repeat + 1}/{n_repeats}" if n_repeats > 1 and self.inner < 0 else "")
 
 
 def run_key(config_hash: str, plan_hash: str, data_hash: str) -> str:
@@ -108,17 +134,23 @@ class RunRecord:
     n_folds: int
     created: str
     sessions: list[dict] = field(default_factory=list)  # one entry per (re)start: time, host, git, torch, gpu
+    #: issue 21 (run --tune): the tuning units' shape, from tuning_plan.json: ``inner`` = inner folds per
+    #: outer fold, ``repeats`` = outer-fit repeats per candidate; None (and absent from run.json) without --tune
+    tuning: dict | None = None
 
     def to_dict(self) -> dict:
-        return dict(config=self.config.to_dict(), config_hash=self.config_hash, plan_hash=self.plan_hash,
-                    data_hash=self.data_hash, key=self.key, n_folds=self.n_folds, created=self.created,
-                    sessions=list(self.sessions))
+        d = dict(config=self.config.to_dict(), config_hash=self.config_hash, plan_hash=self.plan_hash,
+                 data_hash=self.data_hash, key=self.key, n_folds=self.n_folds, created=self.created,
+                 sessions=list(self.sessions))
+        if self.tuning is not None:
+            d["tuning"] = self.tuning
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunRecord":
         return cls(config=RunConfig.from_dict(d["config"]), config_hash=d["config_hash"], plan_hash=d["plan_hash"],
                    data_hash=d["data_hash"], key=d["key"], n_folds=int(d["n_folds"]), created=d.get("created", ""),
-                   sessions=list(d.get("sessions") or []))
+                   sessions=list(d.get("sessions") or []), tuning=d.get("tuning"))
 
 
 # --------------------------------------------------------------------------- locks
@@ -210,16 +242,21 @@ class FoldDir(_Folder):
              "learning_curve_csv": "learning_curve.csv", "log": "fold.log", "status_json": "status.json",
              "error_json": "error.json"}
 
-    def __init__(self, run_path: Path, k: int, repeat: int = 0):
+    def __init__(self, run_path: Path, k: int, repeat: int = 0, candidate: int = -1, inner: int = -1):
         self.k = int(k)
         self.repeat = int(repeat)
+        self.candidate, self.inner = int(candidate), int(inner)
         self.path = Path(run_path) / "folds" / f"fold_{self.k:02d}"
+        if self.candidate >= 0:  # issue 21: folds/fold_NN/tune/cand_CC/(inner_JJ | repeat_RR)
+            self.path = self.path / "tune" / f"cand_{self.candidate:02d}"
+            if self.inner >= 0:
+                self.path = self.path / f"inner_{self.inner:02d}"
         if self.repeat:
             self.path = self.path / f"repeat_{self.repeat:02d}"
 
     @property
     def unit(self) -> Unit:
-        return Unit(self.k, self.repeat)
+        return Unit(self.k, self.repeat, self.candidate, self.inner)
 
     def checkpoint(self, model: str) -> Path:
         """The epoch checkpoint of a network (deleted once the fold is complete)."""
@@ -409,7 +446,10 @@ class RunDir(_Folder):
              "compare_json": "compare.json", "analysis_json": "analysis.json", "power_json": "power.json",
              "predictions_ensemble_csv": "predictions_ensemble.csv",
              "attribution_json": "attribution.json", "attribution_maps_npz": "attribution_maps.npz",  # issue 14
-             "preprocessing_json": "preprocessing.json"}  # issue 20: what a new scan must repeat
+             "preprocessing_json": "preprocessing.json",  # issue 20: what a new scan must repeat
+             # issue 21 (run --tune): the inner plans, the selection, every candidate's outer predictions
+             "tuning_plan_json": "tuning_plan.json", "tuning_json": "tuning.json",
+             "tuning_candidates_csv": "tuning_candidates.csv"}
 
     def __init__(self, path):
         self.path = Path(path)
@@ -436,7 +476,7 @@ class RunDir(_Folder):
         return FoldDir(self.path, k, repeat)
 
     def unit(self, unit: Unit) -> FoldDir:
-        return FoldDir(self.path, unit.fold, unit.repeat)
+        return FoldDir(self.path, unit.fold, unit.repeat, unit.candidate, unit.inner)
 
     def figure_png(self, stem: str) -> Path:
         return self.figures_dir / f"{stem}.png"
@@ -519,8 +559,28 @@ class RunDir(_Folder):
     # ---- folds
     @staticmethod
     def units(record: RunRecord) -> list[Unit]:
-        """Every unit of the run, fold by fold: (0, 0), (0, 1), ..., (1, 0), ..."""
+        """Every unit of the run, fold by fold: (0, 0), (0, 1), ..., (1, 0), ...; with ``--tune`` (issue 21)
+        then the tuning units (:meth:`tuning_units`)."""
+        return RunDir.plain_units(record) + RunDir.tuning_units(record)
+
+    @staticmethod
+    def plain_units(record: RunRecord) -> list[Unit]:
+        """The units that train ``--models`` (their predictions make predictions.csv)."""
         return [Unit(k, r) for k in range(record.n_folds) for r in range(record.config.repeats)]
+
+    @staticmethod
+    def tuning_units(record: RunRecord) -> list[Unit]:
+        """Issue 21: per outer fold and candidate, every inner-fold training (repeat 0), then the candidate's
+        fit on the outer fold's training monkeys (each repeat); none without ``--tune``."""
+        t = record.tuning
+        if not t:
+            return []
+        out = []
+        for k in range(record.n_folds):
+            for c, reps in enumerate(t["repeats"]):
+                out += [Unit(k, 0, c, j) for j in range(int(t["inner"][k]))]
+                out += [Unit(k, r, c) for r in range(int(reps))]
+        return out
 
     def unit_complete(self, unit: Unit, key: str) -> bool:
         return self.unit(unit).complete(key)
@@ -558,8 +618,8 @@ class RunDir(_Folder):
             raise RunDirError(f"{self.path}: not complete: {shown}{', ...' if len(missing) > 10 else ''}; "
                               "rerun the same command to finish them")
         columns = PREDICTION_COLUMNS + ([REPEAT_COLUMN] if record.config.repeats > 1 else [])
-        return pd.concat([self.unit(u).read_predictions() for u in self.units(record)],
-                         ignore_index=True)[columns]
+        parts = [self.unit(u).read_predictions() for u in self.plain_units(record)]
+        return pd.concat([p for p in parts if len(p)] or parts, ignore_index=True)[columns]  # issue 21: empty repeats
 
     def read_stats(self) -> dict:
         return read_json_file(self.stats_json)
@@ -583,6 +643,25 @@ class RunDir(_Folder):
                 read_json(twin.run_json).get("key") != data.get("scan_split_run_key"):
             return None
         return data
+
+    # ---- issue 21: run --tune
+    def write_tuning_plan(self, data: dict) -> None:
+        atomic_write_json(self.tuning_plan_json, data)
+
+    def read_tuning_plan(self) -> dict:
+        return read_json_file(self.tuning_plan_json)
+
+    def write_tuning(self, data: dict, candidates: pd.DataFrame) -> None:
+        """tuning.json and tuning_candidates.csv (the table first: tuning.json names its sha256)."""
+        atomic_write_text(self.tuning_candidates_csv, candidates.to_csv(index=False))
+        atomic_write_json(self.tuning_json, data | {"candidates_sha256": file_sha256(self.tuning_candidates_csv)})
+
+    def read_tuning(self) -> dict | None:
+        """tuning.json, or None when the run has none."""
+        return read_json_file(self.tuning_json) if self.tuning_json.exists() else None
+
+    def read_tuning_candidates(self) -> pd.DataFrame:
+        return self.read_predictions(self.tuning_candidates_csv)
 
     # ---- the power of a new study (`icpcv power`)
     def write_power(self, data: dict) -> None:

@@ -161,3 +161,34 @@ def test_slurm_runs_each_fold_and_repeat_as_its_own_task_with_the_local_numbers(
     assert len({j["job_id"] for j in jobs.values()}) == 6
     assert read_json(RunDir(out).unit(Unit(2, 1)).record_json)["slurm_job_id"]
     assert "slurm: submitted 6 (fold, repeat) task(s) as array job" in log.read_text()
+
+
+def test_slurm_runs_every_tuning_unit_as_its_own_task_with_the_local_numbers(tmp_path, slurm_cluster):
+    """Issue 21: with --tune every (outer fold, candidate, inner fold) training and every outer fit is an array
+    task; the tuning units' predictions equal a local run's bit for bit."""
+    from icpcv.tune.spec import parse_spec
+    from icpcv.models import CNNS, known_models
+
+    spec = parse_spec("mean: subsample=0.5; seed=0,1", is_network=lambda m: m in CNNS, known_models=known_models())
+    cfg = config(models=("mean",), folds=2, tune=spec.to_dict(), inner_folds=2, val_fraction=0.0)
+    runs = {}
+    for how in ("local", "slurm"):
+        out, log = tmp_path / how, tmp_path / f"{how}.txt"
+        rec = prepare(cfg, out)
+        progress = Progress("quiet", log_file=log)
+        try:
+            execute(out, RunDir.units(rec), executor=how, device="cpu", threads=1, progress=progress,
+                    slurm=OPTIONS | dict(max_parallel=2))
+        finally:
+            progress.close()
+        runs[how] = (RunDir(out), rec)
+    run, rec = runs["slurm"]
+    tuning = run.tuning_units(rec)
+    assert len(tuning) == 2 * 2 * 2 + 2 * 2
+    jobs = read_json(run.slurm_jobs_json)
+    assert sorted(jobs) == sorted(u.key for u in RunDir.units(rec)) and "1.c1.i0" in jobs
+    assert len({j["job_id"] for j in jobs.values()}) == len(jobs)
+    local = runs["local"][0]
+    for u in tuning:
+        assert run.unit(u).predictions_csv.read_bytes() == local.unit(u).predictions_csv.read_bytes()
+        assert read_json(run.unit(u).record_json)["slurm_job_id"]

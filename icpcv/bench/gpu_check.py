@@ -14,7 +14,9 @@ measured):
    for ``resnet18`` at the ``fast`` preset's shape and the light ``cnn`` at the small phantom's;
 6. ``run_fast``: a 2-fold run of ``resnet18`` at the ``fast`` preset on the tiny phantom, end to
    end (folds with ``--saliency 1`` maps, statistics, report), with its wall time, each fold's
-   memory plan and its attribution cost per scan.
+   memory plan and its attribution cost per scan;
+7. ``tune_estimate``: what ``run --tune`` with 4 candidates would cost on the seed preset (issue 21):
+   the count of trainings it adds times an upper bound per training from step 3's throughput.
 
 Each step records ``ok`` (true, false, or null when skipped), its seconds and its error (if any),
 and the check goes on; the exit code is 1 when a step failed. ``--cpu`` rehearses the steps on
@@ -35,12 +37,15 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import icpcv
 from icpcv.bench.train import run_bench
+from icpcv.cohort.phantom import PRESETS as PHANTOMS, design
 from icpcv.config import PRESETS
 from icpcv.explain.bench import bench_case
+from icpcv.folds import nested_trainings
 from icpcv.models.memory import verify_plan_on_cuda
 from icpcv.util import atomic_write_json
 
@@ -140,6 +145,25 @@ def _run_fast(out: Path, cpu: bool) -> dict:
     return res
 
 
+def _tune_estimate(result: dict, candidates: int = 4) -> dict:
+    """Issue 21: what ``run --tune`` with ``candidates`` recipes would cost on the seed preset, estimated from this
+    check's seed-preset throughput: (trainings it adds, :func:`icpcv.folds.nested_trainings`) x (the seed preset's
+    epochs x its training scans per fold / end-to-end samples per second). An upper bound per training (early
+    stopping ends most sooner); validation passes not counted."""
+    bench = result["steps"].get("bench_train_seed") or {}
+    rate = bench.get("end_to_end_samples_per_s")
+    p = PRESETS["seed"]
+    ph = PHANTOMS[p.phantom]
+    count = nested_trainings(ph.n_subjects, candidates=candidates, repeats=p.repeats)
+    if not rate:
+        return {"skipped": "no seed-preset throughput measured (bench_train_seed)", **count}
+    scans = len(design(ph, np.random.default_rng(0)))  # the seed phantom's scans (its design, nothing rendered)
+    train_scans = scans * (ph.n_subjects - 1) / ph.n_subjects * 0.75  # a fold's training part (--val-fraction 0.25)
+    per_training = p.train.epochs * train_scans / rate
+    return dict(count, per_training_upper_s=per_training, plain_upper_h=count["plain"] * per_training / 3600,
+                tune_upper_h=count["total"] * per_training / 3600, samples_per_s=rate, train_scans=train_scans)
+
+
 def check(out, *, cpu: bool = False, tests: list[str] | None = None, steps: list[str] | None = None) -> dict:
     """Run the check's steps (all, or ``steps``), writing ``out/gpu_check.json`` after each; returns it."""
     out = Path(out)
@@ -153,7 +177,8 @@ def check(out, *, cpu: bool = False, tests: list[str] | None = None, steps: list
             ("memory_plan_fast", lambda: _memory_plan("fast", cpu)),
             ("memory_plan_seed", lambda: _memory_plan("seed", cpu)),
             ("attribution_cost", lambda: _attribution_cost(cpu)),
-            ("run_fast", lambda: _run_fast(out, cpu))]
+            ("run_fast", lambda: _run_fast(out, cpu)),
+            ("tune_estimate", lambda: _tune_estimate(result))]  # issue 21
     for name, step in plan:
         if steps and name not in steps:
             continue

@@ -1,4 +1,4 @@
-"""``icpcv bench [train|run|stats|prepare|repeats|memory|gpu-check|coverage]``: benchmarks that print figures and ratios.
+"""``icpcv bench [train|run|stats|prepare|repeats|variance|tune|memory|gpu-check|coverage]``: benchmarks that print figures and ratios.
 
 Each benchmark measures its yardstick in the same run; none of them is a test.
 
@@ -11,6 +11,8 @@ Each benchmark measures its yardstick in the same run; none of them is a test.
 * ``repeats``: the cost of ``--repeats R`` against training once, from a run with repeats (its
   repeat-0 units are the run ``--repeats 1`` makes), with the row of the README's table
   (:mod:`icpcv.bench.repeats`).
+* ``tune``: the cost of ``run --tune`` against the plain run, within one run, and its known answer on the
+  phantom (:mod:`icpcv.bench.tune`).
 * ``memory``: the GPU memory plan of a preset on a card, counted on the meta device
   (:mod:`icpcv.models.memory`): training, validation and prediction peaks, volumes, resident or streamed.
 * ``coverage``: the coverage of ``icpcv predict``'s monkey-level interval over many new phantom monkeys,
@@ -27,7 +29,7 @@ import sys
 TARGETS = {"train": "icpcv.bench.train", "run": "icpcv.bench.run", "stats": "icpcv.stats.bench",
            "prepare": "icpcv.prepare.bench", "memory": "icpcv.models.memory", "gpu-check": "icpcv.bench.gpu_check",
            "repeats": "icpcv.bench.repeats", "variance": "icpcv.stats.repeats_bench",
-           "coverage": "icpcv.predict.coverage"}
+           "coverage": "icpcv.predict.coverage", "tune": "icpcv.bench.tune"}  # tune: issue 21
 
 
 def main(argv=None) -> int:

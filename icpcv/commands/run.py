@@ -75,6 +75,26 @@ def _acquisition_options(args) -> dict:
     return dict(acquisition=acquisition, confound=confound, covariates=covariates)
 
 
+def _tune_options(args, models) -> dict:
+    """Issue 21: ``--tune SPEC`` and ``--inner-folds K`` as RunConfig fields (absent: their defaults)."""
+    from icpcv.models import CNNS, known_models, make_model  # lazy: start-up time (torch)
+    from icpcv.tune.spec import parse_spec  # lazy: start-up time (only with --tune)
+
+    spec_text, inner = getattr(args, "tune", None), getattr(args, "inner_folds", None)
+    if spec_text is None:
+        if inner is not None:
+            raise InputError("--inner-folds applies to --tune; give --tune SPEC too")
+        return {}
+    if inner is not None and inner < 2:
+        raise InputError(f"--inner-folds {inner}: give at least 2 (default: one inner fold per training monkey)")
+    spec = parse_spec(spec_text, is_network=lambda m: m in CNNS, known_models=known_models())
+    if spec.name in models:
+        raise InputError(f"--tune: the tuned model's name {spec.name} is also in --models; name it otherwise "
+                         "(a spec file's 'name')")
+    check_val_fraction(args.val_fraction, [m for m in spec.models if make_model(m).stochastic])  # they early-stop
+    return dict(tune=spec.to_dict(), inner_folds=inner)
+
+
 def _shape(text: str) -> tuple[int, int, int]:
     return parse_shape(text, min_size=4, example="20x20x48")
 
@@ -136,6 +156,14 @@ def add_parser(sub) -> None:
                    help="after the leave-one-monkey-out run, run the same models on a scan-level random K-fold "
                         "(K = the number of folds; leaky on purpose) in OUT/scan_split and set it beside the honest "
                         "run in stats.json and the report, with the optimism it shows")
+    m.add_argument("--tune", metavar="SPEC",
+                   help="choose a recipe inside each outer fold on inner folds of its training monkeys only, refit it "
+                        "on them and predict the held-out monkey as model <model>_tuned; SPEC: e.g. "
+                        "\"cnn: lr=1e-3,3e-4; epochs=20,40\", \"ridge_scan: alpha=0.1,10,1000\", \"resnet10 | resnet18\", "
+                        "or a .toml/.json file (docs/tuning.md). Also reports every candidate's plain "
+                        "leave-one-monkey-out MAE and how optimistic picking the best of them would be")
+    m.add_argument("--inner-folds", type=int, metavar="K",
+                   help="--tune: inner folds over each outer fold's training monkeys (default: one per monkey)")
     m.add_argument("--split", choices=["subjects", "scans"], help=argparse.SUPPRESS)  # the old spelling of the audit
     m.add_argument("--val-fraction", type=float, default=RunConfig.val_fraction,
                    help="share of training monkeys for early stopping")
@@ -248,9 +276,12 @@ def build_config(args) -> RunConfig:
         models = tuple(preset.model if m == "cnn" else m for m in models)
     stochastic = [m for m in models if make_model(m).stochastic]
     check_val_fraction(args.val_fraction, stochastic)  # the CNNs early-stop
+    tune = _tune_options(args, models)  # issue 21
+    tuned_stochastic = [c["model"] for c in (tune.get("tune") or {}).get("candidates", [])
+                        if make_model(c["model"]).stochastic]  # --repeats applies to their outer fits
     if repeats is None:
         repeats = preset.repeats if preset else RunConfig.repeats
-    if repeats > 1 and not stochastic:
+    if repeats > 1 and not stochastic and not tuned_stochastic:
         print(f"note: --repeats {repeats} ignored: no model in --models ({','.join(models)}) depends on training "
               "randomness, so each is trained once", file=sys.stderr)
         repeats = 1
@@ -274,7 +305,7 @@ def build_config(args) -> RunConfig:
                      preset=getattr(args, "preset", None), repeats=int(repeats),
                      **_saliency_options(args),  # issue 14
                      **_acquisition_options(args),  # issue 19
-                     **geometry_config(args))  # issue 19
+                     **geometry_config(args), **tune)  # issue 19, issue 21
 
 
 def cmd_run(args) -> int:

@@ -179,7 +179,8 @@ class RidgeScan(Baseline):
 
     Volumes are area-averaged to ``grid``, standardised voxel-wise and reduced to at most
     ``n_components`` principal components; IOP is standardised and appended; the ridge
-    penalty is chosen by generalised cross-validation on the training scans.
+    penalty is chosen by generalised cross-validation on the training scans, or fixed at
+    ``alpha`` (a ``run --tune`` candidate, issue 21).
     """
 
     name = "ridge_scan"
@@ -193,9 +194,10 @@ class RidgeScan(Baseline):
                               "n_features_in_", "n_samples_"),
                      "ridge_": ("coef_", "intercept_", "alpha_", "n_features_in_")}
 
-    def __init__(self, grid=(8, 8, 16), n_components: int = 20):
+    def __init__(self, grid=(8, 8, 16), n_components: int = 20, alpha: float | None = None):
         self.grid = tuple(grid)
         self.n_components = n_components
+        self.alpha = alpha
 
     def _features(self, volumes):
         return np.stack([resample(v, self.grid).ravel() for v in volumes])
@@ -208,7 +210,8 @@ class RidgeScan(Baseline):
         iop = frame["iop"].to_numpy(float)
         self.iop_mu_, self.iop_sd_ = float(iop.mean()), float(iop.std() or 1.0)
         X = self._design(feats, iop)
-        self.ridge_ = RidgeCV(alphas=np.logspace(-3, 4, 30)).fit(X, frame["icp"].to_numpy(float))
+        alphas = np.logspace(-3, 4, 30) if self.alpha is None else [float(self.alpha)]
+        self.ridge_ = RidgeCV(alphas=alphas).fit(X, frame["icp"].to_numpy(float))
         return self
 
     def _design(self, feats, iop):

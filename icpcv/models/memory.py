@@ -52,6 +52,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from icpcv.folds import nested_trainings  # issue 21: bench memory --tune-candidates
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -610,6 +612,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="override the optimiser")
     p.add_argument("--eval-cap", type=int, default=EVAL_BATCH_CAP, help="largest prediction batch proposed")
     p.add_argument("--json", dest="json_out", help="also write the plans here as JSON")
+    p.add_argument("--tune-candidates", type=int, metavar="C",
+                   help="also count what run --tune with C candidates trains on the preset's phantom (issue 21)")
+    p.add_argument("--inner-folds", type=int, metavar="K", help="with --tune-candidates: inner folds (default: "
+                                                                 "one per training monkey)")
 
 
 def main(argv=None) -> int:
@@ -627,6 +633,17 @@ def main(argv=None) -> int:
             print()
             print(plan.summary())
             plans.append(plan.to_dict())
+        if args.tune_candidates:  # issue 21: a count, not a measurement; each training has the plan above
+            from icpcv.cohort.phantom import PRESETS as PHANTOMS  # lazy: only with --tune-candidates
+
+            p = PRESETS[preset]
+            n = nested_trainings(PHANTOMS[p.phantom].n_subjects, candidates=args.tune_candidates,
+                                 inner_folds=args.inner_folds, repeats=p.repeats)
+            print(f"\nrun --tune with {n['candidates']} candidates on the {preset} preset ({n['outer_folds']} outer folds, "
+                  f"{n['inner_folds']} inner folds each): {n['inner']} inner trainings + {n['outer_fits']} outer fits = "
+                  f"{n['total']} trainings against {n['plain']} for a plain run of one recipe: x{n['ratio']:.0f} the "
+                  "GPU time (one training per unit, so each needs the memory above, no more); e.g. at the GPU "
+                  "check's seconds per training, multiply by that count")
     if args.json_out:
         with open(args.json_out, "w") as fh:
             json.dump(plans, fh, indent=1)

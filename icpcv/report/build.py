@@ -22,6 +22,8 @@ from icpcv.report import trend_figures as TF
 from icpcv.report.rundata import (CompareData, PredictionsData, RunData, read_acquisition, read_training_variance,
                                   read_trending)
 from icpcv.stats.intervals import PredictionIntervals
+from icpcv.errors import RunDirError
+from icpcv.rundir import RunDir
 from icpcv.stats.power import PowerResult
 from icpcv.stats.repeats import TrainingVariance
 from icpcv.stats.analysis import verdict_comparison
@@ -315,6 +317,23 @@ def scan_audit_context(run: RunData) -> dict | None:
     return dict(statement=a.get("statement", ""), n_folds=a.get("n_folds"), dir=a.get("scan_split_dir"),
                 plan_hash=a.get("scan_split_plan_hash"), rows=a.get("models") or [],
                 ci_pct=f"{round(a.get('ci_level', 0.95) * 100):g}%")
+
+
+def selection_context(stats: AnalysisResult, tuning: dict | None) -> dict | None:
+    """Issue 21: the "Recipe selection" section, from stats.json's ``recipe_selection`` (the counts, stability
+    and optimism audit) and tuning.json's per-fold scores (nothing recomputed)."""
+    sel = stats.extra.get("recipe_selection")
+    if not sel:
+        return None
+    opt, st = sel["optimism"], sel["stability"]
+    rows = [dict(label=c, chosen=st["counts"].get(c, 0), mae=opt["candidates"].get(c),
+                 note="best by its own leave-one-monkey-out MAE: the naive pick" if c == opt["best"] else "")
+            for c in sel["candidates"]]
+    inner = sel.get("inner_folds")
+    return dict(name=sel["name"], n_candidates=sel["n_candidates"], n_folds=st["n_folds"], statement=sel["statement"],
+                inner_text=("leave one training monkey out" if inner is None else f"{inner} groups of training monkeys"),
+                stability=st, modal_pct=f"{100 * st['modal_share']:.0f}%" if st.get("modal_share") is not None else "–",
+                rows=rows, nested_mae=opt["mae_nested"], folds=(tuning or {}).get("folds") or [])
 
 
 def _count(v):
@@ -618,6 +637,7 @@ def _base_context(stats: AnalysisResult, subjects: list[str]) -> dict:
                 per_subject=per_subject_table(stats, subjects), trending=trending_context(read_trending(stats)),
                 repeats=training_randomness_context(read_training_variance(stats)),
                 acquisition=acquisition_context(stats),  # issue 19
+                selection=selection_context(stats, None),  # issue 21 (a run adds tuning.json's folds)
                 generated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -667,6 +687,16 @@ IOP_ONLY = ("mean", "ols_iop", "ols_iop2", "mixedlm_iop")
 SCAN_MODELS = ("cnn", "ridge_scan")
 
 
+
+def _tuning(run: RunData) -> dict | None:
+    """tuning.json of the run (issue 21) when it belongs to this run (its run key), else None."""
+    try:
+        data = RunDir(run.path).read_tuning()
+    except (RunDirError, OSError, ValueError):  # unreadable: the section shows stats.json's figures, not the folds
+        return None
+    return data if data and data.get("run_key") == run.record.key else None
+
+
 def render_run(run: RunData) -> str:
     stats = run.stats
     ctx = _base_context(stats, run.subjects)
@@ -682,6 +712,7 @@ def render_run(run: RunData) -> str:
                record=run.record, timing=timing_table(run), power=run.power,
                attribution=attribution_context(run.attribution),  # issue 14
                prediction=prediction_context(stats),  # issue 20
+               selection=selection_context(stats, _tuning(run)),  # issue 21
                warnings=list(stats.warnings), notes=run.notes)
     return environment().get_template("report.html.j2").render(**ctx)
 

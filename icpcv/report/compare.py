@@ -130,6 +130,21 @@ def pick_models(runs: list[RunInput], models: list[str] | None) -> list[str]:
     return differing
 
 
+def selection_note(runs: list[RunInput], models: list[str]) -> str | None:
+    """Issue 21: two or more runs of one model on the same monkeys are recipes of it; reporting the best of them
+    is recipe selection after seeing the held-out monkeys (optimistic), which ``run --tune`` does honestly."""
+    if len(runs) < 2 or not models:
+        return None
+    shown = ", ".join(models[:3]) + (", ..." if len(models) > 3 else "")
+    return (f"These {len(runs)} runs are {len(runs)} recipes of {shown} on the same monkeys and fold plan. Picking "
+            "the best of them by the MAEs above is recipe selection after seeing the held-out monkeys: the winner's "
+            f"MAE is the smallest of {len(runs)} noisy estimates and so optimistic (Varma & Simon 2006; Cawley & "
+            "Talbot 2010). To choose honestly, give the recipes as candidates of one run with --tune (e.g. --tune "
+            "\"cnn: lr=1e-3,3e-4\", or a TOML file of the runs' settings): each outer fold then chooses on inner "
+            "folds of its training monkeys only, and the run reports how optimistic the naive pick would have been "
+            "(docs/tuning.md).")
+
+
 def stacked_predictions(runs: list[RunInput], models: list[str]) -> pd.DataFrame:
     parts = []
     for r in runs:
@@ -186,6 +201,9 @@ def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str
         result = analyze(preds, **kwargs)
     except ValueError as exc:  # the engine's word on bad options or predictions
         raise InputError(f"cannot analyse the stacked predictions: {exc}") from None
+    note = selection_note(runs, models)  # issue 21
+    if note:
+        result.warnings.append(note)
     out.path.mkdir(parents=True, exist_ok=True)
     out.write_predictions(preds)
     write_stats(result, out.stats_json)
@@ -195,6 +213,6 @@ def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str
                            data_hash=r.record.data_hash, config_hash=r.record.config_hash,
                            key=r.record.key, config=r.record.config.to_dict(), environment=r.environment)
                       for r in runs],
-                config_differences=config_differences(runs))
+                config_differences=config_differences(runs), selection_note=note)
     out.write_compare_meta(meta)
     return write_report(out.path)

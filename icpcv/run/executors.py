@@ -72,9 +72,11 @@ def folds_failed(run_dir: Path, failures: list[dict]) -> FoldsFailed:
     total = len(run.units(rec))
     complete = total - len(run.incomplete_units(rec))
     lines = []
-    for f in sorted(failures, key=lambda f: (f["fold"], f.get("repeat", 0))):
+    for f in sorted(failures, key=lambda f: (f["fold"], f.get("repeat", 0), f.get("unit", ""))):
         held = run.held_out(f["fold"])
-        lines.append(f"  {fold_label(f['fold'], n, held, f.get('repeat', 0), R)}: {f['reason']}\n    log: {f['log']}")
+        what = (f"{Unit.parse(f['unit']).label(R, n)} (held out {', '.join(held)})" if f.get("unit")  # issue 21
+                else fold_label(f['fold'], n, held, f.get('repeat', 0), R))
+        lines.append(f"  {what}: {f['reason']}\n    log: {f['log']}")
     msg = (f"{len(failures)} of {total} {units} failed ({complete} complete {units} are kept and will not be "
            f"rerun):\n" + "\n".join(lines) + f"\nfix the cause and rerun the same command to run the unfinished {units}")
     return FoldsFailed(msg, failures)
@@ -93,7 +95,8 @@ def _local(run_dir: Path, units: list[Unit], device: str, threads: int | None, p
         for i, u in enumerate(units):
             progress.set_folds(done0 + i, n)
             try:
-                run_fold(run_dir, u.fold, repeat=u.repeat, device=device, progress=progress)
+                run_fold(run_dir, u.fold, repeat=u.repeat, device=device, progress=progress, candidate=u.candidate,
+                         inner=u.inner)
             except Exception as exc:
                 run.unit(u).write_error(exc, log=str(run.unit(u).log))
                 raise
@@ -135,7 +138,8 @@ def process_task(run_dir: str, unit: Unit, device: str, threads: int, gpus: list
             gpu = _pin_gpu(gpus, slot_dir)
             if device.startswith("cuda"):
                 device = "cuda"  # the one visible GPU
-        rec = run_job(run_dir, unit.fold, repeat=unit.repeat, device=device, threads=threads)
+        rec = run_job(run_dir, unit.fold, repeat=unit.repeat, device=device, threads=threads,
+                      candidate=unit.candidate, inner=unit.inner)
         return dict(unit=unit, ok=True, record=rec, gpu=gpu, pid=os.getpid())
     except Exception as exc:
         return dict(unit=unit, ok=False, reason=f"{type(exc).__name__}: {exc}", gpu=gpu, pid=os.getpid(),
@@ -192,7 +196,8 @@ def _processes(run_dir: Path, units: list[Unit], workers: int, device: str, thre
                 progress.set_folds(done0 + sum(r["ok"] for r in results.values()), n_units)
                 progress.message(fold_summary(res["record"], n) + (f" [GPU {res['gpu']}]" if res["gpu"] else ""))
             else:
-                failures.append(dict(fold=u.fold, repeat=u.repeat, reason=res["reason"], log=res["log"]))
+                failures.append(dict(fold=u.fold, repeat=u.repeat, reason=res["reason"], log=res["log"],
+                                     **({"unit": u.key} if u.tuning else {})))
                 progress.message(f"{u.label(rec.config.repeats, n)} FAILED: {res['reason']} "
                                  f"(log: {res['log']})")
     except Exception as exc:  # a worker died (killed, out of memory): loky stops the whole pool
@@ -201,7 +206,8 @@ def _processes(run_dir: Path, units: list[Unit], workers: int, device: str, thre
                 err = run.unit(u).read_error()
                 reason = (f"{err['type']}: {err['message']}" if err else
                           f"the worker process died ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})")
-                failures.append(dict(fold=u.fold, repeat=u.repeat, reason=reason, log=str(run.unit(u).log)))
+                failures.append(dict(fold=u.fold, repeat=u.repeat, reason=reason, log=str(run.unit(u).log),
+                                     **({"unit": u.key} if u.tuning else {})))
     finally:
         stop.set()
         watcher.join()

@@ -31,6 +31,7 @@ from icpcv.models import FitContext, make_model
 from icpcv.progress import FoldReporter, Progress
 from icpcv.rundir import PREDICTION_COLUMNS, REPEAT_COLUMN, FoldDir, RunDir, RunRecord, Unit
 from icpcv.train.loop import pick_device
+from icpcv.tune.job import run_tuning_unit  # issue 21: run --tune
 
 
 def fold_label(k: int, n_folds: int, held_out, repeat: int = 0, n_repeats: int = 1) -> str:
@@ -41,6 +42,9 @@ def fold_label(k: int, n_folds: int, held_out, repeat: int = 0, n_repeats: int =
 
 def fold_summary(record: dict, n_folds: int) -> str:
     """One line on a complete unit, from its record."""
+    if "candidate" in record:  # issue 21: a tuning unit names itself
+        (name, v), = record["metrics"].items()
+        return f"{record['label']} done in {record['seconds']:.1f} s: MAE {v['mae']:.2f}"
     maes = ", ".join(f"{m} MAE {v['mae']:.2f}" for m, v in record.get("metrics", {}).items())
     label = fold_label(record["fold"], n_folds, record["held_out"], record.get("repeat", 0),
                        record.get("n_repeats", 1))
@@ -56,7 +60,8 @@ def training_seed(seed: int, k: int, repeat: int = 0) -> int:
     return int(np.random.SeedSequence([int(seed), int(k), int(repeat)]).generate_state(1)[0])
 
 
-def run_fold(run_dir, k: int, *, repeat: int = 0, device: str = "auto", progress=None) -> dict:
+def run_fold(run_dir, k: int, *, repeat: int = 0, device: str = "auto", progress=None, candidate: int = -1,
+             inner: int = -1) -> dict:
     """Run repeat ``repeat`` of fold ``k`` of the run in ``run_dir`` unless it is already complete;
     returns its record.
 
@@ -68,7 +73,10 @@ def run_fold(run_dir, k: int, *, repeat: int = 0, device: str = "auto", progress
     rec = run.read_record()
     if not 0 <= repeat < rec.config.repeats:
         raise ValueError(f"repeat {repeat} of a run with {rec.config.repeats} repeat(s)")
-    fold = run.fold(k, repeat)
+    unit = Unit(k, repeat, candidate, inner)
+    if unit.tuning and unit not in run.tuning_units(rec):  # issue 21
+        raise ValueError(f"{unit.label()}: not a unit of this run's --tune")
+    fold = run.unit(unit)
     if fold.complete(rec.key):
         return fold.read_record()
     fold.path.mkdir(parents=True, exist_ok=True)
@@ -77,11 +85,16 @@ def run_fold(run_dir, k: int, *, repeat: int = 0, device: str = "auto", progress
             return fold.read_record()
         fold.clean_stale_temps()
         fold.clear_error()
+        if unit.tuning:  # issue 21: a candidate recipe on an inner fold, or its fit on the outer fold
+            reporter = FoldReporter(fold, progress)
+            record = run_tuning_unit(run, fold, rec, pick_device(device), reporter, outer_seed=training_seed)
+            reporter.message(fold_summary(record, rec.n_folds))
+            return record
         return _run_fold(run, fold, rec, device, FoldReporter(fold, progress))
 
 
 def run_job(run_dir, k: int, *, repeat: int = 0, device: str = "auto", threads: int | None = None,
-            echo: bool = False) -> dict:
+            echo: bool = False, candidate: int = -1, inner: int = -1) -> dict:
     """Run repeat ``repeat`` of fold ``k`` as a job in this process (a worker or a Slurm task);
     returns its record.
 
@@ -91,9 +104,10 @@ def run_job(run_dir, k: int, *, repeat: int = 0, device: str = "auto", threads: 
     if threads:
         torch.set_num_threads(int(threads))
     parent = Progress("lines", stream=sys.stderr) if echo else None
-    fold = RunDir(run_dir).fold(k, repeat)
+    fold = RunDir(run_dir).unit(Unit(k, repeat, candidate, inner))
     try:
-        return run_fold(run_dir, k, repeat=repeat, device=device, progress=parent)  # adds fold.log, status.json
+        return run_fold(run_dir, k, repeat=repeat, device=device, progress=parent, candidate=candidate,
+                        inner=inner)  # adds fold.log, status.json
     except Exception as exc:  # SystemExit (submitit's requeue) and KeyboardInterrupt are not failures
         fold.write_error(exc, log=str(fold.log))
         FoldReporter(fold, parent).message(f"{fold.unit.label()} failed: {type(exc).__name__}: {exc}")
@@ -154,7 +168,10 @@ def _run_fold(run: RunDir, fold: FoldDir, rec: RunRecord, device: str, progress:
             table[REPEAT_COLUMN] = pd.array([repeat if model.stochastic else pd.NA] * len(table), dtype="Int64")
         preds.append(table)
     columns = PREDICTION_COLUMNS + ([REPEAT_COLUMN] if repeated else [])
-    predictions = pd.concat(preds, ignore_index=True)[columns]
+    # a repeat with no network among --models (issue 21: --repeats for --tune's network candidates) predicts nothing
+    predictions = (pd.concat(preds, ignore_index=True)[columns] if preds else
+                   pd.DataFrame({c: pd.Series(dtype=float if c in ("y_true", "y_pred", "iop") else object)
+                                 for c in columns}))
     if not np.isfinite(predictions["y_pred"]).all():
         bad = predictions.loc[~np.isfinite(predictions["y_pred"]), "model"].unique()
         raise RuntimeError(f"fold {k}: model(s) {', '.join(bad)} produced non-finite predictions")

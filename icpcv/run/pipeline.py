@@ -5,6 +5,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
+
 from icpcv import cohort as cohort_mod
 from icpcv.cohort.preprocessing import describe as describe_preprocessing
 from icpcv.cohort.table import read_scan_table
@@ -22,8 +24,12 @@ from icpcv.rundir import FoldDir, RunDir, RunRecord, run_key
 from icpcv.stats import leakage_summary, write_stats
 from icpcv.stats.repeats import ensemble
 from icpcv.stats.intervals import prediction_intervals
+from icpcv.stats.selection import selection_optimism  # issue 21: run --tune
 from icpcv.stats.study import analyze_study, primary_predictions
 from icpcv.train.loop import checkpoint_epoch
+from icpcv.tune.plan import make_tuning_plan, units_shape  # issue 21
+from icpcv.tune.select import write_tuning  # issue 21
+from icpcv.tune.spec import TuneSpec  # issue 21
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -45,7 +51,8 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
     """
     run = RunDir(run_dir)
     check_models(cfg.models)
-    models = [make_model(m) for m in cfg.models]
+    spec = TuneSpec.from_dict(cfg.tune) if cfg.tune else None  # issue 21: the candidates' needs count too
+    models = [make_model(m) for m in list(cfg.models) + (spec.models if spec else [])]
     need_iop, need_volumes = any(m.needs_iop for m in models), any(m.needs_volumes for m in models)
     old = None
     if run.has_results():
@@ -81,6 +88,13 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
     run.write_plan_audit(leak)
     if cfg.split == "subjects" and not leak["passed"]:
         raise RunDirError(f"{run.path}: leakage audit failed: {leak['summary']}; refusing to train")
+    tuning = None
+    if spec is not None:  # issue 21: the inner plans, frozen before any training like the fold plan
+        tplan = make_tuning_plan(coh.scans, plan, spec, inner_folds=cfg.inner_folds, val_fraction=cfg.val_fraction,
+                                 seed=cfg.seed, repeats=[cfg.repeats if make_model(c.model).stochastic else 1
+                                                         for c in spec.candidates])
+        run.write_tuning_plan(tplan)
+        tuning = units_shape(tplan)
     run.write_config(cfg)
     env = environment()
     run.write_environment(env)
@@ -88,12 +102,17 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
     record = RunRecord(config=cfg, config_hash=cfg.hash, plan_hash=plan.hash, data_hash=data_hash,
                        key=run_key(cfg.hash, plan.hash, data_hash), n_folds=plan.n_folds,
                        created=old.created if old and old.created else env["time"],
-                       sessions=(old.sessions if old else [])[-49:] + [session])
+                       sessions=(old.sessions if old else [])[-49:] + [session], tuning=tuning)
     run.write_record(record)
     if progress:
         kept = int((quality["status"] == "kept").sum())
         progress.message(f"cohort: {kept} of {len(quality)} rows kept, {coh.scans['subject'].nunique()} subjects; "
                          f"fold plan {plan.kind} x{plan.n_folds} (hash {plan.hash}); audit: {leak['summary']}")
+        if tuning is not None:  # issue 21
+            n_units = len(RunDir.tuning_units(record))
+            progress.message(f"--tune: {len(spec.candidates)} candidates for {spec.name}, chosen in each outer fold on "
+                             f"inner folds of its training monkeys ({min(tuning['inner'])}-{max(tuning['inner'])} per "
+                             f"fold); {n_units} tuning units (inner trainings and outer fits)")
         for reason, what in (("volume_file_missing", "volume file(s) missing"),
                              ("volume_file_unreadable", "volume file(s) that cannot be opened"),
                              ("bad_volume", "unusable volume(s) skipped (--skip-bad-scans)"),
@@ -123,6 +142,9 @@ def gather(run_dir: Path):
     run = RunDir(run_dir)
     rec = run.read_record()
     preds = run.gather_predictions(rec)
+    if rec.config.tune:  # issue 21: the choice in each outer fold (tuning.json) and the tuned model's rows
+        _, tuned = write_tuning(run.path)
+        preds = pd.concat([preds, tuned[preds.columns]], ignore_index=True)
     run.write_predictions(preds)
     run.write_ensemble(ensemble(preds, source=str(run.predictions_csv)) if rec.config.repeats > 1 else None)
     return preds
@@ -151,6 +173,9 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
     scan_audit = run.scan_split_audit(rec)
     if scan_audit is not None:
         result.extra["scan_split_audit"] = {k: scan_audit[k] for k in ("statement", "n_folds", "ci_level", "models")}
+    if cfg.tune:  # issue 21: the choice's stability and the optimism of picking the best recipe by looking
+        result.extra["recipe_selection"] = recipe_selection(run, preds, n_boot=cfg.n_boot, seed=cfg.seed,
+                                                            ci_level=cfg.ci_level)
     write_stats(result, run.stats_json)
     if cfg.saliency:  # issue 14: the folds' attribution maps scored (attribution.json) before the report
         write_attribution(run.path, progress)
@@ -163,13 +188,27 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
     return report
 
 
+def recipe_selection(run: RunDir, preds, *, n_boot: int, seed: int, ci_level: float) -> dict:
+    """Issue 21: stats.json's ``recipe_selection``: tuning.json's choices and stability, and the optimism audit
+    (:func:`icpcv.stats.selection.selection_optimism`) of every candidate's outer fits against the tuned model."""
+    tuning = run.read_tuning()
+    name = tuning["name"]
+    audit = selection_optimism(run.read_tuning_candidates(), preds[preds["model"] == name], n_boot=n_boot, seed=seed,
+                               ci_level=ci_level)
+    return dict(name=name, n_candidates=len(tuning["candidates"]), inner_folds=tuning["inner_folds"],
+                candidates=[c["label"] for c in tuning["candidates"]],
+                chosen=[f["chosen_label"] for f in tuning["folds"]], stability=tuning["stability"], optimism=audit,
+                statement=audit["statement"])
+
+
 # --------------------------------------------------------------------------- leakage audit
 
 def scan_split_config(cfg: RunConfig, n_folds: int) -> RunConfig:
     """The twin of an honest run for the leakage audit: the same models, data and settings on a
     scan-level random K-fold with as many folds as the honest plan, so that both train on a
     similar share of the scans and differ only in whether a monkey can be on both sides."""
-    return replace(cfg, split="scans", folds=int(n_folds), saliency=0)  # issue 14: the twin maps nothing
+    return replace(cfg, split="scans", folds=int(n_folds), saliency=0,  # issue 14: the twin maps nothing
+                   tune=None, inner_folds=None)  # issue 21: nor tunes (plain models only)
 
 
 def write_scan_split_audit(run_dir: Path, progress: Progress | None = None) -> dict:
@@ -201,8 +240,9 @@ def _prepare_and_execute(cfg: RunConfig, run_dir: Path, *, device, executor, wor
     units = run.units(rec)
     todo = run.incomplete_units(rec)
     if len(todo) < len(units):
-        what = "folds" if R == 1 else "units (fold, repeat)"
-        done = [u.label(R) if R > 1 else str(u.fold + 1) for u in units if u not in todo]
+        what = ("units (fold, repeat, --tune candidate and inner fold)" if rec.tuning else  # issue 21
+                "folds" if R == 1 else "units (fold, repeat)")
+        done = [u.label(R) if R > 1 or u.tuning else str(u.fold + 1) for u in units if u not in todo]
         shown = ", ".join(done[:20]) + (", ..." if len(done) > 20 else "")
         progress.message(f"resuming: {len(units) - len(todo)} of {len(units)} {what} already complete "
                          f"({shown}); they are not rerun")

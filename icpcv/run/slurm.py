@@ -60,7 +60,8 @@ class FoldJob(Checkpointable):
     def __call__(self, unit) -> dict:
         unit = Unit.of(unit)
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0) or None
-        rec = run_job(self.run_dir, unit.fold, repeat=unit.repeat, device=self.device, threads=threads, echo=True)
+        rec = run_job(self.run_dir, unit.fold, repeat=unit.repeat, device=self.device, threads=threads, echo=True,
+                      candidate=unit.candidate, inner=unit.inner)  # issue 21: a --tune unit
         return dict(fold=unit.fold, repeat=unit.repeat, status=rec["status"])  # the head reads the run directory
 
     def checkpoint(self, unit):
@@ -261,7 +262,8 @@ def _wait(run_dir: Path, rec: RunRecord, watch: dict[Unit, dict], progress, poll
                               "(killed outside Python: cancelled, out of memory or a node failure?)")
                 state[k] = "failed"
                 failures.append(dict(fold=k.fold, repeat=k.repeat, reason=reason, log=job["stderr"],
-                                     job_id=job["job_id"], fold_log=str(run.unit(k).log)))
+                                     job_id=job["job_id"], fold_log=str(run.unit(k).log),
+                                     **({"unit": k.key} if k.tuning else {})))  # issue 21
                 progress.message(f"{k.label(R, n)} FAILED: {reason} (log: {job['stderr']})")
             counts = {s: sum(v == s for v in state.values()) for s in ("pending", "running", "done", "failed")}
             line = ", ".join(f"{v} {s}" for s, v in counts.items())

@@ -1,0 +1,228 @@
+"""``run --tune`` (issue 21): nested recipe selection on inner monkeys, and the optimism of picking by looking.
+
+One small run on a file cohort of the tiny phantom (2 outer folds, 2 inner folds, the scan ridge at a
+modest and at a crushing penalty) is shared by the module; a second run, on the same table with the
+held-out monkeys of fold 1 changed (labels and volumes), shows that fold 1's choice never saw them.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from icpcv.cohort.phantom import make_cohort
+from icpcv.errors import InputError
+from icpcv.models import CNNS, known_models
+from icpcv.rundir import RunDir, Unit
+from icpcv.stats.selection import choice_stability, selection_optimism
+from icpcv.tune.nested import nested_in_memory
+from icpcv.tune.spec import parse_spec
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = "ridge_scan: alpha=10,1e6"
+ARGS = ["--models", "mean", "--tune", SPEC, "--folds", "2", "--inner-folds", "2", "--shape", "12x12x32", "--val-fraction", "0",
+        "--reference", "mean", "--n-boot", "200", "--threads", "1", "--quiet"]
+
+
+def spec(text):
+    return parse_spec(text, is_network=lambda m: m in CNNS, known_models=known_models())
+
+
+def icpcv(*args, check=True):
+    res = subprocess.run([sys.executable, "-m", "icpcv", *map(str, args)], capture_output=True, text=True, cwd=REPO)
+    if check and res.returncode:
+        raise AssertionError(res.stderr[-3000:])
+    return res
+
+
+def write_table(folder: Path, change=None) -> Path:
+    """The tiny phantom as .npy files and a plain scan table; ``change(scans, volumes)`` edits them first."""
+    scans, volumes, _ = make_cohort("tiny", seed=0)
+    volumes = volumes.astype(np.float32)
+    if change is not None:
+        change(scans, volumes)
+    (folder / "vol").mkdir(parents=True, exist_ok=True)
+    for x, v in zip(scans["scan_id"], volumes):
+        np.save(folder / "vol" / f"{x}.npy", v)
+    table = scans[["scan_id", "subject", "iop", "icp"]].assign(path=[f"vol/{x}.npy" for x in scans["scan_id"]])
+    table.to_csv(folder / "scans.csv", index=False)
+    return folder / "scans.csv"
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tune")
+    table = write_table(base / "data")
+    icpcv("run", "--manifest", table, "--out", base / "run", *ARGS)
+    return base
+
+
+# ---------------------------------------------------------------------------------------------- the spec
+
+def test_spec_grid_models_and_files(tmp_path):
+    s = spec("cnn: lr=1e-3,3e-4; epochs=2,3")
+    assert s.name == "cnn_tuned" and len(s.candidates) == 4
+    assert {c.options["lr"] for c in s.candidates} == {1e-3, 3e-4}
+    two = spec("resnet10 | resnet18: lr=1e-3")
+    assert two.name == "recipe_tuned" and [c.model for c in two.candidates] == ["resnet10", "resnet18"]
+    (tmp_path / "s.toml").write_text('name = "depth"\n[[candidates]]\nmodel = "ridge_scan"\nalpha = [1.0, 10.0]\n')
+    (tmp_path / "s.json").write_text(json.dumps({"candidates": [{"model": "mean"}, {"model": "ols_iop"}]}))
+    assert spec(str(tmp_path / "s.toml")).name == "depth_tuned"
+    assert [c.label for c in spec(str(tmp_path / "s.json")).candidates] == ["mean", "ols_iop"]
+    with pytest.raises(InputError, match="ridge_scan has no setting 'lr'; it takes seed, subsample, alpha"):
+        spec("ridge_scan: lr=1,2")
+    with pytest.raises(InputError, match="1 candidate; recipe selection needs at least 2"):
+        spec("cnn: lr=1e-3")
+    with pytest.raises(InputError, match="subsample=1.5"):
+        spec("mean: subsample=1.5,0.5")
+
+
+def test_tuning_units_have_keys_of_their_own():
+    for u in (Unit(3), Unit(3, 2), Unit(3, 0, 1, 4), Unit(3, 2, 1)):
+        assert Unit.parse(u.key) == u
+    assert Unit(3).key == "3" and Unit(3, 2).key == "3.2"  # the keys of runs without --tune are as before
+    assert Unit(3, 0, 1, 4).key == "3.c1.i4" and Unit(3, 0, 1, 4).label() == "fold 4 candidate 2 inner 5"
+
+
+def test_default_run_config_has_no_tuning_keys():
+    from icpcv.config import RunConfig
+    d = RunConfig().to_dict()
+    assert "tune" not in d and "inner_folds" not in d
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+def test_outputs_of_a_tuned_run(tuned_run):
+    run = RunDir(tuned_run / "run")
+    rec = run.read_record()
+    # every (outer fold, candidate, inner fold) training and every candidate's outer fit is a complete unit
+    units = run.tuning_units(rec)
+    assert len(units) == 2 * 2 * 2 + 2 * 2 and not run.incomplete_units(rec)
+    tuning = json.loads(run.tuning_json.read_text())
+    assert [len(f["scores"]) for f in tuning["folds"]] == [2, 2]
+    for f in tuning["folds"]:  # the choice is the lowest inner MAE
+        assert f["chosen"] == int(np.argmin([s["inner_mae"] for s in f["scores"]]))
+    # predictions.csv: the tuned model predicts every scan once, as the chosen candidate's outer fit did
+    preds = run.read_predictions()
+    tuned = preds[preds["model"] == "ridge_scan_tuned"]
+    assert sorted(tuned["scan_id"]) == sorted(preds[preds["model"] == "mean"]["scan_id"])
+    cands = run.read_tuning_candidates()
+    for f in tuning["folds"]:
+        mine = cands[(cands["fold"] == f["fold"]) & (cands["model"] == f["chosen_label"])]
+        got = tuned[tuned["fold"] == f["fold"]]
+        assert np.array_equal(mine["y_pred"].to_numpy(), got["y_pred"].to_numpy())
+    # stats and verdict treat it like any other model; the optimism audit checked against a direct computation
+    stats = json.loads(run.stats_json.read_text())
+    assert "ridge_scan_tuned" in stats["models"]
+    sel = stats["recipe_selection"]
+    maes = {m: float(np.mean(np.abs(g["y_pred"] - g["y_true"]))) for m, g in cands.groupby("model")}
+    nested = float(np.mean(np.abs(tuned["y_pred"] - tuned["y_true"])))
+    assert sel["optimism"]["best"] == min(maes, key=maes.get)
+    assert sel["optimism"]["optimism"] == pytest.approx(nested - min(maes.values()), abs=1e-9)
+    assert sel["statement"].startswith("Picking the best of 2 recipes by their leave-one-monkey-out MAE")
+    html = run.index_html.read_text()
+    assert "Recipe selection" in html and "ridge_scan alpha=1e+06" in html
+
+
+def test_a_truly_better_candidate_is_chosen_by_most_folds():
+    """Known answer: the ridge at alpha 10 reads the scan; at 1e6 it is shrunk to (nearly) the mean. Nested
+    selection (in memory: the run's plans, fits and rule) picks alpha 10 in most of the 6 outer folds."""
+    scans, volumes, _ = make_cohort("tiny", seed=0)
+    out = nested_in_memory(scans[["scan_id", "subject", "iop", "icp"]], volumes, spec("ridge_scan: alpha=10,1e6"),
+                           inner_folds=2, val_fraction=0)
+    assert out["choices"].count("ridge_scan alpha=10") >= 5
+
+
+def test_the_held_out_monkeys_never_reach_the_choice(tuned_run):
+    """Fold 1's held-out monkeys get other labels and volumes: fold 1's inner scores stay bit-identical, while
+    fold 2 (which trains on those monkeys) changes: the test sees a leak if selection ever read them."""
+    run = RunDir(tuned_run / "run")
+    held = run.held_out(0)
+
+    def change(scans, volumes):
+        mine = scans["subject"].astype(str).isin(held).to_numpy()
+        scans.loc[mine, "icp"] = scans.loc[mine, "icp"] * 3 + 7
+        volumes[mine] = volumes[mine][:, ::-1, ::-1, ::-1] * 0.5 + 40
+
+    table = write_table(tuned_run / "changed", change)
+    icpcv("run", "--manifest", table, "--out", tuned_run / "changed_run", *ARGS)
+    a = json.loads(run.tuning_json.read_text())["folds"]
+    b = json.loads(RunDir(tuned_run / "changed_run").tuning_json.read_text())["folds"]
+    assert RunDir(tuned_run / "changed_run").held_out(0) == held
+    assert a[0]["scores"] == b[0]["scores"] and a[0]["chosen"] == b[0]["chosen"]
+    assert [s["inner_mae"] for s in a[1]["scores"]] != [s["inner_mae"] for s in b[1]["scores"]]
+
+
+def test_resume_reruns_only_missing_tuning_units(tuned_run):
+    """Two tuning units lose their records; the rerun (processes executor) trains only them, same predictions."""
+    out = tuned_run / "resume"
+    shutil.copytree(tuned_run / "run", out)
+    run = RunDir(out)
+    before = run.predictions_csv.read_bytes()
+    for u in (Unit(1, 0, 0, 1), Unit(0, 0, 1)):
+        run.unit(u).record_json.unlink()
+    res = icpcv("run", "--manifest", tuned_run / "data" / "scans.csv", "--out", out, *ARGS[:-1],
+                "--executor", "processes", "--workers", "2")
+    assert "resuming: 12 of 14 units (fold, repeat, --tune candidate and inner fold) already complete" in res.stderr
+    assert run.predictions_csv.read_bytes() == before
+    assert not run.incomplete_units(run.read_record())
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+def test_choice_stability_against_hand_counts():
+    s = choice_stability(["b", "a", "b", "c", "b"])
+    assert s["counts"] == {"b": 3, "a": 1, "c": 1} and s["modal_share"] == 0.6
+    assert s["agreement"] == pytest.approx((3 * 2) / (5 * 4))  # only b's pairs agree: 6 of 20 ordered pairs
+
+
+def test_equal_recipes_flatter_the_naive_pick_not_the_nested_one():
+    """Known answer: four recipes equal in truth (the mean of a random half of the training monkeys, differing
+    only in that draw's seed). In every cohort the best of them is below their average (picking it after seeing
+    the held-out monkeys is optimistic), and on average the nested estimate lies above the naive pick: the
+    audit's optimism is positive. (That the nested estimate matches the candidates' average is measured over
+    60 cohorts of the default phantom by ``icpcv bench tune --known-answer``: docs/tuning.md.)"""
+    grid = spec("mean: subsample=0.5; seed=0,1,2,3")
+    naive, nested = [], []
+    for seed in range(1, 7):
+        scans, _, _ = make_cohort("tiny", seed=seed)
+        out = nested_in_memory(scans[["scan_id", "subject", "iop", "icp"]], None, grid, inner_folds=2)
+        c = out["candidates"]
+        maes = np.array([np.mean(np.abs(g["y_pred"] - g["y_true"])) for _, g in c.groupby("model")])
+        t = out["tuned"]
+        naive.append(maes.min() - maes.mean())
+        nested.append(np.mean(np.abs(t["y_pred"] - t["y_true"])) - maes.mean())
+    assert max(naive) < 0  # min < mean in every cohort
+    optimism = np.array(nested) - np.array(naive)  # nested MAE - best candidate's MAE, per cohort
+    assert optimism.mean() > 2 * optimism.std(ddof=1) / np.sqrt(len(optimism))
+
+
+def test_compare_of_runs_of_one_model_points_to_tune(tuned_run, tmp_path):
+    """Two runs of one model on the same monkeys: compare says that picking the best is recipe selection."""
+    other = tmp_path / "again"
+    shutil.copytree(tuned_run / "run", other)
+    icpcv("compare", tuned_run / "run", other, "--models", "mean", "--out", tmp_path / "cmp", "--n-boot", "200")
+    stats = json.loads((tmp_path / "cmp" / "stats.json").read_text())
+    note = [w for w in stats["warnings"] if "recipe selection after seeing the held-out monkeys" in w]
+    assert note and "--tune" in note[0]
+    assert "recipe selection after seeing the held-out monkeys" in (tmp_path / "cmp" / "index.html").read_text()
+
+
+def test_cost_counts_for_the_seed_preset():
+    """bench memory / the GPU check: trainings --tune adds, by hand: 14 outer folds x 4 candidates x 13 inner
+    folds, plus 4 outer fits per fold; one per fold for a plain run."""
+    from icpcv.bench.gpu_check import _tune_estimate
+    from icpcv.folds import nested_trainings
+
+    n = nested_trainings(14, candidates=4)
+    assert (n["inner"], n["outer_fits"], n["plain"]) == (14 * 4 * 13, 14 * 4, 14)
+    assert nested_trainings(14, candidates=3, inner_folds=5)["inner"] == 14 * 3 * 5
+    est = _tune_estimate({"steps": {"bench_train_seed": {"end_to_end_samples_per_s": 50.0}}})
+    assert est["total"] == 784 and est["tune_upper_h"] == pytest.approx(56 * est["plain_upper_h"])
+    assert est["per_training_upper_s"] == pytest.approx(200 * est["train_scans"] / 50.0)
