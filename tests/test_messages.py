@@ -98,8 +98,8 @@ def test_every_reason_code_has_a_meaning_and_the_report_shows_it(tmp_path):
 
 
 @pytest.mark.parametrize("option,value,needle", [
-    ("--n-boot", "0", "--n-boot 0: need a value at least 1"), ("--ci-level", "1.5", "--ci-level 1.5: need a value"),
-    ("--batch-size", "0", "--batch-size 0"), ("--lr", "-1", "--lr -1: need a value above 0"),
+    ("--n-boot", "0", "--n-boot 0: accepted 1 to"), ("--ci-level", "1.5", "--ci-level 1.5: accepted above 0 and below 1"),
+    ("--batch-size", "0", "--batch-size 0"), ("--lr", "-1", "--lr -1: accepted above 0"),
     ("--patience", "-2", "--patience -2")])
 def test_numeric_options_are_checked_before_any_fold(tmp_path, option, value, needle):
     """--n-boot 0 and --ci-level 1.5 ended in a ValueError traceback after every fold had run."""

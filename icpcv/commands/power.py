@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 from icpcv.config import PowerConfig
 from icpcv.errors import InputError, RunDirError
+from icpcv.plausible import MONKEYS_MAX
 from icpcv.rundir import RunDir
 from icpcv.util import atomic_write_bytes
 from icpcv.writable import check_report_dir
@@ -32,9 +33,9 @@ def parse_monkeys(text: str) -> tuple[int, ...]:
             g = int(t)
         except ValueError:
             raise InputError(f"--monkeys: {t!r} is not a whole number of monkeys (give e.g. 6,10,14)") from None
-        if g < 2:
-            raise InputError(f"--monkeys: {g} is too few; a study needs at least 2 monkeys for a monkey-level "
-                             "interval and a sign-flip test")
+        if not 2 <= g <= MONKEYS_MAX:
+            raise InputError(f"--monkeys {g}: accepted 2 to {MONKEYS_MAX} (a study needs at least 2 monkeys for a "
+                             f"monkey-level interval and a sign-flip test; {MONKEYS_MAX} is beyond any primate study)")
         if g not in out:
             out.append(g)
     return tuple(out)

@@ -5,6 +5,7 @@ import argparse
 
 from icpcv.errors import InputError
 from icpcv.prepare.core import EXIT_SKIPPED, OUTPUT_DTYPES, PrepareOptions, prepare as prepare_volumes
+from icpcv.plausible import check_options, check_shape
 from icpcv.progress import Progress
 from icpcv.util import parse_shape
 
@@ -50,8 +51,8 @@ def cmd_prepare(args) -> int:
         shape = parse_shape(args.shape)
     except argparse.ArgumentTypeError as exc:
         raise InputError(str(exc)) from None
-    if args.workers < 1:
-        raise InputError(f"--workers {args.workers}: need at least 1")
+    check_shape(shape)
+    check_options({"--workers": args.workers, "--saturation": args.saturation}, "prepare")
     options = PrepareOptions(shape=shape, dtype=args.dtype, saturation=args.saturation, workers=args.workers,
                              force=args.force, verify=args.verify)
     progress = Progress("quiet" if args.quiet else "lines")
