@@ -30,6 +30,62 @@ def volume_format(path: str | Path) -> str:
     raise InputError(f"{path}: unknown volume format (expected one of {', '.join(SUFFIXES)})")
 
 
+def real_dtype_problem(dtype) -> str | None:
+    """Why a voxel type is not a real number type (booleans, complex numbers, dates and time spans,
+    text, records, Python objects), or None. The one rule of every volume reader (run and prepare)."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        return f"voxel type {dtype} is not a real number type"
+    if dtype.kind in "uif" and not dtype.fields and not dtype.hasobject:
+        return None
+    what = {"M": " (dates)", "m": " (time spans)", "U": " (text)", "S": " (bytes)", "O": " (Python objects)",
+            "b": " (true/false)", "c": " (complex numbers)", "V": " (records)"}.get(dtype.kind, "")
+    return f"voxel type {dtype}{what} is not a real number type"
+
+
+def tensor_problem(obj) -> tuple[str, str] | None:
+    """Why what a ``.pt`` file holds is not a plain volume tensor: ``(reason, why)`` with reason
+    ``unreadable`` (not a tensor, or one without data), ``not_dense`` (sparse, quantized or nested:
+    saved in another layout than its values) or ``wrong_dtype``; None for a dense real tensor.
+    Harmless differences are not problems: a tensor saved with ``requires_grad`` (see
+    :func:`plain_tensor`), bfloat16 and float8 (read as float32), a non-contiguous layout."""
+    import torch  # lazy: torch is heavy; only .pt files and resampling need it
+
+    if not isinstance(obj, torch.Tensor):
+        return "unreadable", f"holds a {type(obj).__name__}, not a tensor"
+    if getattr(obj, "is_nested", False):
+        return "not_dense", "holds a nested tensor (a list of tensors), not one volume"
+    if obj.is_quantized:
+        return "not_dense", (f"holds a quantized tensor ({obj.dtype}); save its values with "
+                             "torch.save(tensor.dequantize())")
+    if obj.layout != torch.strided:
+        return "not_dense", (f"holds a sparse tensor (layout {obj.layout}); save the volume dense with "
+                             "torch.save(tensor.to_dense())")
+    if obj.device.type == "meta":
+        return "unreadable", "holds a tensor without data (on the meta device)"
+    if obj.is_complex() or obj.dtype == torch.bool:
+        return "wrong_dtype", f"tensor type {obj.dtype} is not a real number type"
+    if not obj.is_floating_point() and str(obj.dtype) not in _TORCH_INTEGERS:
+        return "wrong_dtype", f"tensor type {obj.dtype} is not a real number type"
+    return None
+
+
+_TORCH_INTEGERS = ("torch.uint8", "torch.int8", "torch.int16", "torch.int32", "torch.int64", "torch.uint16",
+                   "torch.uint32", "torch.uint64")
+
+
+def plain_tensor(t):
+    """A checked tensor (:func:`tensor_problem`) as numpy can take it: detached from autograd,
+    floating types numpy lacks (bfloat16, float8) as float32."""
+    import torch  # lazy: torch is heavy; only .pt files and resampling need it
+
+    t = t.detach()
+    if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.float()
+    return t
+
+
 def _read_pt(path: Path) -> np.ndarray:
     import torch  # lazy: torch is heavy; only .pt files and resampling need it
 
@@ -40,11 +96,10 @@ def _read_pt(path: Path) -> np.ndarray:
                          "re-export it with torch.save(tensor)") from None
     if isinstance(obj, dict) and len(obj) == 1:
         obj = next(iter(obj.values()))
-    if not isinstance(obj, torch.Tensor):
-        raise InputError(f"{path}: holds a {type(obj).__name__}, not a tensor")
-    if obj.dtype == torch.bfloat16:
-        obj = obj.float()
-    return obj.numpy()
+    bad = tensor_problem(obj)
+    if bad:
+        raise InputError(f"{path}: {bad[1]}")
+    return plain_tensor(obj).numpy()
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -126,8 +181,9 @@ def read_volume(path: str | Path) -> np.ndarray:
         arr = arr[0]
     if arr.ndim != 3:
         raise InputError(f"{path}: volume has shape {tuple(arr.shape)}; expected 3 axes (X, Y, Z=depth)")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise InputError(f"{path}: volume dtype {arr.dtype} is not a real number type")
+    bad_type = real_dtype_problem(arr.dtype)
+    if bad_type:
+        raise InputError(f"{path}: volume {bad_type}")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise InputError(f"{path}: volume has {bad} NaN or infinite voxels; fix or exclude the scan")

@@ -196,6 +196,11 @@ def convert_volume(raw: str | Path, out: str | Path, options: PrepareOptions) ->
                 notes="; ".join(src.notes), out_size=size)
 
 
+def _one_line(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _task(raw: str, out: str, options: PrepareOptions, previous: dict | None) -> dict:
     """Worker entry point: never raises for a bad file; returns a result record."""
     t0 = time.perf_counter()
@@ -216,10 +221,11 @@ def _task(raw: str, out: str, options: PrepareOptions, previous: dict | None) ->
         rec.update(status="skipped", reason="missing", detail=f"{raw}: raw file not found ({exc})")
     except MemoryError:
         rec.update(status="skipped", reason="internal_error", detail=f"{raw}: out of memory while converting")
-    except Exception as exc:  # a bug or an unforeseen file problem: keep going, keep the trace
-        tb = traceback.format_exc()
+    except Exception as exc:  # a bug or an unforeseen file problem: keep going; where it happened goes to quality.csv
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
         rec.update(status="skipped", reason="internal_error",
-                   detail=f"{raw}: {type(exc).__name__}: {exc}", traceback=tb)
+                   detail=f"{raw}: {type(exc).__name__}: {_one_line(exc)} (at {Path(frame.filename).name}:"
+                          f"{frame.lineno} in {frame.name})")
     rec.update(seconds=time.perf_counter() - t0, peak_rss_mib=peak_rss_mib(), pid=os.getpid())
     return rec
 
@@ -413,6 +419,11 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
             except VolumeError as exc:
                 results[r.row] = dict(status="skipped", reason=exc.reason, detail=exc.detail)
                 continue
+            except OSError as exc:  # a link loop, no permission, a name the file system refuses
+                results[r.row] = dict(status="skipped", reason="unreadable",
+                                      detail=f"{r.path}: cannot open ({exc.strerror or type(exc).__name__}; row "
+                                             f"{r.row}, column {info['path_col']})")
+                continue
             entry = entries.get(r.out)
             same_target = bool(entry) and entry.get("target_key") == key and entry.get("source") == str(r.path)
             target_file = out / r.out
@@ -446,8 +457,6 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                 else:
                     entries.pop(r.out, None)
                     progress.message(f"[{done}/{len(tasks)}] {r.scan_id}: skipped ({rec['reason']})")
-                    if rec.get("traceback"):
-                        err.write(rec["traceback"])
                 if time.monotonic() - last_save > 5:
                     atomic_write_json(out / MANIFEST, manifest)
                     last_save = time.monotonic()

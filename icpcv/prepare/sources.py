@@ -34,6 +34,7 @@ from typing import Iterator
 
 import numpy as np
 
+from icpcv.cohort.volumes import plain_tensor, real_dtype_problem, tensor_problem
 from icpcv.util import natural_key
 
 #: reason code -> what it means (quality.csv ``reason`` column)
@@ -47,6 +48,7 @@ REASONS = {
     "wrong_axes": "the data is not a 3-D volume (X, Y, Z)",
     "too_small": "an axis of the raw volume has fewer than 2 samples",
     "wrong_dtype": "the voxel type is not a real number type",
+    "not_dense": "a tensor saved in another layout than its values (sparse, quantized, nested): save it dense",
     "inconsistent_pages": "the B-scans do not all share one shape and type",
     "non_finite": "the volume holds NaN or infinite voxels",
     "wrong_shape": "the raw shape is not the cohort's: more than a factor 2 off its typical shape along an axis, "
@@ -80,10 +82,10 @@ def raw_format(path: Path) -> str:
 
 
 def _check_dtype(path: Path, dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype.kind not in "uif":
-        raise VolumeError("wrong_dtype", f"{path}: voxel type {dtype} is not a real number type")
-    return dtype
+    bad = real_dtype_problem(dtype)  # the run's rule (icpcv.cohort.volumes)
+    if bad:
+        raise VolumeError("wrong_dtype", f"{path}: {bad}")
+    return np.dtype(dtype)
 
 
 def _squeeze(path: Path, shape: tuple, *, trailing: bool = False) -> tuple[tuple, int]:
@@ -415,16 +417,12 @@ class PtSource(Source):
                                           "re-export it with torch.save(tensor)") from None
         if isinstance(obj, dict) and len(obj) == 1:
             obj = next(iter(obj.values()))
-        if not isinstance(obj, torch.Tensor):
-            raise VolumeError("unreadable", f"{path}: holds a {type(obj).__name__}, not a tensor")
-        if obj.is_complex() or obj.dtype == torch.bool:
-            raise VolumeError("wrong_dtype", f"{path}: tensor type {obj.dtype} is not a real number type")
+        bad = tensor_problem(obj)  # the run's rule (icpcv.cohort.volumes): sparse, quantized, nested...
+        if bad:
+            raise VolumeError(bad[0], f"{path}: {bad[1]}")
         shape3, lead = _squeeze(path, tuple(obj.shape))
         t = obj[0] if lead else obj
-        if t.dtype == torch.bfloat16:
-            dtype = np.dtype(np.float32)
-        else:
-            dtype = torch.empty(0, dtype=t.dtype).numpy().dtype
+        dtype = plain_tensor(torch.empty(0, dtype=t.dtype)).numpy().dtype  # bfloat16, float8: read as float32
         src = cls(path=path, fmt="pt", shape=shape3, dtype=np.dtype(dtype), native_axes=(0, 1, 2), stream=0,
                   files=[path])
         src._t = t  # slabs along X, the tensor's first axis
@@ -435,10 +433,7 @@ class PtSource(Source):
 
         per, starts = self.slab_starts(self.shape[0], self.shape[1] * self.shape[2] * self.dtype.itemsize)
         for start in starts:
-            part = self._t[start:start + per]
-            if part.dtype == torch.bfloat16:
-                part = part.float()
-            yield start, part.contiguous().numpy()
+            yield start, plain_tensor(self._t[start:start + per]).contiguous().numpy()
 
 
 def _looks_truncated(exc: Exception) -> bool:

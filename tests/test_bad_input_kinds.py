@@ -1,0 +1,124 @@
+"""Issue 22, causes 2 to 9: kinds of bad input a new user met, each a rule of its own.
+
+Small tables of 6x6x12 volumes and labels-only models keep every case to a second or two.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cli_support import assert_clean_refusal, icpcv
+
+SHAPE = (6, 6, 12)
+FAST = ["--models", "mean,ols_iop", "--n-boot", "10", "--quiet"]
+VOLUME_MODELS = ["--models", "mean,ols_iop,ridge_scan", "--shape", "6x6x12", "--n-boot", "10", "--quiet"]
+
+
+def _volume(i: int) -> np.ndarray:
+    rng = np.random.default_rng(i)
+    z = np.arange(SHAPE[2])
+    band = 40 * np.exp(-0.5 * ((z - 4 - i % 5) / 1.5) ** 2)
+    return np.clip(60 + band[None, None, :] + rng.normal(0, 8, SHAPE), 0, 255).astype(np.float32)
+
+
+def _volumes_table(folder: Path, n_subjects: int = 4, per: int = 3) -> tuple[Path, list[Path]]:
+    """A plain table of n_subjects x per scans with good .npy volumes in folder/vol."""
+    (folder / "vol").mkdir(parents=True, exist_ok=True)
+    rows, paths = [], []
+    for k in range(n_subjects * per):
+        s, i = divmod(k, per)
+        p = folder / "vol" / f"v{k:02d}.npy"
+        np.save(p, _volume(k))
+        paths.append(p)
+        rows.append(dict(scan_id=f"s{k:02d}", subject=str(s + 1), iop=f"{10 + 5 * i:g}", icp=f"{4 + 2 * s + i:g}",
+                         path=f"vol/v{k:02d}.npy"))
+    table = folder / "scans.csv"
+    pd.DataFrame(rows).to_csv(table, index=False)
+    return table, paths
+
+
+def _labels_table(path: Path, n_subjects: int = 4, subject=str) -> Path:
+    rows = [dict(scan_id=f"{s}-{i}", subject=subject(s), iop=10 + 5 * i, icp=5 + s + 0.5 * i) for s in
+            range(1, n_subjects + 1) for i in range(3)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _no_temporaries(folder: Path) -> None:
+    left = [p for p in Path(folder).rglob("*") if p.name.endswith(".tmp")]
+    assert not left, left
+
+
+# --------------------------------------------------------------------------- cause 2: exotic volumes
+
+
+def _exotic(kind: str, path: Path, good: np.ndarray) -> Path:
+    """Replace a good .npy volume by one of an exotic type; returns the new path (.pt for tensors)."""
+    import torch
+
+    path.unlink()
+    t = torch.from_numpy(good)
+    pt = path.with_suffix(".pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse CSR and quantized tensors warn that they are beta
+        if kind == "timedelta":
+            np.save(path, good.astype(np.int64).astype("timedelta64[s]"))
+            return path
+        if kind == "datetime":
+            np.save(path, good.astype(np.int64).astype("datetime64[D]"))
+            return path
+        if kind == "text":
+            np.save(path, good.astype("U4"))
+            return path
+        obj = {"sparse": lambda: t.to_sparse(), "sparse_csr": lambda: t.reshape(36, 12).to_sparse_csr(),
+               "quantized": lambda: torch.quantize_per_tensor(t, 0.5, 0, torch.quint8),
+               "nested": lambda: torch.nested.nested_tensor([t, t]), "meta": lambda: t.to("meta"),
+               "requires_grad": lambda: t.clone().requires_grad_(True), "float8": lambda: t.to(torch.float8_e4m3fn),
+               "bfloat16": lambda: t.to(torch.bfloat16), "uint16": lambda: t.to(torch.uint16)}[kind]()
+        torch.save(obj, pt)
+    return pt
+
+
+REFUSED = {"timedelta": "time spans", "datetime": "dates", "text": "text", "sparse": "sparse tensor",
+           "sparse_csr": "sparse tensor", "quantized": "quantized tensor", "nested": "nested tensor",
+           "meta": "without data"}
+HARMLESS = ("requires_grad", "float8", "bfloat16", "uint16")
+
+
+def test_exotic_volumes_are_bad_volumes_with_their_reason_in_run_and_prepare_alike(tmp_path):
+    """One table: eight exotic volumes (refused, with their reason) and four harmless ones (accepted)."""
+    table, paths = _volumes_table(tmp_path, n_subjects=4, per=5)
+    df = pd.read_csv(table, dtype=str)
+    refused_rows = dict(zip([0, 1, 5, 6, 10, 11, 15, 16], REFUSED))  # each monkey keeps three scans
+    harmless_rows = dict(zip([2, 7, 12, 17], HARMLESS))
+    for i, kind in {**refused_rows, **harmless_rows}.items():
+        df.loc[i, "path"] = f"vol/{_exotic(kind, paths[i], _volume(i)).name}"
+    df.to_csv(table, index=False)
+
+    rc, _, err = icpcv("run", "--manifest", table, "--out", tmp_path / "refused", *VOLUME_MODELS)
+    assert_clean_refusal(rc, err, "8 unusable volume(s)", "--skip-bad-scans")
+    rc, _, err = icpcv("run", "--manifest", table, "--out", tmp_path / "run", "--skip-bad-scans", *VOLUME_MODELS)
+    assert rc == 0 and "Traceback" not in err, err
+    q = pd.read_csv(tmp_path / "run" / "data_quality.csv", dtype=str, keep_default_na=False)
+    for i, kind in refused_rows.items():
+        assert (q.loc[i, "status"], q.loc[i, "reason"]) == ("dropped", "bad_volume"), kind
+        assert REFUSED[kind] in q.loc[i, "detail"], (kind, q.loc[i, "detail"])
+    for i, kind in harmless_rows.items():
+        assert q.loc[i, "status"] == "kept", (kind, q.loc[i, "detail"])
+    _no_temporaries(tmp_path / "run")
+
+    rc, _, err = icpcv("prepare", table, "--out", tmp_path / "prep", "--shape", "6x6x12", "--quiet")
+    assert rc == 3 and "Traceback" not in err, err
+    q = pd.read_csv(tmp_path / "prep" / "quality.csv", dtype=str, keep_default_na=False)
+    for i, kind in refused_rows.items():
+        assert q.loc[i, "status"] == "skipped", kind
+        assert q.loc[i, "reason"] in ("wrong_dtype", "not_dense", "unreadable"), (kind, q.loc[i, "reason"])
+        assert REFUSED[kind] in q.loc[i, "detail"], (kind, q.loc[i, "detail"])
+    for i, kind in harmless_rows.items():
+        assert q.loc[i, "status"] == "converted", (kind, q.loc[i, "detail"])
+    _no_temporaries(tmp_path / "prep")
