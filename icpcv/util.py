@@ -152,6 +152,29 @@ def natural_key(label: str):
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(label)) if t]
 
 
+_WHOLE_LABEL = re.compile(r"^[+-]?[0-9]+(\.0*)?$", re.ASCII)
+
+
+def subject_label(value) -> str:
+    """The one spelling of a subject (monkey) label, for every reader (scan tables, predictions):
+    a whole number written ``1``, ``1.0``, ``01`` or ``+1`` (ASCII digits; what a spreadsheet or pandas
+    makes of a number) is ``'1'``; anything else is the text, trimmed.
+
+    >>> [subject_label(v) for v in ("1", "1.0", "01", " +1 ", 1, 1.0, "m1", "1.5", "1e3")]
+    ['1', '1', '1', '1', '1', '1', 'm1', '1.5', '1e3']
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return str(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    text = str(value).strip()
+    if _WHOLE_LABEL.match(text):
+        return str(int(text.split(".")[0]))  # an int, not a float: 40 digits stay 40 digits
+    return text
+
+
 def natural_sorted(labels: Iterable[str]) -> list[str]:
     return sorted((str(x) for x in labels), key=natural_key)
 

@@ -122,3 +122,39 @@ def test_exotic_volumes_are_bad_volumes_with_their_reason_in_run_and_prepare_ali
     for i, kind in harmless_rows.items():
         assert q.loc[i, "status"] == "converted", (kind, q.loc[i, "detail"])
     _no_temporaries(tmp_path / "prep")
+
+
+# --------------------------------------------------------------------------- cause 3: one monkey is one monkey
+
+
+def test_a_predictions_table_with_mixed_spellings_of_subjects_gives_the_same_statistics(tmp_path):
+    from icpcv.stats.io import read_predictions
+    from icpcv.stats.study import analyze_study
+    from icpcv.stats.synthetic import synthetic_predictions
+
+    p = synthetic_predictions(n_subjects=8, seed=3)
+    p = p[p["model"].isin(["ols_iop", "cnn"])].reset_index(drop=True)
+    p["subject"] = p["subject"].astype(str)
+    assert set(p["subject"]) <= {str(i) for i in range(1, 100)}, set(p["subject"])  # whole numbers, to respell
+    clean, mixed = tmp_path / "clean.csv", tmp_path / "mixed.csv"
+    p.to_csv(clean, index=False)
+    spellings = [lambda s: s, lambda s: f"{s}.0", lambda s: f"0{s}", lambda s: f" {s} ", lambda s: f"{s}.00"]
+    p.assign(subject=[spellings[i % len(spellings)](s) for i, s in enumerate(p["subject"])]).to_csv(mixed, index=False)
+    a, b = read_predictions(clean), read_predictions(mixed)
+    assert b["subject"].nunique() == a["subject"].nunique() == 8
+    ra, rb = analyze_study(a, n_boot=200), analyze_study(b, n_boot=200)
+    assert rb.n_subjects == 8
+    assert rb.to_dict() == ra.to_dict()
+
+
+def test_scan_tables_and_predictions_spell_a_subject_the_same_way(tmp_path):
+    from icpcv.cohort.table import read_scan_table
+    from icpcv.stats.io import validate_predictions
+
+    spelled = ["1", "1.0", "01", "+1", "m1", "1.5"]
+    t = tmp_path / "t.csv"
+    pd.DataFrame(dict(scan_id=[f"s{i}" for i in range(6)], subject=spelled, iop="10", icp="5")).to_csv(t, index=False)
+    from_table = list(read_scan_table(t).scans["subject"])
+    preds = pd.DataFrame(dict(fold=0, subject=spelled, scan_id=[f"s{i}" for i in range(6)], model="m", y_true=5.0,
+                              y_pred=5.0))
+    assert list(validate_predictions(preds)["subject"]) == from_table == ["1", "1", "1", "1", "m1", "1.5"]

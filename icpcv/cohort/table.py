@@ -30,7 +30,7 @@ from icpcv.cohort.volumes import volume_file_problem
 from icpcv.errors import InputError
 from icpcv.plausible import (ICP_MMHG, IOP_MMHG, SHAPE_FACTOR_MAX, VOXEL_ABS_MAX, VOXEL_Z_MAX, describe, in_range,
                              is_missing)
-from icpcv.util import natural_sorted
+from icpcv.util import natural_sorted, subject_label
 
 SEED_COLUMNS = ("id", "monkey_id", "iop", "icp", "torch_present")
 PLAIN_COLUMNS = ("scan_id", "subject", "iop", "icp", "path")
@@ -147,16 +147,6 @@ def _parse_number(text: str) -> float | None:
     return None if np.isnan(x) else x
 
 
-_WHOLE = re.compile(r"^[+-]?\d+(\.0*)?$")
-
-
-def _parse_subject(text: str) -> str:
-    # '5' and '5.0' are the same monkey (pandas writes ints with missing values as floats)
-    if _WHOLE.match(text):
-        return str(int(float(text)))
-    return text
-
-
 def _pressure_problem(name: str, text: str, value: float | None, bounds) -> tuple[str, str, str] | None:
     """The reason a pressure cell is unusable, or None: not a number, or outside its plausible range."""
     if value is None:
@@ -215,7 +205,7 @@ def read_scan_table(
     seen: dict[str, int] = {}
     for i, rec in enumerate(raw.to_dict("records"), start=1):
         scan_id = _clean(rec.get(id_col))
-        subject = _parse_subject(_clean(rec.get(subj_col)))
+        subject = subject_label(_clean(rec.get(subj_col)))  # '5', '5.0', '05': one monkey
         problems: list[tuple[str, str, str]] = []  # (reason, column, value)
         if is_missing(scan_id):
             problems.append(("scan_id_missing", id_col, scan_id))

@@ -20,7 +20,7 @@ import pandas as pd
 
 from icpcv.errors import InputError
 from icpcv.plausible import ICP_MMHG, IOP_MMHG, PREDICTION_MMHG, describe, in_range, is_missing, show
-from icpcv.util import atomic_write_text, to_jsonable
+from icpcv.util import atomic_write_text, subject_label, to_jsonable
 
 REQUIRED_COLUMNS = ("fold", "subject", "scan_id", "model", "y_true", "y_pred")
 OPTIONAL_NUMERIC = ("iop",)
@@ -202,7 +202,8 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", *,
             if isinstance(v, str) and is_missing(v):  # read back as NaN by every pandas reader downstream
                 raise InputError(f"{source} row {i + 1}, column {col}: {v.strip()!r} reads as a missing value; "
                                  "give every row its label")
-        out[col] = [_label(v) for v in values]
+        # one monkey is one monkey: '1', '1.0' and '01' are subject '1', as in the scan tables
+        out[col] = [subject_label(v) if col == "subject" else _label(v) for v in values]
 
     numeric = list(NUMERIC_COLUMNS) + [c for c in OPTIONAL_NUMERIC if c in df.columns]
     for col in numeric:
