@@ -158,3 +158,47 @@ def test_scan_tables_and_predictions_spell_a_subject_the_same_way(tmp_path):
     preds = pd.DataFrame(dict(fold=0, subject=spelled, scan_id=[f"s{i}" for i in range(6)], model="m", y_true=5.0,
                               y_pred=5.0))
     assert list(validate_predictions(preds)["subject"]) == from_table == ["1", "1", "1", "1", "m1", "1.5"]
+
+
+# --------------------------------------------------------------------------- cause 4: paths stay where they belong
+
+
+def test_scan_ids_and_relative_paths_that_climb_out_of_their_folder_are_dropped_with_a_reason(tmp_path):
+    import torch
+
+    from icpcv.cohort.table import read_scan_table
+
+    scans = tmp_path / "data" / "scans"
+    scans.mkdir(parents=True)
+    for x in ("a", "b", "c"):
+        torch.save(torch.zeros(4, 4, 8), scans / f"{x}.pt")
+    torch.save(torch.zeros(4, 4, 8), tmp_path / "data" / "outside.pt")  # exists: today it is loaded
+    torch.save(torch.zeros(4, 4, 8), tmp_path / "elsewhere.pt")
+    ids = ["a", "b", "c", "../outside", "a/../../outside", "../../elsewhere", str(tmp_path / "elsewhere")]
+    seed = pd.DataFrame(dict(id=ids, monkey_id="1", iop="10", icp="5", torch_present="TRUE"))
+    seed.to_csv(tmp_path / "seed.csv", index=False)
+    q = read_scan_table(tmp_path / "seed.csv", scans_dir=scans).quality.set_index("scan_id")
+    for x in ids[3:]:
+        assert q.loc[x, "reason"] == "path_outside", (x, q.loc[x].to_dict())
+        assert "outside --scans" in q.loc[x, "value"]
+    assert (q.loc[["a", "b", "c"], "status"] == "kept").all()
+
+    vol = tmp_path / "data" / "vol"
+    vol.mkdir()
+    for x in ("a", "b"):
+        np.save(vol / f"{x}.npy", _volume(0))
+    np.save(tmp_path / "outside.npy", _volume(1))
+    plain = pd.DataFrame(dict(scan_id=["a", "b", "o", "p", "abs"], subject="1", iop="10", icp="5",
+                              path=["vol/a.npy", "vol/../vol/b.npy", "../outside.npy", "vol/../../outside.npy",
+                                    str(tmp_path / "outside.npy")]))
+    plain.to_csv(tmp_path / "data" / "plain.csv", index=False)
+    q = read_scan_table(tmp_path / "data" / "plain.csv").quality.set_index("scan_id")
+    assert list(q["reason"]) == ["", "", "path_outside", "path_outside", ""]  # an absolute path is the author's choice
+
+    # prepare: relative raw paths stay inside --raw
+    rc, _, err = icpcv("prepare", tmp_path / "data" / "plain.csv", "--raw", tmp_path / "data", "--out",
+                       tmp_path / "prep", "--shape", "4x4x8", "--quiet")
+    assert rc == 3 and "Traceback" not in err, err
+    q = pd.read_csv(tmp_path / "prep" / "quality.csv", dtype=str, keep_default_na=False).set_index("scan_id")
+    assert list(q["reason"]) == ["", "", "path_outside", "path_outside", ""], q["reason"]
+    assert "lies outside" in q.loc["o", "detail"]

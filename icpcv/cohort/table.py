@@ -26,7 +26,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from icpcv.cohort.volumes import volume_file_problem
+from icpcv.cohort.volumes import escapes_folder, volume_file_problem
 from icpcv.errors import InputError
 from icpcv.plausible import (ICP_MMHG, IOP_MMHG, SHAPE_FACTOR_MAX, VOXEL_ABS_MAX, VOXEL_Z_MAX, describe, in_range,
                              is_missing)
@@ -52,6 +52,9 @@ REASONS = {
     "iop_out_of_range": f"IOP outside the plausible {describe(IOP_MMHG)} (a typo, another unit or a broken export)",
     "torch_present_invalid": "torch_present is neither true nor false (TRUE/FALSE, 1/0, yes/no)",
     "no_volume": "the table says no model-ready volume exists (torch_present is FALSE)",
+    "path_outside": "the scan id (seed format: its <id>.pt under --scans) or the relative path (plain format: "
+                    "relative to the table's folder) climbs out of its folder ('../'); give a path inside it, or "
+                    "an absolute path (plain format)",
     "volume_file_missing": "the volume file does not exist (value says where it was looked for; a broken "
                            "symbolic link says so)",
     "volume_file_unreadable": "the volume file cannot be opened (a symbolic link loop, a folder, no read "
@@ -238,6 +241,9 @@ def read_scan_table(
                 problems.append(("torch_present_invalid", "torch_present", present))
             elif present in _FALSE:
                 problems.append(("no_volume", "torch_present", present or "(empty)"))
+            elif scans_dir is not None and scan_id and escapes_folder(scans_dir, f"{scan_id}.pt"):
+                problems.append(("path_outside", "id", f"{scan_id} ({scans_dir / scan_id}.pt is outside --scans "
+                                                       f"{scans_dir})"))
             elif scans_dir is not None and scan_id:
                 vol_path = scans_dir / f"{scan_id}.pt"
                 bad_file = volume_file_problem(vol_path)
@@ -247,6 +253,8 @@ def read_scan_table(
             p = _clean(rec.get("path"))
             if not p:
                 problems.append(("volume_file_missing", "path", "(empty)"))
+            elif not Path(p).is_absolute() and escapes_folder(base, p):
+                problems.append(("path_outside", "path", f"{p} (outside the table's folder {base})"))
             else:
                 vol_path = Path(p) if Path(p).is_absolute() else base / p
                 bad_file = volume_file_problem(vol_path)

@@ -164,6 +164,15 @@ def volume_file_problem(path: Path) -> tuple[str, str] | None:
     return None
 
 
+def escapes_folder(folder, relative: str) -> bool:
+    """Whether ``folder / relative`` lies outside ``folder`` (``../outside``, ``a/../../b``), compared
+    lexically: a symbolic link inside the folder may point anywhere (it was put there on purpose),
+    but a name in a table must not climb out of the folder it is relative to."""
+    root = os.path.abspath(folder)
+    target = os.path.abspath(os.path.join(root, relative))
+    return target != root and not target.startswith(root.rstrip(os.sep) + os.sep)
+
+
 _READERS = {"pt": _read_pt, "npy": _read_npy, "nii": _read_nifti, "nii.gz": _read_nifti,
             "tif": _read_tiff, "tiff": _read_tiff}
 

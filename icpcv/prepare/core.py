@@ -28,7 +28,7 @@ from joblib import Parallel, delayed
 
 from icpcv import __version__
 from icpcv.cohort.table import detect_format, read_scan_csv
-from icpcv.cohort.volumes import shape_problem, typical_shape
+from icpcv.cohort.volumes import escapes_folder, shape_problem, typical_shape
 from icpcv.errors import InputError
 from icpcv.prepare.resample import ALGORITHM, RawStats, StreamResampler, saturation_value
 from icpcv.prepare.sources import REASONS, VolumeError, content_hash, fingerprint, open_source, raw_format, safe_name
@@ -409,6 +409,11 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                 results[r.row] = dict(status="skipped", reason="no_path",
                                       detail=f"{table}: row {r.row}, column {info['path_col']}: empty; no raw file "
                                              "to convert")
+                continue
+            if not Path(r.raw).is_absolute() and escapes_folder(raw_dir, r.raw):
+                results[r.row] = dict(status="skipped", reason="path_outside",
+                                      detail=f"{table}: row {r.row}, column {info['path_col']}: {r.raw} lies outside "
+                                             f"{raw_dir} (the folder raw paths are relative to)")
                 continue
             try:
                 if not r.path.exists():

@@ -41,6 +41,8 @@ from icpcv.util import natural_key
 REASONS = {
     "no_path": "the table names no raw file for this row",
     "missing": "the raw file or folder does not exist",
+    "path_outside": "a relative raw path that climbs out of --raw (or the table's folder) with '../'; give a path "
+                    "inside it, or an absolute path",
     "unknown_format": "the file's suffix is not a supported raw format",
     "oct_extra_missing": "reading vendor .OCT files needs the optional extra: install icpcv[oct]",
     "unreadable": "the file cannot be parsed as its format",
