@@ -152,6 +152,25 @@ def natural_key(label: str):
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(label)) if t]
 
 
+#: a number as a lab writes it: ASCII digits, one optional sign, decimal point and exponent; infinities
+#: are numbers (outside every range). Not Python's float(): it also reads '2_0' (20) and full-width or
+#: Arabic-Indic digits, which no spreadsheet writes as a number.
+_DECIMAL = re.compile(r"^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity)$", re.ASCII | re.IGNORECASE)
+
+
+def parse_decimal(text: str) -> float | None:
+    """A table cell as a plain decimal number (surrounding spaces trimmed), or None when it is not one
+    (text, NaN, ``2_0``, ``１２``, ``1,5``, ``0x10``).
+
+    >>> [parse_decimal(t) for t in ("12.5", " -3 ", "1e3", ".5", "5.", "inf", "2_0", "\uff12\uff10", "nan", "0x10")]
+    [12.5, -3.0, 1000.0, 0.5, 5.0, inf, None, None, None, None]
+    """
+    text = str(text).strip()
+    if not _DECIMAL.match(text):
+        return None
+    return float(text)
+
+
 _WHOLE_LABEL = re.compile(r"^[+-]?[0-9]+(\.0*)?$", re.ASCII)
 
 

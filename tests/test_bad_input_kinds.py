@@ -202,3 +202,36 @@ def test_scan_ids_and_relative_paths_that_climb_out_of_their_folder_are_dropped_
     q = pd.read_csv(tmp_path / "prep" / "quality.csv", dtype=str, keep_default_na=False).set_index("scan_id")
     assert list(q["reason"]) == ["", "", "path_outside", "path_outside", ""], q["reason"]
     assert "lies outside" in q.loc["o", "detail"]
+
+
+# --------------------------------------------------------------------------- cause 5: numbers as a lab writes them
+
+
+NOT_DECIMAL = ["2_0", "\uff12\uff10", "\u0662\u0660", "1,5", "0x10", "20 mmHg", "\u00bd", "2\u00a00"]
+
+
+def test_only_plain_decimal_numbers_are_pressures(tmp_path):
+    from icpcv.cohort.table import REASONS, read_scan_table
+    from icpcv.stats.io import validate_predictions
+
+    good = ["20", "20.0", "2e1", " 20 ", "+20", ".5e2"]
+    rows = [(f"i{k}", "1", v, "5") for k, v in enumerate(NOT_DECIMAL + good)] + \
+        [(f"c{k}", "2", "15", v) for k, v in enumerate(NOT_DECIMAL)] + [("ok", "2", "15", "5")]
+    t = tmp_path / "t.csv"
+    pd.DataFrame(rows, columns=["scan_id", "subject", "iop", "icp"]).to_csv(t, index=False)
+    q = read_scan_table(t).quality.set_index("scan_id")
+    for k, v in enumerate(NOT_DECIMAL):
+        assert (q.loc[f"i{k}", "reason"], q.loc[f"i{k}", "value"]) == ("iop_not_numeric", v.strip()), v
+        assert q.loc[f"c{k}", "reason"] == "icp_not_numeric", v
+        assert "2_0" in q.loc[f"i{k}", "detail"]  # the reason says what is not read
+    for k in range(len(good)):
+        assert q.loc[f"i{k + len(NOT_DECIMAL)}", "status"] == "kept"
+    assert "plain decimal number" in REASONS["iop_not_numeric"]
+    preds = pd.DataFrame(dict(fold=0, subject="1", scan_id=["a", "b"], model="m", y_true="5", y_pred=["5", "2_0"]))
+    with pytest.raises(Exception, match="row 2, column y_pred: '2_0' is not a number"):
+        validate_predictions(preds)
+
+
+def test_power_monkeys_are_plain_whole_numbers():
+    rc, _, err = icpcv("power", "nowhere", "--monkeys", "6,1_0")
+    assert_clean_refusal(rc, err, "--monkeys: '1_0' is not a whole number")

@@ -30,7 +30,7 @@ from icpcv.cohort.volumes import escapes_folder, volume_file_problem
 from icpcv.errors import InputError
 from icpcv.plausible import (ICP_MMHG, IOP_MMHG, SHAPE_FACTOR_MAX, VOXEL_ABS_MAX, VOXEL_Z_MAX, describe, in_range,
                              is_missing)
-from icpcv.util import natural_sorted, subject_label
+from icpcv.util import natural_sorted, parse_decimal, subject_label
 
 SEED_COLUMNS = ("id", "monkey_id", "iop", "icp", "torch_present")
 PLAIN_COLUMNS = ("scan_id", "subject", "iop", "icp", "path")
@@ -44,11 +44,13 @@ REASONS = {
     "subject_missing": "no subject (monkey) id (an empty cell, or NA, NaN, None, null: a missing value)",
     "icp_missing": "ICP cell is empty (or NA, NaN, None, null: a missing value)",
     "icp_range": "ICP written as a range (e.g. '0-2'), not a single value",
-    "icp_not_numeric": "ICP is not a number",
+    "icp_not_numeric": "ICP is not a plain decimal number (e.g. 12.5 or 1.25e1; digit separators such as 2_0 or "
+                       "1,5, non-ASCII digits and text are not read as numbers)",
     "icp_out_of_range": f"ICP outside the plausible {describe(ICP_MMHG)} (a typo, another unit or a broken export)",
     "icp_not_positive": "ICP <= 0 (the seed's rule keeps ICP > 0)",
     "iop_missing": "IOP cell is empty (or NA, NaN, None, null) and a selected model needs IOP",
-    "iop_not_numeric": "IOP is not a number",
+    "iop_not_numeric": "IOP is not a plain decimal number (e.g. 12.5 or 1.25e1; digit separators such as 2_0 or "
+                       "1,5, non-ASCII digits and text are not read as numbers)",
     "iop_out_of_range": f"IOP outside the plausible {describe(IOP_MMHG)} (a typo, another unit or a broken export)",
     "torch_present_invalid": "torch_present is neither true nor false (TRUE/FALSE, 1/0, yes/no)",
     "no_volume": "the table says no model-ready volume exists (torch_present is FALSE)",
@@ -142,12 +144,9 @@ def _clean(value) -> str:
 
 
 def _parse_number(text: str) -> float | None:
-    """A cell as a float: infinities are numbers (out of every range), NaN and text are not."""
-    try:
-        x = float(text)
-    except ValueError:
-        return None
-    return None if np.isnan(x) else x
+    """A cell as a float: plain decimal numbers only (icpcv.util.parse_decimal); infinities are numbers
+    (out of every range), NaN, text, '2_0' and full-width digits are not."""
+    return parse_decimal(text)
 
 
 def _pressure_problem(name: str, text: str, value: float | None, bounds) -> tuple[str, str, str] | None:

@@ -8,6 +8,7 @@ regenerates the report, which shows a power section while ``power.json`` matches
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -29,10 +30,9 @@ def parse_monkeys(text: str) -> tuple[int, ...]:
         raise InputError(f"--monkeys: give study sizes as comma-separated whole numbers, e.g. 6,10,14; got {text!r}")
     out = []
     for t in items:
-        try:
-            g = int(t)
-        except ValueError:
-            raise InputError(f"--monkeys: {t!r} is not a whole number of monkeys (give e.g. 6,10,14)") from None
+        if not re.fullmatch(r"[0-9]+", t, re.ASCII):  # int() would read '1_0' and full-width digits
+            raise InputError(f"--monkeys: {t!r} is not a whole number of monkeys (give e.g. 6,10,14)")
+        g = int(t)
         if not 2 <= g <= MONKEYS_MAX:
             raise InputError(f"--monkeys {g}: accepted 2 to {MONKEYS_MAX} (a study needs at least 2 monkeys for a "
                              f"monkey-level interval and a sign-flip test; {MONKEYS_MAX} is beyond any primate study)")

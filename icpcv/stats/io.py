@@ -20,7 +20,7 @@ import pandas as pd
 
 from icpcv.errors import InputError
 from icpcv.plausible import ICP_MMHG, IOP_MMHG, PREDICTION_MMHG, describe, in_range, is_missing, show
-from icpcv.util import atomic_write_text, subject_label, to_jsonable
+from icpcv.util import atomic_write_text, parse_decimal, subject_label, to_jsonable
 
 REQUIRED_COLUMNS = ("fold", "subject", "scan_id", "model", "y_true", "y_pred")
 OPTIONAL_NUMERIC = ("iop",)
@@ -67,14 +67,8 @@ def _as_number(value):
         v = float(value)
         return v if math.isfinite(v) else None
     if isinstance(value, str):
-        s = value.strip()
-        if not s:
-            return None
-        try:
-            v = float(s)
-        except ValueError:
-            return None
-        return v if math.isfinite(v) else None
+        v = parse_decimal(value)  # plain decimal numbers only: not '2_0', not full-width digits
+        return v if v is not None and math.isfinite(v) else None
     return None
 
 
