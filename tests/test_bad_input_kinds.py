@@ -235,3 +235,52 @@ def test_only_plain_decimal_numbers_are_pressures(tmp_path):
 def test_power_monkeys_are_plain_whole_numbers():
     rc, _, err = icpcv("power", "nowhere", "--monkeys", "6,1_0")
     assert_clean_refusal(rc, err, "--monkeys: '1_0' is not a whole number")
+
+
+# --------------------------------------------------------------------------- cause 6: nothing the user gave is overwritten
+
+
+def test_prepare_refuses_an_out_whose_files_would_replace_its_inputs(tmp_path):
+    table, paths = _volumes_table(tmp_path / "d", n_subjects=1, per=2)
+    own = tmp_path / "d" / "table.csv"  # the name prepare writes
+    own.write_bytes(table.read_bytes())
+    before = own.read_bytes()
+    rc, _, err = icpcv("prepare", own, "--out", tmp_path / "d", "--shape", "6x6x12", "--quiet")
+    assert_clean_refusal(rc, err, "would replace the input", "table.csv")
+    assert own.read_bytes() == before
+    assert not (tmp_path / "d" / "quality.csv").exists()
+    # a raw file where prepare writes a volume: volumes/<scan id>.npy
+    (tmp_path / "e" / "volumes").mkdir(parents=True)
+    np.save(tmp_path / "e" / "volumes" / "s00.npy", _volume(0))
+    pd.DataFrame(dict(scan_id=["s00"], subject="1", iop="10", icp="5", path="volumes/s00.npy")) \
+        .to_csv(tmp_path / "e" / "t.csv", index=False)
+    rc, _, err = icpcv("prepare", tmp_path / "e" / "t.csv", "--out", tmp_path / "e", "--shape", "6x6x12", "--quiet")
+    assert_clean_refusal(rc, err, "would replace the input", "s00.npy")
+
+
+def test_run_and_analyze_refuse_an_out_whose_files_would_replace_their_inputs(tmp_path):
+    d = tmp_path / "d"
+    table = _labels_table(d / "predictions.csv")  # a scan table named as a run's own predictions
+    before = table.read_bytes()
+    rc, _, err = icpcv("run", "--manifest", table, "--out", d, *FAST)
+    assert_clean_refusal(rc, err, "would replace the input")
+    other = _labels_table(d / "scans.csv")
+    rc, _, err = icpcv("run", "--manifest", other, "--out", d, "--fresh", *FAST)  # --fresh empties the folder
+    assert_clean_refusal(rc, err, "lies inside it", "empties the folder")
+    rc, _, err = icpcv("run", "--manifest", other, "--out", tmp_path / "r", "--log-file", other, *FAST)
+    assert_clean_refusal(rc, err, "--log-file", "would replace the input")
+    assert table.read_bytes() == before and not (d / "run.json").exists() and not (tmp_path / "r").exists()
+
+    rc, _, err = icpcv("run", "--manifest", other, "--out", tmp_path / "run", *FAST)
+    assert rc == 0, err
+    preds = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    foreign = tmp_path / "a" / "figures" / "p.csv"  # analyze writes figures/ into --out
+    foreign.parent.mkdir(parents=True)
+    preds.to_csv(foreign, index=False)
+    rc, _, err = icpcv("analyze", foreign, "--out", tmp_path / "a", "--n-boot", "10")
+    assert_clean_refusal(rc, err, "would replace the input")
+    assert not (tmp_path / "a" / "stats.json").exists()
+    # a run's own predictions analysed into it again: read, not rewritten, so allowed
+    rc, _, err = icpcv("analyze", tmp_path / "run" / "predictions.csv", "--out", tmp_path / "run", "--n-boot", "10",
+                       "--reference", "mean")
+    assert rc == 0, err

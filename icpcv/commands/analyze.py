@@ -11,7 +11,7 @@ from icpcv.errors import InputError
 from icpcv.rundir import RunDir
 from icpcv.stats.bootstrap import CI_METHODS
 from icpcv.util import file_sha256, package_version
-from icpcv.writable import check_output_dir, check_output_file
+from icpcv.writable import check_inputs_kept, check_output_dir, check_output_file
 
 
 def cmd_analyze(args) -> int:
@@ -35,6 +35,8 @@ def cmd_analyze(args) -> int:
     from icpcv.stats.study import analyze_study  # lazy: start-up time
 
     out = RunDir(check_output_dir(args.out, what="analysis"))  # an unwritable --out, before any work
+    # its own predictions.csv is read, not rewritten; any other input in a place analyze writes is refused
+    check_inputs_kept(out.path, [args.predictions], keep=[out.predictions_csv])
     kind = out.kind if out.kind in ("run", "comparison") else None
     if kind and Path(args.predictions).resolve() != out.predictions_csv.resolve():
         # its report would show these statistics beside the cohort, folds and audit of other predictions

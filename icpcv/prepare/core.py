@@ -35,7 +35,7 @@ from icpcv.prepare.sources import REASONS, VolumeError, content_hash, fingerprin
 from icpcv.progress import Progress
 from icpcv.rundir import RunLock
 from icpcv.util import atomic_write, atomic_write_json, atomic_write_text, canonical_hash, read_json
-from icpcv.writable import check_output_dir
+from icpcv.writable import check_inputs_kept, check_output_dir
 
 #: written into the manifest; a change reconverts everything
 CODE_VERSION = f"icpcv {__version__}; {ALGORITHM}; prepare-1"
@@ -396,6 +396,9 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
         raise InputError(f"--shape {options.shape}: need three positive sizes X Y Z(depth)")
     out = check_output_dir(out, what="prepared data set")
     rows, info = read_table(table, raw_dir, path_column)
+    # nothing the user gave is overwritten: the table (prepare DIR/table.csv --out DIR) and raw files
+    check_inputs_kept(out, [table] + [r.path for r in rows if r.path is not None],
+                      writes=("table.csv", "quality.csv", MANIFEST, ".lock") + tuple(r.out for r in rows))
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         _clean_temporaries(out / "volumes")

@@ -19,7 +19,7 @@ from icpcv.report import write_report
 from icpcv.stats.study import primary_predictions
 from icpcv.rundir import RunDir, RunRecord, read_json_file
 from icpcv.stats import analyze, write_stats
-from icpcv.writable import check_output_dir
+from icpcv.writable import check_inputs_kept, check_output_dir
 
 SEP = ":"
 
@@ -157,6 +157,7 @@ def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str
     if out.run_json.exists():
         raise InputError(f"--out {out.path} holds a run; choose a new folder for the comparison")
     check_output_dir(out.path, what="comparison")
+    check_inputs_kept(out.path, paths)  # a run inside a folder the comparison writes (figures/, folds/...)
     same = [(a, b) for i, a in enumerate(paths) for b in paths[i + 1:] if a.resolve() == b.resolve()]
     if same:
         raise InputError(f"{same[0][0]} and {same[0][1]} are the same run directory: a run compared with itself "
