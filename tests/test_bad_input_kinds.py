@@ -4,6 +4,8 @@ Small tables of 6x6x12 volumes and labels-only models keep every case to a secon
 """
 from __future__ import annotations
 
+import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -47,6 +49,15 @@ def _labels_table(path: Path, n_subjects: int = 4, subject=str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def labels_run(tmp_path_factory):
+    """One finished labels-only run (mean, ols_iop; 4 monkeys), shared by the tests that need a run."""
+    base = tmp_path_factory.mktemp("labels_run")
+    rc, _, err = icpcv("run", "--manifest", _labels_table(base / "t.csv"), "--out", base / "run", *FAST)
+    assert rc == 0, err
+    return base / "run"
 
 
 def _no_temporaries(folder: Path) -> None:
@@ -258,7 +269,7 @@ def test_prepare_refuses_an_out_whose_files_would_replace_its_inputs(tmp_path):
     assert_clean_refusal(rc, err, "would replace the input", "s00.npy")
 
 
-def test_run_and_analyze_refuse_an_out_whose_files_would_replace_their_inputs(tmp_path):
+def test_run_and_analyze_refuse_an_out_whose_files_would_replace_their_inputs(tmp_path, labels_run):
     d = tmp_path / "d"
     table = _labels_table(d / "predictions.csv")  # a scan table named as a run's own predictions
     before = table.read_bytes()
@@ -271,9 +282,7 @@ def test_run_and_analyze_refuse_an_out_whose_files_would_replace_their_inputs(tm
     assert_clean_refusal(rc, err, "--log-file", "would replace the input")
     assert table.read_bytes() == before and not (d / "run.json").exists() and not (tmp_path / "r").exists()
 
-    rc, _, err = icpcv("run", "--manifest", other, "--out", tmp_path / "run", *FAST)
-    assert rc == 0, err
-    preds = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    preds = pd.read_csv(labels_run / "predictions.csv")
     foreign = tmp_path / "a" / "figures" / "p.csv"  # analyze writes figures/ into --out
     foreign.parent.mkdir(parents=True)
     preds.to_csv(foreign, index=False)
@@ -281,6 +290,48 @@ def test_run_and_analyze_refuse_an_out_whose_files_would_replace_their_inputs(tm
     assert_clean_refusal(rc, err, "would replace the input")
     assert not (tmp_path / "a" / "stats.json").exists()
     # a run's own predictions analysed into it again: read, not rewritten, so allowed
-    rc, _, err = icpcv("analyze", tmp_path / "run" / "predictions.csv", "--out", tmp_path / "run", "--n-boot", "10",
-                       "--reference", "mean")
+    run = tmp_path / "copy"
+    shutil.copytree(labels_run, run)
+    rc, _, err = icpcv("analyze", run / "predictions.csv", "--out", run, "--n-boot", "10", "--reference", "mean")
     assert rc == 0, err
+
+
+# --------------------------------------------------------------------------- cause 7: a question that cannot be answered
+
+
+def test_a_reference_that_is_not_there_is_refused_up_front(tmp_path, labels_run):
+    rc, _, err = icpcv("run", "--manifest", _labels_table(tmp_path / "t.csv"), "--out", tmp_path / "r",
+                       "--reference", "cnn", *FAST)
+    assert_clean_refusal(rc, err, "--reference cnn is not among --models (mean,ols_iop)")
+    assert not (tmp_path / "r").exists()
+    rc, _, err = icpcv("analyze", labels_run / "predictions.csv", "--out", tmp_path / "a", "--reference", "cnn",
+                       "--n-boot", "10")
+    assert_clean_refusal(rc, err, "--reference cnn is not a model of", "mean, ols_iop")
+    assert not (tmp_path / "a").exists()
+
+
+def test_saliency_without_a_network_is_refused(tmp_path):
+    rc, _, err = icpcv("run", "--manifest", _labels_table(tmp_path / "t.csv"), "--out", tmp_path / "r",
+                       "--saliency", "2", *FAST)
+    assert_clean_refusal(rc, err, "--saliency 2 maps where a network looks", "no network")
+    assert not (tmp_path / "r").exists()
+
+
+def test_power_refuses_an_effect_larger_than_the_references_mae(tmp_path, labels_run):
+    run = tmp_path / "run"
+    shutil.copytree(labels_run, run)
+    before = sorted(p.name for p in run.iterdir())
+    rc, _, err = icpcv("power", run, "--model", "mean", "--reference", "ols_iop", "--effect", "100", "--n-sim", "100")
+    assert_clean_refusal(rc, err, "--effect 100: larger than the reference ols_iop's MAE", "below zero")
+    assert sorted(p.name for p in run.iterdir()) == before  # no power.json
+
+
+def test_the_reports_configuration_shows_no_setting_that_did_nothing(labels_run):
+    import html
+
+    page = html.unescape((labels_run / "index.html").read_text())
+    start = page.index("<dt>manifest</dt>")
+    keys = re.findall(r"<dt>([^<]*)</dt>", page[page.rindex("<dl", 0, start):page.index("</dl>", start)])
+    assert "models" in keys and "n_boot" in keys and "reference" in keys, keys
+    for key in ("train.epochs", "train.lr", "repeats", "saliency", "val_fraction", "signal", "data_seed", "phantom"):
+        assert key not in keys, key  # a labels-only run on a table: no network, no phantom

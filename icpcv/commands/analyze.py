@@ -56,8 +56,14 @@ def cmd_analyze(args) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    asked = getattr(args, "reference", None)
+    models = sorted(set(preds["model"]))
+    if asked is not None and asked not in models:  # an explicit reference that is not there: nothing to compare
+        print(f"error: --reference {asked} is not a model of {args.predictions} (models: {', '.join(models)}); "
+              "name one of them", file=sys.stderr)
+        return 2
     settings = dict(
-        reference=getattr(args, "reference", "ols_iop"),
+        reference=asked or "ols_iop",
         n_boot=getattr(args, "n_boot", 10000),
         seed=getattr(args, "seed", 0),
         ci_level=getattr(args, "ci_level", 0.95),
@@ -151,7 +157,7 @@ def add_parser(subparsers) -> None:
                               help="monkey-level statistics of out-of-fold predictions -> stats.json, index.html")
     a.add_argument("predictions", help="predictions table (.csv or .parquet)")
     a.add_argument("--out", required=True, help="output directory (stats.json, index.html go here)")
-    a.add_argument("--reference", default="ols_iop", help="reference model (default ols_iop)")
+    a.add_argument("--reference", help="reference model, one of the table's (default ols_iop, when the table has it)")
     a.add_argument("--n-boot", dest="n_boot", type=int, default=10000,
                    help="subject-level bootstrap resamples (default 10000)")
     a.add_argument("--seed", type=int, default=0)

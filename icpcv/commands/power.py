@@ -77,6 +77,11 @@ def cmd_power(args) -> int:
     if has_repeats(preds):  # the verdict is the seed ensemble's
         preds = ensemble(preds)
     diffs = paired_differences(preds, cfg.model, cfg.reference, source=str(run.predictions_csv))
+    ref_mae = float(diffs.loss_reference.sum() / diffs.n_scans.sum())
+    if cfg.effect is not None and cfg.effect > ref_mae:  # the model's MAE would be negative: no study can show it
+        raise InputError(f"--effect {cfg.effect:g}: larger than the reference {cfg.reference}'s MAE on these scans "
+                         f"({ref_mae:.2f} mmHg), so {cfg.model}'s MAE would be {ref_mae - cfg.effect:.2f} mmHg, below "
+                         f"zero; accepted up to {ref_mae:.2f} mmHg (an MAE reduction, positive: the model better)")
     result = plan_power(diffs, cfg.monkeys, effect=cfg.effect, alpha=cfg.alpha, n_sim=cfg.n_sim, seed=cfg.seed,
                         n_comparisons=cfg.n_comparisons, n_perm=cfg.n_perm, target_power=cfg.target_power)
     data = result.to_dict() | {"made_for": run.predictions_key(), "settings": cfg.to_dict(),
