@@ -152,6 +152,21 @@ def natural_key(label: str):
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(label)) if t]
 
 
+#: the most characters of a user's cell that a message, data_quality.csv or the report repeats
+SHOWN_CHARS = 200
+
+
+def clip(text, limit: int = SHOWN_CHARS) -> str:
+    """A user's cell as shown in a message or a table of problems: up to ``limit`` characters, then
+    how long it was (a 20 MB cell is named, not copied).
+
+    >>> clip("x" * 500, 10)
+    'xxxxxxxxxx… (500 characters)'
+    """
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
 #: a number as a lab writes it: ASCII digits, one optional sign, decimal point and exponent; infinities
 #: are numbers (outside every range). Not Python's float(): it also reads '2_0' (20) and full-width or
 #: Arabic-Indic digits, which no spreadsheet writes as a number.

@@ -17,6 +17,7 @@ from cli_support import assert_clean_refusal, icpcv
 
 SHAPE = (6, 6, 12)
 FAST = ["--models", "mean,ols_iop", "--n-boot", "10", "--quiet"]
+HUGE = 5_000_000
 VOLUME_MODELS = ["--models", "mean,ols_iop,ridge_scan", "--shape", "6x6x12", "--n-boot", "10", "--quiet"]
 
 
@@ -55,7 +56,10 @@ def _labels_table(path: Path, n_subjects: int = 4, subject=str) -> Path:
 def labels_run(tmp_path_factory):
     """One finished labels-only run (mean, ols_iop; 4 monkeys), shared by the tests that need a run."""
     base = tmp_path_factory.mktemp("labels_run")
-    rc, _, err = icpcv("run", "--manifest", _labels_table(base / "t.csv"), "--out", base / "run", *FAST)
+    table = _labels_table(base / "t.csv")
+    with open(table, "a") as fh:  # cause 8: one row whose IOP cell is 5 MB of text (dropped, and not copied)
+        fh.write(f"huge,1,{'x' * HUGE},5\n")
+    rc, _, err = icpcv("run", "--manifest", table, "--out", base / "run", *FAST)
     assert rc == 0, err
     return base / "run"
 
@@ -335,3 +339,48 @@ def test_the_reports_configuration_shows_no_setting_that_did_nothing(labels_run)
     assert "models" in keys and "n_boot" in keys and "reference" in keys, keys
     for key in ("train.epochs", "train.lr", "repeats", "saliency", "val_fraction", "signal", "data_seed", "phantom"):
         assert key not in keys, key  # a labels-only run on a table: no network, no phantom
+
+
+# --------------------------------------------------------------------------- cause 8: readers agree
+
+
+def test_one_axis_rule_for_run_and_prepare_in_every_format(tmp_path):
+    import nibabel as nib
+    import torch
+
+    from icpcv.cohort.volumes import read_volume
+    from icpcv.prepare.core import PrepareOptions, convert_volume
+
+    v = _volume(3)
+    files = {"xyz1.nii.gz": lambda p: nib.save(nib.Nifti1Image(v[..., None], np.eye(4)), p),
+             "xyz11.nii": lambda p: nib.save(nib.Nifti1Image(v[..., None, None], np.eye(4)), p),
+             "xyz1.npy": lambda p: np.save(p, v[..., None]), "1xyz.npy": lambda p: np.save(p, v[None]),
+             "xyz1_fortran.npy": lambda p: np.save(p, np.asfortranarray(v[..., None])),
+             "xyz1.pt": lambda p: torch.save(torch.from_numpy(v)[..., None], p)}
+    for name, write in files.items():
+        write(tmp_path / name)
+        got = read_volume(tmp_path / name)  # icpcv run's reader refused (X, Y, Z, 1)
+        q = convert_volume(tmp_path / name, tmp_path / f"out_{name}.npy", PrepareOptions(shape=SHAPE))
+        assert got.shape == SHAPE and np.array_equal(got, v), name
+        assert q["raw_shape"] == "6x6x12" and np.allclose(np.load(tmp_path / f"out_{name}.npy"), v, atol=1e-4), name
+    for bad in (v[..., None, :], v[None, None]):  # a singleton in the middle, two leading: not a volume
+        np.save(tmp_path / "bad.npy", bad)
+        with pytest.raises(Exception, match="expected 3 axes"):
+            read_volume(tmp_path / "bad.npy")
+
+
+def test_analyze_on_one_subject_gives_a_clear_answer_as_run_does(tmp_path, labels_run):
+    preds = pd.read_csv(labels_run / "predictions.csv", dtype=str)
+    one = tmp_path / "one.csv"
+    preds[preds["subject"] == "2"].to_csv(one, index=False)
+    rc, _, err = icpcv("analyze", one, "--out", tmp_path / "a", "--n-boot", "10")
+    assert_clean_refusal(rc, err, "only 1 subject (2)", "at least 2 monkeys")
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_huge_cell_is_named_not_copied_into_data_quality_and_the_report(labels_run):
+    q = pd.read_csv(labels_run / "data_quality.csv", dtype=str, keep_default_na=False).set_index("scan_id")
+    assert q.loc["huge", "reason"] == "iop_not_numeric"
+    assert q.loc["huge", "value"].endswith(f"… ({HUGE:,} characters)") and len(q.loc["huge", "value"]) < 300
+    assert (labels_run / "data_quality.csv").stat().st_size < 100_000
+    assert (labels_run / "index.html").stat().st_size < HUGE / 2

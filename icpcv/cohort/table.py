@@ -30,7 +30,7 @@ from icpcv.cohort.volumes import escapes_folder, volume_file_problem
 from icpcv.errors import InputError
 from icpcv.plausible import (ICP_MMHG, IOP_MMHG, SHAPE_FACTOR_MAX, VOXEL_ABS_MAX, VOXEL_Z_MAX, describe, in_range,
                              is_missing)
-from icpcv.util import natural_sorted, parse_decimal, subject_label
+from icpcv.util import clip, natural_sorted, parse_decimal, subject_label
 
 SEED_COLUMNS = ("id", "monkey_id", "iop", "icp", "torch_present")
 PLAIN_COLUMNS = ("scan_id", "subject", "iop", "icp", "path")
@@ -260,11 +260,12 @@ def read_scan_table(
                 if bad_file:
                     problems.append((bad_file[0], "path", bad_file[1]))
         if problems:
+            problems = [(r, c, clip(v)) for r, c, v in problems]  # a 20 MB cell is named, not copied
             reason, column, value = problems[0]
             detail = "; ".join(
                 f"{REASONS.get(r, r)} (column {c}{', value ' + repr(v) if v else ''})" for r, c, v in problems
             )
-            quality_rows.append(dict(row=i, scan_id=scan_id, subject=subject, status="dropped",
+            quality_rows.append(dict(row=i, scan_id=clip(scan_id), subject=clip(subject), status="dropped",
                                      reason=reason, column=column, value=value,
                                      all_reasons=",".join(r for r, _, _ in problems), detail=detail))
         else:

@@ -1,8 +1,8 @@
 """Volume readers and resampling.
 
 Axis convention: a volume is a 3-D array ``(X, Y, Z)`` where **Z is depth** (the A-scan axis),
-as in the seed's ``128 x 128 x 512`` tensors. Files holding a 4-D array with a leading channel
-axis of 1 are accepted. Readers never unpickle: ``.pt`` files are loaded with
+as in the seed's ``128 x 128 x 512`` tensors. A leading channel axis of 1 and trailing axes of 1 are
+dropped (:func:`volume_axes`, the rule of run and prepare alike). Readers never unpickle: ``.pt`` files are loaded with
 ``torch.load(weights_only=True)`` and must hold a tensor; ``.npy`` with ``allow_pickle=False``.
 """
 from __future__ import annotations
@@ -137,6 +137,22 @@ def _read_tiff(path: Path) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(stack, (2, 0, 1)))
 
 
+def volume_axes(shape) -> tuple[int, int, int] | None:
+    """The one rule of every volume reader (run and prepare, every format) for the axes of a stored
+    array: a leading channel axis of 1 and trailing axes of 1 (NIfTI's time or vector dimension, e.g.
+    ``(X, Y, Z, 1)``) are dropped; what is left must be 3 axes (X, Y, Z=depth). None otherwise.
+
+    >>> volume_axes((1, 4, 5, 6)), volume_axes((4, 5, 6, 1, 1)), volume_axes((1, 4, 5, 6, 1)), volume_axes((4, 5))
+    ((4, 5, 6), (4, 5, 6), (4, 5, 6), None)
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) > 3 and shape[0] == 1:
+        shape = shape[1:]
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape if len(shape) == 3 else None
+
+
 def volume_file_problem(path: Path) -> tuple[str, str] | None:
     """Why a volume path cannot be used as a file: ``(reason code, what)``, or None when it can.
 
@@ -186,10 +202,10 @@ def read_volume(path: str | Path) -> np.ndarray:
         raise InputError(f"{what}: " + ("volume file not found" if code == "volume_file_missing"
                                         else "cannot open the volume file"))
     arr = _READERS[volume_format(path)](path)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 3:
+    shape3 = volume_axes(arr.shape)
+    if shape3 is None:
         raise InputError(f"{path}: volume has shape {tuple(arr.shape)}; expected 3 axes (X, Y, Z=depth)")
+    arr = arr.reshape(shape3)
     bad_type = real_dtype_problem(arr.dtype)
     if bad_type:
         raise InputError(f"{path}: volume {bad_type}")

@@ -56,6 +56,11 @@ def cmd_analyze(args) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    subjects = sorted(set(preds["subject"]))
+    if len(subjects) < 2:  # as `run` says it: monkey-level intervals and tests need two monkeys
+        print(f"error: {args.predictions}: the predictions hold only 1 subject ({subjects[0]}); monkey-level "
+              "statistics (intervals, sign-flip tests) need at least 2 monkeys", file=sys.stderr)
+        return 2
     asked = getattr(args, "reference", None)
     models = sorted(set(preds["model"]))
     if asked is not None and asked not in models:  # an explicit reference that is not there: nothing to compare

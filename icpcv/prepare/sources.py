@@ -18,7 +18,7 @@ Bioptigen ``.OCT``     B-scans (Y) x A-scans (X) x depth (Z) Y
 
 TIFF pages are B-scans with rows = depth (Z) and columns = X, stacked along Y, as in
 :mod:`icpcv.cohort.volumes`. ``.npy``/``.pt``/NIfTI arrays are taken as (X, Y, Z) already, with
-a leading channel axis of 1 allowed (and, for NIfTI, a trailing one).
+a leading channel axis of 1 and trailing axes of 1 dropped (the run's rule, for every format).
 
 Problems raise :class:`VolumeError` with a reason code from :data:`REASONS`.
 """
@@ -34,7 +34,7 @@ from typing import Iterator
 
 import numpy as np
 
-from icpcv.cohort.volumes import plain_tensor, real_dtype_problem, tensor_problem
+from icpcv.cohort.volumes import plain_tensor, real_dtype_problem, tensor_problem, volume_axes
 from icpcv.util import natural_key
 
 #: reason code -> what it means (quality.csv ``reason`` column)
@@ -90,20 +90,17 @@ def _check_dtype(path: Path, dtype) -> np.dtype:
     return np.dtype(dtype)
 
 
-def _squeeze(path: Path, shape: tuple, *, trailing: bool = False) -> tuple[tuple, int]:
-    """Drop a leading channel axis of 1 (and for NIfTI trailing 1s); returns (shape, leading dropped)."""
+def _squeeze(path: Path, shape: tuple) -> tuple[tuple, int]:
+    """The stored shape as (X, Y, Z) by the run's rule (icpcv.cohort.volumes.volume_axes: a leading
+    channel axis of 1 and trailing axes of 1 dropped, any format); returns (shape, leading dropped)."""
     shape = tuple(int(s) for s in shape)
-    lead = 0
-    if len(shape) == 4 and shape[0] == 1:
-        shape, lead = shape[1:], 1
-    while trailing and len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3:
+    shape3 = volume_axes(shape)
+    if shape3 is None:
         raise VolumeError("wrong_axes", f"{path}: data has shape {shape} ({len(shape)} axes); "
                                         "expected 3 axes (X, Y, Z=depth)")
-    if min(shape) < 2:
-        raise VolumeError("too_small", f"{path}: volume shape {shape} has an axis shorter than 2")
-    return shape, lead
+    if min(shape3) < 2:
+        raise VolumeError("too_small", f"{path}: volume shape {shape3} has an axis shorter than 2")
+    return shape3, int(len(shape) > 3 and shape[0] == 1)
 
 
 @dataclass
@@ -422,8 +419,8 @@ class PtSource(Source):
         bad = tensor_problem(obj)  # the run's rule (icpcv.cohort.volumes): sparse, quantized, nested...
         if bad:
             raise VolumeError(bad[0], f"{path}: {bad[1]}")
-        shape3, lead = _squeeze(path, tuple(obj.shape))
-        t = obj[0] if lead else obj
+        shape3, _ = _squeeze(path, tuple(obj.shape))
+        t = obj.reshape(shape3)  # singleton axes only: a view
         dtype = plain_tensor(torch.empty(0, dtype=t.dtype)).numpy().dtype  # bfloat16, float8: read as float32
         src = cls(path=path, fmt="pt", shape=shape3, dtype=np.dtype(dtype), native_axes=(0, 1, 2), stream=0,
                   files=[path])
@@ -460,7 +457,7 @@ class NiftiSource(Source):
         except Exception as exc:
             raise VolumeError("unreadable", f"{path}: cannot read as NIfTI ({type(exc).__name__}: {exc})") from None
         _check_dtype(path, raw_dtype)
-        shape3, lead = _squeeze(path, shape, trailing=True)
+        shape3, lead = _squeeze(path, shape)
         slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
         scaled = not (slope in (None, 1.0) or np.isnan(slope)) or not (inter in (None, 0.0) or np.isnan(inter))
         dtype = np.result_type(raw_dtype, np.float32) if scaled else np.dtype(raw_dtype)
