@@ -216,6 +216,21 @@ def check_shape(shape, option: str = "--shape") -> None:
                          "16 times the seed study's 128x128x512")
 
 
+#: the analysis's parameters and the options that set them: a message from the engine reaches the
+#: user in the options' words (``--n-boot``, not ``n_boot``)
+PARAMETER_OPTIONS = {"n_boot": "--n-boot", "ci_level": "--ci-level", "ci_method": "--ci-method", "n_sim": "--n-sim",
+                     "n_perm": "--n-perm", "n_comparisons": "--n-comparisons"}
+
+
+def in_option_words(text: str) -> str:
+    """An engine's message with its parameter names replaced by the options that set them.
+
+    >>> in_option_words("n_boot must be at least 1, got 0; unknown ci_method 'x'")
+    "--n-boot must be at least 1, got 0; unknown --ci-method 'x'"
+    """
+    return re.sub(r"\b(" + "|".join(PARAMETER_OPTIONS) + r")\b", lambda m: PARAMETER_OPTIONS[m.group(1)], str(text))
+
+
 def check_device(device: str, option: str = "--device") -> None:
     """``--device``: auto, cpu, mps, cuda or cuda:N (the GPU's presence is checked where torch is loaded)."""
     if device is not None and not re.match(DEVICE_PATTERN, str(device)):

@@ -384,3 +384,29 @@ def test_a_huge_cell_is_named_not_copied_into_data_quality_and_the_report(labels
     assert q.loc["huge", "value"].endswith(f"… ({HUGE:,} characters)") and len(q.loc["huge", "value"]) < 300
     assert (labels_run / "data_quality.csv").stat().st_size < 100_000
     assert (labels_run / "index.html").stat().st_size < HUGE / 2
+
+
+# --------------------------------------------------------------------------- cause 9: messages name the file and the options
+
+
+def test_repeat_errors_name_the_file_and_engine_errors_name_options(tmp_path, labels_run, capsys):
+    from types import SimpleNamespace
+
+    from icpcv.commands.analyze import cmd_analyze
+
+    p = pd.read_csv(labels_run / "predictions.csv", dtype=str, keep_default_na=False)
+    p["repeat"] = ["0" if m == "mean" and i else "" for i, m in enumerate(p["model"])]  # row 1 of mean: empty
+    first_mean = int(np.flatnonzero(p["model"] == "mean")[0])
+    p.loc[first_mean, "repeat"] = ""
+    table = tmp_path / "with_repeats.csv"
+    p.to_csv(table, index=False)
+    rc, _, err = icpcv("analyze", table, "--out", tmp_path / "a", "--n-boot", "10")
+    assert_clean_refusal(rc, err, f"with_repeats.csv row {first_mean + 1}, column repeat")
+    # the engine's words for a setting are the option's (a call that bypasses the command line's checks)
+    args = SimpleNamespace(predictions=str(labels_run / "predictions.csv"), out=str(tmp_path / "b"), reference=None,
+                           n_boot=0, seed=0, ci_level=0.95, ci_method=None)
+    assert cmd_analyze(args) == 2
+    err = capsys.readouterr().err
+    assert "--n-boot must be at least 1" in err and "n_boot" not in err.replace("--n-boot", "")
+    rc, _, err = icpcv("compare", labels_run, labels_run, "--out", tmp_path / "c", "--ci-method", "bogus")
+    assert rc == 2 and "--ci-method" in err and "Traceback" not in err

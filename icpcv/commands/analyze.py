@@ -8,6 +8,7 @@ from pathlib import Path
 
 from icpcv import __version__
 from icpcv.errors import InputError
+from icpcv.plausible import in_option_words
 from icpcv.rundir import RunDir
 from icpcv.stats.bootstrap import CI_METHODS
 from icpcv.util import file_sha256, package_version
@@ -32,7 +33,8 @@ def cmd_analyze(args) -> int:
     allows (statistics and figures), saying that its folds were not audited.
     """
     from icpcv.stats import read_predictions, write_stats  # lazy: start-up time (pandas, scipy)
-    from icpcv.stats.study import analyze_study  # lazy: start-up time
+    from icpcv.stats.repeats import validate_repeats  # lazy: start-up time
+    from icpcv.stats.study import analyze_study, has_repeats  # lazy: start-up time
 
     out = RunDir(check_output_dir(args.out, what="analysis"))  # an unwritable --out, before any work
     # its own predictions.csv is read, not rewritten; any other input in a place analyze writes is refused
@@ -76,9 +78,11 @@ def cmd_analyze(args) -> int:
         audit_failed=audit_failed,
     )
     try:
+        if has_repeats(preds):  # the repeats' own checks, naming the file as well as the row and column
+            validate_repeats(preds, source=Path(args.predictions).name)
         result = analyze_study(preds, steps=steps, **settings)
     except (InputError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {in_option_words(exc)}", file=sys.stderr)  # --n-boot, not n_boot
         return 2
     out.path.mkdir(parents=True, exist_ok=True)
     path = write_stats(result, out.stats_json)

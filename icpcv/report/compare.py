@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from icpcv.errors import InputError, RunDirError
+from icpcv.plausible import in_option_words
 from icpcv.report import write_report
 from icpcv.stats.study import primary_predictions
 from icpcv.rundir import RunDir, RunRecord, read_json_file
@@ -186,7 +187,7 @@ def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str
     try:
         result = analyze(preds, **kwargs)
     except ValueError as exc:  # the engine's word on bad options or predictions
-        raise InputError(f"cannot analyse the stacked predictions: {exc}") from None
+        raise InputError(f"cannot analyse the stacked predictions: {in_option_words(exc)}") from None
     out.path.mkdir(parents=True, exist_ok=True)
     out.write_predictions(preds)
     write_stats(result, out.stats_json)
