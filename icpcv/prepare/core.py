@@ -109,6 +109,8 @@ def read_table(table: Path, raw_dir: Path, path_column: str | None = None):
             raise InputError(f"{table}: no column names the raw files (looked for {', '.join(SEED_PATH_COLUMNS)}); "
                              "name it with --path-column")
         path_col = found[0]
+    if df.empty:
+        raise InputError(f"{table}: no data rows (only a header); nothing to prepare")
     rows, used = [], {}
     for i, rec in enumerate(df.to_dict("records"), start=1):
         scan_id = rec[id_col].strip()
