@@ -17,6 +17,10 @@ from icpcv import __version__
 from icpcv.commands import analyze, bench, power, prepare, report, run
 from icpcv.errors import FoldsFailed, InputError, RunDirError
 from icpcv.plausible import check_parsed
+from icpcv.util import clip
+
+#: the longest error message printed whole
+MESSAGE_CHARS = 10_000
 
 SUBCOMMANDS = (run, analyze, report, prepare, bench, power)
 
@@ -50,10 +54,10 @@ def main(argv=None) -> int:
         check_parsed(_subparser(parser, args.command), args, args.command)
         return int(args.func(args) or 0)
     except FoldsFailed as exc:
-        print(f"icpcv: error: {exc}", file=sys.stderr)
+        print(f"icpcv: error: {clip(exc, MESSAGE_CHARS)}", file=sys.stderr)
         return 3
-    except (InputError, RunDirError) as exc:
-        print(f"icpcv: error: {exc}", file=sys.stderr)
+    except (InputError, RunDirError) as exc:  # a user's cell quoted in a message is clipped there; this is the net
+        print(f"icpcv: error: {clip(exc, MESSAGE_CHARS)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("icpcv: interrupted; rerun the same command to resume", file=sys.stderr)
