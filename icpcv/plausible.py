@@ -99,6 +99,8 @@ class Range:
     why: str
     lo_open: bool = False
     hi_open: bool = False
+    #: checked by a rule of its own that states the same range (and more): check_parsed leaves it to it
+    own_check: str | None = None
 
     def accepts(self, x) -> bool:
         try:
@@ -161,6 +163,10 @@ OPTION_RANGES: dict = {
     "--n-subjects": Range(3, 10_000, "monkeys per simulated cohort"),
     "--effect": Range(-1000.0, 1000.0, "an MAE reduction in mmHg (positive: the model better)"),
     "--saturation": Range(-VOXEL_ABS_MAX, VOXEL_ABS_MAX, "a voxel value counted as saturated"),
+    # issue 19's geometry options: icpcv.cohort.geometry.check_options states these ranges (FOV_RANGE_MM,
+    # DEPTH_RANGE_MM) with the line-scan rule, before any volume is read
+    "--fov-mm": Range(0.1, 40.0, "each side of the field of view, mm", own_check="icpcv.cohort.geometry.check_options"),
+    "--depth-mm": Range(0.1, 20.0, "the depth, mm", own_check="icpcv.cohort.geometry.check_options"),
     # icpcv bench (each benchmark's own parser)
     "--steps": Range(1, 100_000, "timed steps per phase"),
     "--warmup": Range(0, 100_000, "untimed steps first"),
@@ -253,7 +259,7 @@ def check_parsed(parser, args, command: str | None = None) -> None:
             check_device(value)
         elif option == "--shape" and isinstance(value, tuple):
             check_shape(value)
-        elif option_range(option, command) is not None:
+        elif option_range(option, command) is not None and option_range(option, command).own_check is None:
             values = value if isinstance(value, (list, tuple)) else [value]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 check_options({option: values}, command)

@@ -365,9 +365,17 @@ class CohortDir(_Folder):
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    #: acquisition columns (icpcv.cohort.geometry.ACQ_COLUMNS, docs/acquisition.md): numbers with an
+    #: empty cell for unknown, and text read as text (a protocol "5" stays "5")
+    ACQ_NUMBERS = ("fov_x_mm", "fov_y_mm", "depth_mm", "session_minutes", "spacing_x_mm", "spacing_y_mm",
+                   "spacing_z_mm", "voxel_x_um", "voxel_y_um", "voxel_z_um")
+    ACQ_TEXT = ("eye", "acquired_at", "session", "protocol", "device", "scan_shape", "notes")
+
     def read_scans(self) -> pd.DataFrame:
-        return pd.read_csv(self.scans_csv, dtype={"scan_id": str, "subject": str, "path": str},
-                           keep_default_na=False, na_values={"iop": [""], "icp": [""]})
+        return pd.read_csv(self.scans_csv, dtype={"scan_id": str, "subject": str, "path": str,
+                                                  **{c: str for c in self.ACQ_TEXT}},
+                           keep_default_na=False,
+                           na_values={"iop": [""], "icp": [""], **{c: [""] for c in self.ACQ_NUMBERS}})
 
     def read_meta(self) -> dict:
         return read_json(self.meta_json)

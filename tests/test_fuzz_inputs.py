@@ -59,6 +59,15 @@ DATA_DEPENDENT = ("--folds", "--val-fraction")
 #: hostile values of numeric options (issue 22): each kind of value, not only these values
 OPTION_VALUES = ["nan", "inf", "-inf", "-1", "-0", "0", "1e300", "99999999999999999999", "1_0", "\uff11\uff10", "",
                  "abc", "0.5", "1e-300"]
+#: issue 19: bad acquisition cells (field of view, eye, date, time, depth, voxel grid)
+ACQ_BAD = ["abc", "0x5", "7x", "x7", "-3x3", "7x0.1", "3x3x3", "1e999x3", "25:99", "13/45/2015", "2/30/16", "left",
+           "OU", "-3", "0", "inf", "2015-13-01", "yesterday", "[0, 5, 5]", "12:60", "99", "\u00d7", "3 x 3 mm"]
+ACQ_COLUMNS = ("scan area", "fov_x_mm", "fov_y_mm", "depth_mm", "eye", "scan date", "scan time", "acquired_at",
+               "scan_shape", "protocol")
+#: issue 19: geometry options of a run into a new folder (some refused, some skip every scan)
+GEOMETRY_OPTIONS = [["--fov-mm", "2", "2"], ["--fov-mm", "5", "5"], ["--fov-mm", "0", "3"], ["--fov-mm", "3", "0.2"],
+                    ["--fov-mm", "nan", "3"], ["--depth-mm", "1"], ["--depth-mm", "-1"], ["--mirror-os"],
+                    ["--axes", "XZY"], ["--axes", "QQQ"], ["--axes", ""], ["--fov-mm", "2", "2", "--mirror-os"]]
 ENCODINGS = ["utf-8", "utf-8", "utf-8", "utf-8-sig", "utf-16", "latin-1", "crlf", "semicolon", "truncated",
              "garbage", "empty", "header_only"]
 
@@ -100,7 +109,10 @@ def _good_table(paths: list[str]) -> pd.DataFrame:
     for k, p in enumerate(paths):
         s, i = divmod(k, 4)
         rows.append(dict(scan_id=f"s{k:02d}", subject=str(s + 1), iop=f"{10 + 5 * i:g}", icp=f"{4 + 2 * s + 0.5 * i:g}",
-                         path=p))
+                         path=p, **{"scan area": "3x3" if s % 2 else "4x4", "fov_x_mm": "", "fov_y_mm": "",
+                                    "depth_mm": "2", "eye": "OS" if s == 1 else "OD", "scan date": "3/30/15",
+                                    "scan time": f"1:{10 + 5 * i:02d}", "acquired_at": "", "scan_shape": "6x6x12",
+                                    "protocol": ""}))
     return pd.DataFrame(rows)
 
 
@@ -112,7 +124,7 @@ def _break_table(df: pd.DataFrame, rng: np.random.Generator, case: Case, numeric
     df = df.copy()
     for _ in range(int(rng.integers(least, most + 1))):
         kind = rng.choice(["cells", "cells", "cells", "drop_column", "rename_column", "whole_column", "duplicate",
-                           "shuffle", "extra_column", "labels", "few_subjects", "no_rows"])
+                           "shuffle", "extra_column", "labels", "few_subjects", "no_rows", "acquisition"])
         if kind == "cells" and len(df):
             for _ in range(int(rng.integers(1, 4))):
                 r, c = int(rng.integers(len(df))), str(rng.choice(list(df.columns)))
@@ -152,6 +164,17 @@ def _break_table(df: pd.DataFrame, rng: np.random.Generator, case: Case, numeric
             keep = list(df["subject"].unique())[: int(rng.integers(1, 3))]
             df = df[df["subject"].isin(keep)]
             case.broken.append(f"only subjects {keep}")
+        elif kind == "acquisition" and len(df):  # issue 19: a bad field of view, eye, date, time, depth or grid
+            for _ in range(int(rng.integers(1, 4))):
+                c = str(rng.choice([c for c in ACQ_COLUMNS if c in df.columns] or list(df.columns)))
+                v = str(rng.choice(ACQ_BAD + BAD_CELLS[:8]))
+                if rng.random() < 0.2:
+                    df[c] = v
+                    case.broken.append(f"every {c}={v[:20]!r}")
+                else:
+                    r = int(rng.integers(len(df)))
+                    df.iloc[r, df.columns.get_loc(c)] = v
+                    case.broken.append(f"row {r + 1} {c}={v[:20]!r}")
         elif kind == "no_rows":
             df = df.iloc[:0]
             case.broken.append("no rows")
@@ -345,6 +368,10 @@ def _run_case(base, number: int, rng: np.random.Generator) -> tuple[Case, int]:
             args += ["--models", LABEL_MODELS]
         if not existing and rng.random() < 0.5:
             args.append("--skip-bad-scans")
+        if not existing and with_volumes and rng.random() < 0.3:  # issue 19: the geometry options
+            geo = GEOMETRY_OPTIONS[int(rng.integers(len(GEOMETRY_OPTIONS)))]
+            args += geo
+            case.broken.append(" ".join(geo))
         if not existing and rng.random() < 0.15:
             folds = str(rng.choice(["1", "2", "3", "0", "-1", "100"]))
             args += ["--folds", folds]
@@ -368,6 +395,9 @@ def _run_case(base, number: int, rng: np.random.Generator) -> tuple[Case, int]:
         if not existing and rc == 0:  # what was dropped is on record, with a reason
             q = pd.read_csv(out / "data_quality.csv", dtype=str, keep_default_na=False)
             assert ((q["status"] == "kept") == (q["reason"] == "")).all(), f"{case}: a row dropped without a reason"
+            if "warnings" in q.columns:  # issue 19: every warning names its code, column and value
+                for w in (w for ws in q["warnings"] for w in ws.split("; ") if w):
+                    assert " (column " in w and ", value " in w, f"{case}: warning {w!r}"
     finally:
         if saved is not None:  # restore the complete run's inputs for the next case
             vol = data / "vol"

@@ -78,7 +78,8 @@ def _table_codes(tmp_path: Path) -> set[str]:
 
 def test_every_reason_code_has_a_meaning_and_the_report_shows_it(tmp_path):
     codes = _table_codes(tmp_path)
-    volume_codes = {"bad_volume", "bad_volume_shape", "bad_volume_values"}  # tests/test_volume_checks.py writes them
+    volume_codes = {"bad_volume", "bad_volume_shape", "bad_volume_values",  # tests/test_volume_checks.py writes them
+                    "line_scan", "fov_too_small", "fov_unknown"}  # tests/test_acquisition_geometry.py writes these
     assert codes <= set(REASONS), codes - set(REASONS)
     assert codes | volume_codes == set(REASONS), set(REASONS) - codes - volume_codes  # each code can be written
     # a run that drops rows for many reasons: its report lists each code with its meaning

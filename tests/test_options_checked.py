@@ -115,3 +115,10 @@ def test_every_subcommand_refuses_a_number_outside_its_range(tmp_path, monkeypat
     rc, _, err = icpcv(*argv)
     assert_clean_refusal(rc, err, needle)
     assert not (tmp_path / "A").exists()
+
+
+def test_ranges_checked_by_a_rule_of_their_own_agree_with_the_table():
+    from icpcv.cohort import geometry
+
+    assert (OPTION_RANGES["--fov-mm"].lo, OPTION_RANGES["--fov-mm"].hi) == geometry.FOV_RANGE_MM
+    assert (OPTION_RANGES["--depth-mm"].lo, OPTION_RANGES["--depth-mm"].hi) == geometry.DEPTH_RANGE_MM

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from icpcv.cohort import geometry
 from icpcv.cohort.phantom import PRESETS as PHANTOM_PRESETS, ShortcutMarker, make_cohort
-from icpcv.cohort.table import STEP_COLUMNS, read_scan_table
+from icpcv.cohort.table import REASONS, STEP_COLUMNS, read_scan_table
 from icpcv.cohort import volumes as volume_io
 from icpcv.config import RunConfig
 from icpcv.errors import DiskFullError, InputError, RunDirError
@@ -58,7 +59,11 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
     bad scan: bad ones are an InputError listing them, or with ``cfg.skip_bad_scans`` rows
     dropped with reason ``bad_volume`` in the quality table.
     """
+    problem = geometry.check_options(cfg.fov_mm, cfg.depth_mm, cfg.axes)  # a RunConfig not made by the CLI too
+    if problem:
+        raise InputError(problem)
     shape = volume_shape(cfg)
+    warnings: list[str] = []  # cohort-level warnings: cohort.json, the log, stats.json's warnings
     if cfg.synthetic and expect_hash is not None:
         reused = _reuse_phantom(folder, expect_hash)
         if reused is not None:
@@ -98,6 +103,9 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
         table, quality, source, has_volumes = st.scans, st.quality, st.source, st.has_volumes
         h = hashlib.sha256(pd.util.hash_pandas_object(table[["scan_id", "subject", "iop", "icp", "path"]],
                                                       index=False).to_numpy().tobytes())
+        geo_cols = [c for c in ("fov_x_mm", "fov_y_mm", "depth_mm", "eye", "mirrored") if c in table.columns]
+        if geo_cols:  # they decide which volumes are line scans, the crop and the mirroring
+            h.update(pd.util.hash_pandas_object(table[geo_cols].astype(str), index=False).to_numpy().tobytes())
         sigs = {}
         if has_volumes:
             for x, p in zip(table["scan_id"], table["path"]):
@@ -108,10 +116,29 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
         folder.path.mkdir(parents=True, exist_ok=True)
         if has_volumes and need_volumes:
             table, quality = _check_volumes(cfg, folder, table, quality, sigs, shape, data_hash, progress)
+            mixed = geometry.mixed_fov_warning(table, cfg.fov_mm)
+            if mixed:
+                warnings.append(mixed)
+        if "acquisition" in st.meta and progress:
+            facts = st.meta["acquisition"]
+            progress.message(f"cohort: acquisition fields read from {', '.join(facts['columns'].values())}; "
+                             f"{facts['sessions']} sessions; {facts['times_read_as_afternoon']} times without AM/PM "
+                             "read as afternoon (a 12-hour clock: docs/acquisition.md)")
+        if "warnings" in quality.columns and progress:
+            warned = quality[quality["warnings"] != ""]
+            if len(warned):
+                codes = pd.Series([w.split(" ")[0] for ws in warned["warnings"] for w in ws.split("; ")]).value_counts()
+                progress.message(f"cohort: {len(warned)} row(s) with an acquisition warning, the field taken as "
+                                 f"unknown ({', '.join(f'{k} {v}' for k, v in codes.items())}; "
+                                 "data_quality.csv, column warnings; docs/acquisition.md)")
+    for w in warnings:
+        if progress:
+            progress.message(f"WARNING: {w}")
     atomic_write_text(folder.scans_csv, table.to_csv(index=False))
     atomic_write_json(folder.meta_json, dict(source=source, has_volumes=has_volumes,
                                                  shape=list(shape) if has_volumes else None, data_hash=data_hash,
-                                                 n_scans=len(table), n_subjects=int(table["subject"].nunique())))
+                                                 n_scans=len(table), n_subjects=int(table["subject"].nunique()),
+                                                 **({"warnings": warnings} if warnings else {})))
     return Cohort(table, has_volumes, shape if has_volumes else None, folder), quality, data_hash
 
 
@@ -189,15 +216,21 @@ def _check_volumes(cfg: RunConfig, folder: CohortDir, table: pd.DataFrame, quali
     except (OSError, ValueError):
         meta = None
     expected_bytes = len(ids) * int(np.prod(shape)) * 4
+    geo = geometry_options(cfg)
     if not (meta and meta.get("data_hash") == data_hash and meta.get("shape") == list(shape)
             and meta.get("scan_ids") == ids and meta.get("checks") == VOLUME_CHECKS
             and meta.get("target") == (list(cfg.shape) if cfg.shape else None)
+            and meta.get("geometry") == geo
             and arr_path.exists() and arr_path.stat().st_size >= expected_bytes):
         bad: dict[str, str] = {}
         codes: dict[str, str] = {}
+        skips: dict[str, list] = {}  # geometry: line_scan, fov_too_small, fov_unknown (always recorded skips)
+        warns: dict[str, str] = {}  # the file's spacing disagrees with the table's field of view
+        per_scan: dict[str, dict] = {}  # spacing the file gives, voxel size, mirrored
         raw_shapes: dict[str, tuple] = {}
         summaries: dict[str, volume_io.VoxelSummary] = {}
         paths = dict(zip(ids, table["path"]))
+        acq = _table_geometry(table)
         if progress:
             progress.message(f"cohort: checking {len(ids)} volumes once (readable, finite, 3-D, shape, voxel values) "
                              f"and caching them resampled to {'x'.join(map(str, shape))} in {arr_path} "
@@ -216,18 +249,44 @@ def _check_volumes(cfg: RunConfig, folder: CohortDir, table: pd.DataFrame, quali
                 zeros = np.zeros(shape, "<f4").tobytes()
                 for i, x in enumerate(ids):
                     p = paths[x]
+                    fov, depth, eye = acq[x]
                     try:
-                        raw = volume_io.read_volume(p)
+                        if fov is not None and geometry.is_line_scan(*fov):  # never read as a volume
+                            raise _GeometrySkip("line_scan", f"field of view {fov[0]:g}x{fov[1]:g} mm is a line scan")
+                        raw = geometry.to_xyz(volume_io.read_volume(p), cfg.axes)
+                        spacing = geometry.permute(volume_io.read_spacing(p), cfg.axes)
+                        rec = per_scan[x] = {}
+                        if spacing is not None:
+                            rec.update({f"spacing_{a}_mm": v for a, v in zip("xyz", spacing) if v is not None})
+                            clash = geometry.spacing_mismatch(spacing, raw.shape, fov, depth)
+                            if clash:
+                                warns[x] = clash
+                            if fov is None and spacing[0] and spacing[1]:  # the file's own field of view
+                                fov = (spacing[0] * raw.shape[0], spacing[1] * raw.shape[1])
+                            if depth is None and spacing[2]:
+                                depth = spacing[2] * raw.shape[2]
+                        problem = geometry.fov_problem(fov, cfg.fov_mm, depth, cfg.depth_mm)
+                        if problem:
+                            raise _GeometrySkip(*problem)
                         why = volume_io.raw_value_problem(raw)
                         if why:  # before resampling: its arithmetic would overflow
                             codes[x] = "bad_volume_values"
                             raise InputError(f"{p}: {why}")
                         raw_shapes[x] = tuple(int(n) for n in raw.shape)
+                        raw = geometry.crop_to_fov(raw, fov, cfg.fov_mm, depth, cfg.depth_mm)
+                        if cfg.mirror_os and eye == "OS":
+                            raw = geometry.mirror_os(raw)
+                            rec["mirrored"] = "OS->OD"
+                        rec.update(_voxel_columns(cfg, fov, depth, shape))
                         vol = volume_io.resample(raw, shape)
                         if min(vol.shape) < 1 or not np.isfinite(vol).all():
                             raise InputError(f"{p}: volume has non-finite values after resampling to {shape}")
                         summaries[x] = volume_io.VoxelSummary.of(vol)
                         fh.write(np.ascontiguousarray(vol, dtype="<f4").tobytes())
+                    except _GeometrySkip as exc:
+                        skips[x] = [exc.code, f"{p}: {exc.detail}"]
+                        per_scan.pop(x, None)
+                        fh.write(zeros)
                     except InputError as exc:
                         bad[x] = str(exc)
                         fh.write(zeros)
@@ -258,8 +317,9 @@ def _check_volumes(cfg: RunConfig, folder: CohortDir, table: pd.DataFrame, quali
         meta = dict(data_hash=data_hash, shape=list(shape), scan_ids=ids, bad=bad,
                     reasons={x: codes.get(x, "bad_volume") for x in bad}, checks=VOLUME_CHECKS,
                     target=list(cfg.shape) if cfg.shape else None, typical_shape=list(typical) if typical else None,
-                    files=sigs)
+                    files=sigs, geometry=geo, skips=skips, spacing_warnings=warns, per_scan=per_scan)
         atomic_write_json(meta_path, meta)
+    table, quality = _apply_geometry(table, quality, meta)
     bad = meta["bad"]
     if not bad:
         return table, quality
@@ -280,6 +340,76 @@ def _check_volumes(cfg: RunConfig, folder: CohortDir, table: pd.DataFrame, quali
     table = table[~table["scan_id"].astype(str).isin(bad)].reset_index(drop=True)
     if table.empty:
         raise InputError(f"no usable volume is left after skipping {len(bad)} bad ones; first: {next(iter(bad.values()))}")
+    return table, quality
+
+
+class _GeometrySkip(Exception):
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+def geometry_options(cfg: RunConfig) -> dict | None:
+    """The run's geometry options (None when all are off: the volume cache of earlier runs holds)."""
+    geo = dict(fov_mm=list(cfg.fov_mm) if cfg.fov_mm else None, depth_mm=cfg.depth_mm, mirror_os=bool(cfg.mirror_os),
+               axes=geometry.parse_axes(cfg.axes) if cfg.axes else None)
+    return geo if any(v for v in geo.values()) else None
+
+
+def _table_geometry(table: pd.DataFrame) -> dict:
+    """Per scan id: ``(fov_xy or None, depth_mm or None, eye)`` from the table's acquisition columns;
+    a scan the table marks ``mirrored`` (prepare --mirror-os did it) counts as OD."""
+    out = {}
+    for rec in table.to_dict("records"):
+        fx, fy, d = rec.get("fov_x_mm"), rec.get("fov_y_mm"), rec.get("depth_mm")
+        fov = (float(fx), float(fy)) if geometry._known(fx) and geometry._known(fy) else None
+        eye = str(rec.get("eye") or "")
+        if str(rec.get("mirrored") or "").strip():
+            eye = "OD"
+        out[str(rec["scan_id"])] = (fov, float(d) if geometry._known(d) else None, eye)
+    return out
+
+
+def _voxel_columns(cfg: RunConfig, fov, depth, shape) -> dict:
+    """Voxel size in micrometres after crop and resampling: the target's with --fov-mm / --depth-mm,
+    else the scan's own field of view over the grid (unknown without one)."""
+    tx, ty, tz = geometry.voxel_um(cfg.fov_mm or fov, cfg.depth_mm or depth, shape)
+    return {k: v for k, v in (("voxel_x_um", tx), ("voxel_y_um", ty), ("voxel_z_um", tz)) if not np.isnan(v)}
+
+
+def _apply_geometry(table: pd.DataFrame, quality: pd.DataFrame, meta: dict):
+    """Geometry skips dropped with their reason (always: a line scan or a too small field of view is
+    not a broken file), spacing disagreements as warnings, per-scan spacing and voxel size as columns."""
+    skips, warns, per_scan = meta.get("skips") or {}, meta.get("spacing_warnings") or {}, meta.get("per_scan") or {}
+    if not (skips or warns or any(per_scan.values())):  # a table without geometry: as before, byte for byte
+        return table, quality
+    quality = quality.copy()
+    if warns and "warnings" not in quality.columns:
+        quality["warnings"] = ""
+    sid = quality["scan_id"].astype(str)
+    for x, (code, msg) in skips.items():
+        i = quality.index[(sid == x) & (quality["status"] == "kept")]
+        value = table.loc[table["scan_id"].astype(str) == x, "protocol"].iloc[0] if "protocol" in table else ""
+        quality.loc[i, ["status", "reason", "column", "value", "all_reasons", "detail"]] = \
+            ["dropped", code, "fov_x_mm, fov_y_mm", str(value), code, f"{REASONS.get(code, code)}: {msg}"]
+    for x, msg in warns.items():
+        i = quality.index[(sid == x) & (quality["status"] == "kept")]
+        entry = f"spacing_fov_mismatch (column path, value {msg!r})"
+        for j in i:
+            quality.at[j, "warnings"] = "; ".join(w for w in (quality.at[j, "warnings"], entry) if w)
+    table = table.copy()
+    for col in ("spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "voxel_x_um", "voxel_y_um", "voxel_z_um", "mirrored"):
+        values = [per_scan.get(str(x), {}).get(col) for x in table["scan_id"]]
+        if any(v is not None for v in values) or col in table.columns:
+            blank = "" if col == "mirrored" else None
+            old = table[col] if col in table.columns else pd.Series([blank] * len(table), index=table.index)
+            table[col] = [v if v is not None else (blank if pd.isna(o) else o) for v, o in zip(values, old)]
+    table = table[~table["scan_id"].astype(str).isin(skips)].reset_index(drop=True)
+    if table.empty:
+        first = next(iter(skips.values()))
+        raise InputError(f"no volume is left after the geometry skips ({len(skips)}: "
+                         f"{', '.join(sorted({c for c, _ in skips.values()}))}); first: {first[1]} "
+                         "(docs/acquisition.md)")
     return table, quality
 
 

@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from icpcv.util import natural_sorted
+
 #: acquisition columns of ``cohort/scans.csv`` (all optional; empty / NaN = unknown)
 ACQ_COLUMNS = (
     "fov_x_mm", "fov_y_mm", "depth_mm",        # field of view in mm (X, Y, Z = depth)
@@ -124,3 +126,109 @@ def voxel_um(target_xy, target_depth_mm, shape) -> tuple[float, float, float]:
     for want, n in zip((*(target_xy or (None, None)), target_depth_mm), shape):
         sizes.append(float("nan") if want is None else 1000.0 * float(want) / int(n))
     return tuple(sizes)
+
+
+# --------------------------------------------------------------------------- options and layout
+
+#: accepted ranges of --fov-mm (each side) and --depth-mm, in mm
+FOV_RANGE_MM = (0.1, 40.0)
+DEPTH_RANGE_MM = (0.1, 20.0)
+#: a file's spacing x voxels that differs from the table's field of view by more than this (relative) is a warning
+SPACING_TOLERANCE = 0.05
+
+
+def check_options(fov_mm=None, depth_mm=None, axes=None) -> str | None:
+    """The problem with ``--fov-mm``, ``--depth-mm`` or ``--axes``, as a message, or None.
+
+    >>> check_options((3, 3), 2.0, "XZY") is None
+    True
+    >>> check_options((0, 3))
+    '--fov-mm 0 3: each side must be a number from 0.1 to 40 mm (e.g. --fov-mm 3 3)'
+    >>> check_options(axes="XXZ")
+    "--axes 'XXZ': name each of X, Y, Z once, in the order the file's axes hold them (e.g. XZY, ZXY); X and Y are the scan's width and height, Z is depth"
+    """
+    if fov_mm is not None:
+        if len(fov_mm) != 2 or not all(_known(v) and FOV_RANGE_MM[0] <= float(v) <= FOV_RANGE_MM[1] for v in fov_mm):
+            return (f"--fov-mm {' '.join(f'{float(v):g}' for v in fov_mm)}: each side must be a number from "
+                    f"{FOV_RANGE_MM[0]:g} to {FOV_RANGE_MM[1]:g} mm (e.g. --fov-mm 3 3)")
+        if is_line_scan(*fov_mm):
+            return (f"--fov-mm {fov_mm[0]:g} {fov_mm[1]:g}: a line scan's field of view; a volume needs both sides "
+                    f"of at least {LINE_SCAN_MAX_MM:g} mm and at most {LINE_SCAN_ASPECT:g} times apart")
+    if depth_mm is not None and not (_known(depth_mm) and DEPTH_RANGE_MM[0] <= float(depth_mm) <= DEPTH_RANGE_MM[1]):
+        return f"--depth-mm {depth_mm:g}: must be a number from {DEPTH_RANGE_MM[0]:g} to {DEPTH_RANGE_MM[1]:g} mm"
+    if axes is not None and parse_axes(axes) is None:
+        return (f"--axes {axes!r}: name each of X, Y, Z once, in the order the file's axes hold them (e.g. XZY, "
+                "ZXY); X and Y are the scan's width and height, Z is depth")
+    return None
+
+
+def parse_axes(text) -> str | None:
+    """``'xzy'`` -> ``'XZY'``: a permutation of X, Y, Z, else None."""
+    t = str(text).strip().upper().replace(",", "").replace(" ", "")
+    return t if sorted(t) == ["X", "Y", "Z"] else None
+
+
+def axes_order(axes: str | None) -> tuple[int, int, int]:
+    """The transpose that turns an array stored as ``axes`` into (X, Y, Z).
+
+    >>> axes_order("ZXY")
+    (1, 2, 0)
+    """
+    a = parse_axes(axes) if axes else "XYZ"
+    return tuple(a.index(c) for c in "XYZ")
+
+
+def to_xyz(volume: np.ndarray, axes: str | None) -> np.ndarray:
+    """A volume stored with ``axes`` (e.g. ``'ZYX'``) as icpcv's (X, Y, Z = depth)."""
+    order = axes_order(axes)
+    return volume if order == (0, 1, 2) else np.transpose(volume, order)
+
+
+def permute(values, axes: str | None):
+    """Per-axis values (shape, spacing) of an array stored as ``axes``, in (X, Y, Z) order."""
+    if values is None:
+        return None
+    return tuple(values[i] for i in axes_order(axes))
+
+
+def spacing_mismatch(spacing_mm, shape, fov_xy, depth_mm=None) -> str | None:
+    """Where a file's spacing x voxels disagrees with the table's field of view (X, Y; Z with a
+    depth) by more than SPACING_TOLERANCE, as a sentence, else None.
+
+    >>> spacing_mismatch((0.006, 0.006, 0.002), (500, 500, 1000), (3, 3))
+    >>> spacing_mismatch((0.014, 0.006, 0.002), (500, 500, 1000), (3, 3))
+    'X: the file gives 500 x 0.014 mm = 7 mm, the table 3 mm'
+    """
+    wants = [*(fov_xy if fov_xy is not None else (None, None)), depth_mm]
+    out = []
+    for axis, s, n, want in zip("XYZ", spacing_mm or (None,) * 3, shape, wants):
+        if not (_known(s) and _known(want)):
+            continue
+        have = float(s) * int(n)
+        if abs(have - float(want)) > SPACING_TOLERANCE * float(want):
+            out.append(f"{axis}: the file gives {int(n)} x {float(s):g} mm = {have:.3g} mm, the table {float(want):g} mm")
+    return "; ".join(out) or None
+
+
+def mixed_fov_warning(scans, fov_mm=None) -> str | None:
+    """The loud warning of a cohort whose volumes have more than one field of view and no
+    ``--fov-mm``: the protocols (fields of view) and their scans per monkey; None otherwise."""
+    if fov_mm is not None or "fov_x_mm" not in getattr(scans, "columns", ()):
+        return None
+    known = scans[scans["fov_x_mm"].notna() & scans["fov_y_mm"].notna()]
+    if known.empty:
+        return None
+    labels = known["fov_x_mm"].map("{:g}".format) + "x" + known["fov_y_mm"].map("{:g}".format)
+    if labels.nunique() < 2:
+        return None
+    per = {}
+    for subject, lab in zip(known["subject"].astype(str), labels):
+        per.setdefault(subject, {}).setdefault(lab, 0)
+        per[subject][lab] += 1
+    parts = [f"monkey {s}: " + ", ".join(f"{lab} mm {n}" for lab, n in sorted(per[s].items(), key=lambda kv: -kv[1]))
+             for s in natural_sorted(per)]
+    counts = labels.value_counts()
+    return (f"the volumes have {labels.nunique()} fields of view ({', '.join(f'{k} mm: {v}' for k, v in counts.items())}) "
+            "and are resampled to one grid without --fov-mm, so a voxel is a different size in micrometres from one "
+            "protocol to the next and a model can tell protocols (and so monkeys) apart; crop every volume to one "
+            "field of view with --fov-mm X Y (docs/acquisition.md). Per monkey: " + "; ".join(parts))

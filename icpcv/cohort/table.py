@@ -26,6 +26,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from icpcv.cohort import acquisition as acq
+from icpcv.cohort.geometry import REASONS as GEOMETRY_REASONS
 from icpcv.cohort.volumes import escapes_folder, volume_file_problem
 from icpcv.errors import InputError
 from icpcv.plausible import (ICP_MMHG, IOP_MMHG, SHAPE_FACTOR_MAX, VOXEL_ABS_MAX, VOXEL_Z_MAX, describe, in_range,
@@ -69,7 +71,10 @@ REASONS = {
     "bad_volume_values": f"implausible voxel values: beyond ±{VOXEL_ABS_MAX:g}, more than {VOXEL_Z_MAX:g} of the "
                          "cohort's voxel standard deviations from its typical voxel, or one value everywhere "
                          "(skipped with --skip-bad-scans, detail says which)",
+    **GEOMETRY_REASONS,  # a volume that cannot be one field of view (docs/acquisition.md)
 }
+#: warning code -> meaning: an unreadable acquisition field (data_quality.csv's warnings column; the scan is kept)
+WARNINGS = acq.WARNINGS
 
 _RANGE = re.compile(r"^\s*-?\d+(\.\d+)?\s*-\s*\d+(\.\d+)?\s*$")
 _TRUE = {"true", "1", "yes", "y", "t"}
@@ -202,12 +207,17 @@ def read_scan_table(
                          f"(trending pairs ICP steps within an IOP step) or neither (steps then come from the "
                          f"pressures)")
 
+    records = raw.to_dict("records")
+    subjects = [subject_label(_clean(rec.get(subj_col))) for rec in records]  # '5', '5.0', '05': one monkey
+    with_acq = acq.has_acquisition(raw.columns) or any(acq.column_of(raw.columns, f) for f in ("scan_shape", "notes"))
+    if with_acq:  # every row's fields (sessions span kept and dropped rows); a bad value is a warning
+        acq_fields, acq_warnings, acq_facts = acq.parse_acquisition(raw, subjects)
     quality_rows = []
     kept = []
     seen: dict[str, int] = {}
-    for i, rec in enumerate(raw.to_dict("records"), start=1):
+    for i, rec in enumerate(records, start=1):
         scan_id = _clean(rec.get(id_col))
-        subject = subject_label(_clean(rec.get(subj_col)))  # '5', '5.0', '05': one monkey
+        subject = subjects[i - 1]
         problems: list[tuple[str, str, str]] = []  # (reason, column, value)
         if is_missing(scan_id):
             problems.append(("scan_id_missing", id_col, scan_id))
@@ -259,26 +269,37 @@ def read_scan_table(
                 bad_file = volume_file_problem(vol_path)
                 if bad_file:
                     problems.append((bad_file[0], "path", bad_file[1]))
+        warned = acq_warnings[i - 1] if with_acq else []
+        extra = dict(warnings="; ".join(f"{r} (column {c}, value {v!r})" for r, c, v in warned)) if with_acq else {}
         if problems:
             problems = [(r, c, clip(v)) for r, c, v in problems]  # a 20 MB cell is named, not copied
             reason, column, value = problems[0]
-            detail = "; ".join(
-                f"{REASONS.get(r, r)} (column {c}{', value ' + repr(v) if v else ''})" for r, c, v in problems
-            )
             quality_rows.append(dict(row=i, scan_id=clip(scan_id), subject=clip(subject), status="dropped",
                                      reason=reason, column=column, value=value,
-                                     all_reasons=",".join(r for r, _, _ in problems), detail=detail))
-        else:
+                                     all_reasons=",".join(r for r, _, _ in problems), detail=_describe(problems),
+                                     **extra))
+        else:  # kept: an unreadable acquisition field is a warning (column warnings), never a reason to drop
             quality_rows.append(dict(row=i, scan_id=scan_id, subject=subject, status="kept", reason="",
-                                     column="", value="", all_reasons="", detail=""))
+                                     column="", value="", all_reasons="", detail="", **extra))
+        if not problems:
             kept.append(dict(scan_id=scan_id, subject=subject, iop=iop if iop is not None else np.nan,
                              icp=icp, path=str(vol_path) if vol_path is not None else "", row=i,
-                             **{c: _clean(rec.get(c)) for c in given_steps}))  # a blank step: left out of trending
+                             **{c: _clean(rec.get(c)) for c in given_steps},  # a blank step: left out of trending
+                             **(acq_fields.iloc[i - 1].to_dict() if with_acq else {})))
     quality = pd.DataFrame(quality_rows, columns=["row", "scan_id", "subject", "status", "reason", "column",
-                                                  "value", "all_reasons", "detail"])
-    scans = pd.DataFrame(kept, columns=["scan_id", "subject", "iop", "icp", "path", "row", *given_steps])
+                                                  "value", "all_reasons", "detail", *(["warnings"] if with_acq else [])])
+    scans = pd.DataFrame(kept, columns=["scan_id", "subject", "iop", "icp", "path", "row", *given_steps,
+                                        *(acq.OUT_COLUMNS if with_acq else ())])
     if scans.empty:
         counts = ", ".join(f"{code} ({n})" for code, n in quality["reason"].value_counts().items())
         raise InputError(f"{path}: no row is usable (reasons: {counts}; docs/inputs.md says what each code means)")
+    meta = {"scans_dir": str(scans_dir) if scans_dir else None}
+    if with_acq:
+        meta["acquisition"] = acq_facts
     return ScanTable(scans=scans.reset_index(drop=True), quality=quality, source=str(path), fmt=fmt,
-                     has_volumes=has_volumes, meta={"scans_dir": str(scans_dir) if scans_dir else None})
+                     has_volumes=has_volumes, meta=meta)
+
+
+def _describe(problems) -> str:
+    """``reason meaning (column c, value 'v'); ...`` of a row's problems."""
+    return "; ".join(f"{REASONS.get(r, r)} (column {c}{', value ' + repr(v) if v else ''})" for r, c, v in problems)

@@ -20,6 +20,8 @@ from icpcv.errors import InputError
 from icpcv.plausible import MIN_AXIS_VOXELS, SHAPE_FACTOR_MAX, SWAP_GAIN, VOXEL_ABS_MAX, VOXEL_Z_MAX, show
 
 SUFFIXES = (".pt", ".npy", ".nii", ".nii.gz", ".tif", ".tiff")
+#: raw device files that `icpcv prepare` reads and `icpcv run` does not
+RAW_DEVICE_SUFFIXES = (".oct", ".vol", ".xml", ".e2e")
 
 
 def volume_format(path: str | Path) -> str:
@@ -27,6 +29,10 @@ def volume_format(path: str | Path) -> str:
     for suffix in (".nii.gz", ".nii", ".pt", ".npy", ".tiff", ".tif"):
         if name.endswith(suffix):
             return suffix.lstrip(".")
+    if name.endswith(RAW_DEVICE_SUFFIXES) or os.path.isdir(path):
+        raise InputError(f"{path}: unknown volume format (expected one of {', '.join(SUFFIXES)}): a raw device "
+                         "export (a .OCT, .vol or Heidelberg XML export) is read by `icpcv prepare`, which writes the "
+                         "volumes and the table that `icpcv run --manifest` reads (docs/prepare.md)")
     raise InputError(f"{path}: unknown volume format (expected one of {', '.join(SUFFIXES)})")
 
 
@@ -213,6 +219,98 @@ def read_volume(path: str | Path) -> np.ndarray:
         bad = int((~np.isfinite(arr)).sum())
         raise InputError(f"{path}: volume has {bad} NaN or infinite voxels; fix or exclude the scan")
     return arr
+
+
+# --------------------------------------------------------------------------- physical spacing (docs/acquisition.md)
+
+#: unit -> mm
+_MM = {"mm": 1.0, "millimeter": 1.0, "micron": 1e-3, "um": 1e-3, "\u00b5m": 1e-3, "\u03bcm": 1e-3, "meter": 1e3,
+       "m": 1e3, "cm": 10.0, "centimeter": 10.0, "inch": 25.4, "in": 25.4}
+#: dots per inch that image editors write by default: not a measurement
+_EDITOR_DPI = (72.0, 96.0, 300.0)
+
+
+def nifti_spacing(header) -> tuple | None:
+    """(X, Y, Z) voxel spacing in mm from a NIfTI header's pixdim (``get_zooms``) and its spatial unit.
+
+    An unknown unit is read as mm (the NIfTI convention most readers follow), except for the
+    default pixdim 1, 1, 1 with no unit: that says nothing. None when nothing is known.
+    """
+    try:
+        zooms = [float(z) for z in header.get_zooms()[:3]]
+        unit = header.get_xyzt_units()[0]
+    except Exception:
+        return None
+    if len(zooms) < 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
+        return None
+    if unit == "unknown":
+        if zooms == [1.0, 1.0, 1.0]:
+            return None
+        unit = "mm"
+    return tuple(z * _MM[unit] for z in zooms) if unit in _MM else None
+
+
+def tiff_spacing(tif) -> tuple | None:
+    """(X, Y, Z) spacing in mm of a B-scan TIFF stack (columns X, pages Y, rows Z), from the first
+    page's XResolution (columns) and YResolution (rows) with ResolutionUnit (inch, cm), or an
+    ImageJ description's ``unit`` (micron, mm) and ``spacing`` (between pages, Y). None (or None
+    on an axis) where the file says nothing; 72, 96 or 300 dots per inch are an image editor's
+    default, not a measurement, and are ignored."""
+    try:
+        page = tif.pages[0]
+        tags = page.tags
+        ij = getattr(tif, "imagej_metadata", None) or {}
+
+        def res(name):
+            t = tags.get(name)
+            if t is None:
+                return None
+            num, den = t.value if isinstance(t.value, tuple) else (t.value, 1)
+            return float(num) / float(den) if den else None
+
+        xr, yr = res("XResolution"), res("YResolution")
+        unit_tag = tags.get("ResolutionUnit")
+        unit_code = int(unit_tag.value) if unit_tag is not None else 2
+        ij_unit = str(ij.get("unit", "")).strip().lower()
+        if ij_unit in _MM:
+            per = _MM[ij_unit]
+        elif unit_code == 3:
+            per = 10.0
+        elif unit_code == 2:
+            if (xr in _EDITOR_DPI or xr is None) and (yr in _EDITOR_DPI or yr is None):
+                return None
+            per = 25.4
+        else:
+            return None
+        sx = per / xr if xr and xr > 0 else None
+        sz = per / yr if yr and yr > 0 else None
+        sy = float(ij["spacing"]) * per if ij_unit in _MM and ij.get("spacing") else None
+    except Exception:
+        return None
+    if sx is None and sy is None and sz is None:
+        return None
+    if sx == sz == 1.0 * per and sy is None:  # resolution 1 per unit: the writer's placeholder
+        return None
+    return (sx, sy, sz)
+
+
+def read_spacing(path: str | Path) -> tuple | None:
+    """The (X, Y, Z) voxel spacing in mm a volume file states (NIfTI, TIFF), None for formats that
+    carry none (.pt, .npy) or a file that states none. Reads the header only."""
+    fmt = volume_format(path)
+    try:
+        if fmt in ("nii", "nii.gz"):
+            import nibabel as nib  # lazy: only the reader of the file's format is loaded
+
+            return nifti_spacing(nib.load(str(path)).header)
+        if fmt in ("tif", "tiff"):
+            import tifffile  # lazy: only the reader of the file's format is loaded
+
+            with tifffile.TiffFile(str(path)) as tif:
+                return tiff_spacing(tif)
+    except Exception:
+        return None
+    return None
 
 
 def resample(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from icpcv.commands.run import add_geometry_options, geometry_config
 from icpcv.errors import InputError
 from icpcv.prepare.core import EXIT_SKIPPED, OUTPUT_DTYPES, PrepareOptions, prepare as prepare_volumes
 from icpcv.plausible import check_options, check_shape
@@ -12,8 +13,9 @@ from icpcv.util import parse_shape
 
 #: ``icpcv prepare --help``
 DESCRIPTION = (
-    "Read each row's raw volume (multi-page TIFF, folder of single-page TIFFs, NIfTI, .npy, .pt, or vendor .OCT "
-    "with icpcv[oct]), resample it to --shape with area averaging (anti-aliased), and write float32 .npy volumes "
+    "Read each row's raw volume (multi-page TIFF, folder of single-page TIFFs, NIfTI, .npy, .pt, vendor .OCT "
+    "with icpcv[oct], Heidelberg Spectralis .vol or XML export folder with icpcv[heyex]: their spacing, eye and "
+    "device go into table.csv; line, circle and radial scans are refused), resample it to --shape with area averaging (anti-aliased), and write float32 .npy volumes "
     "(X, Y, Z=depth), table.csv for `icpcv run --manifest`, and quality.csv. Reruns convert only new or changed "
     f"inputs. Exit code 0: every row converted; {EXIT_SKIPPED}: some rows were skipped (listed on stderr and in "
     "quality.csv); 2: a usage or table error.")
@@ -43,6 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--verify", action="store_true",
                    help="re-hash every raw file even when its size and modification time are unchanged")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_geometry_options(p.add_argument_group("geometry (docs/acquisition.md)"))
     p.set_defaults(func=cmd_prepare)
 
 
@@ -54,7 +57,7 @@ def cmd_prepare(args) -> int:
     check_shape(shape)
     check_options({"--workers": args.workers, "--saturation": args.saturation}, "prepare")
     options = PrepareOptions(shape=shape, dtype=args.dtype, saturation=args.saturation, workers=args.workers,
-                             force=args.force, verify=args.verify)
+                             force=args.force, verify=args.verify, **geometry_config(args))
     progress = Progress("quiet" if args.quiet else "lines")
     summary = prepare_volumes(args.table, args.raw, args.out, options, path_column=args.path_column, progress=progress)
     print(summary.line())

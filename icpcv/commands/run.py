@@ -6,8 +6,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from icpcv.cohort import geometry, volume_shape
 from icpcv.cohort.phantom import check_phantom_fits
-from icpcv.cohort import volume_shape
 from icpcv.cohort.table import table_has_volumes
 from icpcv.config import (DEFAULT_MODELS_LABELS, DEFAULT_MODELS_VOLUMES, OPTIMIZERS, PRECISIONS, PRESETS,
                           SALIENCY_METHODS, SHORTCUT_GRADS, TRAIN_OPTIONS, RunConfig, TrainConfig)
@@ -44,6 +44,33 @@ def _shape(text: str) -> tuple[int, int, int]:
     return parse_shape(text, min_size=4, example="20x20x48")
 
 
+def add_geometry_options(group) -> None:
+    """``--fov-mm``, ``--depth-mm``, ``--mirror-os``, ``--axes`` (run and prepare; docs/acquisition.md)."""
+    group.add_argument("--fov-mm", type=float, nargs=2, metavar=("X", "Y"),
+                       help="crop every volume to this field of view in mm around the scan centre before resampling "
+                            "(one voxel size in micrometres); smaller scans and line scans are skipped, never stretched")
+    group.add_argument("--depth-mm", type=float, metavar="Z", help="... and to this depth in mm")
+    group.add_argument("--mirror-os", action="store_true",
+                       help="flip left eyes (OS) along X into the right eye's (OD) orientation")
+    group.add_argument("--axes", help="the raw volumes' axis order when it is not X,Y,Z (Z = depth), e.g. ZYX for TIFF "
+                                      "stacks whose pages hold depth along the columns")
+
+
+def geometry_config(args) -> dict:
+    """The geometry options as RunConfig / PrepareOptions fields, checked (InputError naming the option)."""
+    fov = tuple(args.fov_mm) if getattr(args, "fov_mm", None) else None
+    depth = getattr(args, "depth_mm", None)
+    axes = getattr(args, "axes", None)
+    problem = geometry.check_options(fov, depth, axes)
+    if problem:
+        raise InputError(problem)
+    if axes and getattr(args, "manifest", "") is None:
+        raise InputError("--axes declares the raw layout of a scan table's volume files; the synthetic phantom is "
+                         "made as X, Y, Z already (use it with --manifest)")
+    return dict(fov_mm=fov, depth_mm=depth, mirror_os=bool(getattr(args, "mirror_os", False)),
+                axes=geometry.parse_axes(axes) if axes else None)
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="cross-validate models leave-one-monkey-out and write a report",
                        description="Train every model once per fold (each monkey held out in turn; the networks "
@@ -61,6 +88,7 @@ def add_parser(sub) -> None:
     d.add_argument("--data-seed", type=int, default=RunConfig.data_seed, help="seed of the synthetic cohort")
     d.add_argument("--shape", type=_shape, help="volume shape X x Y x Z(depth), e.g. 20x20x48")
     d.add_argument("--skip-bad-scans", action="store_true", help="record unreadable volumes as skips, not errors")
+    add_geometry_options(d)
     m = p.add_argument_group("models and folds")
     m.add_argument("--models", help="comma-separated: mean, ols_iop, ols_iop2, mixedlm_iop, ridge_scan, cnn, "
                                     "resnet10|18|34|50 (+ _nodil, _scanonly: e.g. resnet50_nodil) "
@@ -204,7 +232,8 @@ def build_config(args) -> RunConfig:
                      n_boot=args.n_boot, ci_level=args.ci_level, skip_bad_scans=args.skip_bad_scans,
                      pretrained=pretrained, shortcut_grad=getattr(args, "shortcut_grad", RunConfig.shortcut_grad),
                      preset=getattr(args, "preset", None), repeats=int(repeats),
-                     **_saliency_options(args))  # issue 14
+                     **_saliency_options(args),  # issue 14
+                     **geometry_config(args))  # issue 19
 
 
 def _check_device_present(device: str) -> None:

@@ -27,14 +27,18 @@ import pandas as pd
 from joblib import Parallel, delayed
 
 from icpcv import __version__
+from icpcv.cohort import geometry
+from icpcv.cohort.acquisition import parse_acquisition
+from icpcv.cohort.geometry import ACQ_COLUMNS
 from icpcv.cohort.table import detect_format, read_scan_csv
 from icpcv.cohort.volumes import escapes_folder, shape_problem, typical_shape
 from icpcv.errors import InputError
+from icpcv.prepare.layout import cropped_slabs, relabel
 from icpcv.prepare.resample import ALGORITHM, RawStats, StreamResampler, saturation_value
 from icpcv.prepare.sources import REASONS, VolumeError, content_hash, fingerprint, open_source, raw_format, safe_name
 from icpcv.progress import Progress
 from icpcv.rundir import RunLock
-from icpcv.util import atomic_write, atomic_write_json, atomic_write_text, canonical_hash, read_json
+from icpcv.util import atomic_write, atomic_write_json, atomic_write_text, canonical_hash, read_json, subject_label
 from icpcv.writable import check_inputs_kept, check_output_dir
 
 #: written into the manifest; a change reconverts everything
@@ -54,6 +58,9 @@ QUALITY_COLUMNS = ["row", "scan_id", "subject", "source", "format", "status", "r
                    "raw_dtype", "output", "p1", "p50", "p99", "percentile_basis", "saturation_value",
                    "frac_saturated", "frac_zero", "median_robust_z", "flag_median_outlier", "flag_saturated",
                    "flag_empty", "flag_shape_mismatch", "flags", "notes", "sha256"]
+#: issue 19: each row's geometry (docs/acquisition.md), after the columns above
+GEOMETRY_COLUMNS = ["fov_x_mm", "fov_y_mm", "depth_mm", "eye", "spacing_x_mm", "spacing_y_mm", "spacing_z_mm",
+                    "voxel_x_um", "voxel_y_um", "voxel_z_um", "mirrored", "warnings"]
 
 
 @dataclass(frozen=True)
@@ -64,10 +71,25 @@ class PrepareOptions:
     workers: int = 1
     force: bool = False  # reconvert everything
     verify: bool = False  # re-hash raw files even when size and mtime are unchanged
+    # issue 19: geometry (icpcv.cohort.geometry; docs/acquisition.md)
+    fov_mm: tuple[float, float] | None = None  # crop to this field of view (X, Y) in mm before resampling
+    depth_mm: float | None = None  # ... and to this depth (Z) in mm
+    mirror_os: bool = False  # flip left eyes along X into the right eye's orientation
+    axes: str | None = None  # the raw layout when it is not X, Y, Z
+
+    @property
+    def geometry(self) -> dict | None:
+        geo = dict(fov_mm=list(self.fov_mm) if self.fov_mm else None, depth_mm=self.depth_mm,
+                   mirror_os=bool(self.mirror_os), axes=self.axes)
+        return geo if any(geo.values()) else None
 
     def target(self) -> dict:
-        """Everything that decides the bytes of an output (and its quality row)."""
-        return dict(shape=list(self.shape), dtype=self.dtype, saturation=self.saturation, code=CODE_VERSION)
+        """Everything that decides the bytes of an output (and its quality row); the geometry only
+        when an option is on (so that earlier manifests hold)."""
+        d = dict(shape=list(self.shape), dtype=self.dtype, saturation=self.saturation, code=CODE_VERSION)
+        if self.geometry:
+            d["geometry"] = self.geometry
+        return d
 
     @property
     def target_key(self) -> str:
@@ -84,6 +106,15 @@ class Row:
     out: str  # output path relative to --out
     record: dict  # the input row, all columns, as strings
     scan_shape: str = ""
+    # issue 19: the table's field of view (X, Y) and depth in mm, eye, and acquisition warnings
+    fov: tuple | None = None
+    depth: float | None = None
+    eye: str = ""
+    warnings: list = None
+
+    @property
+    def geo(self) -> tuple:
+        return (list(self.fov) if self.fov else None, self.depth, self.eye)
 
 
 # --- the input table -------------------------------------------------------------------------
@@ -112,6 +143,7 @@ def read_table(table: Path, raw_dir: Path, path_column: str | None = None):
     if df.empty:
         raise InputError(f"{table}: no data rows (only a header); nothing to prepare")
     rows, used = [], {}
+    fields, warned, _ = parse_acquisition(df, [subject_label(str(v).strip()) for v in df[subj_col]])
     for i, rec in enumerate(df.to_dict("records"), start=1):
         scan_id = rec[id_col].strip()
         raw = rec[path_col].strip()
@@ -122,8 +154,12 @@ def read_table(table: Path, raw_dir: Path, path_column: str | None = None):
         if stem.lower() in used:  # a duplicate or clashing id: keep both volumes apart
             stem = f"{stem}__row{i}"
         used[stem.lower()] = i
+        f = fields.iloc[i - 1]
+        fov = (float(f["fov_x_mm"]), float(f["fov_y_mm"])) if pd.notna(f["fov_x_mm"]) else None
         rows.append(Row(row=i, scan_id=scan_id, subject=rec[subj_col].strip(), raw=raw, path=path,
-                        out=f"volumes/{stem}.npy", record=rec, scan_shape=rec.get("scan_shape", "")))
+                        out=f"volumes/{stem}.npy", record=rec, scan_shape=rec.get("scan_shape", ""),
+                        fov=fov, depth=float(f["depth_mm"]) if pd.notna(f["depth_mm"]) else None,
+                        eye=str(f["eye"] or ""), warnings=warned[i - 1]))
     extras = [c for c in df.columns if c not in {id_col, subj_col, "iop", "icp", path_col, "scan_id", "subject",
                                                  "path", "raw_path"}]
     return rows, dict(fmt=fmt, id_col=id_col, subject_col=subj_col, path_col=path_col, extras=extras,
@@ -164,38 +200,119 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def convert_volume(raw: str | Path, out: str | Path, options: PrepareOptions) -> dict:
+def convert_volume(raw: str | Path, out: str | Path, options: PrepareOptions, geo=None) -> dict:
     """Stream one raw volume into ``out`` (atomically); returns its quality numbers.
 
-    Raises :class:`VolumeError` for a bad file.
+    ``geo``: the table's ``(field of view (X, Y) mm or None, depth mm or None, eye)`` of this scan.
+    With ``options.fov_mm`` / ``depth_mm`` the centred box of that field of view is cut out before
+    resampling (the file's own spacing stands in where the table gives no field of view); with
+    ``options.mirror_os`` a left eye is flipped along X. Raises :class:`VolumeError` for a bad
+    file, a line scan, or a field of view smaller than the target (never stretched).
     """
     raw, out = Path(raw), Path(out)
+    fov, depth, eye = geo or (None, None, "")
+    fov = tuple(fov) if fov else None
+    if fov is not None and geometry.is_line_scan(*fov):  # the table says so: the file is not even opened
+        raise VolumeError("line_scan", f"{raw}: the table's field of view {fov[0]:g}x{fov[1]:g} mm is a line scan")
     src = open_source(raw)
+    extra = {}
     try:
+        view = relabel(src, options.axes)
+        spacing = view.spacing_mm
+        if spacing is not None:
+            extra.update({f"spacing_{a}_mm": v for a, v in zip("xyz", spacing) if v is not None})
+            clash = geometry.spacing_mismatch(spacing, view.shape, fov, depth)
+            if clash:
+                extra["warnings"] = f"spacing_fov_mismatch (column path, value {clash!r})"
+            if fov is None and spacing[0] and spacing[1]:
+                fov = (spacing[0] * view.shape[0], spacing[1] * view.shape[1])
+            if depth is None and spacing[2]:
+                depth = spacing[2] * view.shape[2]
+        if src.device:
+            extra["device"] = src.device
+        if src.eye:  # the file's eye stands in where the table gives none; a disagreement is a warning
+            extra["file_eye"] = src.eye
+            if eye and eye != src.eye:
+                clash = f"eye_mismatch (column eye, value {eye!r}; the file says {src.eye!r}: the table's kept)"
+                extra["warnings"] = "; ".join(w for w in (extra.get("warnings"), clash) if w)
+            eye = eye or src.eye
+            extra["eye"] = eye
+        problem = geometry.fov_problem(fov, options.fov_mm, depth, options.depth_mm)
+        if problem:
+            raise VolumeError(problem[0], f"{raw}: {problem[1]}")
+        box = geometry.crop_box(view.shape, fov, options.fov_mm, depth, options.depth_mm)
+        if all(b.start == 0 and b.stop == n for b, n in zip(box, view.shape)):
+            shape, slabs = view.shape, view.slabs()
+        else:
+            shape, slabs = cropped_slabs(view, box)
+            src.notes.append(f"cropped to {'x'.join(str(n) for n in shape)} voxels (--fov-mm/--depth-mm)")
+        tx, ty, tz = geometry.voxel_um(options.fov_mm or fov, options.depth_mm or depth, options.shape)
+        extra.update({k: v for k, v in (("voxel_x_um", tx), ("voxel_y_um", ty), ("voxel_z_um", tz))
+                      if not np.isnan(v)})
+        if fov is not None:
+            extra.update(fov_x_mm=fov[0], fov_y_mm=fov[1])
+        if depth is not None:
+            extra["depth_mm"] = depth
         sat = saturation_value(src.dtype, options.saturation)
-        stats = RawStats(src.dtype, int(np.prod(src.shape)), sat)
-        resampler = StreamResampler(src.shape, options.shape, src.native_axes, src.stream)
-        for start, slab in src.slabs():
+        stats = RawStats(src.dtype, int(np.prod(shape)), sat)
+        resampler = StreamResampler(shape, options.shape, view.native_axes, view.stream)
+        for start, slab in slabs:
             stats.update(slab)
             if stats.nonfinite:
                 raise VolumeError("non_finite", f"{raw}: holds NaN or infinite voxels ({stats.nonfinite} in the "
-                                                f"slab starting at {'XYZ'[src.native_axes[src.stream]]}={start}); "
+                                                f"slab starting at {'XYZ'[view.native_axes[view.stream]]}={start}); "
                                                 "fix or exclude the scan")
             resampler.add(start, slab)
         volume = resampler.result()
     finally:
         src.close()
-    if stats.n != int(np.prod(src.shape)):
-        raise VolumeError("truncated", f"{raw}: read {stats.n} of {int(np.prod(src.shape))} voxels")
+    if stats.n != int(np.prod(shape)):
+        raise VolumeError("truncated", f"{raw}: read {stats.n} of {int(np.prod(shape))} voxels")
     stats.finish()
+    if options.mirror_os and eye == "OS":  # after resampling: its operators are mirror-symmetric along X
+        volume = np.ascontiguousarray(volume[::-1])
+        extra["mirrored"] = "OS->OD"
     volume = _cast(volume, options.dtype, raw)
     size = atomic_save_npy(out, volume)
     (p1, p50, p99), basis = stats.percentiles()
     n = max(stats.n, 1)
-    return dict(format=src.fmt, raw_shape="x".join(str(s) for s in src.shape), raw_dtype=str(src.dtype),
+    return dict(format=src.fmt, raw_shape="x".join(str(s) for s in view.shape), raw_dtype=str(src.dtype),
                 p1=p1, p50=p50, p99=p99, percentile_basis=basis, saturation_value=sat,
                 frac_saturated=(stats.saturated / n) if sat is not None else None, frac_zero=stats.zeros / n,
-                notes="; ".join(src.notes), out_size=size)
+                notes="; ".join(src.notes), out_size=size, **extra)
+
+
+#: quality-record keys that only a file's own geometry sets (a reader's Source.spacing_mm/eye/device)
+FILE_GEOMETRY_KEYS = ("spacing_x_mm", "spacing_y_mm", "spacing_z_mm", "device", "file_eye")
+#: acquisition columns table.csv carries when some converted file gave geometry
+TABLE_ACQ_COLUMNS = [c for c in ACQ_COLUMNS if c in ("fov_x_mm", "fov_y_mm", "depth_mm", "eye", "device",
+                                                      "spacing_x_mm", "spacing_y_mm", "spacing_z_mm")]
+
+
+def acquisition_columns(rows: list[Row], results: dict[int, dict]) -> dict:
+    """Per acquisition column, the value of every converted row: the table's own where it gives one,
+    else what the file gave (its spacing, the field of view and depth it spans, its eye and device),
+    so that `icpcv run --manifest table.csv` records the file's geometry for each scan.
+
+    Only when some converted file gave geometry: a prepare run on files without any writes the same
+    table.csv as before. Disagreements between table and file are warnings of the quality row."""
+    quality = {r.row: results[r.row].get("quality") or {} for r in rows}
+    if not any(k in q for q in quality.values() for k in FILE_GEOMETRY_KEYS):
+        return {}
+    columns = {}
+    for c in TABLE_ACQ_COLUMNS:
+        values = []
+        for r in rows:
+            q = quality[r.row]
+            if c in ("fov_x_mm", "fov_y_mm", "depth_mm"):  # convert_volume's: the table's, else the file's
+                value = q.get(c)
+            elif c == "eye":  # the table's parsed eye (`eye` or the seed's `eyeball (od or os)`), else the file's
+                value = r.eye or q.get("eye")
+            else:
+                value = str(r.record.get(c, "") or "").strip() or q.get(c)
+            values.append("" if value is None else value)
+        columns[c] = values
+    return columns
 
 
 def _one_line(exc: Exception, limit: int = 300) -> str:
@@ -203,7 +320,7 @@ def _one_line(exc: Exception, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _task(raw: str, out: str, options: PrepareOptions, previous: dict | None) -> dict:
+def _task(raw: str, out: str, options: PrepareOptions, previous: dict | None, geo=None) -> dict:
     """Worker entry point: never raises for a bad file; returns a result record."""
     t0 = time.perf_counter()
     rec = dict(raw=raw, out=out)
@@ -215,7 +332,7 @@ def _task(raw: str, out: str, options: PrepareOptions, previous: dict | None) ->
                 and Path(out).stat().st_size == previous.get("out_size"):
             rec.update(status="unchanged", quality=previous["quality"])  # touched, not changed
         else:
-            quality = convert_volume(raw, out, options)
+            quality = convert_volume(raw, out, options, geo)
             rec.update(status="converted", quality=quality)
     except VolumeError as exc:
         rec.update(status="skipped", reason=exc.reason, detail=exc.detail)
@@ -321,7 +438,8 @@ def quality_table(rows: list[Row], results: dict[int, dict]) -> pd.DataFrame:
                          percentile_basis=q.get("percentile_basis", ""), saturation_value=q.get("saturation_value"),
                          frac_saturated=q.get("frac_saturated"), frac_zero=q.get("frac_zero"),
                          notes=q.get("notes", ""), sha256=res.get("sha256", ""),
-                         flag_shape_mismatch=_shape_mismatch(r.scan_shape, q.get("raw_shape", ""))))
+                         flag_shape_mismatch=_shape_mismatch(r.scan_shape, q.get("raw_shape", "")),
+                         **_geometry_cells(r, q)))
     df = pd.DataFrame(recs)
     ok = df["status"] != "skipped"
     z = np.full(len(df), np.nan)
@@ -336,7 +454,20 @@ def quality_table(rows: list[Row], results: dict[int, dict]) -> pd.DataFrame:
     names = {"flag_median_outlier": "median_outlier", "flag_saturated": "saturated", "flag_empty": "empty",
              "flag_shape_mismatch": "shape_mismatch"}
     df["flags"] = [",".join(v for k, v in names.items() if rec[k]) for rec in df.to_dict("records")]
-    return df[QUALITY_COLUMNS]
+    return df[QUALITY_COLUMNS + GEOMETRY_COLUMNS]
+
+
+def _geometry_cells(r: Row, q: dict) -> dict:
+    """A quality row's geometry: the converted volume's where known, else the table's; the
+    table's acquisition warnings and the file's spacing disagreement."""
+    fov = (q.get("fov_x_mm"), q.get("fov_y_mm")) if q.get("fov_x_mm") is not None else (r.fov or (None, None))
+    warn = [f"{c} (column {col}, value {v!r})" for c, col, v in (r.warnings or [])] + \
+        ([q["warnings"]] if q.get("warnings") else [])
+    return dict(fov_x_mm=fov[0], fov_y_mm=fov[1], depth_mm=q.get("depth_mm", r.depth),
+                eye=r.eye or q.get("eye", ""),
+                spacing_x_mm=q.get("spacing_x_mm"), spacing_y_mm=q.get("spacing_y_mm"),
+                spacing_z_mm=q.get("spacing_z_mm"), voxel_x_um=q.get("voxel_x_um"), voxel_y_um=q.get("voxel_y_um"),
+                voxel_z_um=q.get("voxel_z_um"), mirrored=q.get("mirrored", ""), warnings="; ".join(warn))
 
 
 # --- the whole run -----------------------------------------------------------------------------
@@ -406,10 +537,19 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
         _clean_temporaries(out / "volumes")
         manifest = load_manifest(out)
         entries = manifest["entries"]
-        key = options.target_key
         results: dict[int, dict] = {}
         tasks = []
+        if not options.fov_mm:
+            mixed = geometry.mixed_fov_warning(pd.DataFrame(dict(
+                subject=[r.subject for r in rows if r.fov and not geometry.is_line_scan(*r.fov)],
+                fov_x_mm=[r.fov[0] for r in rows if r.fov and not geometry.is_line_scan(*r.fov)],
+                fov_y_mm=[r.fov[1] for r in rows if r.fov and not geometry.is_line_scan(*r.fov)])))
+            if mixed:
+                err.write(f"icpcv prepare: WARNING: {mixed}\n")
         for r in rows:
+            # the geometry options make each row's own field of view and eye part of its output's key
+            key = canonical_hash(options.target() | {"row_geometry": r.geo}) if options.geometry \
+                else options.target_key
             if r.path is None:
                 results[r.row] = dict(status="skipped", reason="no_path",
                                       detail=f"{table}: row {r.row}, column {info['path_col']}: empty; no raw file "
@@ -444,7 +584,7 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
             # same target, other fingerprint (or source path: the raw folder moved): the worker re-hashes
             # and keeps the output if the bytes are the same
             previous = entry if entry and entry.get("target_key") == key and not options.force else None
-            tasks.append((r.row, (str(r.path), str(target_file), options, previous)))
+            tasks.append((r.row, (str(r.path), str(target_file), options, previous, r.geo)))
         by_row = {r.row: r for r in rows}
         if tasks:
             progress.message(f"prepare: {len(tasks)} of {len(rows)} volumes to convert with {options.workers} "
@@ -458,6 +598,8 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                 results[row] = rec
                 r = by_row[row]
                 if rec["status"] != "skipped":
+                    key = canonical_hash(options.target() | {"row_geometry": r.geo}) if options.geometry \
+                        else options.target_key
                     entries[r.out] = dict(scan_id=r.scan_id, source=str(r.path), fingerprint=rec["fingerprint"],
                                           sha256=rec["sha256"], target_key=key, target=options.target(),
                                           out_size=rec["quality"]["out_size"], quality=rec["quality"])
@@ -484,6 +626,21 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                                      raw_path=[r.raw for r in ok_rows]))
         for c in info["extras"]:
             prepared[c] = [r.record[c] for r in ok_rows]
+        # the geometry the files give (Source.spacing_mm, eye, device: .vol, XML exports, ...) as acquisition
+        # columns, which `icpcv run` reads into cohort/scans.csv; with a geometry option the prepared
+        # volumes' own field of view (below) replaces the raw one
+        for c, values in acquisition_columns(ok_rows, results).items():
+            prepared[c] = values
+        if options.geometry:  # the prepared volumes' own geometry: run reads it instead of the raw scan area
+            qual = {r.row: results[r.row].get("quality") or {} for r in ok_rows}
+            for c, default in (("fov_x_mm", None), ("fov_y_mm", None), ("depth_mm", None), ("voxel_x_um", None),
+                               ("voxel_y_um", None), ("voxel_z_um", None), ("mirrored", "")):
+                vals = [qual[r.row].get(c, default) for r in ok_rows]
+                if c in ("fov_x_mm", "fov_y_mm") and options.fov_mm:
+                    vals = [options.fov_mm[c == "fov_y_mm"]] * len(ok_rows)
+                if c == "depth_mm" and options.depth_mm:
+                    vals = [options.depth_mm] * len(ok_rows)
+                prepared[c] = vals
         atomic_write_text(out / "table.csv", prepared.to_csv(index=False))
         atomic_write_text(out / "quality.csv", quality.to_csv(index=False))
 

@@ -14,6 +14,8 @@ folder of TIFFs        files (Y) x rows (Z) x columns (X)    Y: one B-scan per f
 ``.pt``                X x Y x Z                             X
 NIfTI                  X x Y x Z (array axes i, j, k)        Z (contiguous on disk)
 Bioptigen ``.OCT``     B-scans (Y) x A-scans (X) x depth (Z) Y
+Spectralis ``.vol``    B-scans (Y) x depth (Z) x A-scans (X) Y
+Heidelberg XML export  B-scans (Y) x depth (Z) x A-scans (X) Y
 =====================  ====================================  ============================
 
 TIFF pages are B-scans with rows = depth (Z) and columns = X, stacked along Y, as in
@@ -34,7 +36,9 @@ from typing import Iterator
 
 import numpy as np
 
-from icpcv.cohort.volumes import plain_tensor, real_dtype_problem, tensor_problem, volume_axes
+from icpcv.cohort.geometry import REASONS as GEOMETRY_REASONS
+from icpcv.cohort.volumes import nifti_spacing, plain_tensor, real_dtype_problem, tensor_problem, tiff_spacing, volume_axes
+from icpcv.prepare import heyex
 from icpcv.util import natural_key
 
 #: reason code -> what it means (quality.csv ``reason`` column)
@@ -45,6 +49,10 @@ REASONS = {
                     "inside it, or an absolute path",
     "unknown_format": "the file's suffix is not a supported raw format",
     "oct_extra_missing": "reading vendor .OCT files needs the optional extra: install icpcv[oct]",
+    "heyex_extra_missing": "reading Heidelberg .vol files and XML exports needs the optional extra: install "
+                           "icpcv[heyex]",
+    "not_a_volume": "a circle or radial scan, or B-scans not parallel and equally spaced: not a raster volume, "
+                    "never resampled into one",
     "unreadable": "the file cannot be parsed as its format",
     "truncated": "the file is shorter than its own header says",
     "wrong_axes": "the data is not a 3-D volume (X, Y, Z)",
@@ -57,6 +65,7 @@ REASONS = {
                    "or axes that look swapped (icpcv run's rule; docs/inputs.md)",
     "out_of_range": "the resampled values do not fit the chosen output type",
     "internal_error": "an unexpected error (a bug: please report it with the detail)",
+    **GEOMETRY_REASONS,  # --fov-mm / --depth-mm, line scans (docs/acquisition.md)
 }
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -71,16 +80,35 @@ class VolumeError(Exception):
         self.detail = detail
 
 
+#: vendor formats refused by name, and why (docs/prepare.md, "Device files")
+REFUSED_SUFFIXES = {
+    ".e2e": "a Heidelberg .e2e file: its readers (eyepy, oct-converter) give no reliable A-scan spacing or B-scan "
+            "positions; export the scan from Heyex as .vol or XML",
+    ".sdb": "a Heidelberg .sdb database: export the scan from Heyex as .vol or XML",
+    ".fda": "a Topcon .fda file: its reader assumes the scan geometry instead of reading it; export the volume "
+            "with its spacing (e.g. NIfTI) or as TIFFs with the spacing in the table",
+    ".fds": "a Topcon .fds file: its reader assumes the scan geometry instead of reading it; export the volume "
+            "with its spacing (e.g. NIfTI) or as TIFFs with the spacing in the table",
+}
+
+
 def raw_format(path: Path) -> str:
     name = path.name.lower()
     if path.is_dir():
-        return "tiff-folder"
+        try:
+            return "heyex-xml" if heyex.heyex_xml_in(path) is not None else "tiff-folder"
+        except heyex.Refusal as exc:
+            raise VolumeError(exc.reason, exc.detail) from None
     for suffix, fmt in ((".nii.gz", "nifti"), (".nii", "nifti"), (".npy", "npy"), (".pt", "pt"),
-                        (".tiff", "tiff"), (".tif", "tiff"), (".oct", "oct")):
+                        (".tiff", "tiff"), (".tif", "tiff"), (".oct", "oct"), (".vol", "heyex-vol"),
+                        (".xml", "heyex-xml")):
         if name.endswith(suffix):
             return fmt
+    if path.suffix.lower() in REFUSED_SUFFIXES:
+        raise VolumeError("unknown_format", f"{path}: not supported: {REFUSED_SUFFIXES[path.suffix.lower()]}")
     raise VolumeError("unknown_format", f"{path}: unknown raw format (expected a folder of TIFFs, "
-                                        ".tif/.tiff, .nii/.nii.gz, .npy, .pt or .OCT)")
+                                        ".tif/.tiff, .nii/.nii.gz, .npy, .pt, .OCT, .vol or a Heidelberg XML "
+                                        "export)")
 
 
 def _check_dtype(path: Path, dtype) -> np.dtype:
@@ -134,12 +162,30 @@ class Source:
         return per, range(0, rows, per)
 
 
-def file_list(path: Path) -> list[Path]:
-    """The files that make up a raw volume (a folder: its TIFFs in natural order)."""
+def _tiffs(folder: Path) -> list[Path]:
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES
+             and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _heyex_xml(path: Path) -> Path | None:
+    """The XML of a Heidelberg XML export named by ``path`` (the .xml or its folder), else None."""
     if path.is_dir():
-        files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES
-                 and not p.name.startswith(".")]
-        return sorted(files, key=lambda p: natural_key(p.name))
+        try:
+            return heyex.heyex_xml_in(path)
+        except heyex.Refusal:
+            return None
+    return path if path.suffix.lower() == ".xml" else None
+
+
+def file_list(path: Path) -> list[Path]:
+    """The files that make up a raw volume (a folder: its TIFFs in natural order; a Heidelberg XML
+    export: the XML, then the TIFFs of its folder)."""
+    xml = _heyex_xml(path)
+    if xml is not None:
+        return [xml] + _tiffs(xml.parent)
+    if path.is_dir():
+        return _tiffs(path)
     return [path]
 
 
@@ -157,8 +203,9 @@ def content_hash(path: Path, chunk: int = 8 << 20) -> str:
     h = hashlib.sha256()
     buf = bytearray(chunk)
     view = memoryview(buf)
-    for f in file_list(path):
-        if path.is_dir():
+    files = file_list(path)
+    for f in files:
+        if path.is_dir() or len(files) > 1:
             h.update(f.name.encode() + b"\0")
         with open(f, "rb", buffering=0) as fh:
             while True:
@@ -259,7 +306,7 @@ class TiffSource(Source):
                                            f"({broken[0]}): the file is truncated or corrupt")
         rows, cols = pages[0].shape
         src = cls(path=path, fmt="tiff", shape=(cols, len(pages), rows), dtype=np.dtype(pages[0].dtype),
-                  native_axes=(1, 2, 0), stream=0, files=[path])
+                  native_axes=(1, 2, 0), stream=0, files=[path], spacing_mm=tiff_spacing(tif))
         src._tif, src._pages = tif, pages
         return src
 
@@ -300,7 +347,7 @@ class TiffFolderSource(Source):
         files = file_list(path)
         if not files:
             raise VolumeError("unreadable", f"{path}: folder holds no .tif/.tiff files")
-        shape = dtype = None
+        shape = dtype = spacing = None
         for f in files:
             with _TiffCapture() as log:
                 try:
@@ -316,12 +363,16 @@ class TiffFolderSource(Source):
                 raise VolumeError("truncated", f"{f}: {log.messages[0]}")
             if shape is None:
                 shape, dtype = pshape, pdtype
+                with tifffile.TiffFile(str(f)) as tif:
+                    spacing = tiff_spacing(tif)  # the first B-scan's resolution tags (X, Z; Y unknown)
             elif (pshape, pdtype) != (shape, dtype):
                 raise VolumeError("inconsistent_pages", f"{f}: B-scan is {pshape} {pdtype}, but {files[0].name} "
                                                         f"is {shape} {dtype}")
         rows, cols = shape
+        if spacing is not None:
+            spacing = (spacing[0], None, spacing[2])
         return cls(path=path, fmt="tiff-folder", shape=(cols, len(files), rows), dtype=np.dtype(dtype),
-                   native_axes=(1, 2, 0), stream=0, files=files)
+                   native_axes=(1, 2, 0), stream=0, files=files, spacing_mm=spacing)
 
     def slabs(self):
         import tifffile  # lazy: only the reader of the file's format is loaded (memory per worker)
@@ -468,7 +519,7 @@ class NiftiSource(Source):
                 raise VolumeError("truncated", f"{path}: NIfTI header says {shape} {raw_dtype} ({need} bytes) but "
                                                f"the file has {size} bytes: it is truncated")
         src = cls(path=path, fmt="nifti", shape=shape3, dtype=np.dtype(dtype), native_axes=(0, 1, 2), stream=2,
-                  files=[path])
+                  files=[path], spacing_mm=nifti_spacing(img.header))
         src._proxy, src._lead, src._nd = proxy, lead, len(shape)
         if scaled:
             src.notes.append(f"NIfTI scaling applied (slope {slope}, intercept {inter})")
@@ -544,7 +595,8 @@ class OctSource(Source):
         if min(data.shape) < 2:
             raise VolumeError("too_small", f"{path}: volume (Y, X, Z) = {data.shape} has an axis shorter than 2")
         src = cls(path=path, fmt="oct", shape=(X, Y, Z), dtype=np.dtype(data.dtype), native_axes=(1, 0, 2),
-                  stream=0, files=[path], notes=notes)
+                  stream=0, files=[path], notes=notes, device="Bioptigen (.OCT)",
+                  spacing_mm=_bioptigen_header_spacing(BOCT, path, (X, Y, Z)))
         src._data = data  # (Y, X, Z): slabs of B-scans
         return src
 
@@ -554,8 +606,61 @@ class OctSource(Source):
             yield start, np.ascontiguousarray(self._data[start:start + per])
 
 
+# --- Heidelberg Spectralis .vol and XML exports (optional extra) ------------------------------
+
+class HeyexSource(Source):
+    """A Spectralis raster read by eyepy (``pip install icpcv[heyex]``) through :mod:`icpcv.prepare.heyex`,
+    with its geometry: ``spacing_mm`` (X, Y, Z), the eye and the device. eyepy's ``(B-scans, depth,
+    A-scans)`` is (Y, Z, X); eyepy reads the whole file into memory, as oct-converter does."""
+
+    @classmethod
+    def open(cls, path: Path) -> "HeyexSource":
+        read = heyex.read_vol if raw_format(path) == "heyex-vol" else heyex.read_xml
+        try:
+            scan = read(path)
+        except heyex.Refusal as exc:
+            raise VolumeError(exc.reason, exc.detail) from None
+        _check_dtype(path, scan.data.dtype)
+        src = cls(path=path, fmt=raw_format(path), shape=scan.shape_xyz, dtype=np.dtype(scan.data.dtype),
+                  native_axes=(1, 2, 0), stream=0, files=file_list(path), notes=list(scan.notes),
+                  spacing_mm=tuple(float(s) for s in scan.spacing_mm), eye=scan.eye, device=scan.device)
+        src._data = scan.data  # (Y, Z, X): slabs of B-scans
+        return src
+
+    def slabs(self):
+        per, starts = self.slab_starts(self.shape[1], self.shape[0] * self.shape[2] * self.dtype.itemsize)
+        for start in starts:
+            yield start, np.ascontiguousarray(self._data[start:start + per])
+def bioptigen_spacing(header, shape) -> tuple | None:
+    """(X, Y, Z) spacing in mm from a Bioptigen header as oct-converter parses it: the lateral
+    extent along a B-scan (X, the A-scans) is ``azscanlength`` (``scanlength`` when that is 0), the
+    extent across B-scans (Y) ``elscanlength``, and depth (Z) ``scandepth``, each in mm over that
+    axis's samples. Not checked against a device's own file (none is available to this project):
+    a wrong assignment shows as ``spacing_fov_mismatch`` warnings against the table's scan area."""
+    def value(name):
+        try:
+            v = float(getattr(header, name).value)
+        except (AttributeError, TypeError, ValueError):
+            return None
+        return v if np.isfinite(v) and v > 0 else None
+
+    x = value("azscanlength") or value("scanlength")
+    y, z = value("elscanlength"), value("scandepth")
+    if x is None and y is None and z is None:
+        return None
+    return tuple(None if v is None else v / int(n) for v, n in zip((x, y, z), shape))
+
+
+def _bioptigen_header_spacing(reader, path: Path, shape) -> tuple | None:
+    """The header's spacing (:func:`bioptigen_spacing`), None when oct-converter cannot parse the header."""
+    try:
+        return bioptigen_spacing(reader.header_structure.parse_file(str(path)), shape)
+    except Exception:  # an older oct-converter, or a header it cannot parse: no spacing, the volume still reads
+        return None
+
+
 _SOURCES = {"tiff": TiffSource, "tiff-folder": TiffFolderSource, "npy": NpySource, "pt": PtSource,
-            "nifti": NiftiSource, "oct": OctSource}
+            "nifti": NiftiSource, "oct": OctSource, "heyex-vol": HeyexSource, "heyex-xml": HeyexSource}
 
 
 def open_source(path: str | os.PathLike) -> Source:

@@ -95,13 +95,18 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
                              ("volume_file_unreadable", "volume file(s) that cannot be opened"),
                              ("bad_volume", "unusable volume(s) skipped (--skip-bad-scans)"),
                              ("bad_volume_shape", "volume(s) of another shape skipped (--skip-bad-scans)"),
-                             ("bad_volume_values", "volume(s) with implausible voxels skipped (--skip-bad-scans)")):
-            rows = quality[quality["reason"] == reason]
+                             ("bad_volume_values", "volume(s) with implausible voxels skipped (--skip-bad-scans)"),
+                             ("line_scan", "line scan(s) skipped: not volumes"),
+                             ("fov_too_small", "volume(s) with a field of view smaller than --fov-mm/--depth-mm skipped"),
+                             ("fov_unknown", "volume(s) without a known field of view skipped (--fov-mm/--depth-mm)")):
+            rows = quality[(quality["reason"] == reason) & (quality["status"] == "dropped")]
             if len(rows):
+                geo = reason in ("line_scan", "fov_too_small", "fov_unknown")
                 eg = "; ".join(f"row {r.row}: {r.detail if reason.startswith('bad_volume') else r.value}"
                                for r in rows.head(3).itertuples())
                 progress.message(f"cohort: {len(rows)} {what}, recorded as dropped in data_quality.csv ({eg}"
-                                 f"{'; ...' if len(rows) > 3 else ''}); fix them and rerun with --fresh to use them")
+                                 f"{'; ...' if len(rows) > 3 else ''})"
+                                 + ("; docs/acquisition.md" if geo else "; fix them and rerun with --fresh to use them"))
     return record
 
 
@@ -133,6 +138,10 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
     preds = gather(run.path)
     result = analyze_study(preds, reference=cfg.reference, n_boot=cfg.n_boot, seed=cfg.seed, ci_level=cfg.ci_level,
                            audit_failed=not run.read_plan_audit()["passed"], steps=cohort_mod.read_steps(run.cohort))
+    try:  # issue 19: the cohort's warnings (e.g. mixed fields of view without --fov-mm) reach stats.json and the report
+        result.warnings.extend(w for w in run.cohort.read_meta().get("warnings", []) if w not in result.warnings)
+    except (OSError, ValueError):
+        pass
     scan_audit = run.scan_split_audit(rec)
     if scan_audit is not None:
         result.extra["scan_split_audit"] = {k: scan_audit[k] for k in ("statement", "n_folds", "ci_level", "models")}
