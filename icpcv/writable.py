@@ -160,12 +160,15 @@ def check_inputs_kept(out, inputs, *, writes=RUN_DIR_WRITES, everything: bool = 
     folder), anywhere inside ``out``. Paths are compared resolved (symbolic links followed, hard
     links recognised). ``keep``: inputs the command reads and does not rewrite (analyze's own
     ``predictions.csv``). Raises :class:`~icpcv.errors.InputError` naming the input and the file."""
-    out_r = Path(out).resolve()
-    kept = {Path(k).resolve() for k in keep if k}
+    def resolved(path) -> Path:  # os.path.realpath, unlike Path.resolve, does not raise on a symbolic link loop
+        return Path(os.path.realpath(path))
+
+    out_r = resolved(out)
+    kept = {resolved(k) for k in keep if k}
     for given in inputs:
         if not given:
             continue
-        p = Path(given).resolve()
+        p = resolved(given)
         if p in kept:
             continue
         if everything and (p == out_r or out_r in p.parents):

@@ -410,3 +410,13 @@ def test_repeat_errors_name_the_file_and_engine_errors_name_options(tmp_path, la
     assert "--n-boot must be at least 1" in err and "n_boot" not in err.replace("--n-boot", "")
     rc, _, err = icpcv("compare", labels_run, labels_run, "--out", tmp_path / "c", "--ci-method", "bogus")
     assert rc == 2 and "--ci-method" in err and "Traceback" not in err
+
+
+def test_the_inputs_check_survives_a_symbolic_link_loop(tmp_path):
+    """Found by the fuzz: Path.resolve raised on a raw file that is a link to itself."""
+    (tmp_path / "loop.npy").symlink_to(tmp_path / "loop.npy")
+    np.save(tmp_path / "ok.npy", _volume(0))
+    pd.DataFrame(dict(scan_id=["a", "b"], subject="1", iop="10", icp="5", path=["loop.npy", "ok.npy"])) \
+        .to_csv(tmp_path / "t.csv", index=False)
+    rc, _, err = icpcv("prepare", tmp_path / "t.csv", "--out", tmp_path / "out", "--shape", "6x6x12", "--quiet")
+    assert rc == 3 and "Traceback" not in err, err
