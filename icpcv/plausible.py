@@ -182,6 +182,7 @@ OPTION_RANGES: dict = {
     "--target": Range(1, SHAPE_AXIS_MAX, "voxels along an axis of the target"),
     "--gpu-mem": Range(0.0, 100_000.0, "GiB of GPU memory", lo_open=True),
     "--eval-cap": Range(1, 65_536, "the largest prediction batch proposed"),
+    "--cohorts": Range(1, 10_000_000, "simulated cohorts per scenario"),
 }
 
 

@@ -182,6 +182,21 @@ IMAGES_JS = """JSON.stringify(Array.from(document.images).map(i => ({
   shown: i.getBoundingClientRect().width})))"""
 SECTIONS_JS = "JSON.stringify(Array.from(document.querySelectorAll('section[id]')).map(s => s.id))"
 RESOURCES_JS = "JSON.stringify(performance.getEntriesByType('resource').map(r => r.name))"
+#: every in-page link (the contents and the "details" links): its target, and whether that target is shown as
+#: the page opens (present, with a box, not inside a folded <details>); every section and whether it has a
+#: link in the contents; the folded parts; the page's height
+REACH_JS = """JSON.stringify({
+  links: Array.from(document.querySelectorAll('a[href^="#"]')).map(a => {
+    const t = document.getElementById(a.getAttribute('href').slice(1));
+    return {href: a.getAttribute('href'), nav: !!a.closest('nav'), found: !!t,
+            shown: !!t && t.getBoundingClientRect().height > 0 && !t.closest('details:not([open])')}; }),
+  sections: Array.from(document.querySelectorAll('section[id]')).map(s => ({id: s.id,
+    listed: !!document.querySelector('nav a[href="#' + s.id + '"]'),
+    heading: !!s.querySelector('h2') && s.querySelector('h2').getBoundingClientRect().height > 0})),
+  folded: Array.from(document.querySelectorAll('details:not([open]) > summary')).map(x => x.textContent.trim()),
+  height: document.documentElement.scrollHeight})"""
+#: open every folded part, so that the figures inside are laid out and can be checked
+UNFOLD_JS = "document.querySelectorAll('details').forEach(d => d.open = true); true"
 #: the leakage audit's table (header + one row per model) under #scan-split, and its rendered height
 SCAN_SPLIT_JS = """(() => { const h = document.getElementById('scan-split');
   if (!h) return 'null';
@@ -201,11 +216,13 @@ def browser():
 def check_in_browser(browser: Browser, html: Path, shot_name: str) -> dict:
     browser.events.clear()
     session = browser.open(html.resolve().as_uri())
-    images = json.loads(browser.evaluate(session, IMAGES_JS))
+    reach = json.loads(browser.evaluate(session, REACH_JS))
     sections = json.loads(browser.evaluate(session, SECTIONS_JS))
     resources = json.loads(browser.evaluate(session, RESOURCES_JS))
+    shot = browser.screenshot(session, html.parent / shot_name)  # as the page opens, folded parts folded
+    browser.evaluate(session, UNFOLD_JS)
+    images = json.loads(browser.evaluate(session, IMAGES_JS))
     scan_split = json.loads(browser.evaluate(session, SCAN_SPLIT_JS))
-    shot = browser.screenshot(session, html.parent / shot_name)
     errors = browser.errors()
     if os.environ.get("ICPCV_SCREENSHOTS"):
         dest = Path(os.environ["ICPCV_SCREENSHOTS"])
@@ -214,7 +231,7 @@ def check_in_browser(browser: Browser, html: Path, shot_name: str) -> dict:
     browser.call("Target.closeTarget", {"targetId": browser.call("Target.getTargetInfo", session=session)
                                         ["targetInfo"]["targetId"]})
     return dict(images=images, sections=sections, resources=resources, errors=errors, screenshot=shot,
-                scan_split=scan_split)
+                scan_split=scan_split, reach=reach)
 
 
 def assert_renders(result: dict, min_images: int):
@@ -227,6 +244,17 @@ def assert_renders(result: dict, min_images: int):
     assert not [r for r in result["resources"] if not r.startswith("data:")], result["resources"]
     shot = result["screenshot"].read_bytes()
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 50_000
+    assert_reachable(result)
+
+
+def assert_reachable(result: dict):
+    """Issue 22: folding parts of the report leaves every section reachable from the contents, and every
+    in-page link (contents or "details") lands on something shown as the page opens."""
+    reach = result["reach"]
+    assert all(s["listed"] and s["heading"] for s in reach["sections"]), reach["sections"]
+    assert {link["href"][1:] for link in reach["links"] if link["nav"]} == {s["id"] for s in reach["sections"]}
+    hidden = [link["href"] for link in reach["links"] if not (link["found"] and link["shown"])]
+    assert not hidden, f"in-page links to nothing or to a folded part: {hidden}"
 
 
 #: the sections of a synthetic run's report, in order (a run trained once says there that training
@@ -238,8 +266,17 @@ SYNTHETIC_RUN_SECTIONS = ["verdict", "cohort", "data-quality", "folds", "models"
 def test_synthetic_run_report_renders(browser, tmp_path_factory):
     run = shared_run("tiny", tmp_path_factory.getbasetemp() / "report_runs")
     res = check_in_browser(browser, run / "index.html", "screenshot_synthetic.png")
-    assert_renders(res, min_images=8)
+    assert_renders(res, min_images=7)
     assert res["sections"] == SYNTHETIC_RUN_SECTIONS
+    # issue 22: one figure of small multiples per kind of per-model plot, not one figure per model, and
+    # what a reader needs less often starts folded (the page was over 9,000 px tall at 1,300 wide)
+    alts = [i["alt"] for i in res["images"]]
+    assert "Bland-Altman, one panel per model" in alts and not [a for a in alts if a.startswith("Bland-Altman: ")]
+    assert "Four-quadrant plots, one panel per model" in alts and "Polar plots, one panel per model" in alts
+    folded = res["reach"]["folded"]
+    assert {"Learning curves", "Polar plots, one panel per model",
+            "Predicted versus measured ICP, one panel per monkey"} <= set(folded), folded
+    assert any(f.startswith("Configuration, software and hardware") for f in folded), folded
 
 
 def test_report_of_a_run_with_repeats_renders_its_training_randomness_section(browser, tmp_path_factory):
@@ -290,7 +327,7 @@ def test_predictions_only_report_renders(browser, tmp_path_factory):
     """`icpcv analyze TABLE --out DIR` outside any run (one monkey label holds markup)."""
     out = shared_analysis(tmp_path_factory.getbasetemp() / "report_runs")["out"]
     res = check_in_browser(browser, out / "index.html", "screenshot_predictions.png")
-    assert_renders(res, min_images=5)
+    assert_renders(res, min_images=4)  # forest, error per monkey, Bland-Altman (a panel per model), per monkey
     assert res["sections"] == ["verdict", "input", "models", "agreement", "provenance", "warnings"]
 
 

@@ -109,6 +109,7 @@ def test_a_phantom_that_cannot_be_held_is_refused_before_it_is_drawn(tmp_path):
     (["bench", "prepare", "--volumes", "0"], "--volumes 0"),
     (["bench", "repeats", "r1", "--n-boot", "0"], "--n-boot 0"),
     (["bench", "run", "--budget", "-1"], "--budget -1"),
+    (["bench", "variance", "--cohorts", "0"], "--cohorts 0: accepted 1 to"),
 ])
 def test_every_subcommand_refuses_a_number_outside_its_range(tmp_path, monkeypatch, argv, needle):
     monkeypatch.chdir(tmp_path)

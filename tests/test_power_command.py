@@ -95,7 +95,7 @@ def test_report_shows_power_while_it_matches_the_predictions(powered, power_outp
         assert f"<td>{row['n_monkeys']}</td><td><b>{row['power']:.3f}</b></td>" in section
     assert data["detectable"]["note"] in unescape(section)
     # every figure of the report is still on disk, the power curve among them
-    assert {"power", "forest", "four_quadrant_cnn", "polar_cnn"} <= {p.stem for p in (powered / "figures").glob("*.png")}
+    assert {"power", "forest", "four_quadrant", "polar"} <= {p.stem for p in (powered / "figures").glob("*.png")}
     # predictions that changed since: power.json no longer belongs to them, and the report says so
     changed = copy_run(powered, tmp_path / "changed")
     preds = pd.read_csv(changed / "predictions.csv", dtype=str)

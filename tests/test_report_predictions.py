@@ -55,8 +55,7 @@ def test_analyze_writes_stats_and_the_html_report(analysis):
     embedded = [base64.b64decode(img["src"].split(",", 1)[1], validate=True) for img in page.images]
     assert all(png.startswith(PNG) for png in embedded)
     pngs = {p.stem: p.read_bytes() for p in (out / "figures").glob("*.png")}
-    assert set(pngs) == {"forest", "per_monkey_error", "predicted_vs_measured", "bland_altman_ols_iop",
-                         "bland_altman_cnn"}
+    assert set(pngs) == {"forest", "per_monkey_error", "predicted_vs_measured", "bland_altman"}
     assert sorted(embedded) == sorted(pngs.values())
 
 
@@ -74,7 +73,7 @@ def test_report_command_regenerates_an_analysis_directory(analysis, tmp_path, ca
     assert capsys.readouterr().out.strip() == f"report: {out / 'index.html'}"
     page = Page((out / "index.html").read_text())
     assert read_json(out / "stats.json")["verdict"] in page.plain and "input" in page.ids
-    assert len(list((out / "figures").glob("*.png"))) == 5
+    assert len(list((out / "figures").glob("*.png"))) == 4
     # a source that changed since it was analysed is a note, not an error: the report shows the copy
     changed = tmp_path / "changed.csv"
     changed.write_text(analysis["src"].read_text() + "\n")

@@ -136,6 +136,34 @@ def test_hand_computed_balanced_anova():
     assert vc["monkey_share"] + vc["training_share"] == pytest.approx(1)
 
 
+def test_scan_level_simulation_with_the_real_scan_counts():
+    """Issue 22: scans carry sampling noise that stays the same in every repeat and shrinks with a
+    monkey's scan count. On cohorts simulated scan by scan (monkey effects, per-scan effects,
+    training noise per repeat and per scan; the real study's 13 scan counts, 19 to 251), the
+    estimator with the scan part finds every known part within Monte Carlo error; without it the
+    monkey part comes out biased upward (the 20,000-cohort figures: python -m icpcv bench variance,
+    docs/statistics.md)."""
+    from icpcv.stats.repeats_bench import REAL_TRAINING_COUNTS, SCENARIOS, estimates, simulate, truth
+
+    sc = SCENARIOS[0]
+    assert sc.counts == REAL_TRAINING_COUNTS and sum(sc.counts) == 1243
+    n_sim, R = 1500, 5
+    est = estimates(simulate(np.random.default_rng(11), sc, n_sim, R), sc.counts)
+    tr = truth(sc)
+    new, old = est["new"], est["old"]
+    for key in ("monkey_sampling", "between_monkeys", "scans_within_monkeys", "training_noise"):
+        got = new["monkey_sampling_raw"] if key == "monkey_sampling" else new[key]
+        ok, info = _close_in_mc_error(got, tr[key])
+        assert ok, (key, info)
+    ok, info = _close_in_mc_error(new["sigma2_monkey"], sc.sigma2_monkey)
+    assert ok, info
+    # The simulation is what its truth says: M + T is the variance of a single-seed estimate.
+    assert est["single"].var(ddof=1) == pytest.approx(tr["single_seed_total"], rel=N_SE * np.sqrt(2 / n_sim))
+    # Without the scan part the monkey part absorbs the scans' noise: biased upward, well outside MC error.
+    ok, (mean, truth_m, se) = _close_in_mc_error(old["monkey_sampling_raw"], tr["monkey_sampling"])
+    assert not ok and mean > truth_m and (mean - truth_m) / truth_m > 0.08, (mean, truth_m, se)
+
+
 def test_variance_components_rejects_too_few_repeats_or_monkeys():
     with pytest.raises(ValueError, match="R >= 2"):
         variance_components(np.zeros((5, 1)), np.ones(5))
@@ -314,21 +342,36 @@ def test_agreement_when_the_ensemble_finds_no_evidence():
 
 def _per_monkey_differences(table, model, reference="ols_iop"):
     ref = table[table["model"] == reference].set_index("scan_id")
-    cols = []
+    cols, scans = [], []
     for r in range(len(CNN_SCALE)):
         rows = table[(table["model"] == model) & (table["repeat"] == r)].set_index("scan_id")
         loss = (rows["y_pred"] - rows["y_true"]).abs() - (ref.loc[rows.index, "y_pred"]
                                                          - ref.loc[rows.index, "y_true"]).abs()
         cols.append(loss.groupby(rows["subject"]).mean())
+        scans.append(pd.DataFrame({"subject": rows["subject"], "scan": rows.index, "repeat": r,
+                                   "d": loss.to_numpy()}))
     D = pd.concat(cols, axis=1).sort_index()
     n = table[table["model"] == reference].groupby("subject").size().sort_index()
-    return D.to_numpy(), n.to_numpy(dtype=float)
+    return D.to_numpy(), n.to_numpy(dtype=float), pd.concat(scans, ignore_index=True)
+
+
+def _scan_variance_by_anova(long):
+    """Per monkey (MS_scan - MS_res) / (n R) from statsmodels' two-way ANOVA d ~ scan + repeat."""
+    from statsmodels.stats.anova import anova_lm
+
+    out = {}
+    for subject, sub in long.groupby("subject"):
+        aov = anova_lm(smf.ols("d ~ C(scan) + C(repeat)", sub).fit())
+        ms = aov["sum_sq"] / aov["df"]
+        out[subject] = (ms["C(scan)"] - ms["Residual"]) / (sub["scan"].nunique() * sub["repeat"].nunique())
+    return pd.Series(out).sort_index().to_numpy()
 
 
 def test_decomposition_of_the_table_recomputed_independently(tv):
     table = repeated_table()
     for name in ("cnn", "cnn2"):
-        D, n = _per_monkey_differences(table, name)
+        D, n, long = _per_monkey_differences(table, name)
+        S = _scan_variance_by_anova(long)
         w = n / n.sum()
         # The decomposed numbers are the reported ones: Σ_g w_g D_gr is repeat r's delta.
         assert w @ D == pytest.approx([c.delta for c in tv.models[name].per_repeat], abs=1e-12)
@@ -337,20 +380,23 @@ def test_decomposition_of_the_table_recomputed_independently(tv):
         d_bar = D.mean(axis=1)
         q = np.sum(w * (d_bar - w @ d_bar) ** 2)
         training = np.sum(w**2 * s2)
-        sigma2_a = (q - np.sum(w * (1 - w) * s2) / R) / (1 - np.sum(w**2))
+        sigma2_a = (q - np.sum(w * (1 - w) * s2) / R - np.sum(w * (1 - w) * S)) / (1 - np.sum(w**2))
+        monkey = sigma2_a * np.sum(w**2) + np.sum(w**2 * S)
         v = tv.models[name].variance
         assert v.n_subjects == 10 and v.n_training_units == 10 and v.n_repeats == 4
         assert v.training_noise == pytest.approx(training)
-        assert v.monkey_sampling_raw == pytest.approx(sigma2_a * np.sum(w**2))
-        assert v.monkey_sampling == pytest.approx(max(sigma2_a * np.sum(w**2), 0))
+        assert v.between_monkeys == pytest.approx(sigma2_a * np.sum(w**2))
+        assert v.scans_within_monkeys == pytest.approx(np.sum(w**2 * S))
+        assert v.monkey_sampling_raw == pytest.approx(monkey)
+        assert v.monkey_sampling == pytest.approx(max(monkey, 0))
         assert v.ensemble_total == pytest.approx(v.monkey_sampling + training / R)
-        assert v.truncated == (sigma2_a < 0)
+        assert v.truncated == (monkey < 0)
 
 
 def test_folds_with_several_monkeys_are_one_training_unit():
     table = repeated_table(per_fold=2)
     tv = training_variance(table, n_boot=50)
-    D, n = _per_monkey_differences(table, "cnn")
+    D, n, _ = _per_monkey_differences(table, "cnn")
     w = n / n.sum()
     fold_sums = np.stack([w[2 * f] * D[2 * f] + w[2 * f + 1] * D[2 * f + 1] for f in range(5)])
     v = tv.models["cnn"].variance
@@ -494,3 +540,61 @@ def test_csv_round_trip(tmp_path, table):
     pd.testing.assert_frame_equal(ensemble(back), ensemble(table))
     with pytest.raises(InputError, match="predictions.csv rows"):
         read_predictions(path)
+
+
+def test_a_repeat_column_empty_on_every_row_is_a_plain_table(tmp_path, table):
+    """Issue 22: read back from CSV (nullable <NA>) or as given ("", " ", None), an all-empty repeat
+    column is a plain table: no training_variance key, the same statistics as without the column."""
+    from icpcv.stats.study import analyze_study, has_repeats
+
+    plain = table[table["repeat"].isna()].drop(columns=["repeat", "iop"]).reset_index(drop=True)
+    path = tmp_path / "predictions.csv"
+    plain.assign(repeat="").to_csv(path, index=False)
+    back = read_predictions(path, allow_repeats=True)
+    assert back["repeat"].isna().all()
+    for blank in ("", " ", None):
+        assert not has_repeats(plain.assign(repeat=blank))
+    assert not has_repeats(back)
+    assert has_repeats(table) and has_repeats(table.assign(repeat=table["repeat"].astype("Int64")))
+    expected = analyze_study(plain, n_boot=30).to_dict()
+    got = analyze_study(back, n_boot=30).to_dict()
+    assert "training_variance" not in got and "training_variance" not in expected
+    assert got["verdict"] == expected["verdict"] and got["comparisons"] == expected["comparisons"]
+
+
+def test_seed_agreement_that_is_guaranteed_says_so(tv):
+    """Issue 22: with 5 monkeys the exact sign-flip p cannot fall below 2/2^5 = 0.0625, so no single
+    seed can be called better and all seeds "agree" with an ensemble that finds no evidence: the
+    verdict says that, not "(3 of 3 training seeds alone agree)"."""
+    from icpcv.stats.repeats import TrainingVariance
+    from icpcv.stats.study import analyze_study
+
+    table = repeated_table(n_subjects=5, cnn_scale=(0.4, 0.4, 0.4))
+    res = analyze_study(table, n_boot=50)
+    five = TrainingVariance.from_dict(res.extra["training_variance"])
+    assert five.measured and five.n_agree == 3 and five.agreement_guaranteed
+    assert five.verdict_suffix == ("(all 3 training seeds alone agree, as they must: with 5 monkeys "
+                                   "no single seed can be called better)")
+    # every repeat of cnn passes the interval half of the rule; only the p floor holds it back
+    assert all(c.ci[1] < 0 for c in five.models["cnn"].per_repeat)
+    assert "5 monkeys) (all 3 training seeds alone agree, as they must:" in res.verdict
+    assert res.verdict.count("training seeds") == 1 and "cannot reach p < 0.05" in res.verdict
+    # one placement everywhere (issue 22, statistics 5): the analysis's verdict, the section's own, its summary
+    assert five.verdict_with_agreement == res.verdict
+    assert five.summary().endswith(f"Verdict on the seed ensemble: {res.verdict}")
+    # with 10 monkeys a seed can be called better: the count is evidence and is said as before
+    assert not tv.agreement_guaranteed and tv.verdict_suffix == f"({tv.n_agree} of 4 training seeds alone agree)"
+
+
+def test_docs_and_code_place_the_seed_agreement_alike():
+    """Issue 22: the verdict's seed agreement sits inside the first sentence, before its period, in
+    docs/statistics.md's examples as in the analysis (with_seed_agreement)."""
+    from pathlib import Path
+
+    from icpcv.stats.repeats import with_seed_agreement
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "statistics.md").read_text()
+    assert "). (4 of 5 training seeds" not in docs
+    assert "14 monkeys) (4 of 5 training seeds alone agree)." in docs
+    assert with_seed_agreement(["The cnn lowers MAE (...; 14 monkeys)."], "(4 of 5 training seeds alone agree)") \
+        == "The cnn lowers MAE (...; 14 monkeys) (4 of 5 training seeds alone agree)."

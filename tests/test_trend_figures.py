@@ -26,18 +26,23 @@ def _result():
 
 
 def test_four_quadrant_and_polar_draw_every_pair():
+    """Small multiples (issue 22): one panel per model, in the order given, every pair drawn once."""
     res = TrendingResult.from_dict(_result().to_dict())  # as the report reads stats.json
-    for model in ("cnn", "ols_iop"):
-        pairs = res.pairs.for_model(model)
+    panels = [(res[m], res.pairs.for_model(m)) for m in ("ols_iop", "cnn")]
+    for _, pairs in panels:
         assert len(pairs) == 5 * 2 * 2  # ICP 3 and 4 merge into one step (gap 1 < 2.5): 3 steps, 2 changes
-        with F.style():
-            fq = four_quadrant_figure(res[model], pairs, res.pairs.subjects)
-            pol = polar_figure(res[model], pairs, res.pairs.subjects)
-        assert isinstance(fq, Figure) and isinstance(pol, Figure)
-        assert _points(fq) == len(pairs) and _points(pol) == len(pairs)
-        assert pol.axes[0].name == "polar"
-        assert F.to_png(fq)[:4] == b"\x89PNG" and F.to_png(pol)[:4] == b"\x89PNG"
-    assert four_quadrant_figure(res["cnn"], pairs.iloc[:0], []) is None
+    with F.style():
+        fq = four_quadrant_figure(panels, res.pairs.subjects)
+        pol = polar_figure(panels, res.pairs.subjects)
+    assert isinstance(fq, Figure) and isinstance(pol, Figure)
+    assert _points(fq) == _points(pol) == 2 * 5 * 2 * 2
+    shown = [ax for ax in fq.axes if ax.get_visible()]
+    assert [ax.get_title().split(":")[0] for ax in shown] == ["ols_iop", "cnn"]
+    assert {ax.get_xlim() for ax in shown} == {shown[0].get_xlim()}  # one scale for every panel
+    assert [ax.name for ax in pol.axes if ax.get_visible()] == ["polar", "polar"]
+    assert [ax.get_title().split("\n")[0] for ax in pol.axes if ax.get_visible()] == ["ols_iop", "cnn"]
+    assert F.to_png(fq)[:4] == b"\x89PNG" and F.to_png(pol)[:4] == b"\x89PNG"
+    assert four_quadrant_figure([(res["cnn"], panels[1][1].iloc[:0])], []) is None
 
 
 def test_power_curve_has_one_point_per_study_size():

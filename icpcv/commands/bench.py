@@ -24,7 +24,7 @@ import sys
 #: benchmark name -> the module whose ``main(argv)`` runs it (imported when asked: start-up time)
 TARGETS = {"train": "icpcv.bench.train", "run": "icpcv.bench.run", "stats": "icpcv.stats.bench",
            "prepare": "icpcv.prepare.bench", "memory": "icpcv.models.memory", "gpu-check": "icpcv.bench.gpu_check",
-           "repeats": "icpcv.bench.repeats"}
+           "repeats": "icpcv.bench.repeats", "variance": "icpcv.stats.repeats_bench"}
 
 
 def main(argv=None) -> int:

@@ -264,61 +264,86 @@ def per_subject_figure(stats: AnalysisResult, subjects: list[str]):
 # --------------------------------------------------------------------------- agreement
 
 
-def bland_altman_figure(model: str, preds: pd.DataFrame, mstats: ModelStats, subjects: list[str], ci_level: float):
-    """Predicted − measured against their mean, coloured by monkey, with stats.json's lines."""
-    d = preds[preds["model"] == model]
-    if d.empty:
-        return None
-    styles = subject_styles(subjects)
+def panel_order(models: list[str], first: list[str | None]) -> list[str]:
+    """Small multiples' order: the models named in ``first`` (the verdict's model, the reference) that
+    are present, then the others in their own order."""
+    lead = [m for m in dict.fromkeys(first) if m is not None and m in models]
+    return lead + [m for m in models if m not in lead]
+
+
+def _ba_panel(ax, d: pd.DataFrame, mstats: ModelStats, styles: dict) -> list[str]:
+    """One model's Bland-Altman panel; returns the lines' values, for the panel's own key."""
     mean = ((d["y_pred"] + d["y_true"]) / 2).to_numpy(float)
     diff = (d["y_pred"] - d["y_true"]).to_numpy(float)
-    fig, ax = subplots(figsize=(9, 4.8))
-    _scatter_by_subject(ax, mean, diff, d["subject"].to_numpy(), styles)
+    _scatter_by_subject(ax, mean, diff, d["subject"].to_numpy(), styles, s=11)
     ba = mstats.bland_altman
-    level = f"{round(ci_level * 100):g}%"
-    x0, x1 = float(np.nanmin(mean)), float(np.nanmax(mean))
-    pad = 0.02 * (x1 - x0 or 1)
-    xs = np.array([x0 - pad, x1 + pad])
-
+    text = []
     # monkeys use all ten palette colours, so the lines are black and grey, told apart by style
-    handles = []
-    bias = ba.bias
-    if is_finite_number(bias):
-        ax.axhline(bias, color="0.1", lw=1.5)
-        handles.append(Line2D([], [], color="0.1", lw=1.5, label=f"bias {bias:.2f} mmHg"))
+    if is_finite_number(ba.bias):
+        ax.axhline(ba.bias, color="0.1", lw=1.4)
+        text.append(f"bias {ba.bias:.2f}")
     loa = [y for y in (ba.loa or []) if is_finite_number(y)]
     for y in loa:
-        ax.axhline(y, color="0.1", lw=1.4, ls="--")
+        ax.axhline(y, color="0.1", lw=1.2, ls="--")
     if loa:
-        handles.append(Line2D([], [], color="0.1", lw=1.4, ls="--",
-                              label="limits of agreement " + " / ".join(f"{y:.1f}" for y in loa)))
-    bands = [b for b in (ba.loa_ci or []) if b and len(b) == 2 and all(is_finite_number(v) for v in b)]
-    for b in bands:
-        ax.axhspan(b[0], b[1], color="0.5", alpha=0.15, lw=0)
-    if bands:
-        handles.append(Patch(color="0.5", alpha=0.3, label=f"{level} CI of those limits"))
+        text.append("limits " + " / ".join(f"{y:.1f}" for y in loa))
+    for b in (ba.loa_ci or []):
+        if b and len(b) == 2 and all(is_finite_number(v) for v in b):
+            ax.axhspan(b[0], b[1], color="0.5", alpha=0.15, lw=0)
     rloa = [y for y in (mstats.bland_altman_repeated.loa or []) if is_finite_number(y)]
     for y in rloa:
-        ax.axhline(y, color="0.45", lw=2.2, ls=":")
+        ax.axhline(y, color="0.45", lw=2.0, ls=":")
     if rloa:
-        handles.append(Line2D([], [], color="0.45", lw=2.2, ls=":",
-                              label="repeated-measures limits " + " / ".join(f"{y:.1f}" for y in rloa)))
+        text.append("repeated-measures " + " / ".join(f"{y:.1f}" for y in rloa))
     pb = ba.proportional_bias
-    slope = pb.slope
-    if is_finite_number(slope):
+    if is_finite_number(pb.slope):
         intercept = pb.intercept
         if not is_finite_number(intercept):  # a line of that slope through the centre of the points
-            intercept = float(np.mean(diff)) - slope * float(np.mean(mean))
-        ax.plot(xs, intercept + slope * xs, color="0.25", lw=1.5, ls="-.")
+            intercept = float(np.mean(diff)) - pb.slope * float(np.mean(mean))
+        x0, x1 = float(np.nanmin(mean)), float(np.nanmax(mean))
+        xs = np.array([x0, x1])
+        ax.plot(xs, intercept + pb.slope * xs, color="0.25", lw=1.4, ls="-.")
         p = pb.p
-        handles.append(Line2D([], [], color="0.25", lw=1.5, ls="-.", label=f"proportional bias, slope {slope:.2f}"
-                              + (f", p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}" if is_finite_number(p) else "")))
-    ax.set_xlim(*xs)
-    ax.set(xlabel="mean of predicted and measured ICP (mmHg)", ylabel="predicted − measured ICP (mmHg)",
-           title=f"Bland-Altman: {model}")
-    subject_legend(ax, styles, [s for s in subjects if s in set(d["subject"])])
-    fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.06, 0.0), ncol=2, fontsize="small")
-    fig.tight_layout(rect=(0, 0.05 + 0.045 * ((len(handles) + 1) // 2), 1, 1))
+        text.append(f"slope {pb.slope:.2f}"
+                    + (f", p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}" if is_finite_number(p) else ""))
+    return text
+
+
+def bland_altman_figure(models: list[str], preds: pd.DataFrame, stats: AnalysisResult, subjects: list[str],
+                        ci_level: float, first: list[str | None] = ()):
+    """Small multiples: one Bland-Altman panel per model (predicted − measured against their mean,
+    coloured by monkey, with stats.json's lines), the models in ``first`` leading; shared axes, so
+    that the models' spreads compare at a glance. Each panel's key gives its lines' values (mmHg)."""
+    order = [m for m in panel_order(models, list(first))
+             if m in stats.models and not preds[preds["model"] == m].empty]
+    if not order:
+        return None
+    n = len(order)
+    ncol = 1 if n == 1 else 2 if n <= 4 else 3
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = subplots(nrow, ncol, figsize=(4.6 * ncol + 1.5, 3.5 * nrow + 0.9), squeeze=False,
+                         sharex=True, sharey=True)
+    styles = subject_styles(subjects)
+    reference = stats.reference
+    for ax, m in zip(axes.flat, order):
+        lines = _ba_panel(ax, preds[preds["model"] == m], stats.models[m], styles)
+        ax.set_title(f"{m} (reference)" if m == reference else m, fontsize="medium")
+        ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize="x-small",
+                bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="0.8", alpha=0.85))
+    _label_panels(axes, n, "mean of predicted and measured ICP (mmHg)", "predicted − measured (mmHg)")
+    level = f"{round(ci_level * 100):g}%"
+    keys = [Line2D([], [], color="0.1", lw=1.4, label="bias"),
+            Line2D([], [], color="0.1", lw=1.2, ls="--", label="limits of agreement"),
+            Patch(color="0.5", alpha=0.3, label=f"{level} CI of those limits"),
+            Line2D([], [], color="0.45", lw=2.0, ls=":", label="repeated-measures limits"),
+            Line2D([], [], color="0.25", lw=1.4, ls="-.", label="proportional bias")]
+    present = [s for s in subjects if s in set(preds["subject"])]
+    monkeys = [Line2D([], [], ls="", marker=styles[s]["marker"], color=styles[s]["color"], ms=6, label=s)
+               for s in present]
+    fig.legend(handles=keys, loc="lower center", bbox_to_anchor=(0.45, 0.0), ncol=5, fontsize="small")
+    fig.legend(handles=monkeys, title="monkey", loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize="small",
+               title_fontsize="small", ncol=1 if len(present) <= 16 else 2)
+    fig.tight_layout(rect=(0, 0.6 / (3.5 * nrow + 0.9), 1, 1))
     return fig
 
 

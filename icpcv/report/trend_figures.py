@@ -14,7 +14,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from icpcv.report.figures import palette, subject_legend, subject_styles, subplots
+from icpcv.report.figures import palette, subject_styles, subplots
 from icpcv.stats.power import PowerResult, reduction_text
 from icpcv.stats.trending import ModelTrending, polar_coordinates, retained_pairs
 from icpcv.util import is_finite_number
@@ -43,98 +43,144 @@ def _split(pairs: pd.DataFrame, keep: np.ndarray, styles: dict, draw):
     return drawn
 
 
-def four_quadrant_figure(mstats: ModelTrending, pairs: pd.DataFrame, subjects: list[str]):
-    """Predicted against measured change of each change pair, with the exclusion zone.
+def _panel_grid(n: int, polar: bool = False):
+    """Small multiples of square panels: one column for one model, two up to four, then three."""
+    # up to four across (a polar panel is a half disc, half as wide as tall)
+    ncol = min(n, 4)
+    nrow = int(np.ceil(n / ncol))
+    width, height = (2.7, 4.3) if polar else (3.6, 3.6)
+    fig, axes = subplots(nrow, ncol, figsize=(width * ncol + 1.6, height * nrow + 1.0), squeeze=False,
+                         subplot_kw={"projection": "polar"} if polar else {})
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
 
-    ``mstats`` is the model's trending statistics: its exclusion zone and rule, concordance rate and
-    interval label the plot. Excluded pairs are grey crosses.
+
+def _subject_key(fig, styles, subjects, panels):
+    seen = set().union(*(set(p["subject"].astype(str)) for _, p in panels))
+    present = [s for s in subjects if s in seen]
+    handles = [Line2D([], [], ls="", marker=styles[s]["marker"], color=styles[s]["color"], ms=6, label=s)
+               for s in present]
+    fig.legend(handles=handles, title="monkey", loc="upper left", bbox_to_anchor=(1.0, 0.97), fontsize="small",
+               title_fontsize="small", ncol=1 if len(present) <= 16 else 2)
+
+
+def _usable(panels):
+    return [(m, p) for m, p in panels if p is not None and not p.empty]
+
+
+def four_quadrant_figure(panels: list, subjects: list[str]):
+    """Small multiples: per model, its change pairs' predicted against measured change, with the
+    exclusion zone; all panels on the same scale.
+
+    ``panels`` is a list of ``(ModelTrending, pairs)``, in the order to draw (the verdict's model and
+    the reference first): the model's trending statistics give its exclusion zone and rule and its
+    concordance rate and interval (the panel's title). Excluded pairs are grey crosses.
     """
-    if pairs is None or pairs.empty:
+    panels = _usable(panels)
+    if not panels:
         return None
-    conc = mstats.concordance
-    zone, rule = conc.exclusion_zone, conc.exclusion
-    dm = pairs["delta_measured"].to_numpy(float)
-    dp = pairs["delta_predicted"].to_numpy(float)
-    keep = retained_pairs(dm, dp, zone, rule)
     styles = subject_styles(subjects)
-    fig, ax = subplots(figsize=(7.8, 5.6))
-    lim = 1.08 * max(float(np.nanmax(np.abs(np.r_[dm, dp]))), 2 * zone, 1.0)
-    if zone > 0:
-        if rule == "measured":
-            ax.axvspan(-zone, zone, color="0.85", lw=0, zorder=0)
-        else:
-            ax.add_patch(Rectangle((-zone, -zone), 2 * zone, 2 * zone, color="0.85", lw=0, zorder=0))
-    ax.axhline(0, color="0.2", lw=1)
-    ax.axvline(0, color="0.2", lw=1)
-    ax.plot([-lim, lim], [-lim, lim], color="0.35", lw=1.1, ls="--")
-    _split(pairs, keep, styles, lambda m, kw: ax.scatter(dm[m], dp[m], **kw))
-    ax.set_xlim(-lim, lim)
-    ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-    level = f"{round(conc.ci_level * 100):g}%"
-    head = "n/a" if not is_finite_number(conc.rate) else f"{100 * conc.rate:.0f}%"
-    ax.set(xlabel="measured change in ICP between consecutive steps (mmHg)",
-           ylabel="predicted change in ICP (mmHg)",
-           title=f"Four-quadrant plot: {mstats.model} — concordance {head} ({_ci_text(conc.ci, level)})")
-    subject_legend(ax, styles, [s for s in subjects if s in set(pairs["subject"].astype(str))])
+    fig, axes = _panel_grid(len(panels))
+    lim = 1.08 * max(max(float(np.nanmax(np.abs(np.r_[p["delta_measured"].to_numpy(float),
+                                                       p["delta_predicted"].to_numpy(float)]))),
+                         2 * m.concordance.exclusion_zone, 1.0) for m, p in panels)
+    rules = set()
+    for ax, (mstats, pairs) in zip(axes.flat, panels):
+        conc = mstats.concordance
+        zone, rule = conc.exclusion_zone, conc.exclusion
+        rules.add((zone, rule))
+        dm = pairs["delta_measured"].to_numpy(float)
+        dp = pairs["delta_predicted"].to_numpy(float)
+        keep = retained_pairs(dm, dp, zone, rule)
+        if zone > 0:
+            if rule == "measured":
+                ax.axvspan(-zone, zone, color="0.85", lw=0, zorder=0)
+            else:
+                ax.add_patch(Rectangle((-zone, -zone), 2 * zone, 2 * zone, color="0.85", lw=0, zorder=0))
+        ax.axhline(0, color="0.2", lw=1)
+        ax.axvline(0, color="0.2", lw=1)
+        ax.plot([-lim, lim], [-lim, lim], color="0.35", lw=1.1, ls="--")
+        _split(pairs, keep, styles, lambda m, kw, ax=ax, dm=dm, dp=dp: ax.scatter(dm[m], dp[m], **kw))
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        level = f"{round(conc.ci_level * 100):g}%"
+        head = "n/a" if not is_finite_number(conc.rate) else f"{100 * conc.rate:.0f}%"
+        ax.set_title(f"{mstats.model}: concordance {head}\n({_ci_text(conc.ci, level)})", fontsize="medium")
+        ax.set_xlabel("measured change (mmHg)", fontsize="small")
+        ax.set_ylabel("predicted change (mmHg)", fontsize="small")
+    _subject_key(fig, styles, subjects, panels)
+    zone, rule = next(iter(rules))
     zone_label = (f"exclusion zone: measured change < {zone:g} mmHg" if rule == "measured"
-                  else f"exclusion zone: both changes < {zone:g} mmHg")
+                  else f"exclusion zone: both changes < {zone:g} mmHg") if len(rules) == 1 else "exclusion zone"
     handles = [Patch(color="0.85", label=zone_label),
                Line2D([], [], color="0.35", lw=1.1, ls="--", label="identity"),
                Line2D([], [], ls="", marker="x", color=EXCLUDED_COLOR, label="excluded pair")]
-    fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.06, 0.0), ncol=3, fontsize="small")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.45, 0.0), ncol=3, fontsize="small")
+    fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
     return fig
 
 
-def polar_figure(mstats: ModelTrending, pairs: pd.DataFrame, subjects: list[str]):
-    """Polar plot (Critchley et al. 2011): radius = mean change, angle from the line of identity.
+def polar_figure(panels: list, subjects: list[str]):
+    """Small multiples of polar plots (Critchley et al. 2011): radius = mean change, angle from the
+    line of identity; one panel per ``(ModelTrending, pairs)`` of ``panels``, on one radial scale.
 
-    Lines from ``mstats.polar``: angular bias (solid), radial limits of agreement (dashed),
+    Lines from each model's ``polar``: angular bias (solid), radial limits of agreement (dashed),
     ±30° (dotted); the grey disc is the exclusion zone. Caption for the report: "radius: mean of
     the measured and predicted change; angle: from the line of identity, positive when the
-    predicted change is larger, below −45° when it goes the other way".
+    predicted change is larger, below −45° when it goes the other way". Each panel's key gives its
+    angular bias and limits.
     """
-    if pairs is None or pairs.empty:
+    panels = _usable(panels)
+    if not panels:
         return None
-    polar = mstats.polar
-    zone = polar.exclusion_zone
-    radius, theta = polar_coordinates(pairs["delta_measured"].to_numpy(float),
-                                      pairs["delta_predicted"].to_numpy(float))
-    keep = (radius >= zone) & (radius > 0)
     styles = subject_styles(subjects)
-    fig, ax = subplots(figsize=(7.8, 5.8), subplot_kw={"projection": "polar"})
-    rmax = 1.08 * max(float(np.nanmax(radius)), 2 * zone, 1.0)
-    ax.set_thetamin(-90)
-    ax.set_thetamax(90)
-    ax.set_rlim(0, rmax)
-    if zone > 0:
-        arc = np.radians(np.linspace(-90, 90, 91))
-        ax.fill_between(arc, 0, zone, color="0.85", lw=0, zorder=0)
-    _split(pairs, keep, styles, lambda m, kw: ax.scatter(np.radians(theta[m]), radius[m], **kw))
-    handles = [Patch(color="0.85", label=f"exclusion: mean change < {zone:g} mmHg")]
-    bias = polar.angular_bias
-    if is_finite_number(bias):
-        ax.plot([np.radians(bias)] * 2, [0, rmax], color="0.1", lw=1.6)
-        handles.append(Line2D([], [], color="0.1", lw=1.6, label=f"angular bias {bias:.1f}°"))
-    loa = [v for v in polar.radial_loa if is_finite_number(v)]
-    for v in loa:
-        ax.plot([np.radians(np.clip(v, -90, 90))] * 2, [0, rmax], color="0.1", lw=1.3, ls="--")
-    if loa:
-        handles.append(Line2D([], [], color="0.1", lw=1.3, ls="--",
-                              label="radial limits of agreement " + " / ".join(f"{v:.0f}°" for v in loa)))
-    accept = polar.accept_deg
-    for v in (-accept, accept):
-        ax.plot([np.radians(v)] * 2, [0, rmax], color="0.45", lw=1.2, ls=":")
-    handles.append(Line2D([], [], color="0.45", lw=1.2, ls=":", label=f"±{accept:g}°"))
-    handles.append(Line2D([], [], ls="", marker="x", color=EXCLUDED_COLOR, label="excluded pair"))
-    ax.set_thetagrids(range(-90, 91, 30))
-    ax.set_title(f"Polar plot: {mstats.model}", pad=14)
-    ax.text(np.radians(-90), rmax * 1.02, "mean change (mmHg)", ha="center", va="top", fontsize="small",
-            color="0.3")
-    subject_legend(ax, styles, [s for s in subjects if s in set(pairs["subject"].astype(str))])
-    fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.03, 0.0), ncol=2, fontsize="small")
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig, axes = _panel_grid(len(panels), polar=True)
+    coords = [polar_coordinates(p["delta_measured"].to_numpy(float), p["delta_predicted"].to_numpy(float))
+              for _, p in panels]
+    rmax = 1.08 * max(max(float(np.nanmax(r)), 2 * m.polar.exclusion_zone, 1.0)
+                      for (m, _), (r, _) in zip(panels, coords))
+    accepts = set()
+    for ax, (mstats, pairs), (radius, theta) in zip(axes.flat, panels, coords):
+        polar = mstats.polar
+        zone = polar.exclusion_zone
+        keep = (radius >= zone) & (radius > 0)
+        ax.set_thetamin(-90)
+        ax.set_thetamax(90)
+        ax.set_rlim(0, rmax)
+        if zone > 0:
+            arc = np.radians(np.linspace(-90, 90, 91))
+            ax.fill_between(arc, 0, zone, color="0.85", lw=0, zorder=0)
+        _split(pairs, keep, styles,
+               lambda m, kw, ax=ax, r=radius, t=theta: ax.scatter(np.radians(t[m]), r[m], **kw))
+        key = []
+        bias = polar.angular_bias
+        if is_finite_number(bias):
+            ax.plot([np.radians(bias)] * 2, [0, rmax], color="0.1", lw=1.6)
+            key.append(f"bias {bias:.1f}°")
+        loa = [v for v in polar.radial_loa if is_finite_number(v)]
+        for v in loa:
+            ax.plot([np.radians(np.clip(v, -90, 90))] * 2, [0, rmax], color="0.1", lw=1.3, ls="--")
+        if loa:
+            key.append("limits " + " / ".join(f"{v:.0f}°" for v in loa))
+        accept = polar.accept_deg
+        accepts.add(accept)
+        for v in (-accept, accept):
+            ax.plot([np.radians(v)] * 2, [0, rmax], color="0.45", lw=1.2, ls=":")
+        ax.set_thetagrids(range(-90, 91, 30))
+        ax.set_title(mstats.model + (f"\n{'; '.join(key)}" if key else ""), fontsize="medium", pad=10)
+        ax.text(np.radians(-90), rmax * 1.02, "mean change (mmHg)", ha="center", va="top", fontsize="x-small",
+                color="0.3")
+    _subject_key(fig, styles, subjects, panels)
+    accept = next(iter(accepts))
+    handles = [Patch(color="0.85", label="exclusion zone"),
+               Line2D([], [], color="0.1", lw=1.6, label="angular bias"),
+               Line2D([], [], color="0.1", lw=1.3, ls="--", label="radial limits of agreement"),
+               Line2D([], [], color="0.45", lw=1.2, ls=":", label=f"±{accept:g}°" if len(accepts) == 1 else "accepted"),
+               Line2D([], [], ls="", marker="x", color=EXCLUDED_COLOR, label="excluded pair")]
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.45, 0.0), ncol=3, fontsize="small")
+    fig.tight_layout(rect=(0, 0.75 / fig.get_figheight(), 1, 1))
     return fig
 
 

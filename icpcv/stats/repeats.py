@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from icpcv.stats.analysis import RULE_ALPHA, analyze, verdict_comparison
+from icpcv.stats.analysis import RULE_ALPHA, analyze, unreachable, verdict_comparison, verdict_sentences
 from icpcv.errors import InputError
-from icpcv.stats.results import Comparison
+from icpcv.stats.results import AnalysisResult, Comparison
 from icpcv.util import natural_key, to_jsonable
 from icpcv.stats.io import (OPTIONAL_NUMERIC, REPEAT_COLUMN, REQUIRED_COLUMNS,
                             validate_predictions)
@@ -40,8 +40,9 @@ from icpcv.stats.io import (OPTIONAL_NUMERIC, REPEAT_COLUMN, REQUIRED_COLUMNS,
 RULE = "interval of the MAE difference entirely below 0 and Holm-adjusted sign-flip p < 0.05"
 
 ESTIMATOR = ("weighted one-way random-effects method of moments on the per-monkey, per-repeat "
-             "MAE differences (DerSimonian & Kacker 2007 general weights; reduces to the "
-             "balanced one-way ANOVA estimator, Searle, Casella & McCulloch 1992, ch. 3)")
+             "MAE differences, each monkey's scan-sampling variance estimated from its scan x "
+             "repeat table (DerSimonian & Kacker 2007 general weights with known within "
+             "variances; Searle, Casella & McCulloch 1992, ch. 3-4)")
 
 
 def _span(repeats) -> str:
@@ -241,46 +242,132 @@ def single_seed_table(predictions, repeat: int, source: str = "predictions") -> 
 # Variance components
 # ---------------------------------------------------------------------------------------------
 
-def variance_components(diffs, weights, units=None) -> dict:
+def scan_level_parts(diffs, counts) -> tuple:
+    r"""Per-monkey MAE differences and their scan-sampling variance, from scan-level differences.
+
+    ``diffs`` holds the scan-level loss differences
+    :math:`d_{gir} = |e^{model}_{gir}| - |e^{ref}_{gi}|` of scan i of monkey g in repeat r,
+    scans ordered by monkey (``counts[g]`` consecutive scans each). Within a monkey the scans and
+    the repeats are crossed (every scan is predicted in every repeat), so with the two-way random
+    model :math:`d_{gir} = m_g + u_{gi} + \varepsilon_{gr} + \eta_{gir}` (scan effect
+    :math:`u_{gi}`, variance :math:`\tau_g^2`; a repeat's shift :math:`\varepsilon_{gr}`; scan-level
+    training noise :math:`\eta_{gir}`) the per-monkey mean squares of the scan x repeat table give
+
+    .. math::
+
+        \hat S_g = \frac{MS_{scan,g} - MS_{res,g}}{n_g R}
+                 = \frac{1}{n_g}\Big(\widehat{\operatorname{Var}}_i(\bar d_{gi\cdot})
+                   - \frac{MS_{res,g}}{R}\Big),
+        \qquad E[\hat S_g] = \frac{\tau_g^2}{n_g},
+
+    the variance that sampling the monkey's scans adds to its repeat-mean difference
+    :math:`\bar D_g`. It stays the same in every repeat (the scans do not change), so the
+    repeats' spread cannot see it (Searle, Casella & McCulloch 1992, ch. 4, the two-way crossed
+    random model; :math:`E[MS_{scan}] = R\tau^2 + \sigma_\eta^2`, :math:`E[MS_{res}] = \sigma_\eta^2`).
+    A monkey with one scan has no scan spread to measure: its :math:`\hat S_g` is 0 and its scan
+    part stays in the monkey part.
+
+    Parameters
+    ----------
+    diffs : array_like, shape (..., N, R)
+        Scan-level loss differences, N = sum(counts) scans in monkey order, R >= 2 repeats.
+        Leading axes (simulated cohorts) are vectorised over.
+    counts : array_like of int, shape (G,)
+        Scans of each monkey, in the order of the rows.
+
+    Returns
+    -------
+    (D, S) : tuple of ndarray
+        ``D`` (..., G, R): each monkey's mean difference per repeat; ``S`` (..., G):
+        :math:`\hat S_g` (unbiased; can be negative by chance).
+
+    Examples
+    --------
+    Scan effects only (no training noise at scan level): :math:`\hat S_g` is the variance of the
+    scans' differences over the scan count.
+
+    >>> import numpy as np
+    >>> from icpcv.stats.repeats import scan_level_parts
+    >>> d = np.array([[1.0, 1.5], [3.0, 3.5], [2.0, 2.5],   # monkey 0: 3 scans, 2 repeats
+    ...               [0.0, 1.0], [2.0, 3.0]])              # monkey 1: 2 scans
+    >>> D, S = scan_level_parts(d, [3, 2])
+    >>> D.tolist(), S.round(4).tolist()
+    ([[2.0, 2.5], [1.0, 2.0]], [0.3333, 1.0])
+    """
+    d = np.asarray(diffs, dtype=float)
+    n = np.asarray(counts, dtype=int)
+    if d.ndim < 2 or d.shape[-1] < 2:
+        raise ValueError(f"diffs must have shape (..., N, R) with R >= 2 repeats, got {d.shape}")
+    if n.ndim != 1 or n.size < 1 or (n < 1).any() or n.sum() != d.shape[-2]:
+        raise ValueError(f"counts must be positive scan counts summing to the {d.shape[-2]} rows, got {n.tolist()}")
+    R = d.shape[-1]
+    starts = np.concatenate([[0], np.cumsum(n)[:-1]])
+    codes = np.repeat(np.arange(n.size), n)
+    D = np.add.reduceat(d, starts, axis=-2) / n[:, None]                 # (..., G, R)
+    d_bar = D.mean(axis=-1)                                              # (..., G)
+    row = d.mean(axis=-1)                                                # (..., N) a scan's repeat mean
+    resid = d - row[..., None] - D[..., codes, :] + d_bar[..., codes, None]
+    ss_res = np.add.reduceat(resid**2, starts, axis=-2).sum(axis=-1)     # (..., G)
+    ss_scan = np.add.reduceat((row - d_bar[..., codes]) ** 2, starts, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_rows = ss_scan / (n - 1)
+        ms_res = ss_res / ((n - 1) * (R - 1))
+        S = np.where(n > 1, (var_rows - ms_res / R) / n, 0.0)
+    return D, S
+
+
+def variance_components(diffs, weights, units=None, scan_variance=None) -> dict:
     """Split the variance of a single-seed pooled difference into monkey sampling and training noise.
 
     Model (repeats nested within monkeys, since every fold trains its own networks): the
-    per-monkey loss difference of repeat r is
+    per-monkey loss difference of repeat r, a mean over the monkey's :math:`n_g` scans, is
 
     .. math::
 
-        D_{gr} = \\mu + a_g + \\varepsilon_{gr}, \\qquad
-        a_g \\sim (0, \\sigma_a^2), \\quad \\varepsilon_{gr} \\sim (0, \\sigma_g^2),
+        D_{gr} = \\mu + a_g + b_g + \\varepsilon_{gr}, \\qquad
+        a_g \\sim (0, \\sigma_a^2), \\quad b_g \\sim (0, S_g), \\quad
+        \\varepsilon_{gr} \\sim (0, \\sigma_g^2),
 
-    monkeys g = 1..G independent, repeats r = 1..R independent given the monkey, the training
-    noise variance :math:`\\sigma_g^2` free to differ between monkeys. A single-seed study
-    reports the pooled difference :math:`\\hat\\Delta_r = \\sum_g w_g D_{gr}` with
-    :math:`w_g = n_g/N` (scan counts), whose variance is
+    monkeys g = 1..G independent; :math:`a_g` the monkey's own effect; :math:`b_g` the mean of
+    its scans' effects, the same in every repeat (the scans do not change), with
+    :math:`S_g = \\tau_g^2 / n_g` shrinking with the monkey's scans; repeats r = 1..R independent
+    given the monkey, the training noise :math:`\\sigma_g^2` free to differ between monkeys. A
+    single-seed study reports the pooled difference :math:`\\hat\\Delta_r = \\sum_g w_g D_{gr}`
+    with :math:`w_g = n_g/N` (scan counts), whose variance is
 
     .. math::
 
-        \\operatorname{Var}\\hat\\Delta_r = \\underbrace{\\sigma_a^2 \\sum_g w_g^2}_{M
-        \\text{ (monkey sampling)}} + \\underbrace{\\operatorname{Var}\\Big(\\sum_g w_g
-        \\varepsilon_{gr}\\Big)}_{T \\text{ (training noise)}}.
+        \\operatorname{Var}\\hat\\Delta_r = \\underbrace{\\sigma_a^2 \\sum_g w_g^2
+        + \\sum_g w_g^2 S_g}_{M \\text{ (monkey sampling: the monkeys and their scans)}}
+        + \\underbrace{\\operatorname{Var}\\Big(\\sum_g w_g \\varepsilon_{gr}\\Big)}_{T
+        \\text{ (training noise)}}.
 
     Estimators (all unbiased under the model). With :math:`\\bar D_g`, :math:`s_g^2` the mean
     and the sample variance (divisor R - 1) of monkey g's R differences,
-    :math:`\\bar\\Delta = \\sum_g w_g \\bar D_g` and training units u (groups of monkeys that
-    share networks; one monkey each under leave-one-monkey-out, the default):
+    :math:`\\bar\\Delta = \\sum_g w_g \\bar D_g`, :math:`\\hat S_g` from the scan-level table
+    (:func:`scan_level_parts`) and training units u (groups of monkeys that share networks; one
+    monkey each under leave-one-monkey-out, the default):
 
     .. math::
 
         \\hat T = \\sum_u \\widehat{\\operatorname{Var}}_r\\Big(\\sum_{g\\in u} w_g D_{gr}\\Big),
         \\qquad Q = \\sum_g w_g (\\bar D_g - \\bar\\Delta)^2,
 
-        \\hat\\sigma_a^2 = \\frac{Q - \\big(\\sum_g w_g s_g^2 - \\hat T\\big)/R}{1 - \\sum_g w_g^2},
-        \\qquad \\hat M = \\hat\\sigma_a^2 \\sum_g w_g^2,
+        \\hat\\sigma_a^2 = \\frac{Q - \\big(\\sum_g w_g s_g^2 - \\hat T\\big)/R
+        - \\sum_g w_g (1 - w_g) \\hat S_g}{1 - \\sum_g w_g^2},
+        \\qquad \\hat M = \\hat\\sigma_a^2 \\sum_g w_g^2 + \\sum_g w_g^2 \\hat S_g,
 
-    because :math:`E[Q] = \\sigma_a^2 (1 - \\sum w_g^2) + (\\sum_g w_g \\sigma_g^2 - T)/R`.
-    Under leave-one-monkey-out :math:`\\hat T = \\sum_g w_g^2 s_g^2`. This is the general
-    method-of-moments estimator of a between-unit variance with arbitrary weights
-    (DerSimonian & Kacker 2007, with :math:`a_g = w_g` and within variances
-    :math:`s_g^2/R`); with equal weights and one monkey per unit it is the balanced one-way
+    because :math:`E[Q] = \\sigma_a^2 (1 - \\sum w_g^2) + \\sum_g w_g (1 - w_g) S_g
+    + (\\sum_g w_g \\sigma_g^2 - T)/R`. Without the scan term (``scan_variance`` None) the
+    scan part is counted in :math:`\\hat\\sigma_a^2` as if it were shared by every monkey alike:
+    :math:`\\hat M` is then biased upward by :math:`\\sum_g S_g w_g \\big[(1 - w_g) \\sum w^2 /
+    (1 - \\sum w^2) - w_g\\big]`, which is 0 with equal scan counts and +14% to +15% of M with
+    the real study's 13 counts (19 to 251 scans) in the scan-level simulation of
+    docs/statistics.md (``python -m icpcv bench variance``). Under leave-one-monkey-out
+    :math:`\\hat T = \\sum_g w_g^2 s_g^2`. This is the general method-of-moments estimator of a
+    between-unit variance with arbitrary weights and known within-unit variances (DerSimonian &
+    Kacker 2007, with :math:`a_g = w_g` and within variances :math:`\\hat S_g + s_g^2/R`); with
+    equal weights, one monkey per unit and no scan term it is the balanced one-way
     random-effects ANOVA estimator :math:`\\hat\\sigma_a^2 = (MS_b - MS_w)/R` (Searle, Casella &
     McCulloch 1992, ch. 3). A negative :math:`\\hat M` is reported as 0 (``truncated``); the
     untruncated value is kept as ``monkey_sampling_raw`` (truncation biases M upward).
@@ -297,11 +384,17 @@ def variance_components(diffs, weights, units=None) -> dict:
     units : array_like of int, shape (G,), optional
         Training unit of each monkey (monkeys that share a network in a repeat: a fold with
         several monkeys). Default: every monkey its own unit.
+    scan_variance : array_like, shape (G,) or (..., G), optional
+        :math:`\\hat S_g`, the scan-sampling variance of each monkey's mean difference
+        (:func:`scan_level_parts`). None: no scan part (per-monkey differences without scan
+        sampling; biased when monkeys have unequal scan counts, see above).
 
     Returns
     -------
     dict of float or ndarray
         ``monkey_sampling`` (M, truncated at 0), ``monkey_sampling_raw``, ``truncated``,
+        ``between_monkeys`` (:math:`\\hat\\sigma_a^2 \\sum w_g^2`), ``scans_within_monkeys``
+        (:math:`\\sum w_g^2 \\hat S_g`; the two add up to ``monkey_sampling_raw``),
         ``training_noise`` (T), ``single_seed_total`` (M + T), ``monkey_share``,
         ``training_share``, ``ensemble_total`` (M + T/R), ``sigma2_monkey`` (raw
         :math:`\\hat\\sigma_a^2`), ``estimate`` (:math:`\\bar\\Delta`), ``n_subjects``,
@@ -309,7 +402,7 @@ def variance_components(diffs, weights, units=None) -> dict:
 
     References
     ----------
-    Searle SR, Casella G, McCulloch CE (1992). Variance Components. Wiley, ch. 3.
+    Searle SR, Casella G, McCulloch CE (1992). Variance Components. Wiley, ch. 3-4.
     DerSimonian R, Kacker R (2007). Random-effects model for meta-analysis of clinical
     trials: an update. Contemp Clin Trials 28:105-114.
     Bouthillier X et al. (2021). Accounting for variance in machine learning benchmarks.
@@ -347,8 +440,15 @@ def variance_components(diffs, weights, units=None) -> dict:
         member = np.eye(n_units)[codes]  # (G, units) indicator
         unit_sums = np.einsum("...gr,gu->...ur", w[..., None] * D, member)
         training = unit_sums.var(axis=-1, ddof=1).sum(axis=-1)
-    sigma2_a = (q - (np.sum(w * s2, axis=-1) - training) / R) / (1.0 - sum_w2)
-    monkey_raw = sigma2_a * sum_w2
+    if scan_variance is None:
+        S = np.zeros(D.shape[:-1])
+    else:
+        S = np.broadcast_to(np.asarray(scan_variance, dtype=float), D.shape[:-1])
+    sigma2_a = ((q - (np.sum(w * s2, axis=-1) - training) / R - np.sum(w * (1 - w) * S, axis=-1))
+                / (1.0 - sum_w2))
+    between = sigma2_a * sum_w2
+    scans = np.sum(w**2 * S, axis=-1)
+    monkey_raw = between + scans
     monkey = np.maximum(monkey_raw, 0.0)
     total = monkey + training
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -356,6 +456,7 @@ def variance_components(diffs, weights, units=None) -> dict:
         training_share = np.where(total > 0, training / total, np.nan)
     return {
         "monkey_sampling": monkey, "monkey_sampling_raw": monkey_raw,
+        "between_monkeys": between, "scans_within_monkeys": scans,
         "truncated": monkey_raw < 0, "training_noise": training,
         "single_seed_total": total, "monkey_share": monkey_share,
         "training_share": training_share, "ensemble_total": monkey + training / R,
@@ -416,6 +517,9 @@ class VarianceDecomposition:
     n_training_units: int
     n_repeats: int
     note: str | None = None
+    #: the two parts of ``monkey_sampling_raw``: the monkeys' own effects and the scans within them
+    between_monkeys: float | None = None
+    scans_within_monkeys: float | None = None
 
 
 @dataclass
@@ -473,6 +577,11 @@ class TrainingVariance:
     ensemble_verdict: str | None = None
     n_agree: int | None = None
     verdict_suffix: str | None = None
+    #: True when no single seed could be called better whatever its data (few monkeys), so that
+    #: every seed agreeing with an ensemble that finds no evidence is guaranteed, not evidence
+    agreement_guaranteed: bool = False
+    #: the ensemble's verdict with the suffix inside its first sentence (:func:`with_seed_agreement`)
+    verdict_with_agreement: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready copy: plain floats/ints/str/lists/dicts, NaN -> None."""
@@ -523,11 +632,14 @@ class TrainingVariance:
                 continue
             lines.append(
                 f"{'':<14}variance of a single-seed difference {_num(v.single_seed_total, 4)} {u}² = "
-                f"monkey sampling {_num(v.monkey_sampling, 4)} ({_pct(v.monkey_share)}) + training "
+                f"monkey sampling {_num(v.monkey_sampling, 4)} ({_pct(v.monkey_share)}"
+                + (f"; of it scans within monkeys {_num(v.scans_within_monkeys, 4)}"
+                   if v.scans_within_monkeys is not None else "") + ") + training "
                 f"noise {_num(v.training_noise, 4)} ({_pct(v.training_share)}); ensemble of "
                 f"{v.n_repeats}: {_num(v.ensemble_total, 4)} {u}²"
                 + (" [monkey part truncated at 0]" if v.truncated else ""))
-        lines.append(f"Verdict on the seed ensemble: {self.ensemble_verdict} {self.verdict_suffix}")
+        lines.append(f"Verdict on the seed ensemble: "
+                     f"{self.verdict_with_agreement or f'{self.ensemble_verdict} {self.verdict_suffix}'}")
         return "\n".join(lines)
 
 
@@ -595,50 +707,61 @@ def _model_rows(table, model, repeat, plan):
 
 
 def _loss_differences(table, model, reference, repeats, plan):
-    """Per-subject MAE differences on shared scans: (subjects, D (G x R), n_g, training units)."""
-    sums, counts, pairs = [], None, set()
+    """Per-subject MAE differences on shared scans and their scan-sampling variance:
+    (subjects, D (G x R), S (G), n_g, training units)."""
+    columns, pairs = [], set()
     for r in repeats:
         a = _model_rows(table, model, r, plan)
         b = _model_rows(table, reference, r, plan)
         j = a.merge(b[["subject", "scan_id", "y_true", "y_pred", "fold"]],
                     on=["subject", "scan_id"], suffixes=("", "_ref"))
         d = (j["y_pred"] - j["y_true"]).abs() - (j["y_pred_ref"] - j["y_true_ref"]).abs()
-        sums.append(d.groupby(j["subject"]).sum())
-        counts = j.groupby("subject").size()
+        columns.append(pd.Series(d.to_numpy(), index=pd.MultiIndex.from_frame(j[["subject", "scan_id"]])))
         pairs |= set(zip(j["subject"], j["fold"]))
         if reference in plan:
             pairs |= set(zip(j["subject"], j["fold_ref"]))
-    subjects = sorted(counts.index, key=natural_key)
-    n = counts.reindex(subjects).to_numpy(dtype=float)
-    D = np.column_stack([s.reindex(subjects).to_numpy() for s in sums]) / n[:, None]
+    # one row per shared scan, one column per repeat (a repeated model has every scan in every repeat)
+    wide = pd.concat(columns, axis=1, join="inner")
+    order = sorted(range(len(wide)), key=lambda i: (natural_key(wide.index[i][0]), i))
+    wide = wide.iloc[order]
+    subject_of = wide.index.get_level_values(0)
+    subjects = list(dict.fromkeys(subject_of))
+    n = pd.Series(subject_of).value_counts(sort=False).reindex(subjects).to_numpy()
+    D, S = scan_level_parts(wide.to_numpy(dtype=float), n)
     unit_of = _units(pairs)
     roots = [unit_of[s] for s in subjects]
     codes = np.unique(np.array([str(x) for x in roots]), return_inverse=True)[1].ravel()
-    return subjects, D, n, codes
+    return subjects, D, S, n.astype(float), codes
 
 
 def _decompose(table, model, reference, repeats, plan) -> VarianceDecomposition:
-    subjects, D, n, units = _loss_differences(table, model, reference, repeats, plan)
+    subjects, D, S, n, units = _loss_differences(table, model, reference, repeats, plan)
     R = len(repeats)
     if len(subjects) < 2:
         return VarianceDecomposition(ESTIMATOR, None, None, False, None, None, None, None, None,
                                      len(subjects), len(set(units)), R,
                                      note=f"{model} shares scans of fewer than 2 monkeys with "
                                           f"{reference}: no decomposition")
-    vc = variance_components(D, n, units=units)
-    note = None
+    vc = variance_components(D, n, units=units, scan_variance=S)
+    notes = []
     if vc["truncated"]:
-        note = (f"The moment estimate of the monkey-sampling variance was negative "
-                f"({float(vc['monkey_sampling_raw']):.4g}) and is reported as 0: the monkeys "
-                f"differ no more than training noise alone would make them.")
+        notes.append(f"The moment estimate of the monkey-sampling variance was negative "
+                     f"({float(vc['monkey_sampling_raw']):.4g}) and is reported as 0: the monkeys "
+                     f"differ no more than training noise alone would make them.")
+    single = [s for s, k in zip(subjects, n) if k < 2]
+    if single:
+        notes.append(f"{', '.join(str(s) for s in single)}: one scan, so no scan spread to measure; "
+                     f"its scan part is counted with the monkey's own effect.")
     return VarianceDecomposition(
         estimator=ESTIMATOR, monkey_sampling=float(vc["monkey_sampling"]),
         monkey_sampling_raw=float(vc["monkey_sampling_raw"]), truncated=bool(vc["truncated"]),
+        between_monkeys=float(vc["between_monkeys"]),
+        scans_within_monkeys=float(vc["scans_within_monkeys"]),
         training_noise=float(vc["training_noise"]),
         single_seed_total=float(vc["single_seed_total"]),
         monkey_share=float(vc["monkey_share"]), training_share=float(vc["training_share"]),
         ensemble_total=float(vc["ensemble_total"]), n_subjects=len(subjects),
-        n_training_units=int(vc["n_training_units"]), n_repeats=R, note=note)
+        n_training_units=int(vc["n_training_units"]), n_repeats=R, note=" ".join(notes) or None)
 
 
 def _per_fold(table, ens, model, reference, repeats, plan) -> list:
@@ -690,7 +813,12 @@ def training_variance(predictions, reference="ols_iop", n_boot=10000, seed=0, ci
     verdict says model m lowers MAE: m alone is called better by the rule in that seed; when it
     finds no evidence: that seed's verdict calls no model better either); ``n_agree``, how many
     repeats agree; and ``verdict_suffix`` ``"(k of R training seeds alone agree)"`` for the
-    verdict sentence.
+    verdict sentence (:func:`with_seed_agreement`). When no single seed could be called better
+    whatever its data (:func:`icpcv.stats.analysis.unreachable` in every repeat: with 5 or fewer
+    monkeys the exact sign-flip p cannot fall below 2/2^5 = 0.0625) and the ensemble finds no
+    evidence either, every seed agrees by necessity: ``agreement_guaranteed`` is True and the
+    suffix says so, ``"(all R training seeds alone agree, as they must: with G monkeys no single
+    seed can be called better)"``.
 
     With no repeats (no ``repeat`` column, or one repeat) training randomness was not
     measured: ``measured`` is False, ``reason`` says so, and nothing is analysed.
@@ -796,14 +924,53 @@ def training_variance(predictions, reference="ols_iop", n_boot=10000, seed=0, ci
                          "agrees": _agrees(s, base.ensemble_winner)}
                         for r, s in zip(repeats, single)]
     base.n_agree = sum(s["agrees"] for s in base.single_seed)
-    base.verdict_suffix = f"({base.n_agree} of {R} training seeds alone agree)"
+    # With few monkeys (or a large Holm family) no single seed can pass the rule whatever its data:
+    # every seed then "agrees" with an ensemble that finds no evidence, and the count says nothing.
+    blocked = [_cannot_call_better(s) for s in single]
+    if base.ensemble_winner is None and all(blocked):
+        base.agreement_guaranteed = True
+        G = max(c["n_subjects"] for s in single for c in s["comparisons"] if c["metric"] == "mae")
+        base.verdict_suffix = (f"(all {R} training seeds alone agree, as they must: with "
+                               f"{G} monkeys no single seed can be called better)")
+    else:
+        base.verdict_suffix = f"({base.n_agree} of {R} training seeds alone agree)"
+    ens_res = ensemble_result if ensemble_result is not None else AnalysisResult.from_dict(ens)
+    base.verdict_with_agreement = with_seed_agreement(
+        verdict_sentences(ens_res.comparisons, ens_res.models, reference, n_subjects=ens_res.n_subjects,
+                          ci_level=ci_level, unit=unit), base.verdict_suffix)
     base.measured = True
     return base
 
 
+def _cannot_call_better(stats: dict) -> bool:
+    """No model of this analysis could pass the rule whatever the data
+    (:func:`icpcv.stats.analysis.unreachable`: the smallest possible Holm-adjusted p is >= 0.05)."""
+    return unreachable([Comparison.from_dict(c) for c in stats["comparisons"]], RULE_ALPHA) is not None
+
+
+def with_seed_agreement(sentences: list, suffix: str | None) -> str:
+    """The verdict text with the seed-agreement suffix inside its first sentence, before the period.
+
+    ``sentences`` are :func:`icpcv.stats.analysis.verdict_sentences`; the suffix is
+    ``TrainingVariance.verdict_suffix``. The one place that joins them (the analysis's verdict,
+    the report):
+
+    >>> from icpcv.stats.repeats import with_seed_agreement
+    >>> with_seed_agreement(["The cnn lowers MAE by 2.1 mmHg (...; 14 monkeys).", "Second."],
+    ...                     "(4 of 5 training seeds alone agree)")
+    'The cnn lowers MAE by 2.1 mmHg (...; 14 monkeys) (4 of 5 training seeds alone agree). Second.'
+    """
+    parts = list(sentences)
+    if suffix and parts:
+        first = parts[0]
+        parts[0] = f"{first[:-1]} {suffix}." if first.endswith(".") else f"{first} {suffix}"
+    return " ".join(parts)
+
+
 __all__ = [
     "validate_repeats", "repeat_plan", "ensemble", "single_seed_table", "variance_components",
-    "training_variance", "called_better", "verdict_winner", "TrainingVariance",
+    "scan_level_parts",
+    "training_variance", "called_better", "verdict_winner", "with_seed_agreement", "TrainingVariance",
     "ModelTrainingVariance", "RepeatComparison", "VarianceDecomposition", "FoldSpread",
     "REPEAT_COLUMN", "RULE", "RULE_ALPHA", "ESTIMATOR",
 ]

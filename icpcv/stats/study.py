@@ -19,7 +19,7 @@ import pandas as pd
 
 from icpcv.errors import InputError
 from icpcv.stats.analysis import analyze, verdict_comparison, verdict_sentences
-from icpcv.stats.repeats import REPEAT_COLUMN, ensemble, training_variance
+from icpcv.stats.repeats import REPEAT_COLUMN, ensemble, training_variance, with_seed_agreement
 from icpcv.stats.results import AnalysisResult
 from icpcv.stats.trending import trending
 
@@ -28,8 +28,9 @@ def has_repeats(predictions: pd.DataFrame) -> bool:
     """The table has a ``repeat`` column with at least one value (some model was trained several times)."""
     if REPEAT_COLUMN not in predictions.columns:
         return False
-    col = predictions[REPEAT_COLUMN]
-    return bool(col.astype(str).str.strip().replace({"nan": "", "<NA>": "", "None": ""}).ne("").any())
+    # a value is a repeat unless it is missing or blank text; an empty column on every row is a plain
+    # table (pandas gives NaN, <NA> or "" for it depending on how it was read)
+    return any(not (pd.isna(v) or (isinstance(v, str) and v.strip() == "")) for v in predictions[REPEAT_COLUMN])
 
 
 def primary_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -66,9 +67,7 @@ def analyze_study(predictions, *, reference: str = "ols_iop", n_boot: int = 1000
         if tv.measured and tv.verdict_suffix:  # after the sentence on the best model, before any others
             parts = verdict_sentences(result.comparisons, result.models, reference,
                                       n_subjects=result.n_subjects, ci_level=ci_level, unit=unit)
-            first = parts[0]
-            parts[0] = f"{first[:-1]} {tv.verdict_suffix}." if first.endswith(".") else f"{first} {tv.verdict_suffix}"
-            result.verdict = " ".join(parts)
+            result.verdict = with_seed_agreement(parts, tv.verdict_suffix)
     if "iop" in plain.columns or steps is not None:
         best = verdict_comparison(result.models, result.comparisons)
         try:
