@@ -180,6 +180,32 @@ class RunConfig:
         return [f"{k}: {b.get(k)!r} -> {a[k]!r}" for k in a if a[k] != b.get(k)]
 
 
+#: settings that only act on a network (the training set-up, repeats, attribution maps, warm start)
+NETWORK_SETTINGS = ("train", "repeats", "saliency", "saliency_methods", "pretrained", "shortcut_grad", "val_fraction")
+#: settings of the synthetic cohort, and of a scan table
+PHANTOM_SETTINGS = ("phantom", "signal", "data_seed", "shortcut")
+TABLE_SETTINGS = ("manifest", "scans_dir", "skip_bad_scans")
+
+
+def settings_in_effect(config: dict, has_network: bool) -> dict:
+    """A run's configuration (run.json's ``config``) without the settings that did nothing, for the
+    report: the training set-up, repeats, attribution maps and the inner validation share of a run
+    with no network; the phantom's settings of a run on a scan table and the table's of a phantom
+    run; the attribution methods when no map was made.
+
+    >>> sorted(settings_in_effect({"models": ["mean"], "train": {"lr": 1e-3}, "phantom": "small",
+    ...                            "manifest": "t.csv", "saliency": 0}, has_network=False))
+    ['manifest', 'models']
+    """
+    drop = set()
+    if not has_network:
+        drop |= set(NETWORK_SETTINGS)
+    if not config.get("saliency"):
+        drop |= {"saliency_methods"}
+    drop |= set(PHANTOM_SETTINGS) if config.get("manifest") else set(TABLE_SETTINGS)
+    return {k: v for k, v in config.items() if k not in drop}
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     """Nested dicts as one level, keys joined by dots."""
     out = {}

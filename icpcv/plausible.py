@@ -9,6 +9,8 @@ file, row and column.
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 
 from icpcv.errors import InputError
 
@@ -75,29 +77,190 @@ def show(x) -> str:
     return f"{f:g}" if abs(f) >= 1e15 or (f != 0 and abs(f) < 1e-4) else repr(f)
 
 
-#: numeric options of ``icpcv run`` checked before any work: option -> (lowest, highest, open bounds?, why)
-OPTION_RANGES = {
-    "--n-boot": (1, math.inf, False, "bootstrap resamples"),
-    "--ci-level": (0.0, 1.0, True, "a confidence level, e.g. 0.95"),
-    "--epochs": (0, math.inf, False, "0 keeps the untrained network (it predicts the training mean)"),
-    "--batch-size": (1, math.inf, False, "scans per training step"),
-    "--lr": (0.0, math.inf, True, "a learning rate, e.g. 3e-3"),
-    "--patience": (0, math.inf, False, "epochs without improvement before early stopping"),
-    "--repeats": (1, 1000, False, "trainings of each network per fold; 1 trains once"),
+#: the largest seed: numpy accepts any non-negative integer, torch.manual_seed 64 bits, and the folds'
+#: and repeats' seeds are derived from it (``seed * 1000 + fold``): 32 bits leave room for them
+SEED_MAX = 2 ** 32 - 1
+#: the largest volume a shape option may ask for: 2**27 voxels (512 MiB as float32, 16 times the
+#: seed's 128 x 128 x 512); one axis at most 4096 voxels
+SHAPE_VOXELS_MAX = 2 ** 27
+SHAPE_AXIS_MAX = 4096
+#: a study of this many monkeys is beyond any primate study (the planner's --monkeys)
+MONKEYS_MAX = 1000
+#: ``--device``: what torch.device accepts that icpcv can use
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+
+
+@dataclass(frozen=True)
+class Range:
+    """An accepted interval of a numeric option: ``lo`` to ``hi`` (each included unless open),
+    ``why``: what the option is (shown with a refusal). NaN and infinities are always outside."""
+    lo: float
+    hi: float
+    why: str
+    lo_open: bool = False
+    hi_open: bool = False
+    #: checked by a rule of its own that states the same range (and more): check_parsed leaves it to it
+    own_check: str | None = None
+
+    def accepts(self, x) -> bool:
+        try:
+            x = float(x)
+        except (TypeError, ValueError, OverflowError):
+            return False
+        if not math.isfinite(x):
+            return False
+        return (self.lo < x if self.lo_open else self.lo <= x) and (x < self.hi if self.hi_open else x <= self.hi)
+
+    def text(self) -> str:
+        """``'1 to 1000'``, ``'above 0 to 10'``, ``'above 0 and below 1'``: both ends, always."""
+        lo, hi = show(self.lo), show(self.hi)
+        if self.lo_open and self.hi_open:
+            return f"above {lo} and below {hi}"
+        if self.lo_open:
+            return f"above {lo} up to {hi}"
+        if self.hi_open:
+            return f"{lo} up to (not including) {hi}"
+        return f"{lo} to {hi}"
+
+
+_SEED = Range(0, SEED_MAX, "a seed: a whole number")
+_WORKERS = Range(1, 1024, "processes side by side")
+_N_BOOT = Range(1, 1_000_000, "bootstrap resamples")
+_CI_LEVEL = Range(0.0, 1.0, "a confidence level, e.g. 0.95", lo_open=True, hi_open=True)
+
+#: every numeric option of every subcommand -> its accepted range (docs/inputs.md, "Options"),
+#: checked by :func:`check_parsed` before a command writes anything; ``(command, option)`` keys
+#: override the option's range for one command
+OPTION_RANGES: dict = {
+    "--n-boot": _N_BOOT,
+    "--ci-level": _CI_LEVEL,
+    "--seed": _SEED,
+    "--data-seed": _SEED,
+    "--signal": Range(0.0, 10.0, "how much the phantom's scan carries about ICP: 0 is the negative control, 1 the "
+                                 "default; a negative signal would reverse the phantom's physics, and beyond 10 the "
+                                 "lamina leaves the volume"),
+    "--folds": Range(2, 10_000, "folds; at most the number of subjects"),
+    "--val-fraction": Range(0.0, 1.0, "the share of training subjects set aside for early stopping", hi_open=True),
+    "--repeats": Range(1, 1000, "trainings of each network per fold; 1 trains once"),
+    "--epochs": Range(0, 100_000, "0 keeps the untrained network (it predicts the training mean)"),
+    "--batch-size": Range(1, 65_536, "scans per training step"),
+    "--lr": Range(0.0, 10.0, "a learning rate, e.g. 3e-3", lo_open=True),
+    "--weight-decay": Range(0.0, 10.0, "the optimiser's weight decay; 0 = none"),
+    "--patience": Range(0, 100_000, "epochs without improvement before early stopping"),
+    "--saliency": Range(0, 10_000, "held-out scans to map per monkey; 0 = off"),
+    "--workers": _WORKERS,
+    "--threads": Range(1, 4096, "torch CPU threads per fold"),
+    "--time": Range(1, 525_600, "minutes per fold task (at most a year)"),
+    "--gpus": Range(0, 64, "GPUs per fold task"),
+    "--cpus": Range(1, 4096, "CPUs per fold task"),
+    "--mem": Range(1, 1_048_576, "GB of memory per fold task"),
+    "--max-parallel": Range(1, 1_000_000, "array tasks running at once"),
+    "--deadline": Range(0.0, 5_256_000, "minutes to wait for the tasks (at most ten years)", lo_open=True),
+    "--alpha": Range(0.0, 1.0, "a significance threshold, e.g. 0.05", lo_open=True, hi_open=True),
+    "--n-comparisons": Range(1, 10_000, "comparisons the p is adjusted for"),
+    "--n-sim": Range(1, 10_000_000, "simulated cohorts per scenario"),
+    ("power", "--n-sim"): Range(100, 10_000_000, "simulated studies per size"),
+    "--n-subjects": Range(3, 10_000, "monkeys per simulated cohort"),
+    "--effect": Range(-1000.0, 1000.0, "an MAE reduction in mmHg (positive: the model better)"),
+    "--saturation": Range(-VOXEL_ABS_MAX, VOXEL_ABS_MAX, "a voxel value counted as saturated"),
+    # issue 19's geometry options: icpcv.cohort.geometry.check_options states these ranges (FOV_RANGE_MM,
+    # DEPTH_RANGE_MM) with the line-scan rule, before any volume is read
+    "--fov-mm": Range(0.1, 40.0, "each side of the field of view, mm", own_check="icpcv.cohort.geometry.check_options"),
+    "--depth-mm": Range(0.1, 20.0, "the depth, mm", own_check="icpcv.cohort.geometry.check_options"),
+    # icpcv bench (each benchmark's own parser)
+    "--steps": Range(1, 100_000, "timed steps per phase"),
+    "--warmup": Range(0, 100_000, "untimed steps first"),
+    "--seed-batch-size": Range(1, 65_536, "batch of the seed-style loop"),
+    ("bench", "--workers"): Range(0, 1024, "DataLoader workers (0: in the main process)"),
+    "--base-width": Range(1, 4096, "the ResNets' first width"),
+    "--budget": Range(0.0, 1e7, "seconds allowed", lo_open=True),
+    "--naive-boot": Range(1, 1_000_000, "resamples of the naive loop"),
+    "--n-scans": Range(1, 10_000_000, "scans"),
+    "--repeat": Range(1, 1000, "best of N timings"),
+    "--volumes": Range(1, 10_000, "raw volumes to generate"),
+    "--raw-shape": Range(2, SHAPE_AXIS_MAX * 4, "voxels along an axis of the raw volume"),
+    "--target": Range(1, SHAPE_AXIS_MAX, "voxels along an axis of the target"),
+    "--gpu-mem": Range(0.0, 100_000.0, "GiB of GPU memory", lo_open=True),
+    "--eval-cap": Range(1, 65_536, "the largest prediction batch proposed"),
+    "--cohorts": Range(1, 10_000_000, "simulated cohorts per scenario"),
 }
 
 
-def check_options(values: dict) -> None:
-    """Refuse a numeric option outside :data:`OPTION_RANGES` (``{"--n-boot": 0, ...}``; None = not
-    given) with an InputError naming it: before any fold, not as a ValueError after the last one."""
+def option_range(option: str, command: str | None = None) -> Range | None:
+    """The accepted range of ``option`` (for ``command``), or None when it has none."""
+    return OPTION_RANGES.get((command, option)) or OPTION_RANGES.get(option)
+
+
+def check_option(option: str, value, command: str | None = None) -> None:
+    """Refuse ``value`` outside ``option``'s range: ``"--repeats 1001: accepted 1 to 1000 (...)"``."""
+    r = option_range(option, command)
+    if r is not None and not r.accepts(value):
+        raise InputError(f"{option} {show(value)}: accepted {r.text()} ({r.why})")
+
+
+def check_options(values: dict, command: str | None = None) -> None:
+    """Refuse a numeric option outside its range (``{"--n-boot": 0, ...}``; None = not given) with an
+    InputError naming it: before any work, not as a ValueError after the last fold. Lists (an option
+    taking several numbers) are checked number by number."""
     for option, value in values.items():
-        if value is None:
+        if value is None or isinstance(value, bool):
             continue
-        lo, hi, open_, why = OPTION_RANGES[option]
-        if math.isfinite(value) and (lo < value < hi if open_ else lo <= value <= hi):
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            check_option(option, v, command)
+
+
+def check_shape(shape, option: str = "--shape") -> None:
+    """A volume shape option: each axis at most SHAPE_AXIS_MAX, the volume at most SHAPE_VOXELS_MAX."""
+    shape = tuple(int(s) for s in shape)
+    big = max(shape)
+    if big > SHAPE_AXIS_MAX:
+        raise InputError(f"{option} {'x'.join(map(str, shape))}: an axis of {big} voxels; accepted up to "
+                         f"{SHAPE_AXIS_MAX} per axis")
+    n = math.prod(shape)
+    if n > SHAPE_VOXELS_MAX:
+        raise InputError(f"{option} {'x'.join(map(str, shape))}: {n:,} voxels per volume ({n * 4 / 2 ** 30:.1f} GiB "
+                         f"as float32); accepted up to {SHAPE_VOXELS_MAX:,} ({SHAPE_VOXELS_MAX * 4 / 2 ** 30:g} GiB), "
+                         "16 times the seed study's 128x128x512")
+
+
+#: the analysis's parameters and the options that set them: a message from the engine reaches the
+#: user in the options' words (``--n-boot``, not ``n_boot``)
+PARAMETER_OPTIONS = {"n_boot": "--n-boot", "ci_level": "--ci-level", "ci_method": "--ci-method", "n_sim": "--n-sim",
+                     "n_perm": "--n-perm", "n_comparisons": "--n-comparisons"}
+
+
+def in_option_words(text: str) -> str:
+    """An engine's message with its parameter names replaced by the options that set them.
+
+    >>> in_option_words("n_boot must be at least 1, got 0; unknown ci_method 'x'")
+    "--n-boot must be at least 1, got 0; unknown --ci-method 'x'"
+    """
+    return re.sub(r"\b(" + "|".join(PARAMETER_OPTIONS) + r")\b", lambda m: PARAMETER_OPTIONS[m.group(1)], str(text))
+
+
+def check_device(device: str, option: str = "--device") -> None:
+    """``--device``: auto, cpu, mps, cuda or cuda:N (the GPU's presence is checked where torch is loaded)."""
+    if device is not None and not re.match(DEVICE_PATTERN, str(device)):
+        raise InputError(f"{option} {device!r}: accepted auto (CUDA when available), cpu, cuda, cuda:N (e.g. cuda:1) "
+                         "or mps")
+
+
+def check_parsed(parser, args, command: str | None = None) -> None:
+    """Every numeric option an argparse ``parser`` parsed into ``args`` (ints and floats, one or a
+    list) against :data:`OPTION_RANGES`; shapes against :func:`check_shape`; ``--device``. The one
+    place the command line's numbers are checked, before a command writes anything."""
+    for action in parser._actions:  # noqa: SLF001 - argparse's documented way to list what a parser takes
+        names = [o for o in action.option_strings if o.startswith("--")]
+        if not names or not hasattr(args, action.dest):
             continue
-        if open_ and math.isfinite(hi):
-            need = f"between {lo:g} and {hi:g} (exclusive)"
-        else:
-            need = f"above {lo:g}" if open_ else f"at least {lo:g}"
-        raise InputError(f"{option} {value:g}: need a value {need} ({why})")
+        option, value = names[0], getattr(args, action.dest)
+        if value is None or isinstance(value, bool):
+            continue
+        if option == "--device":
+            check_device(value)
+        elif option == "--shape" and isinstance(value, tuple):
+            check_shape(value)
+        elif option_range(option, command) is not None and option_range(option, command).own_check is None:
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                check_options({option: values}, command)

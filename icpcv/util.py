@@ -152,6 +152,63 @@ def natural_key(label: str):
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(label)) if t]
 
 
+#: the most characters of a user's cell that a message, data_quality.csv or the report repeats
+SHOWN_CHARS = 200
+
+
+def clip(text, limit: int = SHOWN_CHARS) -> str:
+    """A user's cell as shown in a message or a table of problems: up to ``limit`` characters, then
+    how long it was (a 20 MB cell is named, not copied).
+
+    >>> clip("x" * 500, 10)
+    'xxxxxxxxxx… (500 characters)'
+    """
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+#: a number as a lab writes it: ASCII digits, one optional sign, decimal point and exponent; infinities
+#: are numbers (outside every range). Not Python's float(): it also reads '2_0' (20) and full-width or
+#: Arabic-Indic digits, which no spreadsheet writes as a number.
+_DECIMAL = re.compile(r"^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|inf|infinity)$", re.ASCII | re.IGNORECASE)
+
+
+def parse_decimal(text: str) -> float | None:
+    """A table cell as a plain decimal number (surrounding spaces trimmed), or None when it is not one
+    (text, NaN, ``2_0``, ``１２``, ``1,5``, ``0x10``).
+
+    >>> [parse_decimal(t) for t in ("12.5", " -3 ", "1e3", ".5", "5.", "inf", "2_0", "\uff12\uff10", "nan", "0x10")]
+    [12.5, -3.0, 1000.0, 0.5, 5.0, inf, None, None, None, None]
+    """
+    text = str(text).strip()
+    if not _DECIMAL.match(text):
+        return None
+    return float(text)
+
+
+_WHOLE_LABEL = re.compile(r"^[+-]?[0-9]+(\.0*)?$", re.ASCII)
+
+
+def subject_label(value) -> str:
+    """The one spelling of a subject (monkey) label, for every reader (scan tables, predictions):
+    a whole number written ``1``, ``1.0``, ``01`` or ``+1`` (ASCII digits; what a spreadsheet or pandas
+    makes of a number) is ``'1'``; anything else is the text, trimmed.
+
+    >>> [subject_label(v) for v in ("1", "1.0", "01", " +1 ", 1, 1.0, "m1", "1.5", "1e3")]
+    ['1', '1', '1', '1', '1', '1', 'm1', '1.5', '1e3']
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return str(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    text = str(value).strip()
+    if _WHOLE_LABEL.match(text):
+        return str(int(text.split(".")[0]))  # an int, not a float: 40 digits stay 40 digits
+    return text
+
+
 def natural_sorted(labels: Iterable[str]) -> list[str]:
     return sorted((str(x) for x in labels), key=natural_key)
 

@@ -15,7 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from icpcv.errors import UnwritableError
+from icpcv.errors import InputError, UnwritableError
+from icpcv.rundir import RunDir
 
 _WHY = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
@@ -136,3 +137,45 @@ def check_report_dir(run_dir) -> None:
     if Path(run_dir).is_dir():
         check_output_dir(run_dir, what="report", option=None, subdirs=("figures",),
                          hint="copy the folder somewhere writable and run `icpcv report` on the copy")
+
+
+#: what a run (or analysis, comparison) directory's commands write into it: RunDir's files and folders
+RUN_DIR_WRITES = tuple(RunDir.FILES.values()) + ("folds", "cohort", "scan_split", "figures", ".lock")
+
+
+def _same_or_inside(path: Path, target: Path) -> bool:
+    if path == target or target in path.parents:
+        return True
+    try:
+        return path.exists() and target.exists() and os.path.samefile(path, target)  # a hard link
+    except OSError:
+        return False
+
+
+def check_inputs_kept(out, inputs, *, writes=RUN_DIR_WRITES, everything: bool = False, keep=(),
+                      option: str | None = "--out") -> None:
+    """Refuse, before any work, an output folder whose writing would replace one of the user's
+    ``inputs`` (tables, raw files, folders of them): an input that is (or lies inside) one of the
+    names ``writes`` relative to ``out``, or, with ``everything`` (``run --fresh`` empties the
+    folder), anywhere inside ``out``. Paths are compared resolved (symbolic links followed, hard
+    links recognised). ``keep``: inputs the command reads and does not rewrite (analyze's own
+    ``predictions.csv``). Raises :class:`~icpcv.errors.InputError` naming the input and the file."""
+    def resolved(path) -> Path:  # os.path.realpath, unlike Path.resolve, does not raise on a symbolic link loop
+        return Path(os.path.realpath(path))
+
+    out_r = resolved(out)
+    kept = {resolved(k) for k in keep if k}
+    for given in inputs:
+        if not given:
+            continue
+        p = resolved(given)
+        if p in kept:
+            continue
+        if everything and (p == out_r or out_r in p.parents):
+            raise InputError(f"{_label(Path(out), option)}: the input {given} lies inside it, and this command empties "
+                             f"the folder first; choose another {option or 'place'} (or move the input out)")
+        for name in writes:
+            target = out_r / name
+            if _same_or_inside(p, target):
+                raise InputError(f"{_label(Path(out), option)}: writing {target} would replace the input {given}; "
+                                 f"choose another {option or 'place'} (or move the input out)")

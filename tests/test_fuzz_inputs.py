@@ -7,6 +7,15 @@ in-process. For every case: the exit code is 0 or 2, stderr never holds a traceb
 or analysis directory that existed before keeps its stats.json and predictions.csv byte for byte
 unless the command completed. A new output directory of a refused command holds neither file.
 
+Issue 22 added kinds of values, not only values: numbers a lab does not write (``2_0``,
+full-width and Arabic-Indic digits), cells of 100,000 characters, labels that spell one monkey
+several ways, ids and paths that climb out of their folder, volumes of exotic types (time spans,
+dates, text, records; sparse, quantized, nested, meta, float8 tensors, and the harmless ones:
+requires_grad, a trailing axis of 1), hostile option values (NaN, infinities, huge, negative,
+underscores, full-width digits, text) and ``prepare`` cases (with an --out that holds its input
+table). Every case also checks that no ``.tmp`` file is left behind, that a refused option wrote
+nothing, and that no input was overwritten.
+
 The generator is seeded: a failure names its case number and what was broken, and
 ``ICPCV_FUZZ_SEED`` / ``ICPCV_FUZZ_CASES`` rerun or widen it (``ICPCV_FUZZ_CASES=2000`` for a
 deeper search than CI's). Labels-only and ridge_scan models on 6x6x12 volumes keep it fast: the
@@ -33,9 +42,23 @@ LABEL_MODELS = "mean,ols_iop"
 
 BAD_CELLS = ["", " ", "nan", "NaN", "NA", "inf", "-inf", "1e300", "-1e300", "1e-300", "1e999", "abc", "0-2",
              "5,5", "\u0665", "\u00a05", "0x10", "TRUE", "x" * 300, "<b>5</b>", "5e", "--5", "+5", "NULL", "-0",
-             "\t", '"', "\u00e9", "-5", "150", "-25", "4000", "1e15", "\x00"]
+             "\t", '"', "\u00e9", "-5", "150", "-25", "4000", "1e15", "\x00",
+             # issue 22: digit separators, full-width and Arabic-Indic digits, a 100,000-character cell, overflow
+             "2_0", "1_000", "\uff12\uff10", "\uff11.\uff15", "\u0662\u0660", "x" * 100_000, "1e309", "infinity"]
 LABELS = ["", " ", "1.0", "01", "<script>alert(1)</script>", "m\u00fcnchen", "\U0001F435", "a,b", "x" * 200,
-          "../../etc", "NaN", "None", "0", "-1", "1e3"]
+          "../../etc", "NaN", "None", "0", "-1", "1e3",
+          # issue 22: one monkey spelled several ways, ids and paths out of their folder, a huge label
+          "1.00", "+1", "\uff11", "../outside", "../outside.npy", "vol/../../outside.npy", "a/../../b", "/etc/passwd",
+          "x" * 100_000]
+#: numeric options of `run` the fuzz gives hostile values (issue 22); the data-dependent ones are refused only once
+#: the table is read, after the cohort is written
+RUN_OPTIONS = ["--seed", "--data-seed", "--weight-decay", "--n-boot", "--ci-level", "--threads", "--workers", "--time",
+               "--folds", "--val-fraction", "--signal", "--repeats", "--epochs", "--lr", "--saliency", "--mem",
+               "--deadline", "--batch-size"]
+DATA_DEPENDENT = ("--folds", "--val-fraction")
+#: hostile values of numeric options (issue 22): each kind of value, not only these values
+OPTION_VALUES = ["nan", "inf", "-inf", "-1", "-0", "0", "1e300", "99999999999999999999", "1_0", "\uff11\uff10", "",
+                 "abc", "0.5", "1e-300"]
 #: issue 19: bad acquisition cells (field of view, eye, date, time, depth, voxel grid)
 ACQ_BAD = ["abc", "0x5", "7x", "x7", "-3x3", "7x0.1", "3x3x3", "1e999x3", "25:99", "13/45/2015", "2/30/16", "left",
            "OU", "-3", "0", "inf", "2015-13-01", "yesterday", "[0, 5, 5]", "12:60", "99", "\u00d7", "3 x 3 mm"]
@@ -66,12 +89,18 @@ def _good_volumes(folder: Path, n: int, rng: np.random.Generator) -> list[str]:
     """n small OCT-like volumes: a bright band at a scan-dependent depth over speckle."""
     folder.mkdir(parents=True, exist_ok=True)
     z = np.arange(SHAPE[2])
+    import torch
+
     names = []
     for i in range(n):
         band = 40 * np.exp(-0.5 * ((z - 4 - i % 5) / 1.5) ** 2)
-        vol = 60 + band[None, None, :] + rng.normal(0, 8, SHAPE)
-        np.save(folder / f"v{i:02d}.npy", np.clip(vol, 0, 255).astype(np.uint8))
-        names.append(f"vol/v{i:02d}.npy")
+        vol = np.clip(60 + band[None, None, :] + rng.normal(0, 8, SHAPE), 0, 255).astype(np.uint8)
+        if i % 4 == 3:  # a quarter as tensors, so that exotic tensors have somewhere to go
+            torch.save(torch.from_numpy(vol.astype(np.float32)), folder / f"v{i:02d}.pt")
+            names.append(f"vol/v{i:02d}.pt")
+        else:
+            np.save(folder / f"v{i:02d}.npy", vol)
+            names.append(f"vol/v{i:02d}.npy")
     return names
 
 
@@ -174,10 +203,46 @@ def _write_table(df: pd.DataFrame, path: Path, rng: np.random.Generator, case: C
         path.write_text(",".join(df.columns) + "\n")
 
 
+NPY_KINDS = ["extreme", "nan", "inf", "one_voxel", "transposed", "flat", "five_d", "empty", "bool", "complex", "object",
+             "truncated", "garbage", "folder", "loop", "int64", "float16", "constant", "missing", "other_scale",
+             "quarter_depth", "fortran",
+             # issue 22: exotic types, and a trailing axis of 1 (harmless: read as the volume)
+             "timedelta", "datetime", "text", "record", "xyz1"]
+PT_KINDS = ["sparse", "sparse_csr", "quantized", "nested", "meta", "requires_grad", "float8", "bfloat16", "int8",
+            "complex", "bool", "dict", "list", "truncated", "garbage", "nan", "xyz1", "missing"]
+
+
+def _bad_tensor(path: Path, rng: np.random.Generator) -> str:
+    import warnings
+
+    import torch
+
+    kind = str(rng.choice(PT_KINDS))
+    t = torch.load(path, weights_only=True)
+    path.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse CSR and quantized tensors warn that they are beta
+        make = {"sparse": lambda: t.to_sparse(), "sparse_csr": lambda: t.reshape(-1, SHAPE[2]).to_sparse_csr(),
+                "quantized": lambda: torch.quantize_per_tensor(t, 0.5, 0, torch.quint8),
+                "nested": lambda: torch.nested.nested_tensor([t, t]), "meta": lambda: t.to("meta"),
+                "requires_grad": lambda: t.clone().requires_grad_(True), "float8": lambda: t.to(torch.float8_e4m3fn),
+                "bfloat16": lambda: t.to(torch.bfloat16), "int8": lambda: t.to(torch.int8),
+                "complex": lambda: t.to(torch.complex64), "bool": lambda: t > 60, "dict": lambda: {"a": t, "b": t},
+                "list": lambda: [t], "nan": lambda: t.clone().fill_(float("nan")), "xyz1": lambda: t[..., None]}
+        if kind in make:
+            torch.save(make[kind](), path)
+        elif kind == "truncated":
+            torch.save(t, path)
+            path.write_bytes(path.read_bytes()[: int(rng.integers(1, 200))])
+        elif kind == "garbage":
+            path.write_bytes(rng.bytes(300))
+    return kind
+
+
 def _bad_volume(path: Path, rng: np.random.Generator) -> str:
-    kind = str(rng.choice(["extreme", "nan", "inf", "one_voxel", "transposed", "flat", "five_d", "empty", "bool",
-                           "complex", "object", "truncated", "garbage", "folder", "loop", "int64", "float16",
-                           "constant", "missing", "other_scale", "quarter_depth", "fortran"]))
+    if path.suffix == ".pt":
+        return _bad_tensor(path, rng)
+    kind = str(rng.choice(NPY_KINDS))
     good = np.load(path)
     path.unlink()
     if kind == "extreme":
@@ -223,6 +288,16 @@ def _bad_volume(path: Path, rng: np.random.Generator) -> str:
         np.save(path, good[:, :, :3])
     elif kind == "fortran":
         np.save(path, np.asfortranarray(good))  # fine: the same volume in another memory order
+    elif kind == "timedelta":
+        np.save(path, good.astype(np.int64).astype("timedelta64[s]"))
+    elif kind == "datetime":
+        np.save(path, good.astype(np.int64).astype("datetime64[D]"))
+    elif kind == "text":
+        np.save(path, good.astype("U3"))
+    elif kind == "record":
+        np.save(path, good.astype([("v", "u1")]))
+    elif kind == "xyz1":
+        np.save(path, good[..., None])  # fine: a trailing axis of 1, as NIfTI writes it
     # "missing": the file is gone
     return kind
 
@@ -235,9 +310,14 @@ def _outputs(folder: Path) -> dict[str, bytes | None]:
             for name in ("stats.json", "predictions.csv")}
 
 
-def _check(case: Case, rc: int, err: str) -> None:
+def _check(case: Case, rc: int, err: str, *folders: Path, codes=(0, 2)) -> None:
     assert "Traceback" not in err, f"{case}\n{err}"
-    assert rc in (0, 2), f"{case}: exit code {rc}\n{err}"
+    assert rc in codes, f"{case}: exit code {rc}\n{err}"
+    # below the command line's net (icpcv.commands.MESSAGE_CHARS): a cell is clipped where it is quoted
+    assert len(err) < 9_000, f"{case}: a message of {len(err)} characters (a cell copied verbatim?)"
+    for folder in folders:  # nothing half-written left behind
+        left = [p for p in Path(folder).rglob("*.tmp")] if Path(folder).is_dir() else []
+        assert not left, f"{case}: temporary files left: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +326,7 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     rng = np.random.default_rng(SEED)
     paths = _good_volumes(root / "data" / "vol", 16, rng)
+    np.save(root / "outside.npy", np.full(SHAPE, 60, np.uint8))  # what '../outside.npy' would load
     table = _good_table(paths)
     table.to_csv(root / "data" / "scans.csv", index=False)
     run_dir = root / "run"
@@ -278,7 +359,8 @@ def _run_case(base, number: int, rng: np.random.Generator) -> tuple[Case, int]:
                          data / "scans.csv", rng, case)
         if with_volumes:
             for i in rng.choice(16, size=int(rng.integers(1, 3)), replace=False):
-                case.broken.append(f"v{i:02d}.npy {_bad_volume(data / 'vol' / f'v{i:02d}.npy', rng)}")
+                name = good["path"].iloc[i].split("/")[-1]  # v00.npy, ..., v03.pt
+                case.broken.append(f"{name} {_bad_volume(data / 'vol' / name, rng)}")
         args = ["run", "--manifest", data / "scans.csv", "--n-boot", "10", "--quiet"]
         if existing or with_volumes:  # the complete run's own options: only its inputs differ
             args += ["--models", VOLUME_MODELS, "--shape", "x".join(map(str, SHAPE))]
@@ -294,11 +376,20 @@ def _run_case(base, number: int, rng: np.random.Generator) -> tuple[Case, int]:
             folds = str(rng.choice(["1", "2", "3", "0", "-1", "100"]))
             args += ["--folds", folds]
             case.broken.append(f"--folds {folds}")
+        option = None
+        if not existing and rng.random() < 0.3:  # issue 22: a hostile value of a numeric option
+            option, value = str(rng.choice(RUN_OPTIONS)), str(rng.choice(OPTION_VALUES))
+            args += [f"{option}={value}"]
+            case.broken.append(f"{option} {value!r}")
         out = run_dir if existing else root / f"out{number}"
         case.command = "run into the complete run" if existing else "run"
         before = _outputs(out)
+        inputs = _inputs(data)
         rc, _, err = icpcv(*args, "--out", out)
-        _check(case, rc, err)
+        _check(case, rc, err, out, data)
+        assert _inputs(data) == inputs, f"{case}: an input was changed"
+        if option and rc == 2 and option in err and option not in DATA_DEPENDENT:
+            assert not out.exists(), f"{case}: refused {option} after writing into {out}"
         if rc != 0:
             assert _outputs(out) == before, f"{case}: a refused run changed stats.json or predictions.csv"
         if not existing and rc == 0:  # what was dropped is on record, with a reason
@@ -320,6 +411,41 @@ def _run_case(base, number: int, rng: np.random.Generator) -> tuple[Case, int]:
     return case, rc
 
 
+def _inputs(folder: Path) -> dict:
+    """The bytes of every file under an input folder (what no command may overwrite)."""
+    return {p: p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def _prepare_case(base, number: int, rng: np.random.Generator) -> tuple[Case, int]:
+    """``prepare`` on a broken copy of the good data (issue 22): a skip is exit 3, never a traceback."""
+    root, good, _, _ = base
+    case = Case(number, "prepare")
+    data = root / f"prep_data{number}"
+    shutil.copytree(root / "data", data)
+    _write_table(_break_table(good, rng, case, ("iop", "icp"), ("scan_id", "subject", "path")), data / "scans.csv",
+                 rng, case)
+    for i in rng.choice(16, size=int(rng.integers(1, 4)), replace=False):
+        name = good["path"].iloc[i].split("/")[-1]
+        case.broken.append(f"{name} {_bad_volume(data / 'vol' / name, rng)}")
+    table = data / "scans.csv"
+    out = root / f"prep_out{number}"
+    if rng.random() < 0.2:  # an --out that holds the input table under the name prepare writes
+        table = data / "table.csv"
+        table.write_bytes((data / "scans.csv").read_bytes())
+        out = data
+        case.broken.append("--out holds the input table.csv")
+    args = ["prepare", table, "--out", out, "--shape", "x".join(map(str, SHAPE)), "--quiet"]
+    if rng.random() < 0.3:
+        option, value = str(rng.choice(["--workers", "--saturation"])), str(rng.choice(OPTION_VALUES))
+        args += [f"{option}={value}"]
+        case.broken.append(f"{option} {value!r}")
+    inputs = _inputs(data)
+    rc, _, err = icpcv(*args)
+    _check(case, rc, err, out, data, codes=(0, 2, 3))
+    assert {p: b for p, b in _inputs(data).items() if p in inputs} == inputs, f"{case}: an input was overwritten"
+    return case, rc
+
+
 def _analyze_case(base, number: int, rng: np.random.Generator) -> tuple[Case, int]:
     root, _, run_dir, analysis = base
     case = Case(number, "analyze")
@@ -337,8 +463,12 @@ def _analyze_case(base, number: int, rng: np.random.Generator) -> tuple[Case, in
         ref = str(rng.choice(["mean", "nope", ""]))
         args += ["--reference", ref]
         case.broken.append(f"--reference {ref!r}")
+    if rng.random() < 0.2:  # issue 22: a hostile value of a numeric option
+        option, value = str(rng.choice(["--n-boot", "--seed", "--ci-level"])), str(rng.choice(OPTION_VALUES))
+        args += [f"{option}={value}"]
+        case.broken.append(f"{option} {value!r}")
     rc, _, err = icpcv(*args)
-    _check(case, rc, err)
+    _check(case, rc, err, out)
     if rc != 0:
         assert _outputs(out) == before, f"{case}: a refused analysis changed stats.json or predictions.csv"
     return case, rc
@@ -346,11 +476,13 @@ def _analyze_case(base, number: int, rng: np.random.Generator) -> tuple[Case, in
 
 def test_generated_bad_inputs_never_end_in_a_traceback(base):
     rng = np.random.default_rng(SEED)
-    outcomes = {"run": [], "analyze": []}
+    outcomes = {"run": [], "analyze": [], "prepare": []}
+    cases = {"run": _run_case, "analyze": _analyze_case, "prepare": _prepare_case}
     for number in range(N_CASES):
-        kind = "run" if number % 5 else "analyze"
-        case, rc = (_run_case if kind == "run" else _analyze_case)(base, number, rng)
+        kind = "analyze" if number % 5 == 0 else "prepare" if number % 10 == 1 else "run"
+        case, rc = cases[kind](base, number, rng)
         outcomes[kind].append(rc)
-    # not a degenerate generator: each command both completes and refuses
+    # not a degenerate generator: each command both completes and refuses (prepare: skips)
     for kind, rcs in outcomes.items():
-        assert 0 in rcs and 2 in rcs, (kind, rcs)
+        assert (0 in rcs or kind == "prepare") and 2 in rcs, (kind, rcs)
+    assert 3 in outcomes["prepare"], outcomes["prepare"]

@@ -69,7 +69,7 @@ def _table_codes(tmp_path: Path) -> set[str]:
     (scans / "loop.pt").symlink_to(scans / "loop.pt")
     seed = [("a", "1", "10", "5", "TRUE"), ("", "", "", "", "maybe"), ("a", "1", "x", "0-2", "TRUE"),
             ("c", "1", "-1", "x", "FALSE"), ("d", "1", "10", "-3", "TRUE"), ("e", "1", "10", "500", "TRUE"),
-            ("loop", "1", "10", "5", "TRUE")]
+            ("loop", "1", "10", "5", "TRUE"), ("../b", "1", "10", "5", "TRUE")]
     pd.DataFrame(seed, columns=["id", "monkey_id", "iop", "icp", "torch_present"]).to_csv(tmp_path / "s.csv",
                                                                                          index=False)
     q = read_scan_table(tmp_path / "s.csv", scans_dir=scans).quality
@@ -99,8 +99,8 @@ def test_every_reason_code_has_a_meaning_and_the_report_shows_it(tmp_path):
 
 
 @pytest.mark.parametrize("option,value,needle", [
-    ("--n-boot", "0", "--n-boot 0: need a value at least 1"), ("--ci-level", "1.5", "--ci-level 1.5: need a value"),
-    ("--batch-size", "0", "--batch-size 0"), ("--lr", "-1", "--lr -1: need a value above 0"),
+    ("--n-boot", "0", "--n-boot 0: accepted 1 to"), ("--ci-level", "1.5", "--ci-level 1.5: accepted above 0 and below 1"),
+    ("--batch-size", "0", "--batch-size 0"), ("--lr", "-1", "--lr -1: accepted above 0"),
     ("--patience", "-2", "--patience -2")])
 def test_numeric_options_are_checked_before_any_fold(tmp_path, option, value, needle):
     """--n-boot 0 and --ci-level 1.5 ended in a ValueError traceback after every fold had run."""

@@ -139,10 +139,10 @@ def test_power_plans_for_the_seed_ensemble_of_an_analysis_directory(tmp_path, ca
 @pytest.mark.parametrize("argv, message", [
     (["--model", "nosuch"], "the model 'nosuch' is not among the models"),
     (["--reference", "ols_iop2"], "the reference 'ols_iop2' is not among the models"),
-    (["--monkeys", "1,6"], "--monkeys: 1 is too few"),
+    (["--monkeys", "1,6"], "--monkeys 1: accepted 2 to 1000"),
     (["--monkeys", "six,ten"], "--monkeys: 'six' is not a whole number"),
     (["--monkeys", ","], "--monkeys: give study sizes"),
-    (["--alpha", "1.5"], "--alpha must be between 0 and 1"),
+    (["--alpha", "1.5"], "--alpha 1.5: accepted above 0 and below 1"),
 ])
 def test_bad_input_is_one_sentence_and_exit_2(powered, argv, message, capsys):
     before = (powered / "power.json").read_bytes() if (powered / "power.json").exists() else None

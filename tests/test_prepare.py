@@ -206,7 +206,8 @@ def test_seed_format_labels_carried_unchanged_and_bad_rows_reported(tmp_path, ca
     assert set(st.quality["reason"]) == {"", "icp_range", "subject_missing"}
 
 
-def test_an_unexpected_error_is_reported_with_its_traceback_and_the_rest_converts(tmp_path, monkeypatch, capsys):
+def test_an_unexpected_error_is_reported_without_a_traceback_and_the_rest_converts(tmp_path, monkeypatch, capsys):
+    """Issue 22: the terminal never shows a traceback for a row; quality.csv keeps where it happened."""
     from icpcv.prepare.resample import StreamResampler
 
     real_add = StreamResampler.add
@@ -223,9 +224,10 @@ def test_an_unexpected_error_is_reported_with_its_traceback_and_the_rest_convert
                                              ("gone", "1", "1", "1", "gone_folder")])
     assert run_prepare(table, tmp_path, tmp_path / "out") == 3
     err = capsys.readouterr().err
-    assert "Traceback" in err and "RuntimeError: a bug" in err
+    assert "Traceback" not in err and "RuntimeError: a bug" in err
     q = quality(tmp_path / "out").set_index("scan_id")
     assert q.loc["odd", "reason"] == "internal_error" and q.loc["ok", "status"] == "converted"
+    assert "RuntimeError: a bug (at test_prepare.py:" in q.loc["odd", "detail"]
     assert q.loc["gone", "reason"] == "missing"
 
 

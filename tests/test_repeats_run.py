@@ -119,7 +119,7 @@ def test_runs_without_networks_have_no_training_randomness_section_and_ignore_re
 
 def test_repeats_option_is_checked():
     r = run_cli("--phantom", "tiny", "--repeats", "0", "--out", "/tmp/never-written")
-    assert r.returncode == 2 and "--repeats 0: need a value at least 1" in r.stderr
+    assert r.returncode == 2 and "--repeats 0: accepted 1 to 1000" in r.stderr
     assert not Path("/tmp/never-written").exists()
 
 

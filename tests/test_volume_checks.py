@@ -136,8 +136,16 @@ def test_symbolic_link_loops_and_broken_links_say_so(table, tmp_path):
 
 
 def test_a_cache_larger_than_the_free_disk_is_refused_before_reading(table, tmp_path):
+    # issue 22: a shape beyond any volume is refused by the option's range, before the table is read
     rc, _, err = icpcv("run", "--manifest", table, "--out", tmp_path / "run", "--models", "mean,ridge_scan",
                        "--shape", "10000x10000x10000", "--quiet")
+    assert_clean_refusal(rc, err, "--shape 10000x10000x10000", "accepted up to 4096 per axis")
+    # a legal shape (2**27 voxels, 512 MiB a volume) on 1,000 scans: half a terabyte of cache
+    t = pd.read_csv(table, dtype=str)
+    big = pd.concat([t.assign(scan_id=t["scan_id"] + f"_{k}") for k in range(1000 // len(t) + 1)])
+    big.to_csv(table, index=False)
+    rc, _, err = icpcv("run", "--manifest", table, "--out", tmp_path / "run", "--models", "mean,ridge_scan",
+                       "--shape", "4096x4096x8", "--quiet")
     assert_clean_refusal(rc, err, "volumes.npy: the checked, resampled volumes need", "GiB are free",
                          "a smaller --shape")
 

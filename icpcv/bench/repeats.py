@@ -18,6 +18,7 @@ import argparse
 import time
 
 from icpcv.bench.run import _cpu_name
+from icpcv.plausible import check_parsed
 from icpcv.rundir import RunDir
 from icpcv.stats.repeats import single_seed_table
 from icpcv.stats.study import analyze_study
@@ -53,6 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+", help="run directories made with --repeats R > 1")
     p.add_argument("--n-boot", type=int, help="bootstrap resamples for the timed analyses (default: the run's)")
     args = p.parse_args(argv)
+    check_parsed(p, args, "bench")  # every number against its range (icpcv.plausible)
     print(f"machine: {_cpu_name()}")
     for path in args.runs:
         m = measure(path, n_boot=args.n_boot)

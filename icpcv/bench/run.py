@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from icpcv.plausible import check_parsed
 
 def _cpu_name() -> str:
     try:
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=300.0, help="seconds allowed (the skeleton's 5 minutes)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="extra arguments for `icpcv run`")
     args = p.parse_args(argv)
+    check_parsed(p, args, "bench")  # every number against its range (icpcv.plausible)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "icpcv", "run", "--folds", "14", "--out", os.path.join(tmp, "run"), "--quiet",
                *args.extra]

@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from icpcv.config import DATA_MODES, PRECISIONS
 from icpcv.models import make_cnn
 from icpcv.models.resnet3d import build_resnet, parse_name
+from icpcv.plausible import check_parsed
 from icpcv.train import datapath as dp
 from icpcv.train.augment import AugmentConfig, augment
 from icpcv.train.loop import make_optimizer, pick_device, train_step
@@ -297,7 +298,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    check_parsed(parser, args, "bench")  # every number against its range (icpcv.plausible)
     return run_from_args(args)
 
 

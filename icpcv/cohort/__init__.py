@@ -26,7 +26,7 @@ from icpcv.cohort import volumes as volume_io
 from icpcv.config import RunConfig
 from icpcv.errors import DiskFullError, InputError, RunDirError
 from icpcv.rundir import CohortDir
-from icpcv.util import atomic_write_bytes, atomic_write_json, atomic_write_text, raise_if_disk_full, read_json
+from icpcv.util import atomic_write_bytes, atomic_write_json, atomic_write_text, clip, raise_if_disk_full, read_json
 
 DEFAULT_FILE_SHAPE = (32, 32, 64)
 #: version of the volume checks: a cache of volumes checked by other rules is checked again
@@ -264,7 +264,7 @@ def _check_unchanged(folder: CohortDir, expect_hash, data_hash, table, quality, 
         for x, sig in (sigs or {}).items():
             if x in old_sigs and old_sigs[x] != sig:
                 changes.append(f"volume file {new.at[x, 'path']} (scan {x}) was modified")
-    detail = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+    detail = "; ".join(clip(c) for c in changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
     raise RunDirError(f"{folder.path.parent}: the data changed since this run started (hash {expect_hash} -> {data_hash})"
                       + (f": {detail}" if detail else "")
                       + "; restore the data, or rerun with --fresh (or another --out) to start over")
@@ -395,7 +395,7 @@ def _check_volumes(cfg: RunConfig, folder: CohortDir, table: pd.DataFrame, quali
     reasons = meta.get("reasons", {})
     rows = dict(zip(table["scan_id"].astype(str), table["row"]))
     if not cfg.skip_bad_scans:
-        listed = "; ".join(f"{msg} (table row {rows[x]}, scan {x})" for x, msg in list(bad.items())[:5])
+        listed = "; ".join(f"{clip(msg)} (table row {rows[x]}, scan {clip(x)})" for x, msg in list(bad.items())[:5])
         more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise InputError(f"{len(bad)} unusable volume(s): {listed}{more}. Fix or remove these files, or rerun with "
                          "--skip-bad-scans to record them as dropped scans (reasons bad_volume, bad_volume_shape, "

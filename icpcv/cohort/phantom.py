@@ -31,11 +31,15 @@ the maps find a shortcut when a network takes one. Neither changes the default c
 from __future__ import annotations
 
 import io
+import os
+import shutil
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
+from icpcv.errors import InputError
 from icpcv.util import atomic_write_bytes, natural_sorted
 
 IOP_LEVELS = (5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0)
@@ -520,3 +524,30 @@ def new_subjects(preset: str | PhantomPreset = "small", n: int = 3, *, signal: f
             np.save(buf, vol)
             atomic_write_bytes(f"{out}/{x}.npy", buf.getvalue())
     return scans, volumes, truth
+
+
+def phantom_bytes(preset: str | PhantomPreset, shape) -> int:
+    """The most bytes the phantom's uint8 volumes can take at ``shape``: every monkey at its preset's
+    largest number of ICP levels and scans per step."""
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    n_max = preset.n_subjects * preset.icp_levels[1] * 4 * preset.repeats[1]
+    return int(n_max) * int(np.prod(np.asarray(shape, dtype=np.int64)))
+
+
+def check_phantom_fits(preset: str | PhantomPreset, shape, out) -> None:
+    """Refuse a phantom whose volumes cannot be held: in memory (the cohort is drawn there, and a
+    copy is cached) or, at the seed's scale (one file per scan), on the disk of ``out``."""
+    need = phantom_bytes(preset, shape)
+    name = preset if isinstance(preset, str) else preset.name
+    big = int(np.prod(shape)) * 1600 > 2 ** 31  # icpcv.cohort.materialise: one file per scan
+    if big:
+        where = Path(out)
+        while not where.exists() and where.parent != where:
+            where = where.parent
+        have, what = shutil.disk_usage(where).free, f"free on the disk of {where}"
+    else:
+        have, what = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "of memory on this machine"
+    if need > have:
+        raise InputError(f"--shape {'x'.join(map(str, shape))}: the {name} phantom's volumes at this shape need up "
+                         f"to {need / 2 ** 30:.1f} GiB, and there are {have / 2 ** 30:.1f} GiB {what}; choose a "
+                         "smaller --shape (or --phantom tiny)")

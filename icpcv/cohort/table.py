@@ -28,11 +28,11 @@ import pandas as pd
 
 from icpcv.cohort import acquisition as acq
 from icpcv.cohort.geometry import REASONS as GEOMETRY_REASONS
-from icpcv.cohort.volumes import volume_file_problem
+from icpcv.cohort.volumes import escapes_folder, volume_file_problem
 from icpcv.errors import InputError
 from icpcv.plausible import (ICP_MMHG, IOP_MMHG, SHAPE_FACTOR_MAX, VOXEL_ABS_MAX, VOXEL_Z_MAX, describe, in_range,
                              is_missing)
-from icpcv.util import natural_sorted
+from icpcv.util import clip, natural_sorted, parse_decimal, subject_label
 
 SEED_COLUMNS = ("id", "monkey_id", "iop", "icp", "torch_present")
 PLAIN_COLUMNS = ("scan_id", "subject", "iop", "icp", "path")
@@ -46,14 +46,19 @@ REASONS = {
     "subject_missing": "no subject (monkey) id (an empty cell, or NA, NaN, None, null: a missing value)",
     "icp_missing": "ICP cell is empty (or NA, NaN, None, null: a missing value)",
     "icp_range": "ICP written as a range (e.g. '0-2'), not a single value",
-    "icp_not_numeric": "ICP is not a number",
+    "icp_not_numeric": "ICP is not a plain decimal number (e.g. 12.5 or 1.25e1; digit separators such as 2_0 or "
+                       "1,5, non-ASCII digits and text are not read as numbers)",
     "icp_out_of_range": f"ICP outside the plausible {describe(ICP_MMHG)} (a typo, another unit or a broken export)",
     "icp_not_positive": "ICP <= 0 (the seed's rule keeps ICP > 0)",
     "iop_missing": "IOP cell is empty (or NA, NaN, None, null) and a selected model needs IOP",
-    "iop_not_numeric": "IOP is not a number",
+    "iop_not_numeric": "IOP is not a plain decimal number (e.g. 12.5 or 1.25e1; digit separators such as 2_0 or "
+                       "1,5, non-ASCII digits and text are not read as numbers)",
     "iop_out_of_range": f"IOP outside the plausible {describe(IOP_MMHG)} (a typo, another unit or a broken export)",
     "torch_present_invalid": "torch_present is neither true nor false (TRUE/FALSE, 1/0, yes/no)",
     "no_volume": "the table says no model-ready volume exists (torch_present is FALSE)",
+    "path_outside": "the scan id (seed format: its <id>.pt under --scans) or the relative path (plain format: "
+                    "relative to the table's folder) climbs out of its folder ('../'); give a path inside it, or "
+                    "an absolute path (plain format)",
     "volume_file_missing": "the volume file does not exist (value says where it was looked for; a broken "
                            "symbolic link says so)",
     "volume_file_unreadable": "the volume file cannot be opened (a symbolic link loop, a folder, no read "
@@ -144,22 +149,9 @@ def _clean(value) -> str:
 
 
 def _parse_number(text: str) -> float | None:
-    """A cell as a float: infinities are numbers (out of every range), NaN and text are not."""
-    try:
-        x = float(text)
-    except ValueError:
-        return None
-    return None if np.isnan(x) else x
-
-
-_WHOLE = re.compile(r"^[+-]?\d+(\.0*)?$")
-
-
-def _parse_subject(text: str) -> str:
-    # '5' and '5.0' are the same monkey (pandas writes ints with missing values as floats)
-    if _WHOLE.match(text):
-        return str(int(float(text)))
-    return text
+    """A cell as a float: plain decimal numbers only (icpcv.util.parse_decimal); infinities are numbers
+    (out of every range), NaN, text, '2_0' and full-width digits are not."""
+    return parse_decimal(text)
 
 
 def _pressure_problem(name: str, text: str, value: float | None, bounds) -> tuple[str, str, str] | None:
@@ -219,7 +211,7 @@ def read_scan_table(
                          f"pressures)")
 
     records = raw.to_dict("records")
-    subjects = [_parse_subject(_clean(rec.get(subj_col))) for rec in records]
+    subjects = [subject_label(_clean(rec.get(subj_col))) for rec in records]  # '5', '5.0', '05': one monkey
     with_acq = acq.has_acquisition(raw.columns) or any(acq.column_of(raw.columns, f) for f in ("scan_shape", "notes"))
     if with_acq:  # every row's fields (sessions span kept and dropped rows); a bad value is a warning
         acq_fields, acq_warnings, acq_facts = acq.parse_acquisition(raw, subjects)
@@ -264,6 +256,9 @@ def read_scan_table(
                 problems.append(("torch_present_invalid", "torch_present", present))
             elif present in _FALSE:
                 problems.append(("no_volume", "torch_present", present or "(empty)"))
+            elif scans_dir is not None and scan_id and escapes_folder(scans_dir, f"{scan_id}.pt"):
+                problems.append(("path_outside", "id", f"{scan_id} ({scans_dir / scan_id}.pt is outside --scans "
+                                                       f"{scans_dir})"))
             elif scans_dir is not None and scan_id:
                 vol_path = scans_dir / f"{scan_id}.pt"
                 bad_file = volume_file_problem(vol_path)
@@ -273,6 +268,8 @@ def read_scan_table(
             p = _clean(rec.get("path"))
             if not p:
                 problems.append(("volume_file_missing", "path", "(empty)"))
+            elif not Path(p).is_absolute() and escapes_folder(base, p):
+                problems.append(("path_outside", "path", f"{p} (outside the table's folder {base})"))
             else:
                 vol_path = Path(p) if Path(p).is_absolute() else base / p
                 bad_file = volume_file_problem(vol_path)
@@ -281,8 +278,9 @@ def read_scan_table(
         warned = acq_warnings[i - 1] if with_acq else []
         extra = dict(warnings="; ".join(f"{r} (column {c}, value {v!r})" for r, c, v in warned)) if with_acq else {}
         if problems:
+            problems = [(r, c, clip(v)) for r, c, v in problems]  # a 20 MB cell is named, not copied
             reason, column, value = problems[0]
-            quality_rows.append(dict(row=i, scan_id=scan_id, subject=subject, status="dropped",
+            quality_rows.append(dict(row=i, scan_id=clip(scan_id), subject=clip(subject), status="dropped",
                                      reason=reason, column=column, value=value,
                                      all_reasons=",".join(r for r, _, _ in problems), detail=_describe(problems),
                                      **extra))

@@ -1,8 +1,8 @@
 """Volume readers and resampling.
 
 Axis convention: a volume is a 3-D array ``(X, Y, Z)`` where **Z is depth** (the A-scan axis),
-as in the seed's ``128 x 128 x 512`` tensors. Files holding a 4-D array with a leading channel
-axis of 1 are accepted. Readers never unpickle: ``.pt`` files are loaded with
+as in the seed's ``128 x 128 x 512`` tensors. A leading channel axis of 1 and trailing axes of 1 are
+dropped (:func:`volume_axes`, the rule of run and prepare alike). Readers never unpickle: ``.pt`` files are loaded with
 ``torch.load(weights_only=True)`` and must hold a tensor; ``.npy`` with ``allow_pickle=False``.
 """
 from __future__ import annotations
@@ -36,6 +36,62 @@ def volume_format(path: str | Path) -> str:
     raise InputError(f"{path}: unknown volume format (expected one of {', '.join(SUFFIXES)})")
 
 
+def real_dtype_problem(dtype) -> str | None:
+    """Why a voxel type is not a real number type (booleans, complex numbers, dates and time spans,
+    text, records, Python objects), or None. The one rule of every volume reader (run and prepare)."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        return f"voxel type {dtype} is not a real number type"
+    if dtype.kind in "uif" and not dtype.fields and not dtype.hasobject:
+        return None
+    what = {"M": " (dates)", "m": " (time spans)", "U": " (text)", "S": " (bytes)", "O": " (Python objects)",
+            "b": " (true/false)", "c": " (complex numbers)", "V": " (records)"}.get(dtype.kind, "")
+    return f"voxel type {dtype}{what} is not a real number type"
+
+
+def tensor_problem(obj) -> tuple[str, str] | None:
+    """Why what a ``.pt`` file holds is not a plain volume tensor: ``(reason, why)`` with reason
+    ``unreadable`` (not a tensor, or one without data), ``not_dense`` (sparse, quantized or nested:
+    saved in another layout than its values) or ``wrong_dtype``; None for a dense real tensor.
+    Harmless differences are not problems: a tensor saved with ``requires_grad`` (see
+    :func:`plain_tensor`), bfloat16 and float8 (read as float32), a non-contiguous layout."""
+    import torch  # lazy: torch is heavy; only .pt files and resampling need it
+
+    if not isinstance(obj, torch.Tensor):
+        return "unreadable", f"holds a {type(obj).__name__}, not a tensor"
+    if getattr(obj, "is_nested", False):
+        return "not_dense", "holds a nested tensor (a list of tensors), not one volume"
+    if obj.is_quantized:
+        return "not_dense", (f"holds a quantized tensor ({obj.dtype}); save its values with "
+                             "torch.save(tensor.dequantize())")
+    if obj.layout != torch.strided:
+        return "not_dense", (f"holds a sparse tensor (layout {obj.layout}); save the volume dense with "
+                             "torch.save(tensor.to_dense())")
+    if obj.device.type == "meta":
+        return "unreadable", "holds a tensor without data (on the meta device)"
+    if obj.is_complex() or obj.dtype == torch.bool:
+        return "wrong_dtype", f"tensor type {obj.dtype} is not a real number type"
+    if not obj.is_floating_point() and str(obj.dtype) not in _TORCH_INTEGERS:
+        return "wrong_dtype", f"tensor type {obj.dtype} is not a real number type"
+    return None
+
+
+_TORCH_INTEGERS = ("torch.uint8", "torch.int8", "torch.int16", "torch.int32", "torch.int64", "torch.uint16",
+                   "torch.uint32", "torch.uint64")
+
+
+def plain_tensor(t):
+    """A checked tensor (:func:`tensor_problem`) as numpy can take it: detached from autograd,
+    floating types numpy lacks (bfloat16, float8) as float32."""
+    import torch  # lazy: torch is heavy; only .pt files and resampling need it
+
+    t = t.detach()
+    if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.float()
+    return t
+
+
 def _read_pt(path: Path) -> np.ndarray:
     import torch  # lazy: torch is heavy; only .pt files and resampling need it
 
@@ -46,11 +102,10 @@ def _read_pt(path: Path) -> np.ndarray:
                          "re-export it with torch.save(tensor)") from None
     if isinstance(obj, dict) and len(obj) == 1:
         obj = next(iter(obj.values()))
-    if not isinstance(obj, torch.Tensor):
-        raise InputError(f"{path}: holds a {type(obj).__name__}, not a tensor")
-    if obj.dtype == torch.bfloat16:
-        obj = obj.float()
-    return obj.numpy()
+    bad = tensor_problem(obj)
+    if bad:
+        raise InputError(f"{path}: {bad[1]}")
+    return plain_tensor(obj).numpy()
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -88,6 +143,22 @@ def _read_tiff(path: Path) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(stack, (2, 0, 1)))
 
 
+def volume_axes(shape) -> tuple[int, int, int] | None:
+    """The one rule of every volume reader (run and prepare, every format) for the axes of a stored
+    array: a leading channel axis of 1 and trailing axes of 1 (NIfTI's time or vector dimension, e.g.
+    ``(X, Y, Z, 1)``) are dropped; what is left must be 3 axes (X, Y, Z=depth). None otherwise.
+
+    >>> volume_axes((1, 4, 5, 6)), volume_axes((4, 5, 6, 1, 1)), volume_axes((1, 4, 5, 6, 1)), volume_axes((4, 5))
+    ((4, 5, 6), (4, 5, 6), (4, 5, 6), None)
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) > 3 and shape[0] == 1:
+        shape = shape[1:]
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape if len(shape) == 3 else None
+
+
 def volume_file_problem(path: Path) -> tuple[str, str] | None:
     """Why a volume path cannot be used as a file: ``(reason code, what)``, or None when it can.
 
@@ -115,6 +186,15 @@ def volume_file_problem(path: Path) -> tuple[str, str] | None:
     return None
 
 
+def escapes_folder(folder, relative: str) -> bool:
+    """Whether ``folder / relative`` lies outside ``folder`` (``../outside``, ``a/../../b``), compared
+    lexically: a symbolic link inside the folder may point anywhere (it was put there on purpose),
+    but a name in a table must not climb out of the folder it is relative to."""
+    root = os.path.abspath(folder)
+    target = os.path.abspath(os.path.join(root, relative))
+    return target != root and not target.startswith(root.rstrip(os.sep) + os.sep)
+
+
 _READERS = {"pt": _read_pt, "npy": _read_npy, "nii": _read_nifti, "nii.gz": _read_nifti,
             "tif": _read_tiff, "tiff": _read_tiff}
 
@@ -128,12 +208,13 @@ def read_volume(path: str | Path) -> np.ndarray:
         raise InputError(f"{what}: " + ("volume file not found" if code == "volume_file_missing"
                                         else "cannot open the volume file"))
     arr = _READERS[volume_format(path)](path)
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 3:
+    shape3 = volume_axes(arr.shape)
+    if shape3 is None:
         raise InputError(f"{path}: volume has shape {tuple(arr.shape)}; expected 3 axes (X, Y, Z=depth)")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise InputError(f"{path}: volume dtype {arr.dtype} is not a real number type")
+    arr = arr.reshape(shape3)
+    bad_type = real_dtype_problem(arr.dtype)
+    if bad_type:
+        raise InputError(f"{path}: volume {bad_type}")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise InputError(f"{path}: volume has {bad} NaN or infinite voxels; fix or exclude the scan")

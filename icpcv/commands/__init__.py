@@ -16,6 +16,11 @@ import sys
 from icpcv import __version__
 from icpcv.commands import analyze, bench, power, predict, prepare, report, run
 from icpcv.errors import FoldsFailed, InputError, RunDirError
+from icpcv.plausible import check_parsed
+from icpcv.util import clip
+
+#: the longest error message printed whole
+MESSAGE_CHARS = 10_000
 
 SUBCOMMANDS = (run, analyze, report, prepare, bench, power, predict)
 
@@ -30,22 +35,29 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    return subs.choices[command]
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # the benchmark's own parser takes every option after its name
-        return bench.main(argv[1:])
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        if argv[:1] == ["bench"]:  # the benchmark's own parser takes every option after its name
+            return bench.main(argv[1:])
+        parser = make_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        # every numeric option against its range (icpcv.plausible), before the command writes anything
+        check_parsed(_subparser(parser, args.command), args, args.command)
         return int(args.func(args) or 0)
     except FoldsFailed as exc:
-        print(f"icpcv: error: {exc}", file=sys.stderr)
+        print(f"icpcv: error: {clip(exc, MESSAGE_CHARS)}", file=sys.stderr)
         return 3
-    except (InputError, RunDirError) as exc:
-        print(f"icpcv: error: {exc}", file=sys.stderr)
+    except (InputError, RunDirError) as exc:  # a user's cell quoted in a message is clipped there; this is the net
+        print(f"icpcv: error: {clip(exc, MESSAGE_CHARS)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("icpcv: interrupted; rerun the same command to resume", file=sys.stderr)

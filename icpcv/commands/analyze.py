@@ -8,10 +8,11 @@ from pathlib import Path
 
 from icpcv import __version__
 from icpcv.errors import InputError
+from icpcv.plausible import in_option_words
 from icpcv.rundir import RunDir
 from icpcv.stats.bootstrap import CI_METHODS
 from icpcv.util import file_sha256, package_version
-from icpcv.writable import check_output_dir, check_output_file
+from icpcv.writable import check_inputs_kept, check_output_dir, check_output_file
 
 
 def cmd_analyze(args) -> int:
@@ -32,9 +33,12 @@ def cmd_analyze(args) -> int:
     allows (statistics and figures), saying that its folds were not audited.
     """
     from icpcv.stats import read_predictions, write_stats  # lazy: start-up time (pandas, scipy)
-    from icpcv.stats.study import analyze_study  # lazy: start-up time
+    from icpcv.stats.repeats import validate_repeats  # lazy: start-up time
+    from icpcv.stats.study import analyze_study, has_repeats  # lazy: start-up time
 
     out = RunDir(check_output_dir(args.out, what="analysis"))  # an unwritable --out, before any work
+    # its own predictions.csv is read, not rewritten; any other input in a place analyze writes is refused
+    check_inputs_kept(out.path, [args.predictions], keep=[out.predictions_csv])
     kind = out.kind if out.kind in ("run", "comparison") else None
     if kind and Path(args.predictions).resolve() != out.predictions_csv.resolve():
         # its report would show these statistics beside the cohort, folds and audit of other predictions
@@ -54,8 +58,19 @@ def cmd_analyze(args) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    subjects = sorted(set(preds["subject"]))
+    if len(subjects) < 2:  # as `run` says it: monkey-level intervals and tests need two monkeys
+        print(f"error: {args.predictions}: the predictions hold only 1 subject ({subjects[0]}); monkey-level "
+              "statistics (intervals, sign-flip tests) need at least 2 monkeys", file=sys.stderr)
+        return 2
+    asked = getattr(args, "reference", None)
+    models = sorted(set(preds["model"]))
+    if asked is not None and asked not in models:  # an explicit reference that is not there: nothing to compare
+        print(f"error: --reference {asked} is not a model of {args.predictions} (models: {', '.join(models)}); "
+              "name one of them", file=sys.stderr)
+        return 2
     settings = dict(
-        reference=getattr(args, "reference", "ols_iop"),
+        reference=asked or "ols_iop",
         n_boot=getattr(args, "n_boot", 10000),
         seed=getattr(args, "seed", 0),
         ci_level=getattr(args, "ci_level", 0.95),
@@ -63,9 +78,11 @@ def cmd_analyze(args) -> int:
         audit_failed=audit_failed,
     )
     try:
+        if has_repeats(preds):  # the repeats' own checks, naming the file as well as the row and column
+            validate_repeats(preds, source=Path(args.predictions).name)
         result = analyze_study(preds, steps=steps, **settings)
     except (InputError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {in_option_words(exc)}", file=sys.stderr)  # --n-boot, not n_boot
         return 2
     out.path.mkdir(parents=True, exist_ok=True)
     path = write_stats(result, out.stats_json)
@@ -149,7 +166,7 @@ def add_parser(subparsers) -> None:
                               help="monkey-level statistics of out-of-fold predictions -> stats.json, index.html")
     a.add_argument("predictions", help="predictions table (.csv or .parquet)")
     a.add_argument("--out", required=True, help="output directory (stats.json, index.html go here)")
-    a.add_argument("--reference", default="ols_iop", help="reference model (default ols_iop)")
+    a.add_argument("--reference", help="reference model, one of the table's (default ols_iop, when the table has it)")
     a.add_argument("--n-boot", dest="n_boot", type=int, default=10000,
                    help="subject-level bootstrap resamples (default 10000)")
     a.add_argument("--seed", type=int, default=0)

@@ -8,12 +8,14 @@ regenerates the report, which shows a power section while ``power.json`` matches
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import replace
 from datetime import datetime, timezone
 
 from icpcv.config import PowerConfig
 from icpcv.errors import InputError, RunDirError
+from icpcv.plausible import MONKEYS_MAX
 from icpcv.rundir import RunDir
 from icpcv.util import atomic_write_bytes
 from icpcv.writable import check_report_dir
@@ -28,13 +30,12 @@ def parse_monkeys(text: str) -> tuple[int, ...]:
         raise InputError(f"--monkeys: give study sizes as comma-separated whole numbers, e.g. 6,10,14; got {text!r}")
     out = []
     for t in items:
-        try:
-            g = int(t)
-        except ValueError:
-            raise InputError(f"--monkeys: {t!r} is not a whole number of monkeys (give e.g. 6,10,14)") from None
-        if g < 2:
-            raise InputError(f"--monkeys: {g} is too few; a study needs at least 2 monkeys for a monkey-level "
-                             "interval and a sign-flip test")
+        if not re.fullmatch(r"[0-9]+", t, re.ASCII):  # int() would read '1_0' and full-width digits
+            raise InputError(f"--monkeys: {t!r} is not a whole number of monkeys (give e.g. 6,10,14)")
+        g = int(t)
+        if not 2 <= g <= MONKEYS_MAX:
+            raise InputError(f"--monkeys {g}: accepted 2 to {MONKEYS_MAX} (a study needs at least 2 monkeys for a "
+                             f"monkey-level interval and a sign-flip test; {MONKEYS_MAX} is beyond any primate study)")
         if g not in out:
             out.append(g)
     return tuple(out)
@@ -76,6 +77,11 @@ def cmd_power(args) -> int:
     if has_repeats(preds):  # the verdict is the seed ensemble's
         preds = ensemble(preds)
     diffs = paired_differences(preds, cfg.model, cfg.reference, source=str(run.predictions_csv))
+    ref_mae = float(diffs.loss_reference.sum() / diffs.n_scans.sum())
+    if cfg.effect is not None and cfg.effect > ref_mae:  # the model's MAE would be negative: no study can show it
+        raise InputError(f"--effect {cfg.effect:g}: larger than the reference {cfg.reference}'s MAE on these scans "
+                         f"({ref_mae:.2f} mmHg), so {cfg.model}'s MAE would be {ref_mae - cfg.effect:.2f} mmHg, below "
+                         f"zero; accepted up to {ref_mae:.2f} mmHg (an MAE reduction, positive: the model better)")
     result = plan_power(diffs, cfg.monkeys, effect=cfg.effect, alpha=cfg.alpha, n_sim=cfg.n_sim, seed=cfg.seed,
                         n_comparisons=cfg.n_comparisons, n_perm=cfg.n_perm, target_power=cfg.target_power)
     data = result.to_dict() | {"made_for": run.predictions_key(), "settings": cfg.to_dict(),

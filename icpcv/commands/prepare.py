@@ -6,6 +6,7 @@ import argparse
 from icpcv.commands.run import add_geometry_options, geometry_config
 from icpcv.errors import InputError
 from icpcv.prepare.core import EXIT_SKIPPED, OUTPUT_DTYPES, PrepareOptions, prepare as prepare_volumes
+from icpcv.plausible import check_options, check_shape
 from icpcv.progress import Progress
 from icpcv.util import parse_shape
 
@@ -53,8 +54,8 @@ def cmd_prepare(args) -> int:
         shape = parse_shape(args.shape)
     except argparse.ArgumentTypeError as exc:
         raise InputError(str(exc)) from None
-    if args.workers < 1:
-        raise InputError(f"--workers {args.workers}: need at least 1")
+    check_shape(shape)
+    check_options({"--workers": args.workers, "--saturation": args.saturation}, "prepare")
     options = PrepareOptions(shape=shape, dtype=args.dtype, saturation=args.saturation, workers=args.workers,
                              force=args.force, verify=args.verify, **geometry_config(args))
     progress = Progress("quiet" if args.quiet else "lines")

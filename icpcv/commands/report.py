@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from icpcv.stats.bootstrap import CI_METHODS
 from icpcv.writable import check_report_dir
 
 
@@ -56,5 +57,6 @@ def add_parser(subparsers) -> None:
     c.add_argument("--n-boot", type=int, help="bootstrap resamples (default: the first run's)")
     c.add_argument("--seed", type=int, help="seed of the resampling (default: the first run's)")
     c.add_argument("--ci-level", type=float, help="confidence level (default: the first run's)")
-    c.add_argument("--ci-method", help="interval method passed to the analysis (default: the engine's)")
+    c.add_argument("--ci-method", choices=CI_METHODS + ("auto",),
+                   help="interval method (default: 'auto', the per-quantity choice of the calibration study)")
     c.set_defaults(func=cmd_compare)

@@ -6,18 +6,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from icpcv.cohort import geometry
-from icpcv.cohort.phantom import ACQUISITIONS, CONFOUNDS
+from icpcv.cohort import geometry, volume_shape
+from icpcv.cohort.phantom import ACQUISITIONS, CONFOUNDS, check_phantom_fits
 from icpcv.cohort.intensity import TABLE_COLUMNS as INTENSITY_TABLE_COLUMNS
 from icpcv.cohort.table import read_scan_csv, table_has_volumes
 from icpcv.config import (DEFAULT_MODELS_LABELS, DEFAULT_MODELS_VOLUMES, OPTIMIZERS, PRECISIONS, PRESETS,
                           SALIENCY_METHODS, SHORTCUT_GRADS, TRAIN_OPTIONS, RunConfig, TrainConfig)
 from icpcv.errors import InputError
 from icpcv.folds import check_val_fraction
-from icpcv.plausible import check_options
+from icpcv.plausible import check_device, check_options
 from icpcv.progress import Progress
 from icpcv.util import parse_shape
-from icpcv.writable import check_run_outputs
+from icpcv.writable import check_inputs_kept, check_run_outputs
 
 
 #: the attribution methods (icpcv.explain.attribution.METHODS, spelled here: that module imports torch)
@@ -220,7 +220,8 @@ def add_parser(sub) -> None:
                    help="table columns the acq nuisance baseline adds to protocol, eye and time in session "
                         "(numbers are standardised, text is one-hot coded)")
     a = p.add_argument_group("analysis")
-    a.add_argument("--reference", default=RunConfig.reference, help="baseline the others are compared against")
+    a.add_argument("--reference", help=f"baseline the others are compared against (default {RunConfig.reference}); "
+                                       "must be one of --models")
     a.add_argument("--n-boot", type=int, default=RunConfig.n_boot)
     a.add_argument("--ci-level", type=float, default=RunConfig.ci_level)
     o = p.add_argument_group("execution")
@@ -261,10 +262,13 @@ def build_config(args) -> RunConfig:
 
     repeats = getattr(args, "repeats", None)
     check_options({"--n-boot": args.n_boot, "--ci-level": args.ci_level, "--epochs": train.epochs,
-                   "--batch-size": train.batch_size, "--lr": train.lr, "--patience": train.patience,
-                   "--repeats": repeats})
-    if args.models:
+                   "--batch-size": train.batch_size, "--lr": train.lr, "--weight-decay": train.weight_decay,
+                   "--patience": train.patience, "--repeats": repeats, "--seed": args.seed,
+                   "--data-seed": args.data_seed, "--signal": args.signal})
+    if args.models is not None:
         models = tuple(check_models(args.models.split(",")))
+        if not models:
+            raise InputError(f"--models {args.models!r} names no model; give e.g. mean,ols_iop,ridge_scan,cnn")
     elif args.manifest is None:  # issue 19: the nuisance baselines join, after the others (their rows unchanged)
         models = DEFAULT_MODELS_VOLUMES + (("acq",) if getattr(args, "acquisition", None) == "realistic" else ()) \
             + ("image_stats",)
@@ -275,6 +279,13 @@ def build_config(args) -> RunConfig:
     if preset and not args.models and "cnn" in models:  # the preset's network takes the light CNN's place
         models = tuple(preset.model if m == "cnn" else m for m in models)
     stochastic = [m for m in models if make_model(m).stochastic]
+    reference = getattr(args, "reference", None)
+    if reference is not None and reference not in models:  # every fold would train, and nothing be compared
+        raise InputError(f"--reference {reference} is not among --models ({','.join(models)}); the run could "
+                         "compare no model with it: add it to --models or name another reference")
+    if (getattr(args, "saliency", 0) or 0) > 0 and not stochastic:
+        raise InputError(f"--saliency {args.saliency} maps where a network looks, but --models ({','.join(models)}) "
+                         "has no network (cnn, resnet...); add one or drop --saliency")
     check_val_fraction(args.val_fraction, stochastic)  # the CNNs early-stop
     tune = _tune_options(args, models)  # issue 21
     tuned_stochastic = [c["model"] for c in (tune.get("tune") or {}).get("candidates", [])
@@ -299,7 +310,8 @@ def build_config(args) -> RunConfig:
                      phantom=args.phantom or (preset.phantom if preset else RunConfig.phantom), signal=args.signal,
                      data_seed=args.data_seed, models=models,
                      folds=args.folds, split="subjects", val_fraction=args.val_fraction, seed=args.seed,
-                     shape=args.shape or (preset.shape if preset else None), train=train, reference=args.reference,
+                     shape=args.shape or (preset.shape if preset else None), train=train,
+                     reference=reference or RunConfig.reference,
                      n_boot=args.n_boot, ci_level=args.ci_level, skip_bad_scans=args.skip_bad_scans,
                      pretrained=pretrained, shortcut_grad=getattr(args, "shortcut_grad", RunConfig.shortcut_grad),
                      preset=getattr(args, "preset", None), repeats=int(repeats),
@@ -308,17 +320,38 @@ def build_config(args) -> RunConfig:
                      **geometry_config(args), **tune)  # issue 19, issue 21
 
 
+def _check_device_present(device: str) -> None:
+    """``--device cuda[:N]`` on a machine without that GPU: refused before the cohort is written."""
+    if not str(device).startswith("cuda"):
+        return
+    import torch  # lazy: start-up time
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= n:
+        raise InputError(f"--device {device}: " + (f"this machine has {n} CUDA device(s) (cuda:0 to cuda:{n - 1})"
+                                                   if n else "CUDA is not available here; use --device cpu or auto"))
+
+
 def cmd_run(args) -> int:
     from icpcv.run.pipeline import default_run_name, run  # lazy: start-up time (torch, statsmodels, matplotlib)
 
     if args.split == "scans":
         print("note: --split scans is now spelled --leakage-audit", file=sys.stderr)
     leakage_audit = args.leakage_audit or args.split == "scans"
+    check_device(args.device)
     cfg = build_config(args)
     if cfg.synthetic and cfg.phantom not in ("small", "tiny", "seed"):
         raise InputError(f"unknown --phantom {cfg.phantom!r}; use small, tiny or seed")
+    _check_device_present(args.device)
     out = Path(args.out) if args.out else Path("reports") / default_run_name(cfg)
     check_run_outputs(out, args.log_file, option="--out" if args.out else None)  # before any work
+    inputs = [cfg.manifest, cfg.scans_dir, cfg.pretrained]  # nothing the user gave is overwritten
+    check_inputs_kept(out, inputs, everything=args.fresh, option="--out")
+    if args.log_file:
+        check_inputs_kept(Path(args.log_file).parent, inputs, writes=(Path(args.log_file).name,), option="--log-file")
+    if cfg.synthetic:  # a --shape whose phantom cannot be held (or stored): before any volume is drawn
+        check_phantom_fits(cfg.phantom, volume_shape(cfg), out)
     progress = Progress("quiet" if args.quiet else "auto", log_file=args.log_file)
     slurm = dict(partition=args.partition, time=args.time, gpus=args.gpus, cpus=args.cpus, mem=args.mem,
                  max_parallel=args.max_parallel, deadline=args.deadline)

@@ -63,6 +63,7 @@ from icpcv.cohort.phantom import PRESETS as PHANTOMS
 from icpcv.cohort.phantom import design
 from icpcv.models.zoo import make_cnn
 from icpcv.config import OPTIMIZERS, PRESETS, TrainConfig
+from icpcv.plausible import check_parsed
 from icpcv.train import datapath as dp
 from icpcv.train.datapath import MARGIN, plan_residency
 from icpcv.train.loop import forward, make_optimizer, train_step
@@ -622,6 +623,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m icpcv bench memory", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    check_parsed(parser, args, "bench")  # every number against its range (icpcv.plausible)
     print("icpcv memory plan: counted on the meta device (FakeTensorMode), not measured on a GPU; "
           f"torch {torch.__version__}")
     plans = []

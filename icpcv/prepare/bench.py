@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from icpcv.plausible import check_parsed
 
 APPROACHES = ("naive", "stream", "prepare-w1", "prepare-w2")
 
@@ -182,6 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     p.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    check_parsed(p, args, "bench")  # every number against its range (icpcv.plausible)
     if args.child:
         print(json.dumps(child(args.child, args.files, args.child_out, args.target)))
         return 0

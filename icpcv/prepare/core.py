@@ -30,16 +30,16 @@ from icpcv import __version__
 from icpcv.cohort import geometry
 from icpcv.cohort.acquisition import parse_acquisition
 from icpcv.cohort.geometry import ACQ_COLUMNS
-from icpcv.cohort.table import _parse_subject, detect_format, read_scan_csv
-from icpcv.cohort.volumes import shape_problem, typical_shape
+from icpcv.cohort.table import detect_format, read_scan_csv
+from icpcv.cohort.volumes import escapes_folder, shape_problem, typical_shape
 from icpcv.errors import InputError
 from icpcv.prepare.layout import cropped_slabs, relabel
 from icpcv.prepare.resample import ALGORITHM, RawStats, StreamResampler, saturation_value
 from icpcv.prepare.sources import REASONS, VolumeError, content_hash, fingerprint, open_source, raw_format, safe_name
 from icpcv.progress import Progress
 from icpcv.rundir import RunLock
-from icpcv.util import atomic_write, atomic_write_json, atomic_write_text, canonical_hash, read_json
-from icpcv.writable import check_output_dir
+from icpcv.util import atomic_write, atomic_write_json, atomic_write_text, canonical_hash, read_json, subject_label
+from icpcv.writable import check_inputs_kept, check_output_dir
 
 #: written into the manifest; a change reconverts everything
 CODE_VERSION = f"icpcv {__version__}; {ALGORITHM}; prepare-1"
@@ -140,8 +140,10 @@ def read_table(table: Path, raw_dir: Path, path_column: str | None = None):
             raise InputError(f"{table}: no column names the raw files (looked for {', '.join(SEED_PATH_COLUMNS)}); "
                              "name it with --path-column")
         path_col = found[0]
+    if df.empty:
+        raise InputError(f"{table}: no data rows (only a header); nothing to prepare")
     rows, used = [], {}
-    fields, warned, _ = parse_acquisition(df, [_parse_subject(str(v).strip()) for v in df[subj_col]])
+    fields, warned, _ = parse_acquisition(df, [subject_label(str(v).strip()) for v in df[subj_col]])
     for i, rec in enumerate(df.to_dict("records"), start=1):
         scan_id = rec[id_col].strip()
         raw = rec[path_col].strip()
@@ -313,6 +315,11 @@ def acquisition_columns(rows: list[Row], results: dict[int, dict]) -> dict:
     return columns
 
 
+def _one_line(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _task(raw: str, out: str, options: PrepareOptions, previous: dict | None, geo=None) -> dict:
     """Worker entry point: never raises for a bad file; returns a result record."""
     t0 = time.perf_counter()
@@ -333,10 +340,11 @@ def _task(raw: str, out: str, options: PrepareOptions, previous: dict | None, ge
         rec.update(status="skipped", reason="missing", detail=f"{raw}: raw file not found ({exc})")
     except MemoryError:
         rec.update(status="skipped", reason="internal_error", detail=f"{raw}: out of memory while converting")
-    except Exception as exc:  # a bug or an unforeseen file problem: keep going, keep the trace
-        tb = traceback.format_exc()
+    except Exception as exc:  # a bug or an unforeseen file problem: keep going; where it happened goes to quality.csv
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
         rec.update(status="skipped", reason="internal_error",
-                   detail=f"{raw}: {type(exc).__name__}: {exc}", traceback=tb)
+                   detail=f"{raw}: {type(exc).__name__}: {_one_line(exc)} (at {Path(frame.filename).name}:"
+                          f"{frame.lineno} in {frame.name})")
     rec.update(seconds=time.perf_counter() - t0, peak_rss_mib=peak_rss_mib(), pid=os.getpid())
     return rec
 
@@ -521,6 +529,9 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
         raise InputError(f"--shape {options.shape}: need three positive sizes X Y Z(depth)")
     out = check_output_dir(out, what="prepared data set")
     rows, info = read_table(table, raw_dir, path_column)
+    # nothing the user gave is overwritten: the table (prepare DIR/table.csv --out DIR) and raw files
+    check_inputs_kept(out, [table] + [r.path for r in rows if r.path is not None],
+                      writes=("table.csv", "quality.csv", MANIFEST, ".lock") + tuple(r.out for r in rows))
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         _clean_temporaries(out / "volumes")
@@ -544,6 +555,11 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                                       detail=f"{table}: row {r.row}, column {info['path_col']}: empty; no raw file "
                                              "to convert")
                 continue
+            if not Path(r.raw).is_absolute() and escapes_folder(raw_dir, r.raw):
+                results[r.row] = dict(status="skipped", reason="path_outside",
+                                      detail=f"{table}: row {r.row}, column {info['path_col']}: {r.raw} lies outside "
+                                             f"{raw_dir} (the folder raw paths are relative to)")
+                continue
             try:
                 if not r.path.exists():
                     raise VolumeError("missing", f"{r.path}: raw file not found (row {r.row}, column "
@@ -552,6 +568,11 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                 fp = fingerprint(r.path)
             except VolumeError as exc:
                 results[r.row] = dict(status="skipped", reason=exc.reason, detail=exc.detail)
+                continue
+            except OSError as exc:  # a link loop, no permission, a name the file system refuses
+                results[r.row] = dict(status="skipped", reason="unreadable",
+                                      detail=f"{r.path}: cannot open ({exc.strerror or type(exc).__name__}; row "
+                                             f"{r.row}, column {info['path_col']})")
                 continue
             entry = entries.get(r.out)
             same_target = bool(entry) and entry.get("target_key") == key and entry.get("source") == str(r.path)
@@ -588,8 +609,6 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                 else:
                     entries.pop(r.out, None)
                     progress.message(f"[{done}/{len(tasks)}] {r.scan_id}: skipped ({rec['reason']})")
-                    if rec.get("traceback"):
-                        err.write(rec["traceback"])
                 if time.monotonic() - last_save > 5:
                     atomic_write_json(out / MANIFEST, manifest)
                     last_save = time.monotonic()

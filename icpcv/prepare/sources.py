@@ -20,7 +20,7 @@ Heidelberg XML export  B-scans (Y) x depth (Z) x A-scans (X) Y
 
 TIFF pages are B-scans with rows = depth (Z) and columns = X, stacked along Y, as in
 :mod:`icpcv.cohort.volumes`. ``.npy``/``.pt``/NIfTI arrays are taken as (X, Y, Z) already, with
-a leading channel axis of 1 allowed (and, for NIfTI, a trailing one).
+a leading channel axis of 1 and trailing axes of 1 dropped (the run's rule, for every format).
 
 Problems raise :class:`VolumeError` with a reason code from :data:`REASONS`.
 """
@@ -37,7 +37,7 @@ from typing import Iterator
 import numpy as np
 
 from icpcv.cohort.geometry import REASONS as GEOMETRY_REASONS
-from icpcv.cohort.volumes import nifti_spacing, tiff_spacing
+from icpcv.cohort.volumes import nifti_spacing, plain_tensor, real_dtype_problem, tensor_problem, tiff_spacing, volume_axes
 from icpcv.prepare import heyex
 from icpcv.util import natural_key
 
@@ -45,6 +45,8 @@ from icpcv.util import natural_key
 REASONS = {
     "no_path": "the table names no raw file for this row",
     "missing": "the raw file or folder does not exist",
+    "path_outside": "a relative raw path that climbs out of --raw (or the table's folder) with '../'; give a path "
+                    "inside it, or an absolute path",
     "unknown_format": "the file's suffix is not a supported raw format",
     "oct_extra_missing": "reading vendor .OCT files needs the optional extra: install icpcv[oct]",
     "heyex_extra_missing": "reading Heidelberg .vol files and XML exports needs the optional extra: install "
@@ -56,6 +58,7 @@ REASONS = {
     "wrong_axes": "the data is not a 3-D volume (X, Y, Z)",
     "too_small": "an axis of the raw volume has fewer than 2 samples",
     "wrong_dtype": "the voxel type is not a real number type",
+    "not_dense": "a tensor saved in another layout than its values (sparse, quantized, nested): save it dense",
     "inconsistent_pages": "the B-scans do not all share one shape and type",
     "non_finite": "the volume holds NaN or infinite voxels",
     "wrong_shape": "the raw shape is not the cohort's: more than a factor 2 off its typical shape along an axis, "
@@ -109,26 +112,23 @@ def raw_format(path: Path) -> str:
 
 
 def _check_dtype(path: Path, dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype.kind not in "uif":
-        raise VolumeError("wrong_dtype", f"{path}: voxel type {dtype} is not a real number type")
-    return dtype
+    bad = real_dtype_problem(dtype)  # the run's rule (icpcv.cohort.volumes)
+    if bad:
+        raise VolumeError("wrong_dtype", f"{path}: {bad}")
+    return np.dtype(dtype)
 
 
-def _squeeze(path: Path, shape: tuple, *, trailing: bool = False) -> tuple[tuple, int]:
-    """Drop a leading channel axis of 1 (and for NIfTI trailing 1s); returns (shape, leading dropped)."""
+def _squeeze(path: Path, shape: tuple) -> tuple[tuple, int]:
+    """The stored shape as (X, Y, Z) by the run's rule (icpcv.cohort.volumes.volume_axes: a leading
+    channel axis of 1 and trailing axes of 1 dropped, any format); returns (shape, leading dropped)."""
     shape = tuple(int(s) for s in shape)
-    lead = 0
-    if len(shape) == 4 and shape[0] == 1:
-        shape, lead = shape[1:], 1
-    while trailing and len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3:
+    shape3 = volume_axes(shape)
+    if shape3 is None:
         raise VolumeError("wrong_axes", f"{path}: data has shape {shape} ({len(shape)} axes); "
                                         "expected 3 axes (X, Y, Z=depth)")
-    if min(shape) < 2:
-        raise VolumeError("too_small", f"{path}: volume shape {shape} has an axis shorter than 2")
-    return shape, lead
+    if min(shape3) < 2:
+        raise VolumeError("too_small", f"{path}: volume shape {shape3} has an axis shorter than 2")
+    return shape3, int(len(shape) > 3 and shape[0] == 1)
 
 
 @dataclass
@@ -467,16 +467,12 @@ class PtSource(Source):
                                           "re-export it with torch.save(tensor)") from None
         if isinstance(obj, dict) and len(obj) == 1:
             obj = next(iter(obj.values()))
-        if not isinstance(obj, torch.Tensor):
-            raise VolumeError("unreadable", f"{path}: holds a {type(obj).__name__}, not a tensor")
-        if obj.is_complex() or obj.dtype == torch.bool:
-            raise VolumeError("wrong_dtype", f"{path}: tensor type {obj.dtype} is not a real number type")
-        shape3, lead = _squeeze(path, tuple(obj.shape))
-        t = obj[0] if lead else obj
-        if t.dtype == torch.bfloat16:
-            dtype = np.dtype(np.float32)
-        else:
-            dtype = torch.empty(0, dtype=t.dtype).numpy().dtype
+        bad = tensor_problem(obj)  # the run's rule (icpcv.cohort.volumes): sparse, quantized, nested...
+        if bad:
+            raise VolumeError(bad[0], f"{path}: {bad[1]}")
+        shape3, _ = _squeeze(path, tuple(obj.shape))
+        t = obj.reshape(shape3)  # singleton axes only: a view
+        dtype = plain_tensor(torch.empty(0, dtype=t.dtype)).numpy().dtype  # bfloat16, float8: read as float32
         src = cls(path=path, fmt="pt", shape=shape3, dtype=np.dtype(dtype), native_axes=(0, 1, 2), stream=0,
                   files=[path])
         src._t = t  # slabs along X, the tensor's first axis
@@ -487,10 +483,7 @@ class PtSource(Source):
 
         per, starts = self.slab_starts(self.shape[0], self.shape[1] * self.shape[2] * self.dtype.itemsize)
         for start in starts:
-            part = self._t[start:start + per]
-            if part.dtype == torch.bfloat16:
-                part = part.float()
-            yield start, part.contiguous().numpy()
+            yield start, plain_tensor(self._t[start:start + per]).contiguous().numpy()
 
 
 def _looks_truncated(exc: Exception) -> bool:
@@ -515,7 +508,7 @@ class NiftiSource(Source):
         except Exception as exc:
             raise VolumeError("unreadable", f"{path}: cannot read as NIfTI ({type(exc).__name__}: {exc})") from None
         _check_dtype(path, raw_dtype)
-        shape3, lead = _squeeze(path, shape, trailing=True)
+        shape3, lead = _squeeze(path, shape)
         slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
         scaled = not (slope in (None, 1.0) or np.isnan(slope)) or not (inter in (None, 0.0) or np.isnan(inter))
         dtype = np.result_type(raw_dtype, np.float32) if scaled else np.dtype(raw_dtype)

@@ -13,7 +13,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from icpcv.cohort.table import REASONS
-from icpcv.config import flatten
+from icpcv.config import flatten, settings_in_effect
 from icpcv.cohort.phantom import LAMINA
 from icpcv.report import attribution_figures as AF
 from icpcv.report import figures as F
@@ -708,7 +708,8 @@ def render_run(run: RunData) -> str:
                scan_audit=scan_audit_context(run),
                warm_start_keys=[k.replace("_", " ") for k in WARM_START_KEYS],
                calibration=table_context(run.calibration),
-               config=[(k, fmt_value(v)) for k, v in flatten(run.config).items()], env=env_items(run.environment),
+               config=[(k, fmt_value(v)) for k, v in flatten(settings_in_effect(run.config, bool(run.networks))).items()],
+               env=env_items(run.environment),
                record=run.record, timing=timing_table(run), power=run.power,
                attribution=attribution_context(run.attribution),  # issue 14
                prediction=prediction_context(stats),  # issue 20

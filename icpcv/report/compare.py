@@ -15,11 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from icpcv.errors import InputError, RunDirError
+from icpcv.plausible import in_option_words
 from icpcv.report import write_report
 from icpcv.stats.study import primary_predictions
 from icpcv.rundir import RunDir, RunRecord, read_json_file
 from icpcv.stats import analyze, write_stats
-from icpcv.writable import check_output_dir
+from icpcv.writable import check_inputs_kept, check_output_dir
 
 SEP = ":"
 
@@ -172,6 +173,7 @@ def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str
     if out.run_json.exists():
         raise InputError(f"--out {out.path} holds a run; choose a new folder for the comparison")
     check_output_dir(out.path, what="comparison")
+    check_inputs_kept(out.path, paths)  # a run inside a folder the comparison writes (figures/, folds/...)
     same = [(a, b) for i, a in enumerate(paths) for b in paths[i + 1:] if a.resolve() == b.resolve()]
     if same:
         raise InputError(f"{same[0][0]} and {same[0][1]} are the same run directory: a run compared with itself "
@@ -200,7 +202,7 @@ def compare_runs(paths, out, *, names: list[str] | None = None, models: list[str
     try:
         result = analyze(preds, **kwargs)
     except ValueError as exc:  # the engine's word on bad options or predictions
-        raise InputError(f"cannot analyse the stacked predictions: {exc}") from None
+        raise InputError(f"cannot analyse the stacked predictions: {in_option_words(exc)}") from None
     note = selection_note(runs, models)  # issue 21
     if note:
         result.warnings.append(note)

@@ -24,6 +24,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from icpcv.plausible import check_parsed
 from icpcv.stats import bootstrap
 from icpcv.stats.analysis import (AUTO_METHODS, analyze,
                                   build_blocks)
@@ -107,6 +108,7 @@ def main(argv=None):
     p.add_argument("--n-scans", type=int, default=1500)
     p.add_argument("--repeat", type=int, default=3, help="best of N for the vectorised timing")
     args = p.parse_args(argv)
+    check_parsed(p, args, "bench")  # every number against its range (icpcv.plausible)
 
     df = workload(args.n_scans)
     n_models = df["model"].nunique()

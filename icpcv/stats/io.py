@@ -20,7 +20,7 @@ import pandas as pd
 
 from icpcv.errors import InputError
 from icpcv.plausible import ICP_MMHG, IOP_MMHG, PREDICTION_MMHG, describe, in_range, is_missing, show
-from icpcv.util import atomic_write_text, to_jsonable
+from icpcv.util import atomic_write_text, clip, parse_decimal, subject_label, to_jsonable
 
 REQUIRED_COLUMNS = ("fold", "subject", "scan_id", "model", "y_true", "y_pred")
 OPTIONAL_NUMERIC = ("iop",)
@@ -67,14 +67,8 @@ def _as_number(value):
         v = float(value)
         return v if math.isfinite(v) else None
     if isinstance(value, str):
-        s = value.strip()
-        if not s:
-            return None
-        try:
-            v = float(s)
-        except ValueError:
-            return None
-        return v if math.isfinite(v) else None
+        v = parse_decimal(value)  # plain decimal numbers only: not '2_0', not full-width digits
+        return v if v is not None and math.isfinite(v) else None
     return None
 
 
@@ -104,7 +98,7 @@ def _parse_repeats(values, source: str) -> pd.Series:
             continue
         x = _as_number(v)
         if x is None or not x.is_integer() or x < 0:
-            raise InputError(f"{source} row {i + 1}, column {REPEAT_COLUMN}: {v!r} is not a repeat "
+            raise InputError(f"{source} row {i + 1}, column {REPEAT_COLUMN}: {clip(repr(v))} is not a repeat "
                              f"number (a whole number 0, 1, 2, ...; empty for a deterministic model)")
         parsed.append(int(x))
     return pd.Series(pd.array(parsed, dtype="Int64"))
@@ -202,7 +196,8 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", *,
             if isinstance(v, str) and is_missing(v):  # read back as NaN by every pandas reader downstream
                 raise InputError(f"{source} row {i + 1}, column {col}: {v.strip()!r} reads as a missing value; "
                                  "give every row its label")
-        out[col] = [_label(v) for v in values]
+        # one monkey is one monkey: '1', '1.0' and '01' are subject '1', as in the scan tables
+        out[col] = [subject_label(v) if col == "subject" else _label(v) for v in values]
 
     numeric = list(NUMERIC_COLUMNS) + [c for c in OPTIONAL_NUMERIC if c in df.columns]
     for col in numeric:
@@ -215,7 +210,7 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", *,
                 if col in OPTIONAL_NUMERIC and (_is_blank(v) or (isinstance(v, str) and is_missing(v))):
                     parsed[i] = np.nan  # optional covariate may be missing
                     continue
-                shown = "empty" if _is_blank(v) else repr(v)
+                shown = "empty" if _is_blank(v) else clip(repr(v))
                 raise InputError(f"{source} row {i + 1}, column {col}: {shown} is not a number")
             if not in_range(x, bounds):
                 raise InputError(f"{source} row {i + 1}, column {col}: {show(x)} is not a plausible {what} "
@@ -257,8 +252,8 @@ def validate_predictions(df: pd.DataFrame, source: str = "predictions", *,
             here, first = out[col].iloc[j], out[col].iloc[rows[0]]
             raise InputError(
                 f"{source} row {j + 1}, column {col}: scan_id {scan!r} has {col} "
-                f"{show(here) if col == 'y_true' else repr(here)} here but "
-                f"{show(first) if col == 'y_true' else repr(first)} in row {rows[0] + 1}"
+                f"{show(here) if col == 'y_true' else clip(repr(here))} here but "
+                f"{show(first) if col == 'y_true' else clip(repr(first))} in row {rows[0] + 1}"
             )
 
     extra = [c for c in df.columns if c not in out.columns]

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from icpcv.plausible import check_parsed
 from icpcv.stats.bootstrap import t_interval
 from icpcv.stats.repeats import scan_level_parts, variance_components
 
@@ -193,6 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="training repeats R (default 5)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    check_parsed(p, args, "bench")  # every number against its range (icpcv.plausible)
     for i, sc in enumerate(SCENARIOS):
         t0 = time.perf_counter()
         res = run_scenario(sc, args.cohorts, R=args.repeats, seed=args.seed + i)
