@@ -16,6 +16,7 @@ import pytest
 from cli_support import assert_clean_refusal, icpcv
 from icpcv import cohort as cohort_mod
 from icpcv.cohort import ScanSet
+from icpcv.errors import InputError
 from icpcv.folds import FoldPlan
 from icpcv.models import FitContext, make_model
 from icpcv.rundir import RunDir
@@ -118,6 +119,55 @@ def test_kept_models_reload_bit_for_bit(run_dir):
             got = model.predict(test)
             want = table[table["model"] == name].set_index("scan_id").loc[test.ids, "y_pred"].map(float).to_numpy()
             assert np.array_equal(got, want), (k, name, np.abs(got - want).max())
+
+
+@pytest.fixture(scope="module")
+def nuisance_run(tmp_path_factory):
+    """The nuisance baselines (issue 19) on the realistic tiny phantom: they read protocol, eye, session minutes
+    and each volume's intensity statistics. 2 folds, no network: a few seconds."""
+    out = tmp_path_factory.mktemp("predict") / "nuisance"
+    rc, _, err = icpcv("run", "--phantom", "tiny", "--acquisition", "realistic", "--folds", "2", "--models",
+                       "mean,acq,image_stats", "--threads", "1", "--n-boot", "200", "--out", out)
+    assert rc == 0, err
+    return out
+
+
+def test_nuisance_baselines_kept_and_reloaded_bit_for_bit(nuisance_run, tmp_path):
+    run = RunDir(nuisance_run)
+    rec = run.read_record()
+    coh = cohort_mod.load(run.cohort)
+    plan = FoldPlan.from_dict(run.read_plan_dict())
+    scans = coh.scans.set_index("scan_id", drop=False)
+    for k in range(rec.n_folds):
+        fold = run.fold(k)
+        table = pd.read_csv(fold.predictions_csv, dtype=str)
+        test = ScanSet(scans.loc[list(plan.folds[k].test_scans)])  # no volumes: the kept state is all they need
+        for name in ("acq", "image_stats"):
+            state = json.loads(fold.model_state(name).read_text())  # plain JSON: no pickle anywhere
+            model = make_model(name).load_state(state)  # no context: acq's columns come from the state
+            got = model.predict(test)
+            want = table[table["model"] == name].set_index("scan_id").loc[test.ids, "y_pred"].map(float).to_numpy()
+            assert np.array_equal(got, want), (k, name, np.abs(got - want).max())
+            features = state["fitted"]["encoder"]
+            if name == "acq":
+                assert {"protocol", "eye"} <= set(features["categorical"]) and "session_minutes" in features["numeric"]
+            else:
+                assert features["categorical"] == [] and "intensity_mean" in features["numeric"]
+            # a scan table without a column the model was fitted on: refused, with the column's name
+            with pytest.raises(InputError, match=features["numeric"][-1]):
+                model.predict(ScanSet(test.frame.drop(columns=[features["numeric"][-1]])))
+    # icpcv predict: new phantom monkeys get image_stats predictions (their volumes' statistics, computed anew)
+    out = tmp_path / "pred"
+    rc, _, err = icpcv("predict", nuisance_run, "--new-subjects", "2", "--models", "image_stats", "--out", out,
+                       "--level", "0.8", "--threads", "1")
+    assert rc == 0, err
+    rows = pd.read_csv(out / "predictions.csv")
+    assert len(rows) and (rows["model"] == "image_stats").all() and (rows["n_fold_models"] == rec.n_folds).all()
+    assert np.isfinite(rows["prediction"]).all() and rows["prediction"].nunique() > 1
+    # the new phantom monkeys carry no acquisition fields: acq refuses them by name, nothing half-written
+    rc, _, err = icpcv("predict", nuisance_run, "--new-subjects", "2", "--models", "acq", "--out", tmp_path / "p2")
+    assert_clean_refusal(rc, err, "acq", "protocol")
+    assert not (tmp_path / "p2" / "prediction.json").exists()
 
 
 def test_ensemble_is_mean_of_fold_models(run_dir, predicted):

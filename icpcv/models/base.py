@@ -43,6 +43,8 @@ class Model:
     needs_iop = True
     needs_volumes = False
     stochastic = False
+    #: reads the volumes' intensity statistics (cohort/scans.csv's intensity_*): volumes needed where a run has them
+    needs_volume_stats = False
     #: per-epoch losses of a network after fit (a DataFrame with a ``model`` column), else None
     learning_curve_: pd.DataFrame | None = None
 

@@ -13,6 +13,11 @@ training side; the held-out monkey is touched once, for prediction. A fold witho
 monkeys chooses the penalty by leave-one-monkey-out among its training monkeys. A missing number is
 replaced by the training mean (after standardisation: 0); a category the training side never saw
 gets zeros in every one-hot column.
+
+A fitted nuisance baseline is kept as JSON (issue 20, :meth:`NuisanceRidge.to_state`): the columns it
+reads, the encoder's means, SDs and one-hot levels, the chosen penalty and the ridge's coefficients;
+``icpcv predict`` reloads it and predicts a new scan from the same numbers. A new scan without one
+of those columns is refused with the columns' names.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from icpcv.cohort import ScanSet
 from icpcv.cohort.intensity import intensity_columns
 from icpcv.errors import InputError
 from icpcv.models.base import FitContext, Model
+from icpcv.models.baselines import _from_jsonable, _jsonable, sklearn_version
 
 #: the penalty grid (features standardised, so the scale is that of n times a coefficient's variance)
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 25))
@@ -62,6 +68,17 @@ class _Encoder:
 
     def names(self) -> list[str]:
         return self.numeric + [f"{c}={lv}" for c in self.categorical for lv in self.levels_[c]]
+
+    def to_state(self) -> dict:
+        return dict(numeric=self.numeric, categorical=self.categorical, mu=_jsonable(self.mu_),
+                    sd=_jsonable(self.sd_), levels={c: list(v) for c, v in self.levels_.items()})
+
+    @classmethod
+    def from_state(cls, state: dict) -> "_Encoder":
+        enc = cls(state["numeric"], state["categorical"])
+        enc.mu_, enc.sd_ = _from_jsonable(state["mu"]), _from_jsonable(state["sd"])
+        enc.levels_ = {c: [str(x) for x in state["levels"][c]] for c in enc.categorical}
+        return enc
 
 
 def _text(col: pd.Series) -> np.ndarray:
@@ -121,7 +138,37 @@ class NuisanceRidge(Model):
         return self
 
     def predict(self, scans: ScanSet) -> np.ndarray:
-        return self.ridge_.predict(self.encoder_.transform(scans.frame))
+        frame = scans.frame
+        missing = [c for c in self.encoder_.numeric + self.encoder_.categorical if c not in frame.columns]
+        if missing:
+            raise InputError(f"{self.name}: the scans to predict lack the column(s) {', '.join(missing)} this model "
+                             f"was fitted on ({self.wants()}; docs/acquisition.md)")
+        return self.ridge_.predict(self.encoder_.transform(frame))
+
+    # ---- kept as JSON (issue 20): everything predict reads, never a pickle; every float64 round-trips exactly
+    #: the ridge's fitted attributes that its ``predict`` reads
+    RIDGE_STATE = ("coef_", "intercept_", "n_features_in_")
+
+    def to_state(self) -> dict:
+        fitted = dict(numeric=list(self.numeric_), categorical=list(self.categorical_), alpha=self.alpha_,
+                      alpha_chosen_on=self.alpha_chosen_on_, inner_mae=float(self.val_mae_),
+                      encoder=self.encoder_.to_state(),
+                      ridge={a: _jsonable(getattr(self.ridge_, a)) for a in self.RIDGE_STATE})
+        return dict(name=self.name, kind="nuisance", settings={}, fitted=fitted, sklearn=sklearn_version())
+
+    def load_state(self, state: dict) -> "NuisanceRidge":
+        if state.get("name") != self.name:
+            raise ValueError(f"{self.name}: the kept state is of {state.get('name')!r}")
+        fitted = state["fitted"]
+        self.numeric_, self.categorical_ = list(fitted["numeric"]), list(fitted["categorical"])
+        self.alpha_, self.alpha_chosen_on_ = float(fitted["alpha"]), fitted["alpha_chosen_on"]
+        self.val_mae_ = float(fitted["inner_mae"])
+        self.encoder_ = _Encoder.from_state(fitted["encoder"])
+        ridge = Ridge(alpha=self.alpha_)
+        for a in self.RIDGE_STATE:  # the same scikit-learn code then predicts from the same numbers
+            setattr(ridge, a, _from_jsonable(fitted["ridge"][a]))
+        self.ridge_ = ridge
+        return self
 
     def wants(self) -> str:
         raise NotImplementedError
@@ -166,6 +213,7 @@ class ImageStatsBaseline(NuisanceRidge):
     """``image_stats``: ICP ~ IOP + the volume's global intensity statistics (no spatial information)."""
 
     name = "image_stats"
+    needs_volume_stats = True
 
     def wants(self) -> str:
         return "intensity_mean, intensity_sd, intensity_p.. (from the volumes, or the table's *_pixel_intensity_y)"

@@ -190,7 +190,9 @@ def predict(cfg: PredictConfig, progress=None) -> dict:
     kept = KeptRun(cfg.run_dir)
     names = kept.check_models(cfg.models)
     makers = [make_model(n) for n in names]
-    need_volumes = any(m.needs_volumes for m in makers)
+    has_volumes = bool(kept.preprocessing and kept.preprocessing.get("volumes"))
+    # image_stats reads each volume's intensity statistics: from the new volumes when the run had volumes
+    need_volumes = any(m.needs_volumes or (m.needs_volume_stats and has_volumes) for m in makers)
     need_iop = any(m.needs_iop for m in makers)
     if need_volumes and not (kept.preprocessing and kept.preprocessing.get("volumes")):
         raise RunDirError(f"{kept.run.path}: no preprocessing.json with the volumes' preprocessing; the run was made "
