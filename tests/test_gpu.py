@@ -144,7 +144,8 @@ def _args(*argv):
 
 def test_presets_fill_defaults_and_explicit_options_win(tmp_path):
     cfg = build_config(_args("--preset", "seed"))
-    assert cfg.models[-1] == "resnet50" and "cnn" not in cfg.models
+    # the preset's network takes the light CNN's place; the nuisance baseline image_stats follows it (issue 19)
+    assert cfg.models[-2:] == ("resnet50", "image_stats") and "cnn" not in cfg.models
     assert (cfg.shape, cfg.train.batch_size, cfg.train.lr, cfg.train.optimizer, cfg.train.precision,
             cfg.train.weight_decay) == \
         ((128, 128, 512), 8, 3e-4, "adamax", "fp32", 0.0)
