@@ -58,3 +58,16 @@ def read_only():
     yield make
     for u in reversed(undo):
         u()
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that changes torch's thread count in this process (an in-process command) leaves it as it
+    was: CPU convolutions sum in a thread-dependent order, so a later test comparing predictions bytes
+    with a shared run would otherwise compare runs made at different thread counts."""
+    import torch  # lazy: torch is heavy; imported by the suite anyway
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)

@@ -20,10 +20,18 @@ def cmd_predict(args) -> int:
     from icpcv.predict import PredictConfig, predict  # lazy: start-up time (torch, pandas)
     from icpcv.progress import Progress  # lazy: start-up time
 
-    if args.threads:
-        import torch  # lazy: start-up time
+    import torch  # lazy: start-up time
 
+    before = torch.get_num_threads()
+    if args.threads:
         torch.set_num_threads(int(args.threads))
+    try:
+        return _predict(args, PredictConfig, predict, Progress)
+    finally:  # an in-process caller (a notebook, a test) keeps its own thread count
+        torch.set_num_threads(before)
+
+
+def _predict(args, PredictConfig, predict, Progress) -> int:
     if args.new_subjects is not None and args.new_subjects < 1:
         raise InputError(f"--new-subjects must be at least 1, got {args.new_subjects}")
     cfg = PredictConfig(run_dir=args.run_dir, out=args.out, manifest=args.manifest, scans_dir=args.scans,
