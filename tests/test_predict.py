@@ -232,7 +232,7 @@ def _nothing_written(out):
 def test_bad_options_refused(run_dir, tmp_path):
     out = tmp_path / "p"
     rc, _, err = icpcv("predict", run_dir, "--new-subjects", "1", "--out", out, "--level", "1.5")
-    assert_clean_refusal(rc, err, "--level", "outside (0, 1)")
+    assert_clean_refusal(rc, err, "--level", "accepted above 0 and below 1")
     rc, _, err = icpcv("predict", run_dir, "--new-subjects", "1", "--out", out, "--models", "resnet18")
     assert_clean_refusal(rc, err, "resnet18", "not in the run", "its models: mean, ols_iop, ridge_scan, cnn")
     assert not out.exists() or _nothing_written(out)
