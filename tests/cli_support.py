@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import traceback
 
@@ -36,3 +37,12 @@ def assert_clean_refusal(rc: int, err: str, *needles: str) -> None:
     assert rc == 2, (rc, err)
     for n in needles:
         assert n in err, (n, err)
+
+
+def write_csv(path, header, rows):
+    """A CSV table as a lab writes one: a header row, then ``rows`` as given; returns ``path``."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path

@@ -10,6 +10,16 @@ MONKEY_TABLE = SHARED / "data" / "monkey_data.csv"
 REFERENCE = SHARED / "reference"
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): one worker per core, at most 4. Each test file runs whole on
+    one worker (``--dist loadfile``), so module fixtures are built once; the report's shared runs
+    are made once for all workers (tests/test_report_support.py); the Slurm tests share one cluster
+    and live in one file."""
+    import os
+
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -5,7 +5,6 @@ unknown; the real label table's fields are counted against an independent pandas
 """
 from __future__ import annotations
 
-import csv
 from datetime import datetime
 
 import numpy as np
@@ -15,18 +14,11 @@ import pytest
 from conftest import SHARED
 from icpcv.cohort.geometry import ACQ_COLUMNS
 from icpcv.cohort.table import read_scan_table
+from cli_support import write_csv
 
 REAL = SHARED / "data" / "monkey_data.csv"
 SEED_HEADER = ["id", "monkey_id", "iop", "icp", "torch_present", "scan_shape", "scan date", "scan time",
                "eyeball (od or os)", "scan area", "scan notes"]
-
-
-def _write(path, header, rows):
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 @pytest.fixture
@@ -42,7 +34,7 @@ def seed_rows(tmp_path):
         (7, 2, 20, 11, "TRUE", "", "04/25/2013", "12:13", "OS", "7x0.1", ""),
         (8, 2, "", 11, "TRUE", "", "04/25/2013", "10:00", "OS", "left", ""),               # dropped: no IOP
     ]
-    return _write(tmp_path / "seed.csv", SEED_HEADER, rows)
+    return write_csv(tmp_path / "seed.csv", SEED_HEADER, rows)
 
 
 def test_seed_fields_parsed_and_each_bad_value_is_a_warning_on_a_kept_scan(seed_rows):
@@ -90,7 +82,7 @@ def test_plain_format_fields(tmp_path):
         ("d", "m2", 12, 7, "", "7", "7", "2", "OD", "yesterday", "", ""),                  # acquired_at bad
         ("e", "m2", 12, 8, "", "inf", "7", "abc", "R", "2020-13-01", "", ""),             # everything bad
     ]
-    p = _write(tmp_path / "plain.csv", ["scan_id", "subject", "iop", "icp", "path", "fov_x_mm", "fov_y_mm",
+    p = write_csv(tmp_path / "plain.csv", ["scan_id", "subject", "iop", "icp", "path", "fov_x_mm", "fov_y_mm",
                                         "depth_mm", "eye", "acquired_at", "protocol", "device"], rows)
     t = read_scan_table(p, need_iop=False)
     q = t.quality.set_index("scan_id")
@@ -110,7 +102,7 @@ def test_plain_format_fields(tmp_path):
 
 
 def test_a_table_without_acquisition_columns_is_read_as_before(tmp_path):
-    p = _write(tmp_path / "plain.csv", ["scan_id", "subject", "iop", "icp", "path"], [("a", "m1", 10, 5, "")])
+    p = write_csv(tmp_path / "plain.csv", ["scan_id", "subject", "iop", "icp", "path"], [("a", "m1", 10, 5, "")])
     t = read_scan_table(p)
     assert list(t.scans.columns) == ["scan_id", "subject", "iop", "icp", "path", "row"]
     assert "warnings" not in t.quality.columns and "acquisition" not in t.meta
@@ -119,7 +111,7 @@ def test_a_table_without_acquisition_columns_is_read_as_before(tmp_path):
 def test_fill_series_of_dates_is_flagged(tmp_path):
     rows = [(i, 7, 15, 8, "TRUE", "", f"5/{17 + i}/16", "3:00", "OD", "6x6", "") for i in range(1, 7)]
     rows.append((7, 7, 15, 8, "TRUE", "", "6/30/16", "3:00", "OD", "6x6", ""))
-    t = read_scan_table(_write(tmp_path / "s.csv", SEED_HEADER, rows))
+    t = read_scan_table(write_csv(tmp_path / "s.csv", SEED_HEADER, rows))
     q = t.quality.set_index("row")
     assert [w.split(" ")[0] for w in q["warnings"]] == [""] + ["date_fill_series"] * 5 + [""]
     assert t.scans["session"].tolist() == ["7 2016-05-18"] + [""] * 5 + ["7 2016-06-30"]

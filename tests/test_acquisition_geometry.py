@@ -3,7 +3,6 @@ the readers' spacing; in run's cohort and in prepare. Expected volumes are compu
 (numpy slicing of the raw array, then the documented resampling)."""
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from types import SimpleNamespace
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from cli_support import assert_clean_refusal, icpcv
+from cli_support import assert_clean_refusal, icpcv, write_csv
 from icpcv.cohort import materialise
 from icpcv.cohort.volumes import read_spacing, resample
 from icpcv.config import RunConfig
@@ -32,14 +31,6 @@ def _gradient(nx, ny, nz, seed=0):
     return (np.arange(nx)[:, None, None] * 10.0 + rng.normal(size=(nx, ny, nz))).astype(np.float32)
 
 
-def _table(path, header, rows):
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
-
-
 @pytest.fixture(scope="module")
 def cohort_dir(tmp_path_factory):
     """Four monkeys: 7x7 mm (70 voxels), 3x3 mm (40 voxels), a line scan, a 2x2 mm scan; monkey m1 left eyes."""
@@ -53,7 +44,7 @@ def cohort_dir(tmp_path_factory):
             raws[sid] = raw
             w, h = area.split("x")
             rows.append((sid, f"m{m}", 10 + k, 5 + k + m, f"{sid}.npy", w, h, "OS" if m == 1 else "od"))
-    _table(d / "t.csv", ["scan_id", "subject", "iop", "icp", "path", "fov_x_mm", "fov_y_mm", "eye"], rows)
+    write_csv(d / "t.csv", ["scan_id", "subject", "iop", "icp", "path", "fov_x_mm", "fov_y_mm", "eye"], rows)
     return d, raws
 
 
@@ -107,7 +98,7 @@ def test_axes_declares_a_raw_layout(tmp_path):
             np.save(tmp_path / f"s{m}{k}.npy", np.ascontiguousarray(np.transpose(raw, (2, 1, 0))))  # stored (Z, Y, X)
             np.save(tmp_path / f"ref{m}{k}.npy", raw)
             rows.append((f"s{m}{k}", f"m{m}", 10, 5 + k, f"s{m}{k}.npy"))
-    _table(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path"], rows)
+    write_csv(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path"], rows)
     cfg = RunConfig(manifest=str(tmp_path / "t.csv"), shape=(6, 3, 12), models=("ridge_scan",), axes="ZYX")
     folder = CohortDir(tmp_path / "c")
     materialise(cfg, folder, need_iop=True, need_volumes=True)
@@ -132,7 +123,7 @@ def test_nifti_spacing_gives_the_field_of_view_and_a_disagreement_is_a_warning(t
             nib.save(img, tmp_path / f"n{m}{k}.nii.gz")
             rows.append((f"n{m}{k}", f"m{m}", 10, 5 + k, f"n{m}{k}.nii.gz", "", ""))
     rows[0] = rows[0][:5] + ("7", "7")  # the table says 7x7 mm, the file 40 x 0.1 mm
-    _table(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path", "fov_x_mm", "fov_y_mm"], rows)
+    write_csv(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path", "fov_x_mm", "fov_y_mm"], rows)
     assert read_spacing(tmp_path / "n00.nii.gz") == pytest.approx((0.1, 0.1, 0.05))
     cfg = RunConfig(manifest=str(tmp_path / "t.csv"), shape=SHAPE, models=("ridge_scan",), fov_mm=(3.0, 3.0))
     coh, quality, _ = materialise(cfg, CohortDir(tmp_path / "c"), need_iop=True, need_volumes=True)
@@ -178,7 +169,7 @@ def test_prepare_crops_mirrors_and_records(tmp_path):
         raws[sid] = _gradient(n, n, 16, seed=ord(sid))
         np.save(tmp_path / f"{sid}.npy", raws[sid])
         rows.append((sid, "m1", 10, 5, f"{sid}.npy", area, eye))
-    table = _table(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path", "scan area", "eye"], rows)
+    table = write_csv(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path", "scan area", "eye"], rows)
     err = []
     summary = prepare(table, tmp_path, tmp_path / "out", PrepareOptions(shape=SHAPE, fov_mm=(3.0, 3.0), mirror_os=True),
                       err=SimpleNamespace(write=err.append))
@@ -256,7 +247,7 @@ def test_bioptigen_file_through_oct_converter(tmp_path, monkeypatch):
     vol = rng.integers(0, 4000, size=(12, 8, 20)).astype(np.uint16)
     _bioptigen_file(tmp_path / "a.OCT", vol, (3.0, 2.0, 1.6))
     _bioptigen_file(tmp_path / "b.OCT", vol, (3.0, 2.0, 1.6))
-    table = _table(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path", "scan area"],
+    table = write_csv(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path", "scan area"],
                    [("a", "m1", 10, 5, "a.OCT", "3x2"), ("b", "m1", 10, 6, "b.OCT", "7x7")])
     summary = prepare(table, tmp_path, tmp_path / "out", PrepareOptions(shape=(6, 4, 10)))
     assert summary.skipped == 0

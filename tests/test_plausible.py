@@ -6,26 +6,16 @@ the seed's format but kept in the plain one). Ranges: docs/inputs.md, icpcv.plau
 """
 from __future__ import annotations
 
-import csv
-
 import pandas as pd
 import pytest
 
-from cli_support import assert_clean_refusal, icpcv
+from cli_support import assert_clean_refusal, icpcv, write_csv
 from icpcv.cohort.table import REASONS, read_scan_table
 from icpcv.errors import InputError
 from icpcv.plausible import ICP_MMHG, IOP_MMHG, PREDICTION_MMHG
 from icpcv.stats.io import read_predictions
 
 LABELS = ["--models", "mean,ols_iop", "--n-boot", "20", "--quiet"]
-
-
-def _write(path, header, rows):
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def _plain(tmp_path, edits: dict) -> "Path":
@@ -36,7 +26,7 @@ def _plain(tmp_path, edits: dict) -> "Path":
             r = dict(scan_id=f"{s}-{i}", subject=str(s), iop=str(10 + 5 * i), icp=str(5 + s + 0.5 * i), path="")
             r.update(edits.get(r["scan_id"], {}))
             rows.append(r)
-    return _write(tmp_path / "labels.csv", list(rows[0]), [list(r.values()) for r in rows])
+    return write_csv(tmp_path / "labels.csv", list(rows[0]), [list(r.values()) for r in rows])
 
 
 @pytest.mark.parametrize("column", ["icp", "iop"])
@@ -61,7 +51,7 @@ def _seed(tmp_path, rows):
 
     for r in rows:
         torch.save(torch.zeros(4, 4, 8), scans / f"{r[0]}.pt")
-    return _write(tmp_path / "seed.csv", ["id", "monkey_id", "iop", "icp", "torch_present"],
+    return write_csv(tmp_path / "seed.csv", ["id", "monkey_id", "iop", "icp", "torch_present"],
                   [r + ("TRUE",) for r in rows]), scans
 
 
@@ -75,7 +65,7 @@ def test_one_range_per_pressure_in_both_formats(tmp_path):
             ("g", "2", "15", "inf"),     # not finite
             ("h", "2", "100", "-20")]    # both on their bounds: kept (plain), ICP <= 0 (seed)
     seed, scans = _seed(tmp_path, rows)
-    plain = _write(tmp_path / "plain.csv", ["scan_id", "subject", "iop", "icp", "path"],
+    plain = write_csv(tmp_path / "plain.csv", ["scan_id", "subject", "iop", "icp", "path"],
                    [r + ("",) for r in rows])
     got_seed = read_scan_table(seed, scans_dir=scans).quality.set_index("scan_id")["reason"].to_dict()
     got_plain = read_scan_table(plain, need_iop=False).quality.set_index("scan_id")["reason"].to_dict()

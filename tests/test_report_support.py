@@ -5,7 +5,9 @@ real: the pipeline's prepare -> fold jobs -> gather, then ``icpcv.stats.analyze`
 """
 from __future__ import annotations
 
+import fcntl
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from icpcv.config import RunConfig
@@ -48,19 +50,49 @@ def make_run(cfg: RunConfig, run_dir: Path, report: bool = True) -> Path:
     return run_dir
 
 
+def _shared_base(base: Path) -> Path:
+    """Where the shared runs live: under pytest-xdist every worker has its own base temp
+    (``.../pytest-N/popen-gwK``), so the runs go one level up, beside the workers' folders, and
+    each is made once for the whole session, whichever worker asks first."""
+    base = Path(base)
+    if base.parent.name.startswith("popen-gw"):
+        return base.parent.parent / base.name
+    return base
+
+
+@contextmanager
+def _once(path: Path):
+    """Hold ``path``'s lock (across xdist workers); yield whether it is already made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = path.with_name(path.name + ".done")
+        if not done.exists() and path.exists():  # a worker died half-way: start again
+            shutil.rmtree(path)
+        yield done.exists()
+        done.touch()
+
+
 def shared_run(name: str, base: Path) -> Path:
     """One run per name and test session (the tests only read it, or copy it first)."""
     if name not in _made:
-        if name == "labels":  # through the pipeline's own entry, with the leakage audit's scan-split twin
-            from icpcv.run.pipeline import run
-
-            run(LABELS, Path(base) / name, device="cpu", leakage_audit=True)
-            _made[name] = Path(base) / name
-        else:
-            cfg = {"tiny": TINY, "tiny_b": TINY_B, "tiny_repeats": TINY_REPEATS,
-                   "tiny_saliency": TINY_SALIENCY}[name]
-            _made[name] = make_run(cfg, Path(base) / name, report=name != "tiny_b")
+        path = _shared_base(base) / name
+        with _once(path) as made:
+            if not made:
+                _make_shared(name, path)
+        _made[name] = path
     return _made[name]
+
+
+def _make_shared(name: str, path: Path) -> None:
+    if name == "labels":  # through the pipeline's own entry, with the leakage audit's scan-split twin
+        from icpcv.run.pipeline import run
+
+        run(LABELS, path, device="cpu", leakage_audit=True)
+    else:
+        cfg = {"tiny": TINY, "tiny_b": TINY_B, "tiny_repeats": TINY_REPEATS,
+               "tiny_saliency": TINY_SALIENCY}[name]
+        make_run(cfg, path, report=name != "tiny_b")
 
 
 def shared_compare(base: Path) -> Path:
@@ -68,10 +100,13 @@ def shared_compare(base: Path) -> Path:
     if "compare" not in _made:
         from icpcv.commands import main
 
-        out = Path(base) / "compare"
-        rc = main(["compare", str(shared_run("tiny", base)), str(shared_run("tiny_b", base)),
-                   "--names", "epochs2,epochs1", "--out", str(out), "--n-boot", "200"])
-        assert rc == 0
+        tiny, tiny_b = shared_run("tiny", base), shared_run("tiny_b", base)
+        out = _shared_base(base) / "compare"
+        with _once(out) as made:
+            if not made:
+                rc = main(["compare", str(tiny), str(tiny_b), "--names", "epochs2,epochs1", "--out", str(out),
+                           "--n-boot", "200"])
+                assert rc == 0
         _made["compare"] = out
     return _made["compare"]
 

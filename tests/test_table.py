@@ -9,14 +9,7 @@ import pytest
 
 from icpcv.cohort.table import read_scan_table
 from icpcv.errors import InputError
-
-
-def _write(path, header, rows):
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
+from cli_support import write_csv
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def seed_table(tmp_path):
         (1, 2, 20, 9, "TRUE"),        # duplicate_scan_id
         (10, 3, 30, 12.0, "TRUE"),    # kept
     ]
-    path = _write(tmp_path / "seed.csv", ["id", "monkey_id", "iop", "icp", "torch_present", "scan notes"],
+    path = write_csv(tmp_path / "seed.csv", ["id", "monkey_id", "iop", "icp", "torch_present", "scan notes"],
                   [r + ("",) for r in rows])
     return path, scans
 
@@ -65,7 +58,7 @@ def test_plain_format_missing_iop_drops_only_for_iop_models(tmp_path):
     vols.mkdir()
     for i in range(3):
         np.save(vols / f"a{i}.npy", np.zeros((4, 4, 8), np.uint8))
-    path = _write(tmp_path / "plain.csv", ["scan_id", "subject", "iop", "icp", "path"],
+    path = write_csv(tmp_path / "plain.csv", ["scan_id", "subject", "iop", "icp", "path"],
                   [("a0", "m1", 10, 5, "v/a0.npy"), ("a1", "m1", "", 6, "v/a1.npy"), ("a2", "m2", 12, -1, "v/a2.npy"),
                    ("a3", "m2", 12, 7, "v/nope.npy")])
     with_iop = read_scan_table(path, need_iop=True)
@@ -80,7 +73,7 @@ def test_plain_format_missing_iop_drops_only_for_iop_models(tmp_path):
 
 
 def test_non_numeric_iop_has_its_own_reason(tmp_path):
-    path = _write(tmp_path / "plain.csv", ["scan_id", "subject", "iop", "icp", "path"],
+    path = write_csv(tmp_path / "plain.csv", ["scan_id", "subject", "iop", "icp", "path"],
                   [("a", "1", "15mmHg", 5, ""), ("b", "1", 15, 5, "")])
     t = read_scan_table(path, need_iop=False)
     assert t.quality.set_index("scan_id")["reason"].to_dict() == {"a": "iop_not_numeric", "b": ""}
@@ -88,13 +81,13 @@ def test_non_numeric_iop_has_its_own_reason(tmp_path):
 
 
 def test_unknown_header_names_the_file(tmp_path):
-    path = _write(tmp_path / "x.csv", ["a", "b"], [(1, 2)])
+    path = write_csv(tmp_path / "x.csv", ["a", "b"], [(1, 2)])
     with pytest.raises(InputError, match="x.csv.*cannot tell the table's format"):
         read_scan_table(path)
 
 
 def test_volumes_needed_but_absent(tmp_path):
-    path = _write(tmp_path / "p.csv", ["scan_id", "subject", "iop", "icp", "path"], [("a", "1", 10, 5, "")])
+    path = write_csv(tmp_path / "p.csv", ["scan_id", "subject", "iop", "icp", "path"], [("a", "1", 10, 5, "")])
     with pytest.raises(InputError, match="needs volumes"):
         read_scan_table(path, need_volumes=True)
 

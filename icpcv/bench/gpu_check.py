@@ -67,7 +67,8 @@ def _environment(device: str) -> dict:
 
 def _gpu_tests(out: Path, tests: list[str]) -> dict:
     xml = out / "gpu_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "--no-header",
+    # -n 0: one process (one GPU), whatever the project's addopts say (pytest-xdist, -n auto)
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-n", "0", "-q", "-p", "no:cacheprovider", "--no-header",
            f"--junitxml={xml}", *tests]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     summary = (proc.stdout.strip().splitlines() or [""])[-1]

@@ -246,6 +246,16 @@ def parse_acquisition(raw: pd.DataFrame, subjects: list[str]):
     def cell(rec, field):
         return _clean(rec.get(col[field])) if col[field] else ""
 
+    def take(rec, field, parse, code, w):
+        """``field``'s cell parsed; None when empty, or when unreadable (then the warning ``code``)."""
+        text = cell(rec, field)
+        if is_missing(text):
+            return None
+        value = parse(text)
+        if value is None:
+            w.append((code, col[field], text))
+        return value
+
     for i, rec in enumerate(records):
         w = warnings[i]
         # field of view: fov_x_mm + fov_y_mm, else the scan area
@@ -259,58 +269,31 @@ def parse_acquisition(raw: pd.DataFrame, subjects: list[str]):
                     bad_col, bad_val = ((col["fov_x_mm"] or "fov_x_mm", fx_t) if fx is None
                                         else (col["fov_y_mm"] or "fov_y_mm", fy_t))
                     w.append(("fov_invalid", bad_col, bad_val or "(empty)"))
-        if np.isnan(out["fov_x_mm"][i]) and col["scan_area"]:
-            area_t = cell(rec, "scan_area")
-            if not is_missing(area_t):
-                area = parse_scan_area(area_t)
-                if area is None:
-                    w.append(("scan_area_invalid", col["scan_area"], area_t))
-                else:
-                    out["fov_x_mm"][i], out["fov_y_mm"][i] = area
-        depth_t = cell(rec, "depth_mm")
-        if not is_missing(depth_t):
-            depth = parse_mm(depth_t, DEPTH_MAX_MM)
-            if depth is None:
-                w.append(("depth_invalid", col["depth_mm"], depth_t))
-            else:
-                out["depth_mm"][i] = depth
-        eye_t = cell(rec, "eye")
-        if not is_missing(eye_t):
-            eye = parse_eye(eye_t)
-            if eye is None:
-                w.append(("eye_invalid", col["eye"], eye_t))
-            else:
-                out["eye"][i] = eye
+        if np.isnan(out["fov_x_mm"][i]):
+            area = take(rec, "scan_area", parse_scan_area, "scan_area_invalid", w)
+            if area is not None:
+                out["fov_x_mm"][i], out["fov_y_mm"][i] = area
+        depth = take(rec, "depth_mm", lambda t: parse_mm(t, DEPTH_MAX_MM), "depth_invalid", w)
+        if depth is not None:
+            out["depth_mm"][i] = depth
+        eye = take(rec, "eye", parse_eye, "eye_invalid", w)
+        if eye is not None:
+            out["eye"][i] = eye
         # when: acquired_at (ISO), else scan date + scan time
-        at_t = cell(rec, "acquired_at")
-        if not is_missing(at_t):
-            at = parse_iso(at_t)
-            if at is None:
-                w.append(("acquired_at_invalid", col["acquired_at"], at_t))
-            elif isinstance(at, datetime):
-                stamps[i], dates[i] = at, at.date()
-            else:
-                dates[i] = at
-        if dates[i] is None and stamps[i] is None and (col["scan_date"] or col["scan_time"]):
-            d_t, t_t = cell(rec, "scan_date"), cell(rec, "scan_time")
-            if not is_missing(d_t):
-                dates[i] = parse_us_date(d_t)
-                if dates[i] is None:
-                    w.append(("date_invalid", col["scan_date"], d_t))
-            if not is_missing(t_t):
-                clocks[i] = parse_clock(t_t)
-                if clocks[i] is None:
-                    w.append(("time_invalid", col["scan_time"], t_t))
+        at = take(rec, "acquired_at", parse_iso, "acquired_at_invalid", w)
+        if isinstance(at, datetime):
+            stamps[i], dates[i] = at, at.date()
+        elif at is not None:
+            dates[i] = at
+        if dates[i] is None and stamps[i] is None:
+            dates[i] = take(rec, "scan_date", parse_us_date, "date_invalid", w)
+            clocks[i] = take(rec, "scan_time", parse_clock, "time_invalid", w)
         for f in ("protocol", "device", "notes"):
             t = cell(rec, f)
             out[f][i] = "" if is_missing(t) else " ".join(t.split())  # one line: no control characters
-        shape_t = cell(rec, "scan_shape")
-        if not is_missing(shape_t):
-            shape = parse_scan_shape(shape_t)
-            if shape is None:
-                w.append(("scan_shape_invalid", col["scan_shape"], shape_t))
-            else:
-                out["scan_shape"][i] = "x".join(map(str, shape))
+        shape = take(rec, "scan_shape", parse_scan_shape, "scan_shape_invalid", w)
+        if shape is not None:
+            out["scan_shape"][i] = "x".join(map(str, shape))
         if not out["protocol"][i] and not np.isnan(out["fov_x_mm"][i]):  # the field of view names the protocol
             out["protocol"][i] = f"{out['fov_x_mm'][i]:g}x{out['fov_y_mm'][i]:g}"
 

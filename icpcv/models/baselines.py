@@ -27,7 +27,7 @@ def sklearn_version() -> str:
     return sklearn.__version__
 
 
-def _jsonable(v):
+def state_value(v):
     """An array as ``{"dtype", "data"}`` (float32 stays float32: each value is exact in JSON), a numpy scalar as a number."""
     if isinstance(v, np.ndarray):
         return {"dtype": v.dtype.str, "data": v.tolist()}
@@ -36,7 +36,8 @@ def _jsonable(v):
     return v
 
 
-def _from_jsonable(v):
+def from_state_value(v):
+    """The inverse of :func:`state_value` (kept models' JSON state back to arrays)."""
     if isinstance(v, dict) and set(v) == {"dtype", "data"}:
         return np.asarray(v["data"], dtype=np.dtype(v["dtype"]))
     return v
@@ -70,7 +71,7 @@ class Baseline(Model):
     def to_state(self) -> dict:
         if not self.STATE:  # a baseline that has not listed its fitted attributes cannot be kept (nor wrongly reloaded)
             raise NotImplementedError(f"{type(self).__name__} lists no fitted attributes in STATE")
-        fitted = {name: _jsonable(getattr(self, name)) for name in self.STATE}
+        fitted = {name: state_value(getattr(self, name)) for name in self.STATE}
         return dict(name=self.name, kind="baseline", settings={k: _plain(getattr(self, k)) for k in self.SETTINGS},
                     fitted=fitted)
 
@@ -84,7 +85,7 @@ class Baseline(Model):
             raise ValueError(f"{self.name}: the kept state was fitted with settings {state.get('settings')}, this model "
                              f"has {mine}; build it with from_state")
         for name in self.STATE:
-            setattr(self, name, _from_jsonable(fitted[name]))
+            setattr(self, name, from_state_value(fitted[name]))
         return self
 
     @classmethod
@@ -229,7 +230,7 @@ class RidgeScan(Baseline):
         state = super().to_state()
         for part, attrs in self.SKLEARN_STATE.items():
             obj = getattr(self, part)
-            state["fitted"][part] = {a: _jsonable(getattr(obj, a)) for a in attrs}
+            state["fitted"][part] = {a: state_value(getattr(obj, a)) for a in attrs}
         state["sklearn"] = sklearn_version()
         return state
 
@@ -240,7 +241,7 @@ class RidgeScan(Baseline):
         for part, attrs in self.SKLEARN_STATE.items():
             obj = parts[part]
             for a in attrs:  # the same scikit-learn code then predicts from the same numbers
-                setattr(obj, a, _from_jsonable(fitted[part][a]))
+                setattr(obj, a, from_state_value(fitted[part][a]))
             setattr(self, part, obj)
         return self
 

@@ -29,7 +29,7 @@ from icpcv.cohort import ScanSet
 from icpcv.cohort.intensity import intensity_columns
 from icpcv.errors import InputError
 from icpcv.models.base import FitContext, Model
-from icpcv.models.baselines import _from_jsonable, _jsonable, sklearn_version
+from icpcv.models.baselines import from_state_value, state_value, sklearn_version
 
 #: the penalty grid (features standardised, so the scale is that of n times a coefficient's variance)
 ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 25))
@@ -70,13 +70,13 @@ class _Encoder:
         return self.numeric + [f"{c}={lv}" for c in self.categorical for lv in self.levels_[c]]
 
     def to_state(self) -> dict:
-        return dict(numeric=self.numeric, categorical=self.categorical, mu=_jsonable(self.mu_),
-                    sd=_jsonable(self.sd_), levels={c: list(v) for c, v in self.levels_.items()})
+        return dict(numeric=self.numeric, categorical=self.categorical, mu=state_value(self.mu_),
+                    sd=state_value(self.sd_), levels={c: list(v) for c, v in self.levels_.items()})
 
     @classmethod
     def from_state(cls, state: dict) -> "_Encoder":
         enc = cls(state["numeric"], state["categorical"])
-        enc.mu_, enc.sd_ = _from_jsonable(state["mu"]), _from_jsonable(state["sd"])
+        enc.mu_, enc.sd_ = from_state_value(state["mu"]), from_state_value(state["sd"])
         enc.levels_ = {c: [str(x) for x in state["levels"][c]] for c in enc.categorical}
         return enc
 
@@ -153,7 +153,7 @@ class NuisanceRidge(Model):
         fitted = dict(numeric=list(self.numeric_), categorical=list(self.categorical_), alpha=self.alpha_,
                       alpha_chosen_on=self.alpha_chosen_on_, inner_mae=float(self.val_mae_),
                       encoder=self.encoder_.to_state(),
-                      ridge={a: _jsonable(getattr(self.ridge_, a)) for a in self.RIDGE_STATE})
+                      ridge={a: state_value(getattr(self.ridge_, a)) for a in self.RIDGE_STATE})
         return dict(name=self.name, kind="nuisance", settings={}, fitted=fitted, sklearn=sklearn_version())
 
     def load_state(self, state: dict) -> "NuisanceRidge":
@@ -166,7 +166,7 @@ class NuisanceRidge(Model):
         self.encoder_ = _Encoder.from_state(fitted["encoder"])
         ridge = Ridge(alpha=self.alpha_)
         for a in self.RIDGE_STATE:  # the same scikit-learn code then predicts from the same numbers
-            setattr(ridge, a, _from_jsonable(fitted["ridge"][a]))
+            setattr(ridge, a, from_state_value(fitted["ridge"][a]))
         self.ridge_ = ridge
         return self
 
