@@ -83,6 +83,46 @@ def test_spec_grid_models_and_files(tmp_path):
         spec("mean: subsample=1.5,0.5")
 
 
+def test_the_light_cnns_width_is_a_tunable_setting(tmp_path):
+    """``cnn: width=4,8``: each candidate trains a light CNN of its own width (its kept weights' shapes and its
+    parameter count, against a network built by hand); without ``width`` the candidate is the plain run's cnn
+    (same label, same network); other models, unknown settings and widths out of range are refused by name."""
+    import torch
+
+    from icpcv.cohort import ScanSet
+    from icpcv.models.cnn import LightCNN3D
+    from icpcv.models import FitContext
+    from icpcv.tune.job import fit_candidate
+
+    grid = spec("cnn: width=4,8; epochs=1")
+    assert [c.label for c in grid.candidates] == ["cnn epochs=1 width=4", "cnn epochs=1 width=8"]
+    assert [c.label for c in spec("cnn: lr=1e-3,3e-4").candidates] == ["cnn lr=0.001", "cnn lr=0.0003"]  # as before
+    scans, volumes, _ = make_cohort("tiny", seed=0)
+    data = ScanSet.from_arrays(scans[["scan_id", "subject", "iop", "icp"]], volumes.astype(np.float32))
+    subject = data.frame["subject"].astype(str).to_numpy()
+
+    def part(*monkeys):
+        return ScanSet(data.frame[np.isin(subject, monkeys)], data.get_volumes)
+
+    shape = tuple(volumes.shape[1:])
+    for cand, channels in zip(spec("cnn: width=4; epochs=1 | cnn: epochs=1").candidates, [(4, 8, 16), (8, 16, 32)]):
+        ctx = FitContext(seed=1, shape=shape, weights=tmp_path / f"{cand.label}.pt")
+        model, y_pred, _, _ = fit_candidate(cand, part("1", "2", "3", "4"), part("5"), part("6"), ctx, base=0, k=0, j=-1)
+        weights = torch.load(ctx.weights, weights_only=True)
+        convs = [tuple(weights[f"features.{i}.weight"].shape) for i in (0, 3, 6)]
+        assert convs == [(channels[0], 1, 3, 3, 3), (channels[1], channels[0], 3, 3, 3), (channels[2], channels[1], 3, 3, 3)]
+        by_hand = sum(p.numel() for p in LightCNN3D(shape, channels=channels).parameters())
+        assert model.describe()["parameters"] == by_hand and len(y_pred) == int((subject == "6").sum())
+    with pytest.raises(InputError, match="resnet10 has no setting 'width'; it takes seed, subsample, epochs"):
+        spec("resnet10: width=8,16")
+    with pytest.raises(InputError, match="cnn has no setting 'depth'; it takes .*pretrained, width"):
+        spec("cnn: depth=2,3")
+    with pytest.raises(InputError, match="cnn width=0: the light CNN's channel width .* must be 1 to 256"):
+        spec("cnn: width=0,8")
+    with pytest.raises(InputError, match="cnn width=2.5: give an integer"):
+        spec("cnn: width=2.5,8")
+
+
 def test_tuning_units_have_keys_of_their_own():
     for u in (Unit(3), Unit(3, 2), Unit(3, 0, 1, 4), Unit(3, 2, 1)):
         assert Unit.parse(u.key) == u
