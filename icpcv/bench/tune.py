@@ -30,7 +30,7 @@ from icpcv.models import CNNS, known_models
 from icpcv.rundir import RunDir
 from icpcv.stats.selection import choice_stability
 from icpcv.tune.nested import nested_in_memory
-from icpcv.tune.spec import parse_spec
+from icpcv.tune.spec import Candidate, TuneSpec, parse_spec
 
 EQUAL = "mean: subsample=0.5; seed=0,1,2,3"
 BETTER = "ridge_scan: alpha=10,100000,1000000"
@@ -63,10 +63,22 @@ def _t(values, level=0.95) -> dict:
     return dict(mean=m, se=se, ci=[m - q * se, m + q * se], n=int(len(v)))
 
 
+def fresh_seeds(spec: TuneSpec, i: int) -> TuneSpec:
+    """``spec`` for cohort ``i`` with recipe seeds of its own: each candidate's ``seed`` setting plus ``i`` times
+    (the largest seed + 1), so that no two cohorts share a draw; candidates without a seed setting unchanged."""
+    step = 1 + max((int(c.options["seed"]) for c in spec.candidates if "seed" in c.options), default=-1)
+    return TuneSpec(spec.name, tuple(
+        Candidate(c.model, tuple(sorted((c.options | {"seed": int(c.options["seed"]) + i * step}).items())))
+        if "seed" in c.options else c for c in spec.candidates))
+
+
 def known_answer(spec_text: str, *, cohorts: int, phantom: str = "small", inner_folds: int | None = None,
-                 first_seed: int = 1, signal: float = 1.0, progress=print) -> dict:
+                 first_seed: int = 1, signal: float = 1.0, fresh: bool = False, progress=print) -> dict:
     """Nested selection on ``cohorts`` phantom cohorts (data seeds ``first_seed``...); per cohort every
-    candidate's leave-one-monkey-out MAE, the nested MAE and the choices."""
+    candidate's leave-one-monkey-out MAE, the nested MAE and the choices (by the spec's labels). ``fresh``:
+    each cohort's recipes get seeds of their own (:func:`fresh_seeds`), so that the recipes' draws are random
+    over cohorts as the data are (the nested estimate's expected excess over the candidates' average is then
+    exactly zero; with the same seeds in every cohort, the same draws recur: docs/tuning.md)."""
     spec = parse_spec(spec_text, is_network=lambda m: m in CNNS, known_models=known_models())
     if any(m in CNNS for m in spec.models):
         raise SystemExit("the known-answer benchmark runs on the CPU: give baselines (mean, ols_iop, ridge_scan)")
@@ -75,9 +87,12 @@ def known_answer(spec_text: str, *, cohorts: int, phantom: str = "small", inner_
     for i in range(cohorts):
         t0 = time.perf_counter()
         scans, volumes, _ = make_cohort(phantom, signal=signal, seed=first_seed + i)
-        out = nested_in_memory(scans[["scan_id", "subject", "iop", "icp"]], volumes if need_volumes else None, spec,
+        mine = fresh_seeds(spec, i) if fresh else spec
+        out = nested_in_memory(scans[["scan_id", "subject", "iop", "icp"]], volumes if need_volumes else None, mine,
                                inner_folds=inner_folds, seed=0)
-        cand, tuned = out["candidates"], out["tuned"]
+        label = {a.label: b.label for a, b in zip(mine.candidates, spec.candidates)}  # the spec's labels
+        cand, tuned = out["candidates"].assign(model=lambda d: d["model"].map(label)), out["tuned"]
+        out["choices"] = [label[c] for c in out["choices"]]
         maes = {m: float(np.mean(np.abs(g["y_pred"] - g["y_true"]))) for m, g in cand.groupby("model", sort=False)}
         nested = float(np.mean(np.abs(tuned["y_pred"] - tuned["y_true"])))
         rows.append(dict(data_seed=first_seed + i, candidates=maes, nested=nested, best=min(maes.values()),
@@ -85,7 +100,7 @@ def known_answer(spec_text: str, *, cohorts: int, phantom: str = "small", inner_
         progress(f"cohort {i + 1}/{cohorts} (data seed {first_seed + i}): best {rows[-1]['best']:.3f}, nested "
                  f"{nested:.3f}, average {rows[-1]['average']:.3f} mmHg; {time.perf_counter() - t0:.1f} s")
     choices = [c for r in rows for c in r["choices"]]
-    return dict(spec=spec_text, phantom=phantom, cohorts=cohorts, inner_folds=inner_folds,
+    return dict(spec=spec_text, phantom=phantom, cohorts=cohorts, inner_folds=inner_folds, fresh_seeds=fresh,
                 candidates=[c.label for c in spec.candidates],
                 optimism=_t([r["nested"] - r["best"] for r in rows]),  # the audit's optimism (naive pick)
                 nested_minus_average=_t([r["nested"] - r["average"] for r in rows]),
@@ -103,6 +118,9 @@ def main(argv=None) -> int:
     p.add_argument("--phantom", default="small")
     p.add_argument("--better-phantom", default="tiny")
     p.add_argument("--inner-folds", type=int)
+    p.add_argument("--fresh-seeds", action="store_true",
+                   help="give each cohort's recipes seeds of their own (the --equal grid's seeds plus a cohort offset)")
+    p.add_argument("--skip-better", action="store_true", help="run the equal grid only")
     p.add_argument("--equal", default=EQUAL, help=f"grid equal in truth (default {EQUAL!r})")
     p.add_argument("--better", default=BETTER, help=f"grid with one truly better candidate (default {BETTER!r})")
     p.add_argument("--json", help="also write every figure here")
@@ -119,10 +137,11 @@ def main(argv=None) -> int:
         return 0
     figures = {}
     for what, spec, n, phantom in (("equal", args.equal, args.cohorts, args.phantom),
-                                   ("better", args.better, args.better_cohorts, args.better_phantom)):
+                                   ("better", args.better, args.better_cohorts, args.better_phantom))[:1 + (not args.skip_better)]:
         print(f"\n{what} in truth: --tune {spec!r} on {n} {phantom} phantom cohorts" if what == "equal" else
               f"\none truly better: --tune {spec!r} on {n} {phantom} phantom cohorts")
-        r = known_answer(spec, cohorts=n, phantom=phantom, inner_folds=args.inner_folds)
+        r = known_answer(spec, cohorts=n, phantom=phantom, inner_folds=args.inner_folds,
+                         fresh=args.fresh_seeds and what == "equal")
         figures[what] = r
         for key, text in (("optimism", "optimism of the naive pick (nested MAE - best candidate's MAE)"),
                           ("nested_minus_average", "nested MAE - the candidates' average MAE"),

@@ -395,14 +395,23 @@ class NetworkPlan:
                     eval_batch=self.eval_batch, eval_peak_gib=round(self.eval_peak / GiB, 3))
 
 
-def plan_network(name: str, shape, train: TrainConfig, device, *, cap: int = EVAL_BATCH_CAP) -> NetworkPlan:
-    """The memory plan of training ``name`` with ``train`` on ``device`` (counted on the meta device, cached)."""
+@functools.lru_cache(maxsize=16)
+def _light_cnn_at(shape: tuple, width: int) -> Callable[[], torch.nn.Module]:
+    """The light CNN at another channel width, as a ``model_fn`` (one object per shape and width: the counts cache)."""
+    return functools.partial(make_cnn, "cnn", shape, width=width)
+
+
+def plan_network(name: str, shape, train: TrainConfig, device, *, cap: int = EVAL_BATCH_CAP,
+                 width: int | None = None) -> NetworkPlan:
+    """The memory plan of training ``name`` with ``train`` on ``device`` (counted on the meta device, cached);
+    ``width``: the light CNN's channel width (None: its default)."""
     precision = "bf16" if dp.resolve_precision(train.precision, torch.device(device)) is not None else "fp32"
+    fn = None if width is None else _light_cnn_at(tuple(int(s) for s in shape), int(width))
     step = count_training_step(name, shape, train.batch_size, precision=precision, optimizer=train.optimizer,
-                               weight_decay=train.weight_decay, augment=train.augment)
-    eval_batch = max(1, largest_eval_batch(name, shape, step.transient, precision=precision, cap=cap))
+                               weight_decay=train.weight_decay, augment=train.augment, model_fn=fn)
+    eval_batch = max(1, largest_eval_batch(name, shape, step.transient, precision=precision, cap=cap, model_fn=fn))
     return NetworkPlan(precision, step.peak, eval_batch,
-                       count_forward(name, shape, eval_batch, precision=precision).peak)
+                       count_forward(name, shape, eval_batch, precision=precision, model_fn=fn).peak)
 
 
 @functools.lru_cache(maxsize=8)

@@ -32,9 +32,15 @@ class NetworkModel(Model):
     needs_volumes = True
     stochastic = True
 
-    def __init__(self, name: str, context: FitContext | None = None):
+    def __init__(self, name: str, context: FitContext | None = None, *, width: int | None = None):
+        if width is not None and name != "cnn":
+            raise ValueError(f"{name}: width is a setting of the light CNN only")
         self.name = name
         self.context = context if context is not None else FitContext()
+        self.width = None if width is None else int(width)  # the light CNN's channel width (None: its default)
+
+    def _net_options(self) -> dict:
+        return {} if self.width is None else {"width": self.width}
 
     @property
     def needs_iop(self) -> bool:
@@ -59,9 +65,10 @@ class NetworkModel(Model):
                       + (f" (epoch {epoch} of {ctx.train.epochs})" if epoch is not None else " (unreadable)"))
         device = torch.device(ctx.device)
         # on a GPU, the step's memory is counted before any activation exists (docs/gpu.md, "Memory plan")
-        self.plan_ = plan_network(self.name, tuple(ctx.shape), ctx.train, device) if device.type == "cuda" else None
+        self.plan_ = (plan_network(self.name, tuple(ctx.shape), ctx.train, device, width=self.width)
+                      if device.type == "cuda" else None)
         torch.manual_seed(ctx.seed)
-        network = make_cnn(self.name, tuple(ctx.shape),
+        network = make_cnn(self.name, tuple(ctx.shape), **self._net_options(),
                            **({} if self.name == "cnn" else {"shortcut_grad": ctx.shortcut_grad}))
         warm = None
         if ctx.pretrained and self.name in RESNETS:
@@ -81,7 +88,8 @@ class NetworkModel(Model):
         self.learning_curve_ = pd.DataFrame(history).assign(model=self.name)
         info = dict(name=self.name, best_epoch=next(h["epoch"] for h in history if h["best"]),
                     epochs_run=history[-1]["epoch"], device=str(ctx.device),
-                    parameters=int(sum(p.numel() for p in network.parameters())), data_path=data_path)
+                    parameters=int(sum(p.numel() for p in network.parameters())), data_path=data_path,
+                    **self._net_options())
         if warm is not None:
             info["warm_start"] = warm.to_dict()
         if self.plan_ is not None:
@@ -117,7 +125,7 @@ class NetworkModel(Model):
         return dict(name=self.name, kind="network", shape=[int(s) for s in ctx.shape],
                     shortcut_grad=ctx.shortcut_grad, precision=ctx.train.precision,
                     standardiser=asdict(self.standardiser_), weights=weights.name,
-                    weights_sha256=file_sha256(weights))
+                    weights_sha256=file_sha256(weights), **self._net_options())
 
     def load_state(self, state: dict) -> "NetworkModel":
         """Rebuild the network and load ``context.weights`` (``torch.load(weights_only=True)``: tensors only)."""
@@ -125,13 +133,15 @@ class NetworkModel(Model):
         if ctx.weights is None:
             raise ValueError(f"{self.name}: FitContext.weights names no weights file")
         shape = tuple(int(s) for s in state["shape"])
-        network = make_cnn(self.name, shape, **({} if self.name == "cnn" else
-                                                {"shortcut_grad": state.get("shortcut_grad", "standard")}))
+        if state.get("width") is not None:
+            self.width = int(state["width"])
+        network = make_cnn(self.name, shape, **self._net_options(),
+                           **({} if self.name == "cnn" else {"shortcut_grad": state.get("shortcut_grad", "standard")}))
         weights = torch.load(ctx.weights, map_location="cpu", weights_only=True)
         network.load_state_dict(weights)
         device = torch.device(ctx.device)
         self.network_ = network.to(device)
         self.standardiser_ = Standardiser(**state["standardiser"])
-        self.plan_ = plan_network(self.name, shape, ctx.train, device) if device.type == "cuda" else None
+        self.plan_ = plan_network(self.name, shape, ctx.train, device, width=self.width) if device.type == "cuda" else None
         self.info_ = dict(name=self.name, reloaded=str(ctx.weights))
         return self

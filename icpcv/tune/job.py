@@ -29,7 +29,7 @@ import torch
 from icpcv import cohort as cohort_mod
 from icpcv.cohort import ScanSet
 from icpcv.folds import FoldPlan
-from icpcv.models import CNNS, FitContext, make_model
+from icpcv.models import CNNS, FitContext, NetworkModel, make_model
 from icpcv.models.baselines import RidgeScan
 from icpcv.rundir import PREDICTION_COLUMNS, REPEAT_COLUMN, FoldDir, RunDir, RunRecord
 from icpcv.tune.spec import NETWORK_SETTINGS, Candidate, TuneSpec
@@ -44,7 +44,8 @@ def make_candidate(cand: Candidate, context: FitContext):
     if cand.model in CNNS:
         train = replace(context.train, **{k: opts[k] for k in TRAIN_KEYS if k in opts})
         pre = opts.get("pretrained", context.pretrained)
-        return make_model(cand.model, replace(context, train=train, pretrained=None if pre == "none" else pre))
+        return NetworkModel(cand.model, replace(context, train=train, pretrained=None if pre == "none" else pre),
+                            width=opts.get("width"))
     if cand.model == "ridge_scan":
         return RidgeScan(**{k: opts[k] for k in ("alpha", "n_components") if k in opts})
     return make_model(cand.model)
@@ -56,10 +57,11 @@ def inner_training_seed(base: int, k: int, j: int) -> int:
 
 def subsample(train: ScanSet, share: float, base: int, k: int, j: int) -> tuple[ScanSet, list[str]]:
     """``share`` of the training monkeys (at least one), drawn from ``(base, k, j + 1)``."""
-    monkeys = sorted(train.frame["subject"].astype(str).unique())
+    subject = train.frame["subject"].to_numpy().astype(str)  # numpy strings: far quicker than a pandas str column
+    monkeys = sorted(set(subject.tolist()))
     n = max(1, int(round(share * len(monkeys))))
     keep = sorted(np.random.default_rng([int(base), int(k), int(j) + 1]).choice(monkeys, n, replace=False).tolist())
-    return ScanSet(train.frame[train.frame["subject"].astype(str).isin(keep)], train.get_volumes), keep
+    return ScanSet(train.frame[np.isin(subject, keep)], train.get_volumes), keep
 
 
 def fit_candidate(cand: Candidate, train: ScanSet, val: ScanSet, test: ScanSet, context: FitContext, *, base: int,

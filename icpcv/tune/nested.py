@@ -38,11 +38,12 @@ def nested_in_memory(scans: pd.DataFrame, volumes: np.ndarray | None, spec: Tune
         scans[col] = pd.Series(scans[col].astype(str).to_numpy(dtype=object), dtype=object)
     data = ScanSet.from_arrays(scans, volumes)
     by_id = scans.set_index("scan_id", drop=False)
+    row = {x: i for i, x in enumerate(scans["scan_id"])}  # positions: far quicker than .loc on string labels
     shape = tuple(volumes.shape[1:]) if volumes is not None else None
     train = train or TrainConfig()
 
     def part_set(ids) -> ScanSet:
-        return ScanSet(by_id.loc[list(ids)], data.get_volumes)
+        return ScanSet(by_id.iloc[[row[x] for x in ids]], data.get_volumes)
 
     sets: dict = {}  # a part's three scan sets, made once and shared by the candidates
 

@@ -3,7 +3,7 @@
 A spec names one or more *groups*, each a model with settings; a setting given several values
 expands into a grid, and the candidates are the union of the groups' grids, in the order given::
 
-    cnn: lr=1e-3,3e-4; epochs=20,40           4 candidates (the light CNN, 2 x 2)
+    cnn: lr=1e-3,3e-4; width=8,16             4 candidates (the light CNN, 2 x 2)
     ridge_scan: alpha=0.1,10,1000             3 penalties of the scan ridge
     resnet10 | resnet18: pretrained=PATH      two models: ResNet-10 cold, ResNet-18 warm-started
     mean: subsample=0.7; seed=0,1,2,3         4 recipes equal in truth (differing only in their seed)
@@ -20,6 +20,8 @@ Settings (any other is refused, naming the model and what it accepts):
   a deterministic baseline depend on its seed);
 * the networks: the training loop's ``epochs, batch_size, lr, weight_decay, patience, optimizer,
   augment`` and ``pretrained`` (a checkpoint to warm-start a 3D ResNet from, or ``none``);
+* ``cnn``: ``width``, the light CNN's channel width (its convolutions have width, 2 x width and
+  4 x width channels; default 8);
 * ``ridge_scan``: ``alpha`` (a fixed ridge penalty in place of the GCV choice), ``n_components``.
 """
 from __future__ import annotations
@@ -37,12 +39,14 @@ COMMON_SETTINGS = {"seed": int, "subsample": float}
 #: the networks' settings: TrainConfig fields, and the warm start
 NETWORK_SETTINGS = {"epochs": int, "batch_size": int, "lr": float, "weight_decay": float, "patience": int,
                     "optimizer": str, "augment": bool, "pretrained": str}
-#: baselines' constructor settings
-BASELINE_SETTINGS = {"ridge_scan": {"alpha": float, "n_components": int}}
+#: one model's own constructor settings: the light CNN's channel width, the scan ridge's penalty and components
+MODEL_SETTINGS = {"cnn": {"width": int}, "ridge_scan": {"alpha": float, "n_components": int}}
+#: the light CNN's widest channel width a spec may ask for (its last convolution has 4 x width channels)
+MAX_WIDTH = 256
 
 
 def allowed_settings(model: str, network: bool) -> dict:
-    return COMMON_SETTINGS | (NETWORK_SETTINGS if network else BASELINE_SETTINGS.get(model, {}))
+    return COMMON_SETTINGS | (NETWORK_SETTINGS if network else {}) | MODEL_SETTINGS.get(model, {})
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,9 @@ def _check_value(where: str, model: str, key: str, kind, v):
         raise InputError(f"{bad}: a seed is 0 or more")
     if key in ("epochs", "batch_size", "patience", "n_components") and v < 1:
         raise InputError(f"{bad}: must be at least 1")
+    if key == "width" and not 1 <= v <= MAX_WIDTH:
+        raise InputError(f"{bad}: the light CNN's channel width (its first convolution's channels; the next two "
+                         f"double it) must be 1 to {MAX_WIDTH} (default 8)")
     if key in ("lr", "alpha") and not v > 0:
         raise InputError(f"{bad}: must be above 0")
     if key == "weight_decay" and not v >= 0:
