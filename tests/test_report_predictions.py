@@ -103,7 +103,13 @@ def test_analyze_keeps_stats_json_when_the_report_fails(analysis, tmp_path, monk
 
 def test_analyze_into_a_run_directory_keeps_the_run_report(tmp_path_factory, tmp_path, capsys):
     run = copy_run(shared_run("tiny", tmp_path_factory.getbasetemp() / "report_runs"), tmp_path / "run")
+    before = read_json(run / "stats.json")
     assert main(["analyze", str(run / "predictions.csv"), "--out", str(run), "--n-boot", "200"]) == 0
+    after = read_json(run / "stats.json")
+    # the run's own sections survive re-analysis: the prediction interval for a new monkey (no resampling in
+    # it: equal), the acquisition section, the cohort's warnings
+    assert set(after) == set(before) and after["prediction_intervals"] == before["prediction_intervals"]
+    assert after["acquisition"].keys() == before["acquisition"].keys()
     assert not (run / "analysis.json").exists()
     page = Page((run / "index.html").read_text())
     assert {"cohort", "data-quality", "folds", "training"} <= set(page.ids) and "input" not in page.ids

@@ -47,12 +47,13 @@ def cmd_analyze(args) -> int:
               file=sys.stderr)
         return 2
     audit_failed = bool(getattr(args, "audit_failed", False))
-    steps = None
+    steps = scans = None
     if kind == "run":  # a run's own audit travels with its numbers, and its cohort's pressure steps with trending
         from icpcv.cohort import read_steps  # lazy: start-up time (pandas)
 
         audit_failed = audit_failed or out.plan_audit_failed()
         steps = read_steps(out.cohort)
+        scans = out.cohort.read_scans() if out.cohort.scans_csv.exists() else None  # the acquisition section
     try:
         preds = read_predictions(args.predictions, allow_repeats=True)
     except InputError as exc:
@@ -80,7 +81,12 @@ def cmd_analyze(args) -> int:
     try:
         if has_repeats(preds):  # the repeats' own checks, naming the file as well as the row and column
             validate_repeats(preds, source=Path(args.predictions).name)
-        result = analyze_study(preds, steps=steps, **settings)
+        result = analyze_study(preds, steps=steps, scans=scans, **settings)
+        if kind == "run":  # the run's own sections (prediction interval, audits, warnings), as `run` wrote them
+            from icpcv.run.pipeline import add_run_context  # lazy: start-up time (torch)
+
+            add_run_context(out, out.read_record(), preds, result, n_boot=settings["n_boot"], seed=settings["seed"],
+                            ci_level=settings["ci_level"])
     except (InputError, ValueError) as exc:
         print(f"error: {in_option_words(exc)}", file=sys.stderr)  # --n-boot, not n_boot
         return 2

@@ -164,18 +164,7 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
     result = analyze_study(preds, reference=cfg.reference, n_boot=cfg.n_boot, seed=cfg.seed, ci_level=cfg.ci_level,
                            audit_failed=not run.read_plan_audit()["passed"], steps=cohort_mod.read_steps(run.cohort),
                            scans=run.cohort.read_scans())  # issue 19: the acquisition section
-    if cfg.split == "subjects":  # issue 20: what a prediction for a new monkey is worth (monkey-level residuals only)
-        result.extra["prediction_intervals"] = prediction_intervals(primary_predictions(preds)).to_dict()
-    try:  # issue 19: the cohort's warnings (e.g. mixed fields of view without --fov-mm) reach stats.json and the report
-        result.warnings.extend(w for w in run.cohort.read_meta().get("warnings", []) if w not in result.warnings)
-    except (OSError, ValueError):
-        pass
-    scan_audit = run.scan_split_audit(rec)
-    if scan_audit is not None:
-        result.extra["scan_split_audit"] = {k: scan_audit[k] for k in ("statement", "n_folds", "ci_level", "models")}
-    if cfg.tune:  # issue 21: the choice's stability and the optimism of picking the best recipe by looking
-        result.extra["recipe_selection"] = recipe_selection(run, preds, n_boot=cfg.n_boot, seed=cfg.seed,
-                                                            ci_level=cfg.ci_level)
+    add_run_context(run, rec, preds, result, n_boot=cfg.n_boot, seed=cfg.seed, ci_level=cfg.ci_level)
     write_stats(result, run.stats_json)
     if cfg.saliency:  # issue 14: the folds' attribution maps scored (attribution.json) before the report
         write_attribution(run.path, progress)
@@ -186,6 +175,24 @@ def finish(run_dir: Path, progress: Progress | None = None) -> Path:
         else:
             progress.message(f"verdict: {result.verdict}")
     return report
+
+
+def add_run_context(run: RunDir, rec, preds, result, *, n_boot: int, seed: int, ci_level: float) -> None:
+    """What a run directory adds to the statistics of its predictions (``finish``, and ``icpcv analyze``
+    re-analysing a run's own predictions): the prediction interval for a new monkey, the cohort's
+    warnings, the leakage audit's summary and the recipe selection's audit."""
+    cfg = rec.config
+    if cfg.split == "subjects":  # issue 20: what a prediction for a new monkey is worth (monkey-level residuals only)
+        result.extra["prediction_intervals"] = prediction_intervals(primary_predictions(preds)).to_dict()
+    try:  # issue 19: the cohort's warnings (e.g. mixed fields of view without --fov-mm) reach stats.json and the report
+        result.warnings.extend(w for w in run.cohort.read_meta().get("warnings", []) if w not in result.warnings)
+    except (OSError, ValueError):
+        pass
+    scan_audit = run.scan_split_audit(rec)
+    if scan_audit is not None:
+        result.extra["scan_split_audit"] = {k: scan_audit[k] for k in ("statement", "n_folds", "ci_level", "models")}
+    if cfg.tune:  # issue 21: the choice's stability and the optimism of picking the best recipe by looking
+        result.extra["recipe_selection"] = recipe_selection(run, preds, n_boot=n_boot, seed=seed, ci_level=ci_level)
 
 
 def recipe_selection(run: RunDir, preds, *, n_boot: int, seed: int, ci_level: float) -> dict:
