@@ -107,7 +107,7 @@ def test_analyze_into_a_run_directory_keeps_the_run_report(tmp_path_factory, tmp
     assert main(["analyze", str(run / "predictions.csv"), "--out", str(run), "--n-boot", "200"]) == 0
     after = read_json(run / "stats.json")
     # the run's own sections survive re-analysis: the prediction interval for a new monkey (no resampling in
-    # it: equal), the acquisition section, the cohort's warnings
+    # it: equal) and the acquisition section
     assert set(after) == set(before) and after["prediction_intervals"] == before["prediction_intervals"]
     assert after["acquisition"].keys() == before["acquisition"].keys()
     assert not (run / "analysis.json").exists()
