@@ -270,3 +270,29 @@ def check_parsed(parser, args, command: str | None = None) -> None:
             values = value if isinstance(value, (list, tuple)) else [value]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 check_options({option: values}, command)
+
+
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.ASCII | re.IGNORECASE)
+
+
+def _plain(kind):
+    """``int`` or ``float`` for an option, as the docs say numbers are written: ASCII digits, a sign, a decimal
+    point, an exponent (``nan``/``inf`` pass on to the option's range, which names them). Python's own
+    ``int``/``float`` also read ``1_0`` as 10 and full-width digits as digits."""
+    def parse(text: str):
+        if not _PLAIN_NUMBER.fullmatch(str(text).strip()):
+            raise ValueError(text)
+        return kind(text)
+
+    parse.__name__ = kind.__name__  # argparse's message: "invalid int value: '1_0'"
+    parse.kind = kind
+    return parse
+
+
+def plain_numbers(parser) -> None:
+    """Every ``type=int``/``type=float`` option of ``parser`` and its subcommands reads plain numbers only."""
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk
+        if action.type in (int, float):
+            action.type = _plain(action.type)
+        for sub in (getattr(action, "choices", None) or {}).values() if isinstance(action.choices, dict) else ():
+            plain_numbers(sub)

@@ -30,7 +30,7 @@ def _numeric_actions():
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for command, sub in subs.choices.items():
         for action in sub._actions:
-            if action.type in (int, float) and action.option_strings:
+            if getattr(action.type, "kind", action.type) in (int, float) and action.option_strings:
                 yield command, action.option_strings[-1]
 
 
@@ -123,3 +123,16 @@ def test_ranges_checked_by_a_rule_of_their_own_agree_with_the_table():
 
     assert (OPTION_RANGES["--fov-mm"].lo, OPTION_RANGES["--fov-mm"].hi) == geometry.FOV_RANGE_MM
     assert (OPTION_RANGES["--depth-mm"].lo, OPTION_RANGES["--depth-mm"].hi) == geometry.DEPTH_RANGE_MM
+
+
+@pytest.mark.parametrize("value", ["1_0", "\uff11\uff10", "\u0661\u0660", "0x10"])
+def test_numbers_are_plain_decimal_numbers_in_options_too(tmp_path, value):
+    """As in tables (issue 22, cause 5): Python's int() reads "1_0" as 10 and full-width or Arabic-Indic
+    digits as digits; an option takes ASCII digits only."""
+    out = tmp_path / "run"
+    rc, _, err = icpcv("run", "--manifest", _labels_table(tmp_path / "t.csv"), "--models", "mean,ols_iop",
+                       "--out", out, "--quiet", "--folds", value)
+    assert_clean_refusal(rc, err, f"--folds: invalid int value: '{value}'")
+    assert not out.exists()
+    rc, _, err = icpcv("power", "--monkeys", "14", "--effect", value)
+    assert_clean_refusal(rc, err, f"--effect: invalid float value: '{value}'")

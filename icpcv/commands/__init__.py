@@ -16,7 +16,7 @@ import sys
 from icpcv import __version__
 from icpcv.commands import analyze, bench, power, predict, prepare, report, run
 from icpcv.errors import FoldsFailed, InputError, RunDirError
-from icpcv.plausible import check_parsed
+from icpcv.plausible import check_parsed, plain_numbers
 from icpcv.util import clip
 
 #: the longest error message printed whole
@@ -32,6 +32,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(sub)
+    plain_numbers(parser)  # "1_0" and full-width digits are not numbers as a lab writes them (docs/inputs.md)
     return parser
 
 
