@@ -221,7 +221,11 @@ def test_an_unexpected_error_is_reported_without_a_traceback_and_the_rest_conver
     write_raw(tmp_path / "odd.npy", np.zeros((33, 8, 32), np.uint8))
     write_raw(tmp_path / "ok.npy", volume())
     table = plain_table(tmp_path / "t.csv", [("odd", "1", "1", "1", "odd.npy"), ("ok", "1", "1", "1", "ok.npy"),
-                                             ("gone", "1", "1", "1", "gone_folder")])
+                                             ("gone", "1", "1", "1", "gone_folder"), ("loop", "1", "1", "1", "a.npy"),
+                                             ("dangling", "1", "1", "1", "d.npy")])
+    (tmp_path / "a.npy").symlink_to(tmp_path / "b.npy")
+    (tmp_path / "b.npy").symlink_to(tmp_path / "a.npy")
+    (tmp_path / "d.npy").symlink_to(tmp_path / "deleted.npy")
     assert run_prepare(table, tmp_path, tmp_path / "out") == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err and "RuntimeError: a bug" in err
@@ -229,6 +233,10 @@ def test_an_unexpected_error_is_reported_without_a_traceback_and_the_rest_conver
     assert q.loc["odd", "reason"] == "internal_error" and q.loc["ok", "status"] == "converted"
     assert "RuntimeError: a bug (at test_prepare.py:" in q.loc["odd", "detail"]
     assert q.loc["gone", "reason"] == "missing"
+    # a symbolic link that loops, or whose target is gone, is said as such (not as a missing file)
+    assert q.loc["loop", "reason"] == q.loc["dangling", "reason"] == "broken_link"
+    assert "a symbolic link that loops (row" in q.loc["loop", "detail"]
+    assert "deleted.npy, which does not exist" in q.loc["dangling", "detail"]
 
 
 def test_missing_oct_extra_is_a_skip_with_the_install_hint(tmp_path, monkeypatch, capsys):

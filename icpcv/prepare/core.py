@@ -35,7 +35,8 @@ from icpcv.cohort.volumes import escapes_folder, shape_problem, typical_shape
 from icpcv.errors import InputError
 from icpcv.prepare.layout import cropped_slabs, relabel
 from icpcv.prepare.resample import ALGORITHM, RawStats, StreamResampler, saturation_value
-from icpcv.prepare.sources import REASONS, VolumeError, content_hash, fingerprint, open_source, raw_format, safe_name
+from icpcv.prepare.sources import (REASONS, VolumeError, content_hash, fingerprint, not_found, open_source, raw_format,
+                                   safe_name)
 from icpcv.progress import Progress
 from icpcv.rundir import RunLock
 from icpcv.util import atomic_write, atomic_write_json, atomic_write_text, canonical_hash, read_json, subject_label
@@ -562,8 +563,7 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                 continue
             try:
                 if not r.path.exists():
-                    raise VolumeError("missing", f"{r.path}: raw file not found (row {r.row}, column "
-                                                 f"{info['path_col']})")
+                    raise not_found(r.path, f"row {r.row}, column {info['path_col']}")
                 raw_format(r.path)
                 fp = fingerprint(r.path)
             except VolumeError as exc:

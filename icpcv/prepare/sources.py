@@ -26,6 +26,7 @@ Problems raise :class:`VolumeError` with a reason code from :data:`REASONS`.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -45,6 +46,7 @@ from icpcv.util import natural_key
 REASONS = {
     "no_path": "the table names no raw file for this row",
     "missing": "the raw file or folder does not exist",
+    "broken_link": "the raw path is a symbolic link that leads nowhere (its target is gone, or links loop)",
     "path_outside": "a relative raw path that climbs out of --raw (or the table's folder) with '../'; give a path "
                     "inside it, or an absolute path",
     "unknown_format": "the file's suffix is not a supported raw format",
@@ -667,8 +669,24 @@ def open_source(path: str | os.PathLike) -> Source:
     """Open a raw volume; raises :class:`VolumeError` naming the file and the reason."""
     path = Path(path)
     if not path.exists():
-        raise VolumeError("missing", f"{path}: raw file not found")
+        raise not_found(path)
     return _SOURCES[raw_format(path)].open(path)
+
+
+def not_found(path: Path, where: str = "") -> VolumeError:
+    """Why ``path`` (which does not exist as far as ``Path.exists`` can tell) cannot be read: a symbolic link
+    that leads nowhere (a loop, or a target that is gone) is said as such, not as a missing file."""
+    where = f" ({where})" if where else ""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 raises RuntimeError for a loop
+            return VolumeError("broken_link", f"{path}: a symbolic link that loops{where}")
+        except OSError as exc:
+            why = ("loops" if exc.errno == errno.ELOOP
+                   else f"leads to {os.readlink(path)}, which does not exist")
+            return VolumeError("broken_link", f"{path}: a symbolic link that {why}{where}")
+    return VolumeError("missing", f"{path}: raw file not found{where}")
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
