@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable
@@ -184,6 +185,18 @@ def parse_decimal(text: str) -> float | None:
     if not _DECIMAL.match(text):
         return None
     return float(text)
+
+
+def has_control_character(text) -> bool:
+    """Whether a cell holds a control character (Unicode category Cc: a NUL byte, a line break or tab inside
+    the cell, ESC, DEL). No lab writes one into a scan id, a monkey label or a file name, and a NUL would
+    not even survive: numpy's text arrays drop trailing NULs (``'1\\x00'`` becomes monkey ``'1'``) and the
+    operating system refuses a path holding one.
+
+    >>> [has_control_character(t) for t in ("m1", "a\\x00", "a\\nb", "m\u00fcnchen", "\U0001F435")]
+    [False, True, True, False, False]
+    """
+    return any(unicodedata.category(c) == "Cc" for c in str(text))
 
 
 _WHOLE_LABEL = re.compile(r"^[+-]?[0-9]+(\.0*)?$", re.ASCII)

@@ -37,7 +37,10 @@ from cli_support import icpcv
 SEED = int(os.environ.get("ICPCV_FUZZ_SEED", "11"))
 N_CASES = int(os.environ.get("ICPCV_FUZZ_CASES", "250"))
 SHAPE = (6, 6, 12)
-VOLUME_MODELS = "mean,ols_iop,ridge_scan"
+#: the good cohort: 4 monkeys of 4 scans (3 would be the fewest a run accepts, but then losing one monkey refuses it)
+N_SCANS = 16
+#: a scan model and the reference: the fewest that give a comparison (and a report's every figure) on volumes
+VOLUME_MODELS = "ols_iop,ridge_scan"
 LABEL_MODELS = "mean,ols_iop"
 
 BAD_CELLS = ["", " ", "nan", "NaN", "NA", "inf", "-inf", "1e300", "-1e300", "1e-300", "1e999", "abc", "0-2",
@@ -82,6 +85,12 @@ class Case:
         return f"case {self.number} ({self.command}): " + "; ".join(self.broken)
 
 
+def _pick(rng: np.random.Generator, options):
+    """One of ``options``, the draw ``rng.choice(options)`` makes (the same stream), without turning the list into
+    a numpy array first: with a 100,000-character cell among them that array is 18 MB, at every draw."""
+    return options[int(rng.integers(len(options)))]
+
+
 # --------------------------------------------------------------------------- good inputs
 
 
@@ -123,26 +132,26 @@ def _break_table(df: pd.DataFrame, rng: np.random.Generator, case: Case, numeric
                  labels: tuple[str, ...], least: int = 1, most: int = 3) -> pd.DataFrame:
     df = df.copy()
     for _ in range(int(rng.integers(least, most + 1))):
-        kind = rng.choice(["cells", "cells", "cells", "drop_column", "rename_column", "whole_column", "duplicate",
+        kind = _pick(rng, ["cells", "cells", "cells", "drop_column", "rename_column", "whole_column", "duplicate",
                            "shuffle", "extra_column", "labels", "few_subjects", "no_rows", "acquisition"])
         if kind == "cells" and len(df):
             for _ in range(int(rng.integers(1, 4))):
-                r, c = int(rng.integers(len(df))), str(rng.choice(list(df.columns)))
-                v = str(rng.choice(BAD_CELLS))
+                r, c = int(rng.integers(len(df))), _pick(rng, list(df.columns))
+                v = _pick(rng, BAD_CELLS)
                 df.iloc[r, df.columns.get_loc(c)] = v
                 case.broken.append(f"row {r + 1} {c}={v[:20]!r}")
         elif kind == "drop_column" and len(df.columns) > 1:
-            c = str(rng.choice(list(df.columns)))
+            c = _pick(rng, list(df.columns))
             df = df.drop(columns=[c])
             case.broken.append(f"no column {c}")
         elif kind == "rename_column":
-            c = str(rng.choice(list(df.columns)))
-            new = str(rng.choice([c.upper(), c + " ", c[:-1], "\ufeff" + c, c + "_x"]))
+            c = _pick(rng, list(df.columns))
+            new = _pick(rng, [c.upper(), c + " ", c[:-1], "\ufeff" + c, c + "_x"])
             df = df.rename(columns={c: new})
             case.broken.append(f"column {c} renamed {new!r}")
         elif kind == "whole_column":
-            c = str(rng.choice([c for c in df.columns if c in numeric] or list(df.columns)))
-            v = str(rng.choice(BAD_CELLS))
+            c = _pick(rng, [c for c in df.columns if c in numeric] or list(df.columns))
+            v = _pick(rng, BAD_CELLS)
             df[c] = v
             case.broken.append(f"every {c}={v[:20]!r}")
         elif kind == "duplicate" and len(df):
@@ -152,12 +161,12 @@ def _break_table(df: pd.DataFrame, rng: np.random.Generator, case: Case, numeric
             df = df.sample(frac=1, random_state=int(rng.integers(1 << 30)))[list(rng.permutation(df.columns))]
             case.broken.append("rows and columns shuffled")
         elif kind == "extra_column":
-            df["notes"] = [str(rng.choice(BAD_CELLS)) for _ in range(len(df))]
+            df["notes"] = [_pick(rng, BAD_CELLS) for _ in range(len(df))]
             case.broken.append("extra column of junk")
         elif kind == "labels" and len(df):
-            c = str(rng.choice([c for c in labels if c in df.columns] or list(df.columns)))
+            c = _pick(rng, [c for c in labels if c in df.columns] or list(df.columns))
             r = int(rng.integers(len(df)))
-            v = str(rng.choice(LABELS))
+            v = _pick(rng, LABELS)
             df.iloc[r, df.columns.get_loc(c)] = v
             case.broken.append(f"row {r + 1} {c}={v[:20]!r}")
         elif kind == "few_subjects" and "subject" in df.columns:
@@ -166,8 +175,8 @@ def _break_table(df: pd.DataFrame, rng: np.random.Generator, case: Case, numeric
             case.broken.append(f"only subjects {keep}")
         elif kind == "acquisition" and len(df):  # issue 19: a bad field of view, eye, date, time, depth or grid
             for _ in range(int(rng.integers(1, 4))):
-                c = str(rng.choice([c for c in ACQ_COLUMNS if c in df.columns] or list(df.columns)))
-                v = str(rng.choice(ACQ_BAD + BAD_CELLS[:8]))
+                c = _pick(rng, [c for c in ACQ_COLUMNS if c in df.columns] or list(df.columns))
+                v = _pick(rng, ACQ_BAD + BAD_CELLS[:8])
                 if rng.random() < 0.2:
                     df[c] = v
                     case.broken.append(f"every {c}={v[:20]!r}")
@@ -182,7 +191,7 @@ def _break_table(df: pd.DataFrame, rng: np.random.Generator, case: Case, numeric
 
 
 def _write_table(df: pd.DataFrame, path: Path, rng: np.random.Generator, case: Case) -> None:
-    how = str(rng.choice(ENCODINGS))
+    how = _pick(rng, ENCODINGS)
     if how != "utf-8":
         case.broken.append(f"written as {how}")
     text = df.to_csv(index=False)
@@ -217,7 +226,7 @@ def _bad_tensor(path: Path, rng: np.random.Generator) -> str:
 
     import torch
 
-    kind = str(rng.choice(PT_KINDS))
+    kind = _pick(rng, PT_KINDS)
     t = torch.load(path, weights_only=True)
     path.unlink()
     with warnings.catch_warnings():
@@ -242,7 +251,7 @@ def _bad_tensor(path: Path, rng: np.random.Generator) -> str:
 def _bad_volume(path: Path, rng: np.random.Generator) -> str:
     if path.suffix == ".pt":
         return _bad_tensor(path, rng)
-    kind = str(rng.choice(NPY_KINDS))
+    kind = _pick(rng, NPY_KINDS)
     good = np.load(path)
     path.unlink()
     if kind == "extreme":
@@ -325,7 +334,7 @@ def base(tmp_path_factory):
     """A good table with volumes, its complete run, and that run's predictions analysed once."""
     root = tmp_path_factory.mktemp("fuzz")
     rng = np.random.default_rng(SEED)
-    paths = _good_volumes(root / "data" / "vol", 16, rng)
+    paths = _good_volumes(root / "data" / "vol", N_SCANS, rng)
     np.save(root / "outside.npy", np.full(SHAPE, 60, np.uint8))  # what '../outside.npy' would load
     table = _good_table(paths)
     table.to_csv(root / "data" / "scans.csv", index=False)
@@ -358,7 +367,7 @@ def _run_case(base, number: int, rng: np.random.Generator) -> tuple[Case, int]:
             _write_table(_break_table(good, rng, case, ("iop", "icp"), ("scan_id", "subject", "path")),
                          data / "scans.csv", rng, case)
         if with_volumes:
-            for i in rng.choice(16, size=int(rng.integers(1, 3)), replace=False):
+            for i in rng.choice(N_SCANS, size=int(rng.integers(1, 3)), replace=False):
                 name = good["path"].iloc[i].split("/")[-1]  # v00.npy, ..., v03.pt
                 case.broken.append(f"{name} {_bad_volume(data / 'vol' / name, rng)}")
         args = ["run", "--manifest", data / "scans.csv", "--n-boot", "10", "--quiet"]
@@ -373,12 +382,12 @@ def _run_case(base, number: int, rng: np.random.Generator) -> tuple[Case, int]:
             args += geo
             case.broken.append(" ".join(geo))
         if not existing and rng.random() < 0.15:
-            folds = str(rng.choice(["1", "2", "3", "0", "-1", "100"]))
+            folds = _pick(rng, ["1", "2", "3", "0", "-1", "100"])
             args += ["--folds", folds]
             case.broken.append(f"--folds {folds}")
         option = None
         if not existing and rng.random() < 0.3:  # issue 22: a hostile value of a numeric option
-            option, value = str(rng.choice(RUN_OPTIONS)), str(rng.choice(OPTION_VALUES))
+            option, value = _pick(rng, RUN_OPTIONS), _pick(rng, OPTION_VALUES)
             args += [f"{option}={value}"]
             case.broken.append(f"{option} {value!r}")
         out = run_dir if existing else root / f"out{number}"
@@ -424,7 +433,7 @@ def _prepare_case(base, number: int, rng: np.random.Generator) -> tuple[Case, in
     shutil.copytree(root / "data", data)
     _write_table(_break_table(good, rng, case, ("iop", "icp"), ("scan_id", "subject", "path")), data / "scans.csv",
                  rng, case)
-    for i in rng.choice(16, size=int(rng.integers(1, 4)), replace=False):
+    for i in rng.choice(N_SCANS, size=int(rng.integers(1, 4)), replace=False):
         name = good["path"].iloc[i].split("/")[-1]
         case.broken.append(f"{name} {_bad_volume(data / 'vol' / name, rng)}")
     table = data / "scans.csv"
@@ -436,7 +445,7 @@ def _prepare_case(base, number: int, rng: np.random.Generator) -> tuple[Case, in
         case.broken.append("--out holds the input table.csv")
     args = ["prepare", table, "--out", out, "--shape", "x".join(map(str, SHAPE)), "--quiet"]
     if rng.random() < 0.3:
-        option, value = str(rng.choice(["--workers", "--saturation"])), str(rng.choice(OPTION_VALUES))
+        option, value = _pick(rng, ["--workers", "--saturation"]), _pick(rng, OPTION_VALUES)
         args += [f"{option}={value}"]
         case.broken.append(f"{option} {value!r}")
     inputs = _inputs(data)
@@ -460,11 +469,11 @@ def _analyze_case(base, number: int, rng: np.random.Generator) -> tuple[Case, in
     before = _outputs(out)
     args = ["analyze", path, "--out", out, "--n-boot", "10"]
     if rng.random() < 0.2:
-        ref = str(rng.choice(["mean", "nope", ""]))
+        ref = _pick(rng, ["ridge_scan", "nope", ""])  # one of the table's models, a missing one, none
         args += ["--reference", ref]
         case.broken.append(f"--reference {ref!r}")
     if rng.random() < 0.2:  # issue 22: a hostile value of a numeric option
-        option, value = str(rng.choice(["--n-boot", "--seed", "--ci-level"])), str(rng.choice(OPTION_VALUES))
+        option, value = _pick(rng, ["--n-boot", "--seed", "--ci-level"]), _pick(rng, OPTION_VALUES)
         args += [f"{option}={value}"]
         case.broken.append(f"{option} {value!r}")
     rc, _, err = icpcv(*args)

@@ -467,3 +467,20 @@ def test_cross_validation_runs_on_the_prepared_table(tmp_path):
     preds = pd.read_csv(run_dir / "predictions.csv", dtype={"scan_id": str})
     assert set(preds["model"]) == {"mean", "ols_iop", "cnn"}
     assert preds.groupby("model").size().to_dict() == {"mean": 12, "ols_iop": 12, "cnn": 12}
+
+
+def test_a_raw_path_with_a_control_character_is_a_skip_not_a_traceback(tmp_path, capsys):
+    """A NUL byte in the path cell made `prepare` end in 'ValueError: embedded null byte' (found by the fuzz
+    test once its '\\x00' cell reached the table): the row is skipped with its reason, the rest converts."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    np.save(raw / "a.npy", volume(1))
+    table = tmp_path / "t.csv"
+    pd.DataFrame({"scan_id": ["a", "b"], "subject": ["1", "1"], "iop": ["15", "15"], "icp": ["5", "6"],
+                  "path": ["a.npy", "b\x00.npy"]}).to_csv(table, index=False)
+    out = tmp_path / "out"
+    rc = main(["prepare", str(table), "--raw", str(raw), "--out", str(out), "--shape", "8x8x16", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "Traceback" not in err, err
+    q = pd.read_csv(out / "quality.csv", dtype=str, keep_default_na=False).set_index("scan_id")
+    assert (q.loc["a", "status"], q.loc["b", "status"], q.loc["b", "reason"]) == ("converted", "skipped", "control_character")

@@ -114,3 +114,46 @@ def test_real_table_gives_the_seed_cohort(monkey_table):
         (raw["monkey_id"].str.strip() != "")
     assert set(raw.loc[rule, "id"]) == set(t.scans["scan_id"])
     assert round(t.scans[["iop", "icp"]].corr().iloc[0, 1], 2) == 0.10
+
+
+def test_a_control_character_in_an_id_subject_or_path_drops_the_row(tmp_path):
+    """A NUL byte in a label is not a monkey: numpy's text arrays drop a trailing NUL, so monkey '\\x00' became
+    '' inside the fold plan (a KeyError traceback in `run`), and 'a\\x00' would have merged with 'a'. Such a
+    row is dropped with its reason, naming its column; the seed format's id is never made into a file name."""
+    from icpcv.folds import make_plan
+
+    (tmp_path / "vol").mkdir()
+    rows = []
+    for k in range(12):
+        np.save(tmp_path / "vol" / f"v{k}.npy", np.full((4, 4, 8), k, np.uint8))
+        rows.append([f"s{k}", str(k // 4 + 1), 10 + k % 4, 5 + k % 3, f"vol/v{k}.npy"])
+    rows[1][1] = "\x00"           # subject: a NUL alone
+    rows[5][1] = "2\x00"          # subject: one that numpy would read as monkey '2'
+    rows[6][0] = "s\x006"         # scan id
+    rows[9][4] = "vol/v9\x00.npy"  # path: the OS refuses it (ValueError: embedded null byte)
+    rows[10][1] = "3\n"          # a line break inside the cell (after the strip: '3\n' is stripped to '3')
+    t = read_scan_table(_write(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path"], rows),
+                        need_volumes=True)
+    q = t.quality.set_index("row")
+    assert [(r, q.loc[r, "reason"], q.loc[r, "column"]) for r in (2, 6, 7, 10)] == \
+        [(2, "control_character", "subject"), (6, "control_character", "subject"),
+         (7, "control_character", "scan_id"), (10, "control_character", "path")]
+    assert q.loc[11, "status"] == "kept"  # surrounding whitespace is trimmed, as everywhere
+    assert sorted(set(t.scans["subject"])) == ["1", "2", "3"]
+    make_plan(t.scans, seed=0)  # the plan of what is kept builds
+
+
+def test_seed_format_id_with_a_control_character_is_dropped_not_opened(tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    import torch
+
+    for i in range(1, 7):
+        torch.save(torch.zeros(4, 4, 8), scans / f"{i}.pt")
+    rows = [[i, (i - 1) // 2 + 1, 15, 8, "TRUE"] for i in range(1, 7)]
+    rows[2][0] = "3\x00"
+    t = read_scan_table(_write(tmp_path / "t.csv", ["id", "monkey_id", "iop", "icp", "torch_present"], rows),
+                        scans_dir=scans)
+    q = t.quality.set_index("row")
+    assert (q.loc[3, "reason"], q.loc[3, "column"]) == ("control_character", "id")
+    assert len(t.scans) == 5

@@ -32,7 +32,7 @@ from icpcv.cohort.volumes import escapes_folder, volume_file_problem
 from icpcv.errors import InputError
 from icpcv.plausible import (ICP_MMHG, IOP_MMHG, SHAPE_FACTOR_MAX, VOXEL_ABS_MAX, VOXEL_Z_MAX, describe, in_range,
                              is_missing)
-from icpcv.util import clip, natural_sorted, parse_decimal, subject_label
+from icpcv.util import clip, has_control_character, natural_sorted, parse_decimal, subject_label
 
 SEED_COLUMNS = ("id", "monkey_id", "iop", "icp", "torch_present")
 PLAIN_COLUMNS = ("scan_id", "subject", "iop", "icp", "path")
@@ -44,6 +44,8 @@ REASONS = {
     "scan_id_missing": "no scan id (an empty cell, or NA, NaN, None, null: a missing value)",
     "duplicate_scan_id": "the scan id appears on an earlier row",
     "subject_missing": "no subject (monkey) id (an empty cell, or NA, NaN, None, null: a missing value)",
+    "control_character": "the scan id, subject or path holds a control character (a NUL byte, a line break or tab "
+                         "inside the cell): no lab writes one, and a NUL is lost in arrays and refused in file names",
     "icp_missing": "ICP cell is empty (or NA, NaN, None, null: a missing value)",
     "icp_range": "ICP written as a range (e.g. '0-2'), not a single value",
     "icp_not_numeric": "ICP is not a plain decimal number (e.g. 12.5 or 1.25e1; digit separators such as 2_0 or "
@@ -224,12 +226,16 @@ def read_scan_table(
         problems: list[tuple[str, str, str]] = []  # (reason, column, value)
         if is_missing(scan_id):
             problems.append(("scan_id_missing", id_col, scan_id))
+        elif has_control_character(scan_id):
+            problems.append(("control_character", id_col, repr(scan_id)))
         elif scan_id in seen:
             problems.append(("duplicate_scan_id", id_col, f"{scan_id} (first on row {seen[scan_id]})"))
         else:
             seen[scan_id] = i
         if is_missing(subject):
             problems.append(("subject_missing", subj_col, subject))
+        elif has_control_character(subject):
+            problems.append(("control_character", subj_col, repr(subject)))
         icp_txt = _clean(rec.get("icp"))
         icp = _parse_number(icp_txt)
         if is_missing(icp_txt) and not need_icp:  # issue 20: a new scan to predict may have no ICP
@@ -256,6 +262,8 @@ def read_scan_table(
                 problems.append(("torch_present_invalid", "torch_present", present))
             elif present in _FALSE:
                 problems.append(("no_volume", "torch_present", present or "(empty)"))
+            elif has_control_character(scan_id):
+                pass  # control_character above: no file name holds one
             elif scans_dir is not None and scan_id and escapes_folder(scans_dir, f"{scan_id}.pt"):
                 problems.append(("path_outside", "id", f"{scan_id} ({scans_dir / scan_id}.pt is outside --scans "
                                                        f"{scans_dir})"))
@@ -268,6 +276,8 @@ def read_scan_table(
             p = _clean(rec.get("path"))
             if not p:
                 problems.append(("volume_file_missing", "path", "(empty)"))
+            elif has_control_character(p):
+                problems.append(("control_character", "path", repr(p)))
             elif not Path(p).is_absolute() and escapes_folder(base, p):
                 problems.append(("path_outside", "path", f"{p} (outside the table's folder {base})"))
             else:

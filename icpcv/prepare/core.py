@@ -39,7 +39,8 @@ from icpcv.prepare.sources import (REASONS, VolumeError, content_hash, fingerpri
                                    safe_name)
 from icpcv.progress import Progress
 from icpcv.rundir import RunLock
-from icpcv.util import atomic_write, atomic_write_json, atomic_write_text, canonical_hash, read_json, subject_label
+from icpcv.util import (atomic_write, atomic_write_json, atomic_write_text, canonical_hash, clip, has_control_character,
+                        read_json, subject_label)
 from icpcv.writable import check_inputs_kept, check_output_dir
 
 #: written into the manifest; a change reconverts everything
@@ -531,7 +532,7 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
     out = check_output_dir(out, what="prepared data set")
     rows, info = read_table(table, raw_dir, path_column)
     # nothing the user gave is overwritten: the table (prepare DIR/table.csv --out DIR) and raw files
-    check_inputs_kept(out, [table] + [r.path for r in rows if r.path is not None],
+    check_inputs_kept(out, [table] + [r.path for r in rows if r.path is not None and not has_control_character(r.raw)],  # noqa: E501
                       writes=("table.csv", "quality.csv", MANIFEST, ".lock") + tuple(r.out for r in rows))
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
@@ -555,6 +556,11 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                 results[r.row] = dict(status="skipped", reason="no_path",
                                       detail=f"{table}: row {r.row}, column {info['path_col']}: empty; no raw file "
                                              "to convert")
+                continue
+            if has_control_character(r.raw):
+                results[r.row] = dict(status="skipped", reason="control_character",
+                                      detail=f"{table}: row {r.row}, column {info['path_col']}: {clip(repr(r.raw))} "
+                                             "holds a control character; no file name holds one")
                 continue
             if not Path(r.raw).is_absolute() and escapes_folder(raw_dir, r.raw):
                 results[r.row] = dict(status="skipped", reason="path_outside",

@@ -47,6 +47,8 @@ REASONS = {
     "no_path": "the table names no raw file for this row",
     "missing": "the raw file or folder does not exist",
     "broken_link": "the raw path is a symbolic link that leads nowhere (its target is gone, or links loop)",
+    "control_character": "the raw path holds a control character (a NUL byte, a line break or tab inside the "
+                         "cell): no file name holds one",
     "path_outside": "a relative raw path that climbs out of --raw (or the table's folder) with '../'; give a path "
                     "inside it, or an absolute path",
     "unknown_format": "the file's suffix is not a supported raw format",
