@@ -132,7 +132,7 @@ def test_a_control_character_in_an_id_subject_or_path_drops_the_row(tmp_path):
     rows[6][0] = "s\x006"         # scan id
     rows[9][4] = "vol/v9\x00.npy"  # path: the OS refuses it (ValueError: embedded null byte)
     rows[10][1] = "3\n"          # a line break inside the cell (after the strip: '3\n' is stripped to '3')
-    t = read_scan_table(_write(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path"], rows),
+    t = read_scan_table(write_csv(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp", "path"], rows),
                         need_volumes=True)
     q = t.quality.set_index("row")
     assert [(r, q.loc[r, "reason"], q.loc[r, "column"]) for r in (2, 6, 7, 10)] == \
@@ -152,7 +152,7 @@ def test_seed_format_id_with_a_control_character_is_dropped_not_opened(tmp_path)
         torch.save(torch.zeros(4, 4, 8), scans / f"{i}.pt")
     rows = [[i, (i - 1) // 2 + 1, 15, 8, "TRUE"] for i in range(1, 7)]
     rows[2][0] = "3\x00"
-    t = read_scan_table(_write(tmp_path / "t.csv", ["id", "monkey_id", "iop", "icp", "torch_present"], rows),
+    t = read_scan_table(write_csv(tmp_path / "t.csv", ["id", "monkey_id", "iop", "icp", "torch_present"], rows),
                         scans_dir=scans)
     q = t.quality.set_index("row")
     assert (q.loc[3, "reason"], q.loc[3, "column"]) == ("control_character", "id")
