@@ -69,7 +69,7 @@ def _table_codes(tmp_path: Path) -> set[str]:
     (scans / "loop.pt").symlink_to(scans / "loop.pt")
     seed = [("a", "1", "10", "5", "TRUE"), ("", "", "", "", "maybe"), ("a", "1", "x", "0-2", "TRUE"),
             ("c", "1", "-1", "x", "FALSE"), ("d", "1", "10", "-3", "TRUE"), ("e", "1", "10", "500", "TRUE"),
-            ("loop", "1", "10", "5", "TRUE"), ("../b", "1", "10", "5", "TRUE")]
+            ("loop", "1", "10", "5", "TRUE"), ("../b", "1", "10", "5", "TRUE"), ("f\x01", "1", "10", "5", "TRUE")]
     pd.DataFrame(seed, columns=["id", "monkey_id", "iop", "icp", "torch_present"]).to_csv(tmp_path / "s.csv",
                                                                                          index=False)
     q = read_scan_table(tmp_path / "s.csv", scans_dir=scans).quality
