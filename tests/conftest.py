@@ -20,8 +20,19 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
+#: the longest test files (about a minute or more each on one idle core), started first: with one worker per
+#: core and each file whole on one worker, a long file left to the end would run alone while the other
+#: cores idle (longest first keeps the workers' shares even)
+LONGEST_FIRST = ("test_slurm.py", "test_fuzz_inputs.py", "test_repeats_run.py", "test_resume.py", "test_leakage.py",
+                 "test_browser.py", "test_saliency_run.py", "test_tune.py", "test_gpu_check.py", "test_end_to_end.py",
+                 "test_stats_analyze.py", "test_power_command.py", "test_notebooks.py", "test_acquisition.py")
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
+
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
 
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs CUDA (run on the device)")
