@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,29 +11,24 @@ MONKEY_TABLE = SHARED / "data" / "monkey_data.csv"
 REFERENCE = SHARED / "reference"
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one torch (OpenMP) thread per xdist worker, and in the commands its tests start: with one worker per
+    # core, more threads only spin against each other (measured on 2 cores, full suite: 2 workers with 2
+    # threads each 21.5 min of CPU, with 1 thread each 19.5 min; 3 workers 24.3 min and 15 min 13 s wall)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject's addopts): one worker per core, at most 4. Each test file runs whole on
     one worker (``--dist loadfile``), so module fixtures are built once; the report's shared runs
     are made once for all workers (tests/test_report_support.py); the Slurm tests share one cluster
     and live in one file."""
-    import os
-
     return max(1, min(4, len(os.sched_getaffinity(0))))
-
-
-#: the longest test files (about a minute or more each on one idle core), started first: with one worker per
-#: core and each file whole on one worker, a long file left to the end would run alone while the other
-#: cores idle (longest first keeps the workers' shares even)
-LONGEST_FIRST = ("test_slurm.py", "test_fuzz_inputs.py", "test_repeats_run.py", "test_resume.py", "test_leakage.py",
-                 "test_browser.py", "test_saliency_run.py", "test_tune.py", "test_gpu_check.py", "test_end_to_end.py",
-                 "test_stats_analyze.py", "test_power_command.py", "test_notebooks.py", "test_acquisition.py")
 
 
 def pytest_collection_modifyitems(config, items):
     import torch
-
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order is kept
 
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs CUDA (run on the device)")
