@@ -11,14 +11,6 @@ MONKEY_TABLE = SHARED / "data" / "monkey_data.csv"
 REFERENCE = SHARED / "reference"
 
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # one torch (OpenMP) thread per xdist worker, and in the commands its tests start: with one worker per
-    # core, more threads only spin against each other (measured on 2 cores, full suite: 2 workers with 2
-    # threads each 21.5 min of CPU, with 1 thread each 19.5 min; 3 workers 24.3 min and 15 min 13 s wall)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("MKL_NUM_THREADS", "1")
-
-
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject's addopts): one worker per core, at most 4. Each test file runs whole on
     one worker (``--dist loadfile``), so module fixtures are built once; the report's shared runs
