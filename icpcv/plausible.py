@@ -8,11 +8,13 @@ file, row and column.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from dataclasses import dataclass
 
 from icpcv.errors import InputError
+from icpcv.util import parse_decimal
 
 #: intraocular pressure, mmHg (gauge). Below 0 is impossible in a living eye; above 100 mmHg the
 #: eye is not perfused (IOP above systolic pressure); the study set 5-50 mmHg.
@@ -272,15 +274,12 @@ def check_parsed(parser, args, command: str | None = None) -> None:
                 check_options({option: values}, command)
 
 
-_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.ASCII | re.IGNORECASE)
-
-
 def _plain(kind):
-    """``int`` or ``float`` for an option, as the docs say numbers are written: ASCII digits, a sign, a decimal
-    point, an exponent (``nan``/``inf`` pass on to the option's range, which names them). Python's own
-    ``int``/``float`` also read ``1_0`` as 10 and full-width digits as digits."""
+    """``int`` or ``float`` for an option, read as tables read numbers (:func:`icpcv.util.parse_decimal`: ASCII
+    digits, a sign, a decimal point, an exponent; ``nan`` also passes on, to the option's range, which names
+    it). Python's own ``int``/``float`` also read ``1_0`` as 10 and full-width digits as digits."""
     def parse(text: str):
-        if not _PLAIN_NUMBER.fullmatch(str(text).strip()):
+        if parse_decimal(text) is None and str(text).strip().lstrip("+-").lower() != "nan":
             raise ValueError(text)
         return kind(text)
 
@@ -294,5 +293,6 @@ def plain_numbers(parser) -> None:
     for action in parser._actions:  # noqa: SLF001 - argparse has no public walk
         if action.type in (int, float):
             action.type = _plain(action.type)
-        for sub in (getattr(action, "choices", None) or {}).values() if isinstance(action.choices, dict) else ():
-            plain_numbers(sub)
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in action.choices.values():
+                plain_numbers(sub)
