@@ -260,3 +260,50 @@ def test_compare_refuses_bad_requests(runs, tmp_path):
     with pytest.raises(RunDirError, match="measured ICP differs on 1 scans"):
         compare_runs([a, changed], tmp_path / "x")
     shutil.rmtree(changed)
+
+
+def test_report_pngs_are_the_pngs_of_a_tight_savefig(runs, monkeypatch):
+    """``figures.to_png`` measures the tight box itself and draws each figure once; its bytes are the
+    bytes ``savefig(bbox_inches="tight")`` writes (which draws twice), for every figure of a run's
+    report (legends outside the axes, tight_layout with a rect, small multiples) and for a figure
+    laid out at draw time (constrained layout, the attribution slices)."""
+    import numpy as np
+    from matplotlib.figure import Figure as MplFigure
+
+    from icpcv.report import build
+    from icpcv.report import attribution_figures as AF
+    from icpcv.report import figures as F
+    from icpcv.report.rundata import load_run
+
+    def tight(fig) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=F.DPI, bbox_inches="tight", facecolor="white")
+        return buf.getvalue()
+
+    monkeypatch.setattr(F, "render", lambda figures, fig_dir: figures)  # keep the Figures, write nothing
+    data = load_run(runs("tiny"))
+
+    def figures():
+        made = [f for fs in build.run_figures(data, data.stats).values() for f in fs]
+        rng = np.random.default_rng(0)
+        with F.style():
+            made.append(F.Figure("slices", "", "", AF.orthogonal_slices_figure(rng.random((8, 6, 10)))))
+        return made
+
+    draws = []
+    real_draw = MplFigure.draw
+    monkeypatch.setattr(MplFigure, "draw", lambda self, renderer: (draws.append(self), real_draw(self, renderer))[1])
+    ours = figures()
+    with F.style():
+        ours_png = {f.name: F.to_png(f.fig) for f in ours}
+    drawn = {id(f.fig): sum(d is f.fig for d in draws) for f in ours}
+    theirs = figures()
+    with F.style():
+        theirs_png = {f.name: tight(f.fig) for f in theirs}
+    assert len(ours_png) >= 8 and {"bland_altman", "polar", "cohort", "slices"} <= set(ours_png)
+    for name, png in ours_png.items():
+        assert png == theirs_png[name], f"{name}: to_png differs from savefig(bbox_inches='tight')"
+    # drawn once, except the constrained figure, whose layout is savefig's first draw
+    assert {f.name: drawn[id(f.fig)] for f in ours} == {f.name: 2 if f.name == "slices" else 1 for f in ours}

@@ -17,7 +17,9 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
+from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
@@ -81,8 +83,22 @@ def file_stem(text: str) -> str:
 
 
 def to_png(fig) -> bytes:
+    """The figure as PNG bytes, cropped to what it draws (legends outside the axes included) plus
+    savefig's pad, as ``bbox_inches="tight"`` crops it. The box is measured here and handed to
+    savefig, which then draws the figure once: given "tight", savefig draws it twice (a dry draw
+    to measure, then the real one), and on small multiples each draw lays out every tick label
+    again. The PNG is byte for byte the one "tight" writes (tests/test_report.py)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    engine = fig.get_layout_engine()
+    if engine is not None and not isinstance(engine, PlaceHolderLayoutEngine):
+        # laid out at draw time (constrained): savefig's dry draw is its layout
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+        return buf.getvalue()
+    # tight_layout() leaves a placeholder engine that lays nothing out, but for which savefig draws twice
+    fig.set_layout_engine(None)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    box = fig.get_tightbbox(renderer).padded(matplotlib.rcParams["savefig.pad_inches"])
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches=box, facecolor="white")
     return buf.getvalue()
 
 
