@@ -51,7 +51,7 @@ import pandas as pd
 
 from icpcv.config import RunConfig
 from icpcv.errors import RunDirError
-from icpcv.util import atomic_write_json, atomic_write_text, canonical_hash, file_sha256, read_json
+from icpcv.util import atomic_write_json, atomic_write_text, canonical_hash, file_sha256, read_json, visible_table
 
 #: the columns of a predictions table, in order (``iop`` where known)
 PREDICTION_COLUMNS = ["fold", "subject", "scan_id", "model", "y_true", "y_pred", "iop"]
@@ -528,7 +528,7 @@ class RunDir(_Folder):
 
     # ---- the cohort, the plan and its audit
     def write_quality(self, quality: pd.DataFrame) -> None:
-        atomic_write_text(self.data_quality_csv, quality.to_csv(index=False))
+        atomic_write_text(self.data_quality_csv, visible_table(quality).to_csv(index=False))
 
     def read_quality(self) -> pd.DataFrame:
         return read_csv_file(self.data_quality_csv, dtype=str, keep_default_na=False)

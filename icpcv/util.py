@@ -199,6 +199,32 @@ def has_control_character(text) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in str(text))
 
 
+def visible_controls(text):
+    """A cell as a record of the input shows it (``data_quality.csv``, ``quality.csv``): each control
+    character written as its escape, a NUL byte as ``\\x00``, a line break as ``\\n``; other text, and
+    anything that is not text, as given. A raw NUL in a CSV stops many readers (R warns of "embedded
+    nulls" and cuts the cell); the row number says which input row it was.
+
+    >>> [visible_controls(t) for t in ("c\\x00", "a\\nb", "m\u00fcnchen", 5)]
+    ['c\\\\x00', 'a\\\\nb', 'münchen', 5]
+    """
+    if not isinstance(text, str) or not has_control_character(text):
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" else c
+                   for c in text)
+
+
+def visible_table(df):
+    """:func:`visible_controls` on every text cell of a record table (a copy; numbers untouched)."""
+    import pandas as pd
+
+    out = df.copy()
+    for col in out.columns:
+        if pd.api.types.is_object_dtype(out[col]) or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(visible_controls)
+    return out
+
+
 _WHOLE_LABEL = re.compile(r"^[+-]?[0-9]+(\.0*)?$", re.ASCII)
 
 

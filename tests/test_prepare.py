@@ -476,11 +476,16 @@ def test_a_raw_path_with_a_control_character_is_a_skip_not_a_traceback(tmp_path,
     raw.mkdir()
     np.save(raw / "a.npy", volume(1))
     table = tmp_path / "t.csv"
-    pd.DataFrame({"scan_id": ["a", "b"], "subject": ["1", "1"], "iop": ["15", "15"], "icp": ["5", "6"],
-                  "path": ["a.npy", "b\x00.npy"]}).to_csv(table, index=False)
+    # and a control character in the scan id or the monkey: `run` drops such a row, so prepare skips it too
+    pd.DataFrame({"scan_id": ["a", "b", "c\x00", "d"], "subject": ["1", "1", "1", "1\x01"], "iop": ["15"] * 4,
+                  "icp": ["5", "6", "7", "8"], "path": ["a.npy", "b\x00.npy", "a.npy", "a.npy"]}).to_csv(table, index=False)
     out = tmp_path / "out"
     rc = main(["prepare", str(table), "--raw", str(raw), "--out", str(out), "--shape", "8x8x16", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 3 and "Traceback" not in err, err
-    q = pd.read_csv(out / "quality.csv", dtype=str, keep_default_na=False).set_index("scan_id")
-    assert (q.loc["a", "status"], q.loc["b", "status"], q.loc["b", "reason"]) == ("converted", "skipped", "control_character")
+    q = pd.read_csv(out / "quality.csv", dtype=str, keep_default_na=False).set_index("row")
+    assert q["status"].tolist() == ["converted", "skipped", "skipped", "skipped"]
+    assert q["reason"].tolist()[1:] == ["control_character"] * 3
+    assert "column scan_id" in q["detail"].iloc[2] and "column subject" in q["detail"].iloc[3]
+    assert pd.read_csv(out / "table.csv", dtype=str)["scan_id"].tolist() == ["a"]
+    assert b"\x00" not in (out / "quality.csv").read_bytes() and q.loc["3", "scan_id"] == "c\\x00"  # shown escaped

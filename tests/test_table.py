@@ -141,6 +141,16 @@ def test_a_control_character_in_an_id_subject_or_path_drops_the_row(tmp_path):
     assert q.loc[11, "status"] == "kept"  # surrounding whitespace is trimmed, as everywhere
     assert sorted(set(t.scans["subject"])) == ["1", "2", "3"]
     make_plan(t.scans, seed=0)  # the plan of what is kept builds
+    # data_quality.csv shows the character as its escape: a raw NUL in a CSV stops other readers
+    from icpcv.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_quality(t.quality)
+    raw = run.data_quality_csv.read_bytes()
+    assert b"\x00" not in raw, raw
+    back = run.read_quality().set_index("row")
+    assert (back.loc["7", "scan_id"], back.loc["6", "subject"]) == ("s\\x006", "2\\x00")
 
 
 def test_seed_format_id_with_a_control_character_is_dropped_not_opened(tmp_path):

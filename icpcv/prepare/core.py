@@ -40,7 +40,7 @@ from icpcv.prepare.sources import (REASONS, VolumeError, content_hash, fingerpri
 from icpcv.progress import Progress
 from icpcv.rundir import RunLock
 from icpcv.util import (atomic_write, atomic_write_json, atomic_write_text, canonical_hash, clip, has_control_character,
-                        read_json, subject_label)
+                        read_json, subject_label, visible_table)
 from icpcv.writable import check_inputs_kept, check_output_dir
 
 #: written into the manifest; a change reconverts everything
@@ -562,6 +562,13 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                                       detail=f"{table}: row {r.row}, column {info['path_col']}: {clip(repr(r.raw))} "
                                              "holds a control character; no file name holds one")
                 continue
+            label = next(((col, v) for col, v in ((info["id_col"], r.scan_id), (info["subject_col"], r.subject))
+                          if has_control_character(v)), None)
+            if label is not None:  # `run` would drop the row for the same reason: not converted for nothing
+                results[r.row] = dict(status="skipped", reason="control_character",
+                                      detail=f"{table}: row {r.row}, column {label[0]}: {clip(repr(label[1]))} holds "
+                                             "a control character; a scan id or monkey does not")
+                continue
             if not Path(r.raw).is_absolute() and escapes_folder(raw_dir, r.raw):
                 results[r.row] = dict(status="skipped", reason="path_outside",
                                       detail=f"{table}: row {r.row}, column {info['path_col']}: {r.raw} lies outside "
@@ -648,7 +655,7 @@ def prepare(table: str | Path, raw_dir: str | Path | None, out: str | Path, opti
                     vals = [options.depth_mm] * len(ok_rows)
                 prepared[c] = vals
         atomic_write_text(out / "table.csv", prepared.to_csv(index=False))
-        atomic_write_text(out / "quality.csv", quality.to_csv(index=False))
+        atomic_write_text(out / "quality.csv", visible_table(quality).to_csv(index=False))
 
     skipped = quality[quality["status"] == "skipped"]
     for rec in skipped.to_dict("records"):
