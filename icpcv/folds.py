@@ -79,17 +79,21 @@ def _balanced_groups(subjects: list[str], sizes: dict[str, int], k: int, rng: np
 
 
 def _inner_val(candidates: list[str], sizes: dict[str, int], fraction: float, rng: np.random.Generator,
-               fold: int, n_folds: int):
+               fold: int, n_folds: int, needed: bool = True):
     if fraction == 0:  # no early stopping asked for: every training-side subject is fitted
         return []
     n_val = max(1, int(round(fraction * len(candidates))))
+    if len(candidates) - n_val < 1 and not needed:
+        # no model early-stops and every model fits the inner-validation subjects too: keep them all on the
+        # training side of this fold rather than refuse (a fold whose draw leaves one to train on is as before)
+        return []
     if len(candidates) - n_val < 1:
         n = len(candidates)
         raise InputError(
             f"fold {fold + 1} of {n_folds} has {n} subject{'' if n == 1 else 's'} on its training side, and "
-            f"--val-fraction {fraction:g} sets {n_val} of them aside for early stopping, leaving none to train on; "
-            "with so few subjects use --val-fraction 0 (no inner validation: the IOP-only models fit every "
-            "training subject; the CNNs need one) or fewer --folds")
+            f"--val-fraction {fraction:g} sets {n_val} of them aside for the networks' early stopping, leaving "
+            "none to train on; use fewer --folds, or leave the networks out of --models (the other models need no "
+            "inner validation and fit every training subject)")
     val = natural_sorted(rng.choice(candidates, size=n_val, replace=False).tolist())
     return val
 
@@ -108,7 +112,7 @@ def check_val_fraction(val_fraction: float, early_stopping_models=()) -> None:
 
 
 def make_plan(scans: pd.DataFrame, *, n_folds: int | None = None, split: str = "subjects",
-              val_fraction: float = 0.15, seed: int = 0) -> FoldPlan:
+              val_fraction: float = 0.15, seed: int = 0, inner_val_needed: bool = True) -> FoldPlan:
     """Build a fold plan from a scan table with ``scan_id`` and ``subject`` columns.
 
     ``split="subjects"``: with ``n_folds`` None or equal to the number of subjects, leave one
@@ -117,6 +121,9 @@ def make_plan(scans: pd.DataFrame, *, n_folds: int | None = None, split: str = "
     subjects, never the held-out ones.
     ``split="scans"``: a scan-level random K-fold that ignores subjects (leaky on purpose), for
     measuring the optimism of the naive design.
+    ``inner_val_needed=False`` (no model early-stops: the baselines fit the inner-validation subjects
+    too): a fold whose inner-validation draw would leave no subject to train on keeps them all on its
+    training side instead of being refused; every other fold is drawn as with True.
     """
     check_val_fraction(val_fraction)
     rng = np.random.default_rng(seed)
@@ -140,7 +147,7 @@ def make_plan(scans: pd.DataFrame, *, n_folds: int | None = None, split: str = "
         groups = [[s] for s in subjects] if k == G else _balanced_groups(subjects, sizes, k, rng)
         for i, held in enumerate(groups):
             rest = [s for s in subjects if s not in held]
-            val = _inner_val(rest, sizes, val_fraction, rng, i, k)
+            val = _inner_val(rest, sizes, val_fraction, rng, i, k, needed=inner_val_needed)
             train = [s for s in rest if s not in val]
             folds.append(Fold(i, tuple(held), tuple(val), tuple(train),
                               tuple(x for s in held for x in by_subject[s]),

@@ -95,10 +95,31 @@ def test_two_subjects_with_no_inner_validation():
     with pytest.raises(InputError) as err:
         make_plan(_two_cols({"1": 4, "2": 3}), val_fraction=0.25)
     msg = str(err.value)
-    assert "1 subject" in msg and "--val-fraction 0" in msg
+    assert "1 subject" in msg and "fewer --folds" in msg and "networks" in msg
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 2.0, float("nan")])
 def test_val_fraction_outside_its_range_is_an_input_error(scans, fraction):
     with pytest.raises(InputError, match="--val-fraction"):
         make_plan(scans, val_fraction=fraction)
+
+
+def test_without_early_stopping_a_fold_with_one_training_subject_keeps_it(scans, tmp_path):
+    """A labels-only run was refused by the inner-validation rule when a fold had one training subject,
+    although no model early-stops (the baselines fit the inner-validation subjects too). Without a
+    network the fold keeps every training subject; every plan that was drawn before is drawn the same."""
+    two = _two_cols({"1": 4, "2": 3})
+    plan = make_plan(two, val_fraction=0.25, inner_val_needed=False)
+    assert [(f.held_out, f.inner_val, f.train) for f in plan.folds] == [(("1",), (), ("2",)), (("2",), (), ("1",))]
+    assert make_plan(scans, val_fraction=0.25, seed=3, inner_val_needed=False).hash == \
+        make_plan(scans, val_fraction=0.25, seed=3).hash  # same draws where a fold has subjects to spare
+
+    from cli_support import icpcv, write_csv
+    from icpcv.util import read_json
+
+    rows = [[f"s{i}", str(1 + i % 2), 10 + i, 5 + i % 3] for i in range(8)]
+    table = write_csv(tmp_path / "t.csv", ["scan_id", "subject", "iop", "icp"], rows)
+    rc, _, err = icpcv("run", "--manifest", table, "--models", "mean,ols_iop", "--n-boot", "20", "--quiet",
+                       "--out", tmp_path / "labels")
+    assert rc == 0, err  # refused before: "fold 1 of 2 has 1 subject on its training side ..."
+    assert all(not f["inner_val"] for f in read_json(tmp_path / "labels" / "fold_plan.json")["folds"])

@@ -78,7 +78,8 @@ def prepare(cfg: RunConfig, run_dir: Path, *, fresh: bool = False, progress: Pro
     run.write_preprocessing(describe_preprocessing(coh))  # issue 20: what `icpcv predict` repeats for a new scan
     if cfg.reference not in cfg.models and progress:
         progress.message(f"note: reference model {cfg.reference} is not among --models; no paired comparisons")
-    plan = make_plan(coh.scans, n_folds=cfg.folds, split=cfg.split, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    plan = make_plan(coh.scans, n_folds=cfg.folds, split=cfg.split, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                     inner_val_needed=any(m.stochastic for m in models))  # the networks early-stop on it
     if old is not None and old.plan_hash != plan.hash:
         raise RunDirError(f"{run.path}: the fold plan changed (hash {old.plan_hash} -> {plan.hash}); "
                           "use --fresh or another --out")
