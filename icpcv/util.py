@@ -89,13 +89,18 @@ def to_jsonable(obj: Any) -> Any:
 
     Anything else raises TypeError: a value that JSON cannot hold is a bug, not something to
     write as its repr.
+
+    >>> to_jsonable({"a": [1.5, float("nan")], "b": np.array([[1, 2]]), "c": (np.float32(0.5), None, -np.inf)})
+    {'a': [1.5, None], 'b': [[1, 2]], 'c': [0.5, None, None]}
     """
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
+        if all(type(v) is float for v in obj):  # a row of numbers (a kept model's arrays): no call per value
+            return [v if math.isfinite(v) else None for v in obj]
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return [to_jsonable(v) for v in obj.tolist()]
+        return to_jsonable(obj.tolist())
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):

@@ -37,6 +37,21 @@ def test_within_monkey_association_reproduces_the_published_rmcorr():
     assert lo < a["r"] < hi < 0 < 1  # the 8 subjects agree on the sign
 
 
+def test_a_monkey_in_which_a_variable_is_constant_is_left_out():
+    """Only monkeys in which both variables vary enter (a constant one adds nothing to the sums, only to
+    dof): the published pH / PaCO2 data with subject 9 added, constant in PaCO2, and subject 10, constant in
+    pH, give the published r and df; a missing value leaves out its row only."""
+    data = pd.read_csv(SHARED / "reference" / "ba1995_ph_paco2.csv")
+    extra = pd.DataFrame({"subject": [9] * 3 + [10] * 3 + [11] * 3, "PaCO2": [5.0, 5.0, 5.0, 4.0, 4.5, 5.0,
+                                                                              4.1, 4.6, np.nan],
+                          "pH": [7.1, 7.2, 7.3, 7.3, 7.3, 7.3, 7.2, 7.3, 7.4]})
+    both = pd.concat([data[["subject", "PaCO2", "pH"]], extra], ignore_index=True)
+    a = within_monkey_association(both["PaCO2"], both["pH"], both["subject"].astype(str), n_boot=200, seed=1)
+    assert a["n_subjects"] == 9 and a["dof"] == 38 + 2 - 1  # subject 11 enters with its 2 complete rows
+    b = within_monkey_association(both["PaCO2"][:-3], both["pH"][:-3], both["subject"][:-3].astype(str), n_boot=200)
+    assert (b["n_subjects"], b["dof"]) == (8, 38) and b["r"] == pytest.approx(-0.5067697, abs=5e-8)
+
+
 def test_monkey_level_interval_is_rmcorr_of_the_resampled_monkeys():
     """The bootstrap's shortcut (per-monkey centred sums added up) against rmcorr computed anew on each
     resample's data, a monkey drawn twice entering as two monkeys."""

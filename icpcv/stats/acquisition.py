@@ -91,9 +91,12 @@ def within_monkey_association(x, y, subject, *, n_boot: int = 2000, seed=0, ci_l
     ok = np.isfinite(x) & np.isfinite(y)
     x, y, subject = x[ok], y[ok], subject[ok]
     # monkeys in which both vary (a constant monkey adds nothing to the sums, only to dof)
-    frame = pd.DataFrame(dict(x=x, y=y, s=subject))
-    varies = frame.groupby("s").agg(vx=("x", "nunique"), vy=("y", "nunique"))
-    keep = set(varies.index[(varies["vx"] > 1) & (varies["vy"] > 1)])
+    names, code = np.unique(subject, return_inverse=True)
+    lo_x, hi_x, lo_y, hi_y = (np.full(len(names), v) for v in (np.inf, -np.inf, np.inf, -np.inf))
+    for extreme, values, ufunc in ((lo_x, x, np.minimum), (hi_x, x, np.maximum), (lo_y, y, np.minimum),
+                                   (hi_y, y, np.maximum)):
+        ufunc.at(extreme, code, values)
+    keep = set(names[(hi_x > lo_x) & (hi_y > lo_y)].tolist())  # two or more values of each (finite: max > min)
     mask = np.isin(subject, list(keep))
     x, y, subject = x[mask], y[mask], subject[mask]
     out = agreement.rmcorr(x, y, subject, ci_level=ci_level)
