@@ -221,11 +221,9 @@ def visible_controls(text):
 
 def visible_table(df):
     """:func:`visible_controls` on every text cell of a record table (a copy; numbers untouched)."""
-    import pandas as pd
-
     out = df.copy()
     for col in out.columns:
-        if pd.api.types.is_object_dtype(out[col]) or pd.api.types.is_string_dtype(out[col]):
+        if out[col].dtype.kind == "O":  # object and pandas' string dtypes
             out[col] = out[col].map(visible_controls)
     return out
 
