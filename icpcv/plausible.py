@@ -185,6 +185,7 @@ OPTION_RANGES: dict = {
     "--gpu-mem": Range(0.0, 100_000.0, "GiB of GPU memory", lo_open=True),
     "--eval-cap": Range(1, 65_536, "the largest prediction batch proposed"),
     "--cohorts": Range(1, 10_000_000, "simulated cohorts per scenario"),
+    "--rounds": Range(1, 1000, "rounds, each drawing every figure both ways"),
     # issue 21: run --tune's inner folds
     "--inner-folds": Range(2, 10_000, "inner folds of each outer fold's training monkeys (at most their number)"),
     # issue 20: icpcv predict

@@ -125,6 +125,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, dumps(obj))
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), for a benchmark's printout."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform  # lazy: only where /proc/cpuinfo is missing
+
+    return platform.processor() or platform.machine()
+
+
 def package_version(dist: str) -> str | None:
     """The installed version of a distribution, None when it is not installed."""
     try:

@@ -107,6 +107,7 @@ def test_a_phantom_that_cannot_be_held_is_refused_before_it_is_drawn(tmp_path):
     (["bench", "memory", "--gpu-mem", "nan"], "--gpu-mem nan: accepted above 0"),
     (["bench", "train", "--steps", "0"], "--steps 0: accepted 1 to"),
     (["bench", "prepare", "--volumes", "0"], "--volumes 0"),
+    (["bench", "report", "run", "--rounds", "0"], "--rounds 0: accepted 1 to 1000"),
     (["bench", "repeats", "r1", "--n-boot", "0"], "--n-boot 0"),
     (["bench", "run", "--budget", "-1"], "--budget -1"),
     (["bench", "variance", "--cohorts", "0"], "--cohorts 0: accepted 1 to"),

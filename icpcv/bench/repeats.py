@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from icpcv.bench.run import _cpu_name
+from icpcv.util import cpu_name
 from icpcv.plausible import check_parsed
 from icpcv.rundir import RunDir
 from icpcv.stats.repeats import single_seed_table
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-boot", type=int, help="bootstrap resamples for the timed analyses (default: the run's)")
     args = p.parse_args(argv)
     check_parsed(p, args, "bench")  # every number against its range (icpcv.plausible)
-    print(f"machine: {_cpu_name()}")
+    print(f"machine: {cpu_name()}")
     for path in args.runs:
         m = measure(path, n_boot=args.n_boot)
         tv = m["training_variance"]

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from icpcv.plausible import check_parsed
+from icpcv.util import cpu_name
 
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+
 
 
 def main(argv=None) -> int:
@@ -37,7 +30,7 @@ def main(argv=None) -> int:
         print(proc.stderr, file=sys.stderr)
         return proc.returncode
     print(f"command : {' '.join(cmd[1:])}")
-    print(f"machine : {_cpu_name()}, {os.cpu_count()} cores, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
+    print(f"machine : {cpu_name()}, {os.cpu_count()} cores, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     print(f"wall    : {seconds:.1f} s")
     print(f"budget  : {args.budget:.0f} s   ratio wall/budget = {seconds / args.budget:.2f}")
     print(proc.stdout.strip())

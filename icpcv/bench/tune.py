@@ -24,7 +24,7 @@ import time
 import numpy as np
 from scipy import stats as sps
 
-from icpcv.bench.run import _cpu_name
+from icpcv.util import cpu_name
 from icpcv.cohort.phantom import make_cohort
 from icpcv.models import CNNS, known_models
 from icpcv.rundir import RunDir
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--better", default=BETTER, help=f"grid with one truly better candidate (default {BETTER!r})")
     p.add_argument("--json", help="also write every figure here")
     args = p.parse_args(argv)
-    print(f"machine: {_cpu_name()}")
+    print(f"machine: {cpu_name()}")
     for path in args.runs:
         m = cost(path)
         print(f"\n{m['run']}: {m['n_candidates']} candidates, {m['n_folds']} outer folds, inner folds per outer fold "

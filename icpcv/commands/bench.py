@@ -1,4 +1,4 @@
-"""``icpcv bench [train|run|stats|prepare|repeats|variance|tune|memory|gpu-check|coverage]``: benchmarks that print figures and ratios.
+"""``icpcv bench [train|run|stats|prepare|repeats|variance|tune|memory|gpu-check|coverage|report]``: benchmarks that print figures and ratios.
 
 Each benchmark measures its yardstick in the same run; none of them is a test.
 
@@ -17,6 +17,8 @@ Each benchmark measures its yardstick in the same run; none of them is a test.
   (:mod:`icpcv.models.memory`): training, validation and prediction peaks, volumes, resident or streamed.
 * ``coverage``: the coverage of ``icpcv predict``'s monkey-level interval over many new phantom monkeys,
   beside the naive scan-level conformal interval (:mod:`icpcv.predict.coverage`, issue 20).
+* ``report``: drawing a run's report figures with ``to_png`` against savefig's own tight box
+  (:mod:`icpcv.report.bench`).
 * ``gpu-check``: the one prepared check for a GPU machine, every figure in one JSON
   (:mod:`icpcv.bench.gpu_check`).
 """
@@ -29,7 +31,8 @@ import sys
 TARGETS = {"train": "icpcv.bench.train", "run": "icpcv.bench.run", "stats": "icpcv.stats.bench",
            "prepare": "icpcv.prepare.bench", "memory": "icpcv.models.memory", "gpu-check": "icpcv.bench.gpu_check",
            "repeats": "icpcv.bench.repeats", "variance": "icpcv.stats.repeats_bench",
-           "coverage": "icpcv.predict.coverage", "tune": "icpcv.bench.tune"}  # tune: issue 21
+           "coverage": "icpcv.predict.coverage", "tune": "icpcv.bench.tune",  # tune: issue 21
+           "report": "icpcv.report.bench"}
 
 
 def main(argv=None) -> int:

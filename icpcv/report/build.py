@@ -426,6 +426,13 @@ def _collector():
 
 def run_figures(run: RunData, stats: AnalysisResult) -> dict[str, list[F.Figure]]:
     """Figures by report section; also written as PNGs under run_dir/figures/."""
+    out = build_run_figures(run, stats)
+    F.render([f for figs in out.values() for f in figs], run.run.figures_dir)
+    return out
+
+
+def build_run_figures(run: RunData, stats: AnalysisResult) -> dict[str, list[F.Figure]]:
+    """The report's figures by section, laid out but not drawn (``F.render`` draws and writes them)."""
     subjects = run.subjects
     ci_level = stats.ci_level
     out, add = _collector()
@@ -440,7 +447,6 @@ def run_figures(run: RunData, stats: AnalysisResult) -> dict[str, list[F.Figure]
             F.learning_curves_figure(run.curves, {r.get("fold"): r.get("held_out", []) for r in run.fold_records}))
         power_figure(add, run.power)
         attribution_figures(add, run.attribution, run.attribution_maps)  # issue 14
-    F.render([f for figs in out.values() for f in figs], run.run.figures_dir)
     return out
 
 
