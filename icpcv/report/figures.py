@@ -94,8 +94,10 @@ def to_png(fig) -> bytes:
         # laid out at draw time (constrained): savefig's dry draw is its layout
         fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
         return buf.getvalue()
-    # tight_layout() leaves a placeholder engine that lays nothing out, but for which savefig draws twice
-    fig.set_layout_engine(None)
+    # tight_layout() leaves a placeholder engine that lays nothing out, but for which savefig draws twice;
+    # None (not a matplotlibrc's figure.autolayout, which would lay the figure out again at the draw)
+    with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        fig.set_layout_engine(None)
     renderer = FigureCanvasAgg(fig).get_renderer()
     box = fig.get_tightbbox(renderer).padded(matplotlib.rcParams["savefig.pad_inches"])
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches=box, facecolor="white")
