@@ -307,3 +307,28 @@ def test_report_pngs_are_the_pngs_of_a_tight_savefig(runs, monkeypatch):
         assert png == theirs_png[name], f"{name}: to_png differs from savefig(bbox_inches='tight')"
     # drawn once, except the constrained figure, whose layout is savefig's first draw
     assert {f.name: drawn[id(f.fig)] for f in ours} == {f.name: 2 if f.name == "slices" else 1 for f in ours}
+
+
+def test_to_png_under_a_matplotlibrc_with_autolayout():
+    """A user's matplotlibrc with ``figure.autolayout: True``: clearing the placeholder engine must not
+    install a tight engine that lays the figure out again (its rect, left for a legend below, would be
+    lost); the bytes stay those of savefig's "tight". Made outside ``style()``, the figure's own dpi (100)
+    is not the one it is written at (110): the box is measured at the latter, as savefig measures it."""
+    import io
+
+    import matplotlib
+
+    from icpcv.report import figures as F
+
+    def made():
+        fig, ax = F.subplots(figsize=(4, 3))
+        ax.plot([0, 1], [0, 1], label="a line with a long name")
+        fig.legend(loc="lower center", bbox_to_anchor=(0.5, 0.0))
+        fig.tight_layout(rect=(0, 0.2, 1, 1))
+        return fig
+
+    with matplotlib.rc_context({"figure.autolayout": True}):
+        ours = F.to_png(made())
+        buf = io.BytesIO()
+        made().savefig(buf, format="png", dpi=F.DPI, bbox_inches="tight", facecolor="white")
+    assert ours == buf.getvalue()

@@ -98,6 +98,7 @@ def to_png(fig) -> bytes:
     # None (not a matplotlibrc's figure.autolayout, which would lay the figure out again at the draw)
     with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
         fig.set_layout_engine(None)
+    fig.set_dpi(DPI)  # measured at the dpi it is written at, as savefig measures it (figures made outside style())
     renderer = FigureCanvasAgg(fig).get_renderer()
     box = fig.get_tightbbox(renderer).padded(matplotlib.rcParams["savefig.pad_inches"])
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches=box, facecolor="white")
