@@ -132,6 +132,85 @@ def test_alignment_puts_bruchs_membrane_of_every_scan_at_one_depth():
     assert mean_abs_map(np.zeros_like(maps)).sum() == 0
 
 
+def _realistic_cohort(tmp_path, **geometry):
+    """A tiny realistic-acquisition phantom materialised as a run makes it (geometry options applied)."""
+    from icpcv.cohort import VolumeStore, materialise
+    from icpcv.explain.fold import read_truth
+    from icpcv.rundir import RunDir
+    from rundir_support import make_config
+
+    run = RunDir(tmp_path / "run")
+    coh, _, _ = materialise(make_config(phantom="tiny", acquisition="realistic", **geometry), run.cohort,
+                            need_iop=True, need_volumes=True)
+    truth = read_truth(run.cohort)
+    rows = pd.DataFrame(truth["scans"]).astype({"scan_id": str}).set_index("scan_id", drop=False)
+    return coh, truth, rows.loc[list(coh.scans["scan_id"].astype(str))]
+
+
+def _disc(labels):  # en face: the columns inside Bruch's membrane opening
+    from icpcv.cohort.phantom import PRELAMINAR
+
+    return np.isin(labels, [PRELAMINAR, LAMINA]).any(axis=-1)
+
+
+def test_labels_of_a_realistic_scan_follow_the_runs_crop_and_mirror(tmp_path):
+    """`--acquisition realistic --fov-mm 3 3 --mirror-os`: the volume is the centred 3 mm of each scan,
+    resampled, a left eye flipped along X. Its labels (what `--saliency` scores attribution against)
+    were drawn over the whole scan, unflipped: a 7 mm scan's optic disc was labelled at a fifth of its
+    size. They now follow the same window: compared with labels drawn at the raw resolution and put
+    through the run's own crop, flip and (nearest-neighbour) resampling, the disc agrees."""
+    from icpcv.cohort import geometry
+    from icpcv.cohort.phantom import raw_shape
+
+    coh, truth, rows = _realistic_cohort(tmp_path, fov_mm=(3.0, 3.0), mirror_os=True)
+    monkeys = {str(m["subject"]): m for m in truth["monkeys"]}
+    shape = tuple(truth["preset"]["shape"])
+    labels = phantom_labels(rows, truth)
+    old = phantom_labels(rows, truth | {"acquisition": {k: v for k, v in truth["acquisition"].items() if k != "run"}})
+    ious, old_ious = {}, {}
+    for i, rec in enumerate(rows.to_dict("records")):
+        raw = render_labels(raw_shape(shape, rec["grid"]), monkeys[str(rec["subject"])], rec)
+        raw = geometry.crop_to_fov(raw, (rec["fov_x_mm"], rec["fov_y_mm"]), (3.0, 3.0), rec["depth_mm"], None)
+        raw = raw[::-1] if rec["eye"] == "OS" else raw
+        idx = [np.minimum(((np.arange(n) + 0.5) * raw.shape[a] / n).astype(int), raw.shape[a] - 1)
+               for a, n in enumerate(shape)]
+        want = _disc(raw[np.ix_(*idx)])
+        for got, acc in ((_disc(labels[i]), ious), (_disc(old[i]), old_ious)):
+            acc.setdefault((rec["fov_x_mm"], rec["eye"]), []).append((want & got).sum() / (want | got).sum())
+    assert {k[0] for k in ious} >= {3.0, 7.0} and {k[1] for k in ious} == {"OD", "OS"}
+    # as close as the labels of an uncut scan are to the same reference (0.6-0.9 at this tiny grid: sub-voxel
+    # differences between drawing at the run's grid and resampling the raw one), and the old labels far off
+    for key, values in ious.items():
+        assert np.mean(values) > 0.55, (key, np.mean(values))
+    assert np.mean(old_ious[(7.0, "OD")]) < 0.4 and np.mean(old_ious[(7.0, "OS")]) < 0.4
+
+
+def test_a_realistic_cohort_shares_a_frame_only_with_one_field_of_view(tmp_path):
+    """Shifts put scans in one reference frame only when they cover the same field of view: a realistic
+    cohort of 3, 5 and 7 mm scans keeps its maps in scan coordinates; with --fov-mm every kept scan covers
+    3 mm. The offsets then centre each disc, in a scan's own half-width and a mirrored left eye's included."""
+    from icpcv.explain.align import shared_frame
+
+    _, truth, rows = _realistic_cohort(tmp_path / "mixed")
+    assert not shared_frame(rows, truth)
+    _, truth, rows = _realistic_cohort(tmp_path / "cut", fov_mm=(3.0, 3.0), mirror_os=True)
+    assert shared_frame(rows, truth)
+    # misregistered on purpose (dx = 0.2 of the half-width: 2 voxels at 21), a 7 and a 5 mm scan, both eyes
+    monkey = dict(bm_depth=0.40, bmo_radius=0.45, cup_depth=0.12, cup_width=0.3, curvature=0.02)
+    scan = dict(subject="1", lamina_depth=0.15, dx=0.2, dy=-0.1, dz=0.0, tilt_x=0.0, tilt_y=0.0, depth_mm=2.0)
+    scans = pd.DataFrame([scan | dict(fov_x_mm=f, fov_y_mm=f, half_x=f / 3, half_y=f / 3, eye=e,
+                                      cup_dx=0.12 if e == "OD" else -0.12) for f in (7.0, 5.0) for e in ("OD", "OS")])
+    truth = dict(preset=dict(shape=[21, 21, 50]), monkeys=[dict(subject="1", **monkey)],
+                 acquisition=dict(run=dict(fov_mm=[3.0, 3.0], depth_mm=None, mirror_os=True)))
+    labels = phantom_labels(scans, truth)
+    offsets = phantom_offsets(scans, truth)
+    np.testing.assert_allclose(offsets[:, 0], [-2, 2, -2, 2], atol=1e-9)  # dx / (7/3 * 3/7) * 10, sign flipped in OS
+    for lab, moved in ((labels, False), (align(labels, offsets, order=0), True)):
+        centres = np.array([np.argwhere(_disc(v)).mean(axis=0) for v in lab])
+        off = np.abs(centres - 10.0).max(axis=0)  # voxels from the lateral centre, X and Y
+        assert (off < 0.6).all() if moved else (off > 0.9).all(), (moved, off)
+
+
 def test_figures_draw_slices_with_the_lamina_outline():
     scans, volumes, truth = make_cohort("tiny", seed=0)
     labels = phantom_labels(scans.iloc[:10], truth)

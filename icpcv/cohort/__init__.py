@@ -120,6 +120,9 @@ def materialise(cfg: RunConfig, folder: CohortDir, *, need_iop: bool, need_volum
                                    ).hexdigest()[:16]
         _check_unchanged(folder, expect_hash, data_hash, table, quality)
         folder.path.mkdir(parents=True, exist_ok=True)
+        if realistic:  # what the run cut and flipped: the labels and the reference frame follow it (scan_window)
+            truth["acquisition"]["run"] = dict(fov_mm=list(cfg.fov_mm) if cfg.fov_mm else None,
+                                               depth_mm=cfg.depth_mm, mirror_os=bool(cfg.mirror_os))
         atomic_write_json(folder.truth_json, truth | {"scans": scans.to_dict("list")})
         # issue 19: each volume's global intensity statistics (the image_stats baseline, the acquisition section)
         stats = intensity.stats_of_volumes(volumes if volumes is not None else

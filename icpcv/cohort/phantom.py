@@ -147,7 +147,8 @@ def _geometry(shape, monkey: dict, scan: dict) -> dict:
     else:
         x = np.linspace(-1, 1, nx, dtype=np.float32)[:, None, None] - scan["dx"]
         y = np.linspace(-1, 1, ny, dtype=np.float32)[None, :, None] - scan["dy"]
-    z = (np.arange(nz, dtype=np.float32)[None, None, :] + 0.5) / nz - scan["dz"]
+    z0, span = np.float32(scan.get("z0", 0.0)), np.float32(scan.get("z_span", 1.0))  # a depth window (labels)
+    z = z0 + span * (np.arange(nz, dtype=np.float32)[None, None, :] + 0.5) / nz - scan["dz"]
     r2 = x**2 + y**2
     tilt = scan["tilt_x"] * x + scan["tilt_y"] * y
     bm = monkey["bm_depth"] + tilt
@@ -459,6 +460,37 @@ def _marker_intensity(scans: pd.DataFrame, shortcut: ShortcutMarker, seed: int) 
     return shortcut.strength * np.where(informative, tracking, decoy), informative
 
 
+def scan_window(rec: dict, run: dict | None = None) -> dict:
+    """Where a scan's run volume lies in the phantom's coordinates, for its labels and its reference frame.
+
+    The default acquisition's volume covers lateral coordinates -1 to 1 and the whole depth. A realistic
+    scan (``half_x``, ``half_y``: its field of view over the reference one) covers its own half-widths;
+    the run's geometry options (``run``: ``fov_mm``, ``depth_mm``, ``mirror_os``, as
+    ``truth["acquisition"]["run"]`` records them) cut it to the centred target field of view and depth
+    (:func:`icpcv.cohort.geometry.crop_box`: an axis already inside its target is kept whole) and flip
+    a left eye along X, before the volume is resampled to the run's shape. Returns ``half_x``,
+    ``half_y``, ``z0`` and ``z_span`` (the depth window, fractions of the depth axis) and ``mirrored``.
+
+    >>> w = scan_window({"half_x": 1.4, "half_y": 1.4, "fov_x_mm": 7.0, "fov_y_mm": 7.0, "depth_mm": 2.0,
+    ...                  "eye": "OS"}, {"fov_mm": [3.0, 5.0], "depth_mm": 1.0, "mirror_os": True})
+    >>> [round(w[k], 3) for k in ("half_x", "half_y", "z0", "z_span")], w["mirrored"]
+    ([0.6, 1.0, 0.25, 0.5], True)
+    """
+    run = run or {}
+    hx, hy = float(rec.get("half_x", 1.0)), float(rec.get("half_y", 1.0))
+    z0, span = 0.0, 1.0
+    fov = run.get("fov_mm")
+    if fov and "fov_x_mm" in rec:
+        hx *= min(1.0, float(fov[0]) / float(rec["fov_x_mm"]))
+        hy *= min(1.0, float(fov[1]) / float(rec["fov_y_mm"]))
+    depth = run.get("depth_mm")
+    if depth and "depth_mm" in rec and float(depth) < float(rec["depth_mm"]):
+        span = float(depth) / float(rec["depth_mm"])
+        z0 = (1.0 - span) / 2
+    return dict(half_x=hx, half_y=hy, z0=z0, z_span=span,
+                mirrored=bool(run.get("mirror_os")) and str(rec.get("eye", "")).upper() == "OS")
+
+
 def phantom_labels(scans, truth: dict, *, shape=None, lamina_half_width: float = LAMINA_HALF_WIDTH) -> np.ndarray:
     """Label volumes ``(n, X, Y, Z)`` uint8 of phantom scans, from the cohort's generating parameters.
 
@@ -482,10 +514,19 @@ def phantom_labels(scans, truth: dict, *, shape=None, lamina_half_width: float =
     marker_box = None
     if truth.get("shortcut"):
         marker_box = tuple(slice(a, b) for a, b in truth["shortcut"]["box"])
+    run = (truth.get("acquisition") or {}).get("run")  # a realistic cohort's geometry options (cropped, mirrored)
     out = np.empty((len(scans),) + shape, dtype=np.uint8)
     for i, rec in enumerate(scans.to_dict("records")):
-        out[i] = render_labels(shape, monkeys[str(rec["subject"])], rec, lamina_half_width=lamina_half_width,
-                               marker_box=marker_box)
+        if "half_x" in rec:  # drawn over the part of the scan the run kept, as its volume was
+            w = scan_window(rec, run)
+            rec = rec | {k: w[k] for k in ("half_x", "half_y", "z0", "z_span")}
+        labels = render_labels(shape, monkeys[str(rec["subject"])], rec, lamina_half_width=lamina_half_width,
+                               marker_box=None)
+        if "half_x" in rec and w["mirrored"]:
+            labels = labels[::-1]
+        if marker_box is not None:  # the marker sits in the volume's own corner, mirrored or not
+            labels[marker_box] = MARKER
+        out[i] = labels
     return out
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from icpcv.cohort.phantom import LAMINA
+from icpcv.cohort.phantom import LAMINA, scan_window
 
 
 def phantom_offsets(scans, truth: dict, *, shape=None, reference_bm_depth: float | None = None) -> np.ndarray:
@@ -29,9 +29,28 @@ def phantom_offsets(scans, truth: dict, *, shape=None, reference_bm_depth: float
     bm = {str(m["subject"]): float(m["bm_depth"]) for m in truth["monkeys"]}
     ref = float(np.mean(list(bm.values()))) if reference_bm_depth is None else float(reference_bm_depth)
     bm_of_scan = scans["subject"].astype(str).map(bm).to_numpy(float)
-    return np.column_stack([-scans["dx"].to_numpy(float) * (nx - 1) / 2,
-                            -scans["dy"].to_numpy(float) * (ny - 1) / 2,
-                            -(bm_of_scan + scans["dz"].to_numpy(float) - ref) * nz])
+    w = windows(scans, truth)
+    # a realistic scan covers +-half_x (a shift dx is dx / half_x of its half-width); a mirrored one shifts back
+    sign = np.where(w["mirrored"], -1.0, 1.0)
+    return np.column_stack([-sign * scans["dx"].to_numpy(float) / w["half_x"] * (nx - 1) / 2,
+                            -scans["dy"].to_numpy(float) / w["half_y"] * (ny - 1) / 2,
+                            -(bm_of_scan + scans["dz"].to_numpy(float) - ref) / w["z_span"] * nz])
+
+
+def windows(scans, truth: dict) -> pd.DataFrame:
+    """:func:`icpcv.cohort.phantom.scan_window` of each scan (the default acquisition's: +-1, the whole depth)."""
+    run = (truth.get("acquisition") or {}).get("run")
+    rows = [scan_window(r, run) if "half_x" in r else dict(half_x=1.0, half_y=1.0, z0=0.0, z_span=1.0, mirrored=False)
+            for r in pd.DataFrame(scans).to_dict("records")]
+    return pd.DataFrame(rows, columns=["half_x", "half_y", "z0", "z_span", "mirrored"])
+
+
+def shared_frame(scans, truth: dict) -> bool:
+    """Whether shifts alone bring these scans into one frame: every scan covers the same field of view
+    and depth window. A realistic cohort of mixed fields of view without ``--fov-mm`` does not (a 3 mm
+    and a 7 mm scan draw the optic nerve head at different sizes): its maps stay in scan coordinates."""
+    w = windows(scans, truth)
+    return bool(len(w) == 0 or all(np.allclose(w[c], w[c].iloc[0]) for c in ("half_x", "half_y", "z0", "z_span")))
 
 
 def align(volumes: np.ndarray, offsets: np.ndarray, *, order: int = 1) -> np.ndarray:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from icpcv import cohort as cohort_mod
 from icpcv.cohort.phantom import LAMINA, MARKER
-from icpcv.explain.align import mean_abs_map, phantom_offsets, region_probability
+from icpcv.explain.align import mean_abs_map, phantom_offsets, region_probability, shared_frame
 from icpcv.explain.attribution import AttributionMaps
 from icpcv.explain.fold import labels_of, read_truth
 from icpcv.explain.scoring import RANDOMISED_SUFFIX, score_regions
@@ -117,6 +117,7 @@ def write_attribution(run_dir, progress=None) -> dict | None:
         return None
     regions = ["lamina"] + (["marker"] if truth and truth.get("shortcut") else [])
     scored = truth is not None and "scans" in truth
+    aligned = False
     arrays: dict[str, np.ndarray] = {}
     models, tables = [], []
     scan_rows = None
@@ -124,13 +125,14 @@ def write_attribution(run_dir, progress=None) -> dict | None:
         scan_rows = pd.DataFrame(truth["scans"])
         scan_rows["scan_id"] = scan_rows["scan_id"].astype(str)
         scan_rows = scan_rows.set_index("scan_id", drop=False)
+        aligned = shared_frame(scan_rows.loc[coh.scans["scan_id"].astype(str)], truth)  # one frame for every scan
     outlines = {"lamina": (LAMINA, _RunningMean()), "marker": (MARKER, _RunningMean())} if scored else {}
     for model in networks:
         folds, ids, subjects, examples = [], [], [], {}
         means: dict[str, _RunningMean] = {}
         for fm in read_fold_maps(run, rec.n_folds, model):
             shape = next(iter(fm.maps.values())).shape[1:]
-            offsets = phantom_offsets(scan_rows.loc[fm.scan_ids], truth) if scored else None
+            offsets = phantom_offsets(scan_rows.loc[fm.scan_ids], truth) if aligned else None
             for method, stack in fm.maps.items():
                 kept = int((np.abs(stack).reshape(len(stack), -1).sum(axis=1) > 0).sum())
                 means.setdefault(method, _RunningMean()).add(mean_abs_map(stack, offsets), kept)
@@ -169,7 +171,7 @@ def write_attribution(run_dir, progress=None) -> dict | None:
             arrays[f"outline__{name}"] = acc.value(shape)
     out = dict(run_key=rec.key, n_per_monkey=cfg.saliency, methods=list(cfg.saliency_methods),
                models=models, regions=regions, scoring_available=bool(scored and tables),
-               aligned=bool(scored), shortcut=(truth or {}).get("shortcut"),
+               aligned=bool(aligned), shortcut=(truth or {}).get("shortcut"),
                definition=("share of absolute attribution inside the region (mean over a monkey's mapped scans, then "
                            "over monkeys) against the share of the volume it occupies; interval over monkeys"))
     if scored and tables:

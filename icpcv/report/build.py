@@ -463,7 +463,10 @@ def attribution_figures(add, attribution: dict | None, maps: dict | None) -> Non
         return
     outline = maps.get("outline__lamina")
     frame = ("in the phantom's reference frame (each scan moved by its known misregistration, Bruch's membrane at "
-             "one depth)" if attribution.get("aligned") else "in scan coordinates (no reference frame is known)")
+             "one depth)" if attribution.get("aligned") else
+             "in scan coordinates (the scans cover different fields of view, so no shift puts them in one frame; "
+             "--fov-mm gives them one)" if attribution.get("scoring_available") else
+             "in scan coordinates (no reference frame is known)")
     marker = " The planted marker sits in the deep corner (x, y = 0): the projections show it." \
         if attribution.get("shortcut") else ""
     for m in attribution.get("models", []):
