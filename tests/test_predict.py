@@ -164,10 +164,35 @@ def test_nuisance_baselines_kept_and_reloaded_bit_for_bit(nuisance_run, tmp_path
     rows = pd.read_csv(out / "predictions.csv")
     assert len(rows) and (rows["model"] == "image_stats").all() and (rows["n_fold_models"] == rec.n_folds).all()
     assert np.isfinite(rows["prediction"]).all() and rows["prediction"].nunique() > 1
-    # the new phantom monkeys carry no acquisition fields: acq refuses them by name, nothing half-written
-    rc, _, err = icpcv("predict", nuisance_run, "--new-subjects", "2", "--models", "acq", "--out", tmp_path / "p2")
-    assert_clean_refusal(rc, err, "acq", "protocol")
-    assert not (tmp_path / "p2" / "prediction.json").exists()
+    # the new phantom monkeys are scanned as the run's were (they had no acquisition fields, and acq refused them):
+    # protocol, eye and time are in their table, and acq predicts them
+    rc, _, err = icpcv("predict", nuisance_run, "--new-subjects", "2", "--models", "acq", "--out", tmp_path / "p2",
+                       "--threads", "1")
+    assert rc == 0, err
+    new = pd.read_csv(tmp_path / "p2" / "new_subjects" / "scans.csv", dtype=str)
+    assert set(new["eye"]) == {"OD", "OS"} and new["protocol"].nunique() > 1 and new["acquired_at"].notna().all()
+    assert np.isfinite(pd.read_csv(tmp_path / "p2" / "predictions.csv")["prediction"]).all()
+
+
+def test_new_monkeys_of_a_cut_and_mirrored_run_are_cut_and_mirrored_once(tmp_path):
+    """`--acquisition realistic --fov-mm 5 5 --mirror-os`: new phantom monkeys are drawn as the run's (3 mm scans
+    skipped as too small, 5 and 7 mm ones cut to 5 mm, left eyes flipped), and predict reads their volumes as
+    given: the table's own fields of view must not cut them again."""
+    run = tmp_path / "run"
+    rc, _, err = icpcv("run", "--phantom", "tiny", "--acquisition", "realistic", "--fov-mm", "5", "5", "--mirror-os",
+                       "--folds", "2", "--models", "mean,image_stats", "--threads", "1", "--n-boot", "50", "--out", run)
+    assert rc == 0, err
+    out = tmp_path / "pred"
+    rc, _, err = icpcv("predict", run, "--new-subjects", "2", "--models", "image_stats", "--out", out, "--threads", "1")
+    assert rc == 0, err
+    new = pd.read_csv(out / "new_subjects" / "scans.csv", dtype={"scan_id": str})
+    assert set(new["fov_x_mm"]) <= {5.0, 7.0} and set(new["eye"]) == {"OD", "OS"}  # no 3 mm scan: too small
+    ids = json.loads((out / "cohort" / "volumes.json").read_text())["scan_ids"]
+    read = np.load(out / "cohort" / "volumes.npy")
+    written = {x: np.load(out / "new_subjects" / p) for x, p in zip(new["scan_id"], new["path"])}
+    assert sorted(ids) == sorted(written)
+    for x, vol in zip(ids, read):
+        assert np.array_equal(vol, written[x].astype(vol.dtype)), x  # not cut, flipped or resampled again
 
 
 def test_ensemble_is_mean_of_fold_models(run_dir, predicted):

@@ -535,7 +535,8 @@ NEW_SUBJECTS_STREAM = 2
 
 
 def new_subjects(preset: str | PhantomPreset = "small", n: int = 3, *, signal: float = 1.0, data_seed: int = 0,
-                 seed: int = 0, shape: tuple[int, int, int] | None = None, out=None):
+                 seed: int = 0, shape: tuple[int, int, int] | None = None, out=None, acquisition: str = "off",
+                 confound: str = "none", transform=None):
     """``n`` new monkeys from the phantom's population, none of them in the cohort of ``data_seed``.
 
     Their anatomy, compliance, brightness, pressure design, speckle and noise are drawn from the same
@@ -543,6 +544,8 @@ def new_subjects(preset: str | PhantomPreset = "small", n: int = 3, *, signal: f
     (``SeedSequence(data_seed, spawn_key=(NEW_SUBJECTS_STREAM, seed))``), so every ``seed`` gives other
     monkeys and none repeats a run's. They are named ``new<seed>_<m>`` (never a run monkey's name),
     their scans ``new<seed>_s<i>``. Returns ``(scans, volumes, truth)`` as :func:`make_cohort` does.
+    ``acquisition``, ``confound`` and ``transform`` are the run's (:func:`make_cohort`): the new monkeys are
+    scanned as the run's were.
 
     >>> scans, volumes, truth = new_subjects("tiny", 2, seed=1)
     >>> sorted(scans["subject"].unique()), volumes.shape[1:]
@@ -551,7 +554,7 @@ def new_subjects(preset: str | PhantomPreset = "small", n: int = 3, *, signal: f
     stream = np.random.SeedSequence(int(data_seed), spawn_key=(NEW_SUBJECTS_STREAM, int(seed)))
     cohort_seed = int(stream.generate_state(1)[0])
     scans, volumes, truth = make_cohort(preset, signal=signal, seed=cohort_seed, n_subjects=int(n), shape=shape,
-                                        out=None)
+                                        out=None, acquisition=acquisition, confound=confound, transform=transform)
     names = {s: f"new{int(seed)}_{s}" for s in scans["subject"].unique()}
     scans["subject"] = scans["subject"].map(names)
     scans["scan_id"] = [f"new{int(seed)}_s{i:05d}" for i in range(len(scans))]

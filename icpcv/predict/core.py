@@ -61,6 +61,11 @@ class PredictConfig:
     device: str = "cpu"
 
 
+#: the acquisition columns a lab's table gives, written for new monkeys of a realistic-acquisition run (the
+#: reader derives the session and its minutes from acquired_at)
+NEW_SUBJECT_ACQUISITION = ("fov_x_mm", "fov_y_mm", "depth_mm", "eye", "acquired_at", "protocol", "device")
+
+
 def write_new_subjects(kept: KeptRun, n: int, seed: int, folder: Path) -> Path:
     """New phantom monkeys of the run's population as a scan table (``scans.csv``) and ``.npy`` volumes."""
     cfg = kept.record.config
@@ -70,9 +75,13 @@ def write_new_subjects(kept: KeptRun, n: int, seed: int, folder: Path) -> Path:
     vol_dir = folder / "volumes"
     vol_dir.mkdir(parents=True, exist_ok=True)
     shape = tuple(kept.preprocessing["shape"]) if kept.preprocessing and kept.preprocessing.get("volumes") else None
+    realistic = cfg.acquisition == "realistic"
+    # scanned as the run's monkeys were: the realistic acquisition (cut and flipped as the run's volumes), the confound
+    transform = cohort_mod.phantom_transform(cfg, shape or cohort_mod.volume_shape(cfg)) if realistic else None
     scans, _, truth = new_subjects(cfg.phantom, n, signal=cfg.signal, data_seed=cfg.data_seed, seed=seed, shape=shape,
-                                   out=vol_dir)
-    table = scans[["scan_id", "subject", "iop", "icp"]].assign(path=[f"volumes/{x}.npy" for x in scans["scan_id"]])
+                                   out=vol_dir, acquisition=cfg.acquisition, confound=cfg.confound, transform=transform)
+    columns = ["scan_id", "subject", "iop", "icp"] + [c for c in NEW_SUBJECT_ACQUISITION if c in scans.columns]
+    table = scans[columns].assign(path=[f"volumes/{x}.npy" for x in scans["scan_id"]])
     atomic_write_json(folder / "truth.json", {k: v for k, v in truth.items() if k != "scans"})
     path = folder / "scans.csv"
     atomic_write_text(path, table.to_csv(index=False))
@@ -214,6 +223,8 @@ def predict(cfg: PredictConfig, progress=None) -> dict:
         shape = tuple(kept.preprocessing["shape"]) if need_volumes else run_cfg.shape
         ncfg = replace(run_cfg, manifest=str(manifest), scans_dir=cfg.scans_dir, shape=shape,
                        skip_bad_scans=cfg.skip_bad_scans)
+        if cfg.new_subjects:  # drawn already cut and flipped as the run's volumes were: not again
+            ncfg = replace(ncfg, fov_mm=None, depth_mm=None, mirror_os=False)
         coh, quality, data_hash = cohort_mod.materialise(ncfg, CohortDir(stage / FILES["cohort"]), need_iop=need_iop,
                                                          need_volumes=need_volumes, need_icp=False, progress=progress)
         if need_volumes:
