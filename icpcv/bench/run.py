@@ -12,8 +12,6 @@ from icpcv.plausible import check_parsed
 from icpcv.util import cpu_name
 
 
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="icpcv bench run", description=__doc__)
     p.add_argument("--budget", type=float, default=300.0, help="seconds allowed (the skeleton's 5 minutes)")

@@ -517,12 +517,12 @@ def phantom_labels(scans, truth: dict, *, shape=None, lamina_half_width: float =
     run = (truth.get("acquisition") or {}).get("run")  # a realistic cohort's geometry options (cropped, mirrored)
     out = np.empty((len(scans),) + shape, dtype=np.uint8)
     for i, rec in enumerate(scans.to_dict("records")):
-        if "half_x" in rec:  # drawn over the part of the scan the run kept, as its volume was
-            w = scan_window(rec, run)
-            rec = rec | {k: w[k] for k in ("half_x", "half_y", "z0", "z_span")}
+        window = scan_window(rec, run) if "half_x" in rec else None  # a realistic scan: the part the run kept
+        if window is not None:
+            rec = rec | {k: window[k] for k in ("half_x", "half_y", "z0", "z_span")}
         labels = render_labels(shape, monkeys[str(rec["subject"])], rec, lamina_half_width=lamina_half_width,
                                marker_box=None)
-        if "half_x" in rec and w["mirrored"]:
+        if window is not None and window["mirrored"]:
             labels = labels[::-1]
         if marker_box is not None:  # the marker sits in the volume's own corner, mirrored or not
             labels[marker_box] = MARKER

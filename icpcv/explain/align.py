@@ -40,8 +40,7 @@ def phantom_offsets(scans, truth: dict, *, shape=None, reference_bm_depth: float
 def windows(scans, truth: dict) -> pd.DataFrame:
     """:func:`icpcv.cohort.phantom.scan_window` of each scan (the default acquisition's: +-1, the whole depth)."""
     run = (truth.get("acquisition") or {}).get("run")
-    rows = [scan_window(r, run) if "half_x" in r else dict(half_x=1.0, half_y=1.0, z0=0.0, z_span=1.0, mirrored=False)
-            for r in pd.DataFrame(scans).to_dict("records")]
+    rows = [scan_window(r, run) for r in pd.DataFrame(scans).to_dict("records")]
     return pd.DataFrame(rows, columns=["half_x", "half_y", "z0", "z_span", "mirrored"])
 
 
